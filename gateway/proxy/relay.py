@@ -1,0 +1,108 @@
+"""Relay an upstream answer to the client: whole JSON bodies, or SSE event by event.
+
+A stream is written to the client as each event completes; `write` waits for the client to
+drain, which is the backpressure. If the upstream breaks, stalls past its read timeout or ends
+without its terminal event, the client gets one final error event and a clean end of stream,
+never a hang. If the client goes away, the upstream connection is closed at once (the handler
+is cancelled, and `finally` closes it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.api import ApiRequest, is_terminal, stream_error_event
+from gateway.api.sse import SSEDecoder, SSEError, SSEEvent
+from gateway.errors import UpstreamFailed
+from gateway.observability.logging import get_logger
+
+log = get_logger("veil.relay")
+
+RELAYED_HEADERS = ("Content-Type", "Retry-After")
+
+
+def _client_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
+    headers = {name: upstream.headers[name] for name in RELAYED_HEADERS if name in upstream.headers}
+    headers["X-Request-ID"] = request_id
+    return headers
+
+
+async def relay_body(upstream: aiohttp.ClientResponse, request_id: str,
+                     limit: int) -> web.Response:
+    """Read the whole upstream body (bounded) and answer with it."""
+    try:
+        body = await _read_bounded(upstream, limit)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        upstream.close()
+        raise UpstreamFailed("Upstream connection broke while sending the response.",
+                             code="upstream_interrupted") from exc
+    except BaseException:
+        upstream.close()
+        raise
+    upstream.release()  # fully read: the connection goes back to the pool
+    return web.Response(status=upstream.status, body=body,
+                        headers=_client_headers(upstream, request_id))
+
+
+async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamFailed(f"Upstream response exceeded {limit} bytes.",
+                                 code="upstream_response_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def relay_stream(request: web.Request, api_request: ApiRequest,
+                       upstream: aiohttp.ClientResponse, request_id: str) -> web.StreamResponse:
+    headers = _client_headers(upstream, request_id)
+    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    endpoint = api_request.endpoint
+    problem: str | None = "Upstream closed the stream before it finished."
+    try:
+        await response.prepare(request)
+        async for event in _events(upstream):
+            await response.write(event.encode())
+            if is_terminal(endpoint, event):
+                problem = None
+                break
+    except ConnectionResetError:
+        log.info("client_disconnected", route=endpoint.name)
+        return response
+    except TimeoutError:
+        problem = "Upstream stopped sending (read timeout)."
+    except aiohttp.ClientError:
+        problem = "Upstream connection broke mid-stream."
+    except SSEError:
+        problem = "Upstream sent an event larger than allowed."
+    finally:
+        upstream.close()
+    if problem:
+        log.warning("stream_interrupted", route=endpoint.name, reason=problem)
+        await _finish(response, stream_error_event(endpoint, problem, request_id))
+    else:
+        await _finish(response, b"")
+    return response
+
+
+async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
+    decoder = SSEDecoder()
+    async for chunk in upstream.content.iter_any():
+        for event in decoder.feed(chunk):
+            yield event
+
+
+async def _finish(response: web.StreamResponse, last: bytes) -> None:
+    try:
+        if last:
+            await response.write(last)
+        await response.write_eof()
+    except ConnectionResetError:
+        log.info("client_disconnected")

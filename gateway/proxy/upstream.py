@@ -1,0 +1,70 @@
+"""One pooled HTTP session per backend, opened and closed with the application.
+
+The pool is the single seam for outbound model traffic: tests point backends at real loopback
+servers, and an alternative `session_factory` can be injected without patching the network.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import aiohttp
+
+from gateway import __version__
+from gateway.settings import BackendSettings, Settings
+
+SessionFactory = Callable[[BackendSettings], aiohttp.ClientSession]
+
+
+def default_session(backend: BackendSettings) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=backend.pool_size, limit_per_host=backend.pool_size,
+                                     keepalive_timeout=30, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=backend.connect_timeout_s,
+                                    sock_read=backend.read_timeout_s)
+    # trust_env off: proxy variables in the environment must not redirect model traffic.
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
+                                 skip_auto_headers=("User-Agent",))
+
+
+def upstream_headers(backend: BackendSettings, environ: Mapping[str, str]) -> dict[str, str]:
+    """Headers the gateway sends with its own credential; nothing here comes from the client."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept-Encoding": "identity",
+        "User-Agent": f"veil/{__version__}",
+    }
+    secret = environ.get(backend.api_key_env, "") if backend.api_key_env else ""
+    if secret:
+        if backend.format == "anthropic":
+            headers["x-api-key"] = secret
+        else:
+            headers["Authorization"] = f"Bearer {secret}"
+    return headers
+
+
+class UpstreamPool:
+    def __init__(self, settings: Settings, session_factory: SessionFactory = default_session,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self._settings = settings
+        self._factory = session_factory
+        self._environ = os.environ if environ is None else environ
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self.headers: dict[str, dict[str, str]] = {}
+
+    async def start(self) -> None:
+        for backend in self._settings.backends:
+            self._sessions[backend.name] = self._factory(backend)
+            self.headers[backend.name] = upstream_headers(backend, self._environ)
+
+    async def close(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
+
+    @property
+    def started(self) -> bool:
+        return bool(self._sessions)
+
+    def session(self, name: str) -> aiohttp.ClientSession:
+        return self._sessions[name]

@@ -1,0 +1,183 @@
+"""config.yaml -> typed, validated settings.
+
+Everything is checked at start: a gateway that would fail on its first request, or quietly run
+with weaker settings than intended, must refuse to start instead. Unknown keys are errors.
+
+Environment overrides use `VEIL__SECTION__KEY=value` (value parsed as YAML), e.g.
+`VEIL__LISTEN__PORT=9000`; upstream credentials come only from the variables backends name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, load_yaml, validate
+
+WireFormat = Literal["openai", "anthropic"]
+API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ENV_PREFIX = "VEIL__"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenSettings(Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+
+
+class LimitSettings(Strict):
+    """Every limit has a default a production deployment can live with."""
+
+    max_body_bytes: Annotated[int, Field(gt=0)] = 10 * 1024 * 1024
+    max_response_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    max_concurrent_requests: Annotated[int, Field(gt=0)] = 1024
+    request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    body_read_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class RateLimit(Strict):
+    requests_per_second: Annotated[float, Field(gt=0)]
+    burst: Annotated[int, Field(ge=1)]
+
+
+class TenantSettings(Strict):
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    rate_limit: RateLimit | None = None
+
+    def may_use(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+class ApiKeySettings(Strict):
+    """A client key, stored only as `sha256:<hex>` (keys are random, so a fast hash suffices)."""
+
+    name: str
+    hash: str
+    tenant: str
+
+    @field_validator("hash")
+    @classmethod
+    def _hash_format(cls, value: str) -> str:
+        if not API_KEY_HASH.match(value):
+            raise ValueError("must be 'sha256:' followed by 64 lowercase hex digits "
+                             "(make one with `veil apikey new`)")
+        return value
+
+
+class BackendSettings(Strict):
+    name: str
+    url: str
+    format: WireFormat = "openai"
+    api_key_env: str | None = None
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    pool_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value.rstrip("/")
+
+
+class LoggingSettings(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(Strict):
+    listen: ListenSettings = ListenSettings()
+    limits: LimitSettings = LimitSettings()
+    logging: LoggingSettings = LoggingSettings()
+    default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+    api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    backends: list[BackendSettings]
+    models: dict[str, list[str]]
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        problems: list[str] = []
+        backend_names = [b.name for b in self.backends]
+        dupes = sorted({n for n in backend_names if backend_names.count(n) > 1})
+        if dupes:
+            problems.append(f"backends: duplicate names {dupes}")
+        for model, names in self.models.items():
+            if not names:
+                problems.append(f"models.{model}: needs at least one backend")
+            problems += [f"models.{model}: unknown backend {n!r} (known: {backend_names})"
+                         for n in names if n not in backend_names]
+        for key in self.api_keys:
+            if key.tenant not in self.tenants:
+                problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")
+        hashes = [k.hash for k in self.api_keys]
+        if len(set(hashes)) != len(hashes):
+            problems.append("api_keys: the same key hash is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def backend(self, name: str) -> BackendSettings:
+        return next(b for b in self.backends if b.name == name)
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, override from the environment, validate; raise `ConfigError` listing every issue."""
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([ConfigIssue(doc.file, None, "", "top level must be a mapping")])
+    _apply_env_overrides(doc, os.environ if environ is None else environ)
+    settings = validate(doc, Settings)
+    _check_credentials(doc, settings, os.environ if environ is None else environ)
+    return settings
+
+
+def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        target: Any = doc.data
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError([ConfigIssue(f"${name}", None, ".".join(keys),
+                                               "cannot override inside a non-mapping value")])
+        try:
+            target[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError([ConfigIssue(f"${name}", None, ".".join(keys),
+                                           "value is not valid YAML")]) from None
+
+
+def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[str, str]) -> None:
+    """A backend that names a credential variable must get it: never fall back to no auth."""
+    issues = [
+        ConfigIssue(doc.file, doc.position(("backends", i, "api_key_env")),
+                    f"backends[{i}].api_key_env",
+                    f"environment variable {b.api_key_env} is not set or empty")
+        for i, b in enumerate(settings.backends)
+        if b.api_key_env and not environ.get(b.api_key_env)
+    ]
+    if issues:
+        raise ConfigError(issues)

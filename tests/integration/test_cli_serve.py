@@ -1,0 +1,108 @@
+"""`veil serve` as an operator runs it: a real process, several workers sharing one port."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from gateway.demo.upstream import build_demo_app
+from gateway.ingress.auth import hash_api_key
+from tests.servers import TEST_KEY, ServerThread
+
+ROOT = Path(__file__).parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def veil(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+def write_config(path: Path, upstream: str, port: int) -> Path:
+    path.write_text(f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+tenants: {{t: {{}}}}
+api_keys: [{{name: k, tenant: t, hash: "{hash_api_key(TEST_KEY)}"}}]
+backends: [{{name: demo, url: "{upstream}"}}]
+models: {{m: [demo]}}
+""")
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with ServerThread(build_demo_app()) as upstream:
+        port = free_port()
+        config = write_config(tmp_path / "config.yaml", upstream.url, port)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            yield url, process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+
+
+def test_workers_share_the_port_and_metrics(served: tuple[str, subprocess.Popen[str]]) -> None:
+    url, process = served
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    for _ in range(40):
+        # a new connection each time, so the kernel can hand it to either worker
+        with httpx.Client() as c:
+            r = c.post(url + "/v1/chat/completions", json=body,
+                       headers={"Authorization": f"Bearer {TEST_KEY}"})
+            assert r.status_code == 200
+    metrics = httpx.get(url + "/metrics").text
+    total = sum(float(v) for v in re.findall(
+        r'veil_requests_total\{route="chat_completions",status="200"\} ([0-9.]+)', metrics))
+    assert total == 40  # aggregated across workers
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    pids = {line["pid"] for line in lines if line["event"] == "listening"}
+    assert len(pids) == 2
+    served_by = {line["pid"] for line in lines if line["event"] == "request"}
+    assert served_by == pids  # 40 fresh connections: both workers took some
+
+
+def test_bad_config_exits_2_with_position(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("listen:\n  prot: 1\nbackends: []\nmodels: {}\n")
+    result = veil("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{config}:2:3: listen.prot: unknown key (did you mean port?)" in result.stderr
+
+
+def test_apikey_new_prints_a_matching_hash() -> None:
+    result = veil("apikey", "new", "--name", "ci", "--tenant", "t")
+    key = re.search(r"API key .*: (\S+)", result.stdout)
+    assert key is not None
+    assert f"hash: {hash_api_key(key.group(1))}" in result.stdout
+    hashed = veil("apikey", "hash", input=key.group(1) + "\n")
+    assert hashed.stdout.strip() == hash_api_key(key.group(1))

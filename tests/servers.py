@@ -1,0 +1,86 @@
+"""Real servers on 127.0.0.1 for tests: each aiohttp app runs in its own thread and event loop,
+so synchronous clients (the official SDKs, raw sockets) can talk to it from the test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.ingress.auth import hash_api_key
+from gateway.settings import Settings
+
+T = TypeVar("T")
+TEST_KEY = "veil-test-key-0123456789"
+OTHER_KEY = "veil-test-key-other-tenant"
+UPSTREAM_SECRET = "upstream-secret"  # what the demo fixture demands from the gateway
+
+
+class ServerThread:
+    def __init__(self, app: web.Application, port: int = 0) -> None:
+        self.app = app
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.runner is not None:
+            self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | None = None,
+                 **overrides: Any) -> Settings:
+    """Settings with two tenants: `test` (every model) and `limited` (only `other-model`)."""
+    names = [b["name"] for b in backends]
+    data: dict[str, Any] = {
+        "tenants": {"test": {"models": ["*"]}, "limited": {"models": ["other-model"]}},
+        "api_keys": [{"name": "test-key", "tenant": "test", "hash": hash_api_key(TEST_KEY)},
+                     {"name": "other-key", "tenant": "limited",
+                      "hash": hash_api_key(OTHER_KEY)}],
+        "backends": backends,
+        "models": models or {"test-model": names, "other-model": names},
+        "logging": {"level": "debug"},
+    }
+    data.update(overrides)
+    return Settings.model_validate(data)
+
+
+def backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "url": url, "format": fmt, "connect_timeout_s": 2,
+            "read_timeout_s": 5, **extra}
+
+
+def gateway_for(settings: Settings, environ: dict[str, str] | None = None) -> ServerThread:
+    environ = {"DEMO_KEY": UPSTREAM_SECRET} if environ is None else environ
+    return ServerThread(build_app(settings, environ=environ))
+
+
+def demo_backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str, Any]:
+    return backend(name, url, fmt, api_key_env="DEMO_KEY", **extra)
