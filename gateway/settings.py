@@ -100,6 +100,42 @@ class BackendSettings(Strict):
         return value.rstrip("/")
 
 
+Action = Literal["pseudonymize", "redact", "hash", "block", "allow"]
+BUILTIN_DETECTORS = ("patterns", "presidio")
+
+
+class PrivacySettings(Strict):
+    """What is detected in prompts and what happens to it (until policy files take this over).
+
+    Actions: pseudonymize (a placeholder, restored in the reply), redact, hash (HMAC under a
+    per-tenant key: equal values give equal tokens, irreversible), block (400), allow."""
+
+    enabled: bool = True
+    detectors: list[str] = Field(default_factory=lambda: list(BUILTIN_DETECTORS))
+    default_action: Action = "pseudonymize"
+    actions: dict[str, Action] = Field(default_factory=dict)
+    default_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+    thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    allow_list: list[str] = Field(default_factory=list)
+    deny_list: dict[str, list[str]] = Field(default_factory=dict)
+    hash_key_env: str | None = None
+    ner_workers: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(cls, value: list[str]) -> list[str]:
+        unknown = [d for d in value if d not in BUILTIN_DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown detectors {unknown} (built in: {list(BUILTIN_DETECTORS)})")
+        return value
+
+    def action(self, entity: str) -> Action:
+        return self.actions.get(entity, self.default_action)
+
+    def threshold(self, entity: str) -> float:
+        return self.thresholds.get(entity, self.default_threshold)
+
+
 class LoggingSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -110,6 +146,7 @@ class Settings(Strict):
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
+    privacy: PrivacySettings = PrivacySettings()
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
     backends: list[BackendSettings]
@@ -130,6 +167,9 @@ class Settings(Strict):
         for key in self.api_keys:
             if key.tenant not in self.tenants:
                 problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")
+        if self.privacy.enabled and not self.privacy.hash_key_env and (
+                "hash" in self.privacy.actions.values() or self.privacy.default_action == "hash"):
+            problems.append("privacy.hash_key_env: the hash action needs a key variable")
         hashes = [k.hash for k in self.api_keys]
         if len(set(hashes)) != len(hashes):
             problems.append("api_keys: the same key hash is listed twice")
@@ -179,5 +219,11 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
         for i, b in enumerate(settings.backends)
         if b.api_key_env and not environ.get(b.api_key_env)
     ]
+    hash_env = settings.privacy.hash_key_env
+    if hash_env and len(environ.get(hash_env, "")) < 16:
+        issues.append(ConfigIssue(doc.file, doc.position(("privacy", "hash_key_env")),
+                                  "privacy.hash_key_env",
+                                  f"environment variable {hash_env} must hold at least 16 "
+                                  "characters of secret"))
     if issues:
         raise ConfigError(issues)

@@ -67,6 +67,9 @@ def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | 
         "backends": backends,
         "models": models or {"test-model": names, "other-model": names},
         "logging": {"level": "debug"},
+        # The pattern tier only by default: NER starts a process pool (seconds); the masking
+        # tests that need names turn it on.
+        "privacy": {"detectors": ["patterns"]},
     }
     data.update(overrides)
     return Settings.model_validate(data)

