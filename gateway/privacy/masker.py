@@ -20,6 +20,8 @@ from gateway.privacy.spans import Span
 from gateway.privacy.vault import Vault
 from gateway.settings import PrivacySettings
 
+NAME_PART_SCORE = 0.55  # below NER's own labels, so a part that NER calls an ORG stays one
+
 
 @dataclass
 class MaskResult:
@@ -36,22 +38,39 @@ class Masker:
         self._deny = [(entity, re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE))
                       for entity, terms in settings.deny_list.items() for term in terms]
 
-    def findings(self, text: str, spans: Sequence[Span]) -> list[Span]:
-        """Thresholds, allow- and deny-lists, then overlaps (higher score, then longer, wins)."""
+    def findings(self, text: str, spans: Sequence[Span],
+                 names: Sequence[str] = ()) -> list[Span]:
+        """Thresholds, allow- and deny-lists, name parts seen elsewhere in the conversation,
+        then overlaps (higher score, then longer, wins)."""
         candidates = [s for s in spans
                       if s.score >= self._settings.threshold(s.entity)
                       and text[s.start:s.end].strip().casefold() not in self._allow]
         candidates += [Span(m.start(), m.end(), entity, 1.0, "deny_list")
                        for entity, regex in self._deny for m in regex.finditer(text)]
+        candidates += self._name_parts(text, [*names, *(text[s.start:s.end] for s in candidates
+                                                        if s.entity == "PERSON")])
         kept: list[Span] = []
         for span in sorted(candidates, key=lambda s: (-s.score, s.start - s.end)):
             if not any(span.overlaps(k) for k in kept):
                 kept.append(span)
         return sorted(kept, key=lambda s: s.start)
 
+    def _name_parts(self, text: str, names: Sequence[str]) -> list[Span]:
+        """Once "Faina D. Yefremova" is a finding, a later bare "Yefremova" must not leak."""
+        parts = {part for name in names for part in (name, *name.split())
+                 if len(part) >= 3 and part[0].isupper()
+                 and part.casefold() not in self._allow}
+        if not parts or self._settings.threshold("PERSON") > NAME_PART_SCORE:
+            return []
+        alternatives = "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True))
+        return [Span(m.start(), m.end(), "PERSON", NAME_PART_SCORE, "name_parts")
+                for m in re.finditer(rf"(?<!\w)(?:{alternatives})(?!\w)", text)]
+
     def mask(self, texts: Sequence[str], spans: Sequence[Sequence[Span]],
              tenant: str) -> MaskResult:
-        per_text = [self.findings(t, s) for t, s in zip(texts, spans, strict=True)]
+        names = [t[s.start:s.end] for t, found in zip(texts, spans, strict=True) for s in found
+                 if s.entity == "PERSON" and s.score >= self._settings.threshold("PERSON")]
+        per_text = [self.findings(t, s, names) for t, s in zip(texts, spans, strict=True)]
         blocked = sorted({f.entity for found in per_text for f in found
                           if self._settings.action(f.entity) == "block"})
         if blocked:

@@ -159,6 +159,59 @@ def _words(text: str) -> Iterator[Match]:
                 yield m.start(), m.end(), "IP_ADDRESS", 0.95
 
 
+# A person's name right after a cue that introduces one: "my name is", "Dear", "Dr.", "my
+# daughter". Names are 1-3 capitalised words (any script), an initial allowed in the middle.
+# A word of a name, apostrophes (ASCII and U+2019) and hyphens inside; or an initial ("D.").
+# Only initials carry a dot: "Tamm." ends a sentence, and the next word is not the name's.
+_WORD = r"(?:[^\W\d_]\.|[^\W\d_]+(?:['\u2019-][^\W\d_]+)*)"
+NAME_CUE = re.compile(
+    r"(?i:\b(?:my name is|my name's|name is|i am|i'm|this is|named|called|dear|hi|hello|hey|"
+    r"sincerely|regards|mr|mrs|ms|mx|miss|dr|prof|sir|patient|customer|client|employee|"
+    r"colleague|manager|wife|husband|son|daughter|kid|child|mother|father|mom|dad|brother|"
+    r"sister|friend|partner|boss)\b)\.?,?[ \t]+"
+    rf"(?P<v>{_WORD}(?:[ \t]+{_WORD}){{0,2}})")
+WORD = re.compile(r"\S+")
+NOT_NAMES = frozenset({
+    "sir", "madam", "team", "all", "everyone", "there", "support", "customer", "customers",
+    "the", "a", "an", "my", "our", "your", "this", "that", "here", "not", "just", "so", "very",
+    "going", "looking", "writing", "trying", "happy", "sorry", "glad", "new", "from", "with",
+    "in", "at", "on", "to", "and", "or", "is", "it", "i", "we", "you", "he", "she", "they",
+    "service", "services", "department", "manager", "friends", "folks", "guys", "world",
+})
+STRONG_CUES = ("name", "i am", "i'm", "dear", "mr", "mrs", "ms", "mx", "miss", "dr", "prof")
+
+
+# A weak cue: "by" + at least two capitalised words ("a song by Szabina Gelencsér").
+BY_NAME = re.compile(rf"(?i:\bby\b):?[ \t]+(?P<v>{_WORD}(?:[ \t]+{_WORD}){{1,2}})")
+
+
+def _cues(regex: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """Matches that may overlap: the next search starts right after a cue, not after the words
+    it captured, so in "Hello, my name is Siiri" the second cue is not swallowed by the first."""
+    pos = 0
+    while m := regex.search(text, pos):
+        yield m
+        pos = m.start("v")
+
+
+def _names(text: str) -> Iterator[Match]:
+    for m in [*_cues(NAME_CUE, text), *_cues(BY_NAME, text)]:
+        words = []
+        for word in WORD.finditer(m.group("v")):
+            bare = word.group().rstrip(".")
+            if not bare[:1].isupper() or bare.casefold() in NOT_NAMES:
+                break
+            words.append(word)
+        while words and len(words[-1].group().rstrip(".")) == 1:  # no trailing initial
+            words.pop()
+        if not words or (m.re is BY_NAME and len(words) < 2):
+            continue
+        start = m.start("v")
+        end = start + words[-1].start() + len(words[-1].group().rstrip("."))
+        cue = text[m.start():start].casefold()
+        yield start, end, "PERSON", 0.9 if any(c in cue for c in STRONG_CUES) else 0.6
+
+
 def _numbers(text: str) -> Iterator[Match]:
     for region in NUMERIC_REGION.finditer(text):
         # endpos truncates what lookaheads can see: give them the two characters after the
@@ -178,11 +231,11 @@ class PatternDetector:
 
     name = "patterns"
     entities = frozenset({"SECRET", "EMAIL", "IBAN", "IP_ADDRESS", "CREDIT_CARD", "US_SSN",
-                          "PHONE"})
+                          "PHONE", "PERSON"})
 
     def detect(self, text: str) -> list[Span]:
         spans: list[Span] = []
-        for family in (_secrets, _words, _numbers):
+        for family in (_secrets, _words, _numbers, _names):
             for start, end, entity, score in family(text):
                 span = Span(start, end, entity, score, self.name)
                 if not any(span.overlaps(s) for s in spans):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.api.request import ApiRequest
 from gateway.api.texts import text_slots
 from gateway.observability.metrics import Metrics
+from gateway.plugins import load_detector
 from gateway.privacy.engine import DetectionEngine
 from gateway.privacy.masker import Masker
 from gateway.privacy.vault import Vault
@@ -14,7 +15,8 @@ from gateway.settings import PrivacySettings
 class PrivacyStage:
     def __init__(self, settings: PrivacySettings, metrics: Metrics,
                  hash_secret: bytes | None) -> None:
-        self.engine = DetectionEngine(settings.detectors, settings.ner_workers)
+        plugins = [load_detector(reference) for reference in settings.plugins]
+        self.engine = DetectionEngine(settings.detectors, settings.ner_workers, plugins=plugins)
         self._masker = Masker(settings, hash_secret)
         self._metrics = metrics
 

@@ -41,6 +41,7 @@ tenants: {{t: {{}}}}
 api_keys: [{{name: k, tenant: t, hash: "{hash_api_key(TEST_KEY)}"}}]
 backends: [{{name: demo, url: "{upstream}"}}]
 models: {{m: [demo]}}
+privacy: {{detectors: [patterns]}}
 """)
     return path
 

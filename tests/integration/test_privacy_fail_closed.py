@@ -55,3 +55,14 @@ def test_unparseable_stream_event_fails_closed(demo: Demo) -> None:
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert "not json" not in "".join(lines)
     assert '"stream_interrupted"' in lines[-1]
+
+
+def test_plugin_entity_masked_and_restored(demo: Demo) -> None:
+    settings = settings_for([demo_backend("d", demo.url)],
+                            privacy={"detectors": ["patterns"], "plugins": ["employee_id"]})
+    with gateway_for(settings) as gw:
+        r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, json={
+            "model": "test-model",
+            "messages": [{"role": "user", "content": "Badge EMP-100003-3 lost"}]})
+    assert demo.state.last_body["messages"][0]["content"] == "Badge <EMPLOYEE_ID_1> lost"
+    assert r.json()["choices"][0]["message"]["content"].endswith("Badge EMP-100003-3 lost")

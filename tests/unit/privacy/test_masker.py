@@ -66,3 +66,15 @@ def test_overlaps_keep_higher_score_then_longer() -> None:
              Span(20, 24, "PERSON", 0.8, "a"), Span(20, 26, "PERSON", 0.8, "b")]
     found = Masker(PrivacySettings()).findings("x" * 30, spans)
     assert [(s.start, s.end) for s in found] == [(5, 15), (20, 26)]
+
+
+def test_name_parts_seen_anywhere_are_masked_everywhere() -> None:
+    spans = [[Span(8, 26, "PERSON", 0.85, "ner")], []]
+    texts = ["Meeting Faina D. Yefremova today", "Ask Yefremova, or Faina, not faina"]
+    out = Masker(PrivacySettings()).mask(texts, spans, "t").texts
+    assert out == ["Meeting <PERSON_1> today", "Ask <PERSON_2>, or <PERSON_3>, not faina"]
+
+
+def test_cue_names_from_the_pattern_tier() -> None:
+    out = mask(PrivacySettings(), ["Hello, my name is Siiri Tamm. Dear Sir, a song by Ana Lee."])
+    assert out == ["Hello, my name is <PERSON_1>. Dear Sir, a song by <PERSON_2>."]
