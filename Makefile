@@ -33,7 +33,10 @@ e2e: $(DEV) $(LLAMA)
 	$(BIN)/pytest tests/e2e
 
 bench: $(DEV)
-	$(BIN)/python tests/bench/proxy_overhead.py
+	$(BIN)/python tests/bench/proxy_overhead.py      # needs wrk (apt-get install wrk)
+	$(BIN)/python tests/bench/pii_eval.py
+	$(BIN)/python tests/bench/detection_latency.py
+	$(BIN)/python tests/bench/stream_ttft.py
 
 install: $(DEV)
 

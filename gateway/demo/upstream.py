@@ -116,10 +116,10 @@ async def _sse(request: web.Request, events: Iterator[bytes], delay: float) -> w
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
-    for event in events:
+    for i, event in enumerate(events):
+        if i and delay:
+            await asyncio.sleep(delay)  # pace between events; end the body right after the last
         await response.write(event)
-        if delay:
-            await asyncio.sleep(delay)
     await response.write_eof()
     return response
 

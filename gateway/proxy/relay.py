@@ -9,6 +9,7 @@ is cancelled, and `finally` closes it).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -83,6 +84,7 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
                 break
     except ConnectionResetError:
         log.info("client_disconnected", route=endpoint.name)
+        upstream.close()
         return response
     except TimeoutError:
         problem = "Upstream stopped sending (read timeout)."
@@ -92,14 +94,36 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
         problem = "Upstream sent an event larger than allowed."
     except StreamFormatError:
         problem = "Upstream sent an event the gateway cannot restore; the stream was stopped."
-    finally:
-        upstream.close()
+    except BaseException:
+        upstream.close()  # cancelled (the client went away): drop the upstream request now
+        raise
     if problem:
+        upstream.close()
         log.warning("stream_interrupted", route=endpoint.name, reason=problem)
         await _finish(response, stream_error_event(endpoint, problem, request_id))
     else:
         await _finish(response, b"")
+        task = asyncio.create_task(_return_to_pool(upstream))
+        _returning.add(task)
+        task.add_done_callback(_returning.discard)
     return response
+
+
+_returning: set[asyncio.Task[None]] = set()  # strong references until each task finishes
+
+
+async def _return_to_pool(upstream: aiohttp.ClientResponse) -> None:
+    """After the terminal event the upstream body normally ends at once; reading that end
+    lets the connection be reused instead of reconnecting for every stream. It runs after the
+    handler returned, so neither this client nor its next request on the connection waits."""
+    try:
+        async with asyncio.timeout(0.25):
+            while await upstream.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        upstream.close()
+        return
+    upstream.release()
 
 
 async def _events(upstream: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:

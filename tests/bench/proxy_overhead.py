@@ -119,6 +119,7 @@ tenants: {{bench: {{}}}}
 api_keys: [{{name: bench, tenant: bench, hash: "{hash_api_key(KEY)}"}}]
 backends: [{{name: up, url: "{upstream}", pool_size: 100}}]
 models: {{bench: [up]}}
+privacy: {{enabled: false}}   # the proxy alone: masking is measured by the other benchmarks
 """)
     return path
 
