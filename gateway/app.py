@@ -13,6 +13,7 @@ from gateway.api import ENDPOINTS
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
+from gateway.observability.audit import AuditTrail
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.privacy.stage import PrivacyStage
@@ -29,13 +30,23 @@ class Gateway:
     pool: UpstreamPool
     router: Router
     pipeline: Pipeline
+    audit: AuditTrail | None
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
+def audit_path(path: str, worker: int | None) -> str:
+    """With several workers each keeps its own chain: audit.jsonl -> audit.w0.jsonl, ..."""
+    if worker is None:
+        return path
+    stem, dot, suffix = path.rpartition(".")
+    return f"{stem}.w{worker}.{suffix}" if dot else f"{path}.w{worker}"
+
+
 def build_app(settings: Settings, *, session_factory: SessionFactory = default_session,
-              environ: Mapping[str, str] | None = None) -> web.Application:
+              environ: Mapping[str, str] | None = None,
+              worker: int | None = None) -> web.Application:
     metrics = Metrics()
     pool = UpstreamPool(settings, session_factory, environ)
     router = Router(settings)
@@ -47,12 +58,14 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
         if settings.privacy.enabled else None
     pipeline = Pipeline(settings, authenticator, privacy, router, Forwarder(pool, metrics),
                         metrics)
-    gateway = Gateway(settings, metrics, pool, router, pipeline)
-
+    audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
+                       settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
+        if settings.audit.enabled else None
+    gateway = Gateway(settings, metrics, pool, router, pipeline, audit)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
-        middlewares=[request_context(metrics=metrics, settings=settings)],
+        middlewares=[request_context(metrics=metrics, settings=settings, audit=audit)],
     )
     app[GATEWAY] = gateway
     for endpoint in ENDPOINTS:
@@ -64,7 +77,17 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     app.router.add_get("/metrics", metrics_page, name="metrics")
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_detectors)
+    app.cleanup_ctx.append(_audit_trail)
     return app
+
+
+async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
+    audit = app[GATEWAY].audit
+    if audit is not None:
+        audit.open()
+    yield
+    if audit is not None:
+        audit.close()
 
 
 async def _detectors(app: web.Application) -> AsyncIterator[None]:

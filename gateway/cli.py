@@ -1,4 +1,4 @@
-"""`veil` command line: serve, demo-upstream, quickstart, apikey."""
+"""`veil` command line: serve, demo-upstream, quickstart, apikey, audit."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     hash_cmd = apikey_commands.add_parser("hash", help="print the config hash of a key on stdin")
     hash_cmd.set_defaults(apikey_command="hash")
 
+    audit = commands.add_parser("audit", help="the tamper-evident audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check MACs and the hash chain; exit 1 naming the first break")
+    verify.add_argument("files", nargs="+", help="oldest first, e.g. audit.jsonl.1 audit.jsonl")
+    key = verify.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key-file")
+    key.add_argument("--key-env", help="name of the environment variable holding the key")
+
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -71,4 +80,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("Add to config.yaml under api_keys:")
         print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
         return 0
+    if args.command == "audit":
+        from gateway.observability.audit import load_key, verify
+
+        verdict = verify(args.files, load_key(args.key_file, args.key_env))
+        print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
+        return 0 if verdict.ok else 1
     raise AssertionError(args.command)  # argparse rejects unknown commands first

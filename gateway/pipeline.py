@@ -17,6 +17,7 @@ from gateway.errors import RequestTimeout
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import REQUEST_ID
+from gateway.observability.facts import FACTS
 from gateway.observability.metrics import Metrics
 from gateway.privacy.stage import PrivacyStage
 from gateway.proxy.forward import Forwarder
@@ -36,23 +37,30 @@ class Pipeline:
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
+        facts = request[FACTS]
         limits = self.settings.limits
 
         # ingress: who is calling (and within their rate), bounded body, strict JSON, types
         caller = self.authenticator.admit(request)
+        facts.tenant = caller.tenant
         raw = await self._body(request)
         api_request = endpoint.parse(decode_json_object(raw), request.headers)
 
         # route: backends the tenant may use for this model, in configured order
         backends = self.router.candidates(api_request, caller)
+        facts.model, facts.stream = api_request.model, api_request.stream
+        facts.stage("ingress")
 
         # detect + decide: every text the request carries, rewritten before anything leaves
-        vault = await self.privacy.protect(api_request, caller.tenant) if self.privacy else None
+        vault = await self.privacy.protect(api_request, caller.tenant, facts) \
+            if self.privacy else None
         restoring = vault is not None and len(vault) > 0
 
         # upstream: the gateway's own credentials; fail over before the first byte
         payload = orjson.dumps(api_request.body)
         reply = await self.forwarder.open(api_request, backends, payload, request_id)
+        facts.backend = reply.backend.name
+        facts.stage("upstream")
         structlog.contextvars.bind_contextvars(model=api_request.model, stream=api_request.stream,
                                                backend=reply.backend.name)
 
@@ -62,10 +70,14 @@ class Pipeline:
                 and upstream.content_type == "text/event-stream":
             rewrite = StreamRestore(api_request.endpoint, vault).rewrite \
                 if restoring and vault is not None else None
-            return await relay_stream(request, api_request, upstream, request_id, rewrite)
-        transform = functools.partial(restore_body, vault=vault) \
-            if restoring and vault is not None else None
-        return await relay_body(upstream, request_id, limits.max_response_bytes, transform)
+            response = await relay_stream(request, api_request, upstream, request_id, rewrite)
+        else:
+            transform = functools.partial(restore_body, vault=vault) \
+                if restoring and vault is not None else None
+            response = await relay_body(upstream, request_id, limits.max_response_bytes,
+                                        transform)
+        facts.stage("relay")
+        return response
 
     async def _body(self, request: web.Request) -> bytes:
         limits = self.settings.limits

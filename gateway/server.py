@@ -41,7 +41,8 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
         await runner.cleanup()
 
 
-def run_worker(config_path: str, settings: Settings, reuse_port: bool) -> None:
+def run_worker(config_path: str, settings: Settings, reuse_port: bool,
+               worker: int | None = None) -> None:
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
 
@@ -51,7 +52,8 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool) -> None:
         log.info("listening", host=settings.listen.host, port=port, pid=os.getpid(),
                  config=config_path)
 
-    main = serve_app(build_app(settings), settings.listen.host, settings.listen.port,
+    main = serve_app(build_app(settings, worker=worker), settings.listen.host,
+                     settings.listen.port,
                      reuse_port=reuse_port, max_header_bytes=settings.limits.max_header_bytes,
                      on_started=started)
     try:
@@ -71,7 +73,7 @@ def serve(config_path: str, settings: Settings, workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="veil-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_worker, args=(config_path, settings, True),
+    processes = [context.Process(target=run_worker, args=(config_path, settings, True, i),
                                  name=f"veil-worker-{i}") for i in range(workers)]
     for process in processes:
         process.start()

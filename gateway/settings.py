@@ -9,6 +9,8 @@ Environment overrides use `VEIL__SECTION__KEY=value` (value parsed as YAML), e.g
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -137,6 +139,23 @@ class PrivacySettings(Strict):
         return self.thresholds.get(entity, self.default_threshold)
 
 
+class AuditSettings(Strict):
+    """The tamper-evident audit trail (gateway/observability/audit.py)."""
+
+    enabled: bool = False
+    path: str = "var/audit.jsonl"
+    key_env: str | None = None  # the HMAC key from this environment variable ...
+    key_file: str | None = None  # ... or from this file (veil quickstart creates one)
+    max_bytes: Annotated[int, Field(ge=4096)] = 50 * 1024 * 1024
+    keep: Annotated[int, Field(ge=1, le=1000)] = 10
+
+    @model_validator(mode="after")
+    def _key_source(self) -> AuditSettings:
+        if self.enabled and not (self.key_env or self.key_file):
+            raise ValueError("audit needs key_env or key_file")
+        return self
+
+
 class LoggingSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -146,6 +165,7 @@ class Settings(Strict):
     listen: ListenSettings = ListenSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
+    audit: AuditSettings = AuditSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     privacy: PrivacySettings = PrivacySettings()
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
@@ -180,6 +200,11 @@ class Settings(Strict):
 
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)
+
+    def policy_digest(self) -> str:
+        """Names the rules that decided (privacy settings until policy files exist)."""
+        canonical = json.dumps(self.privacy.model_dump(), sort_keys=True).encode()
+        return "sha256:" + hashlib.sha256(canonical).hexdigest()
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:

@@ -3,6 +3,8 @@ with instructions a newcomer can paste."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,9 +38,18 @@ def _wait(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 3
     return False
 
 
+def _ensure_key(path: Path) -> None:
+    """The demo's audit key: random, created once, readable by this user only."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+
+
 def quickstart(config: str, demo_port: int) -> int:
-    settings = load_settings(config)  # fail fast with the config error, before starting anything
     Path("var").mkdir(exist_ok=True)
+    _ensure_key(Path("var/audit.key"))
+    settings = load_settings(config)  # fail fast with the config error, before starting anything
     veil = [sys.executable, "-m", "gateway"]
     # Our own interpreter and module with fixed arguments: nothing here comes from a client.
     demo = subprocess.Popen([*veil, "demo-upstream", "--port", str(demo_port),  # noqa: S603
@@ -102,6 +113,9 @@ def _banner(base: str, demo_url: str, key: str, model: str, config: str) -> str:
 
  What left your perimeter (the last body the model received):
    curl -s {demo_url}/_demo/last
+
+ The audit trail (one hash-chained record per request, never a value):
+   .venv/bin/veil audit verify var/audit.jsonl --key-file var/audit.key
 
  Ctrl-C stops both.
 ================================================================================

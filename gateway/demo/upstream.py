@@ -32,6 +32,7 @@ class DemoState:
     required_key: str | None = None
     last_body: Any = None
     last_headers: dict[str, str] = field(default_factory=dict)
+    received: list[bytes] = field(default_factory=list)  # every raw body, for leak checks
     counts: Counter[str] = field(default_factory=Counter)
 
 
@@ -71,7 +72,10 @@ async def _receive(request: web.Request) -> tuple[DemoState, dict[str, Any]]:
             raise web.HTTPUnauthorized(text=json.dumps({"error": {"message": "bad upstream key",
                                        "type": "authentication_error"}}),
                                        content_type="application/json")
-    body = await request.json()
+    raw = await request.read()
+    state.received.append(raw)
+    del state.received[:-1000]  # bounded: the demo keeps the last thousand
+    body = json.loads(raw)
     state.last_body = body
     state.last_headers = {k.lower(): v for k, v in request.headers.items()}
     state.counts[request.path] += 1

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.api import anthropic
+from gateway.api import ENDPOINTS, anthropic
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -20,22 +20,33 @@ from gateway.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
+from gateway.observability.audit import AuditTrail
+from gateway.observability.facts import FACTS, RequestFacts
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.privacy.patterns import PatternDetector
 from gateway.settings import Settings
 
 log = get_logger("veil.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {"models", "unmatched"})
 OVERLOADED = ServiceUnavailable("The gateway is at its concurrency limit; retry shortly.",
                                 code="overloaded", headers={"Retry-After": "1"})
 
 
+_ID_SCREEN = PatternDetector()
+
+
 def request_id_for(request: web.Request) -> str:
-    """Reuse a well-formed client id (for end-to-end tracing), otherwise make one."""
+    """Reuse a well-formed client id (for end-to-end tracing), otherwise make one. The id is
+    written to logs and the audit trail, so one that looks like a secret or personal data is
+    never used."""
     given = request.headers.get("X-Request-ID", "")
-    return given if CLIENT_REQUEST_ID.match(given) else "req_" + secrets.token_hex(16)
+    if given and CLIENT_REQUEST_ID.match(given) and not _ID_SCREEN.detect(given):
+        return given
+    return "req_" + secrets.token_hex(16)
 
 
 def error_response(error: GatewayError, request: web.Request, request_id: str) -> web.Response:
@@ -63,10 +74,13 @@ def _where(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
-def request_context(*, metrics: Metrics, settings: Settings) -> Middleware:
-    """Request id, error envelope, concurrency limit, metrics and the access log, in one place:
-    one middleware keeps the coroutine chain every I/O wake-up resumes short."""
+def request_context(*, metrics: Metrics, settings: Settings,
+                    audit: AuditTrail | None) -> Middleware:
+    """Request id, error envelope, concurrency limit, metrics, the access log and the audit
+    record, in one place: one middleware keeps the coroutine chain every I/O wake-up resumes
+    short."""
     max_in_flight = settings.limits.max_concurrent_requests
+    policy = settings.policy_digest()
     in_flight = 0
 
     @web.middleware
@@ -78,6 +92,7 @@ def request_context(*, metrics: Metrics, settings: Settings) -> Middleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         route = request.match_info.route.name or "unmatched"
+        facts = request[FACTS] = RequestFacts(route)
         response: web.StreamResponse
         in_flight += 1
         metrics.in_flight.inc()
@@ -87,14 +102,14 @@ def request_context(*, metrics: Metrics, settings: Settings) -> Middleware:
             else:
                 response = await handler(request)
         except GatewayError as exc:
-            response = error_response(exc, request, request_id)
+            response = _refused(facts, exc, request, request_id)
         except web.HTTPException as exc:
-            response = error_response(_from_http_exception(exc, request), request, request_id)
+            response = _refused(facts, _from_http_exception(exc, request), request, request_id)
         except Exception as exc:
             # Not log.exception: the message and traceback locals may carry request content.
             log.error("unhandled_error", error_type=type(exc).__name__,  # noqa: TRY400
                       where=_where(exc))
-            response = error_response(GatewayError("Internal error."), request, request_id)
+            response = _refused(facts, GatewayError("Internal error."), request, request_id)
         finally:
             in_flight -= 1
             metrics.in_flight.dec()
@@ -102,8 +117,19 @@ def request_context(*, metrics: Metrics, settings: Settings) -> Middleware:
             response.headers["X-Request-ID"] = request_id
         elapsed = time.perf_counter() - started
         metrics.request_answered(route, response.status, elapsed)
+        metrics.stages(facts.stages_ms)
+        if audit is not None and route in AUDITED_ROUTES:
+            audit.append(facts.record(request_id, response.status, policy, elapsed * 1000))
         log.info("request", method=request.method, route=route, status=response.status,
                  duration_ms=round(elapsed * 1000, 2))
         return response
 
     return middleware
+
+
+def _refused(facts: RequestFacts, error: GatewayError, request: web.Request,
+             request_id: str) -> web.Response:
+    if facts.decision == "forwarded":
+        facts.decision = "refused" if error.status < 500 else "failed"
+    facts.rule = facts.rule or error.code
+    return error_response(error, request, request_id)

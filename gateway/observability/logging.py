@@ -5,8 +5,9 @@ level cost nothing; one JSON render per line). Standard-library loggers (aiohttp
 libraries) are rendered through the same processor chain by a ProcessorFormatter, so every line
 passes the same redaction whatever produced it.
 
-Bodies are never passed to a logger. The chain still drops values under keys that name
-credentials or content, as a second line of defence for any call site that gets it wrong.
+Bodies are never passed to a logger. The chain still redacts, just before rendering, by key
+and by value, and reduces exceptions to type and frames (see `redaction`): a second line of
+defence for any call site, ours or a library's, that gets it wrong. It is on at every level.
 """
 
 from __future__ import annotations
@@ -14,42 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-SENSITIVE_KEYS = frozenset({
-    "authorization", "api_key", "x-api-key", "cookie", "set-cookie", "password", "secret",
-    "token", "body", "content", "messages", "prompt", "input", "completion", "arguments",
-    "headers",
-})
+from gateway.observability.redaction import RedactEventDict, Redactor, scrub_exception
 
 
 def get_logger(name: str) -> Any:
     """A structlog logger that carries its name in every line."""
     return structlog.get_logger(logger_name=name)
-
-
-class DropSensitiveKeys:
-    """Replace values under sensitive keys (at any depth) with a marker that keeps only type and
-    length, so an operator sees that something was there without seeing it."""
-
-    __slots__ = ()
-
-    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        return _scrub(event_dict)
-
-
-def _scrub(mapping: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in mapping.items():
-        if key.lower() in SENSITIVE_KEYS and value is not None:
-            mapping[key] = f"[REDACTED:KEY:len={len(str(value))}]"
-        elif isinstance(value, dict):
-            mapping[key] = _scrub(dict(value))
-    return mapping
 
 
 def add_stdlib_logger_name(logger: WrappedLogger, method: str,
@@ -70,28 +47,31 @@ def _json(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
+def configure_logging(level: str = "info", fmt: str = "json",
+                      correlation_key: bytes | None = None, stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
     level_number = logging.getLevelName(level.upper())
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         add_pid,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        DropSensitiveKeys(),
+        scrub_exception,
+        RedactEventDict(Redactor(correlation_key)),
     ]
     renderer: Processor = (structlog.processors.JSONRenderer(serializer=_json) if fmt == "json"
                            else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_number),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[add_stdlib_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

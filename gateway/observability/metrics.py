@@ -40,6 +40,11 @@ class Metrics:
         self.upstream_ttfb = Histogram("veil_upstream_ttfb_seconds",
                                        "Time until a backend's response headers arrived.",
                                        ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("veil_stage_duration_seconds",
+                                       "Time spent in each pipeline stage.", ["stage"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.blocked = Counter("veil_blocked_total", "Requests refused by a rule.", ["rule"],
+                               registry=r)
         self.entities = Counter("veil_entities_masked_total",
                                 "Sensitive values acted on in prompts, by entity type.",
                                 ["entity"], registry=r)
@@ -50,6 +55,14 @@ class Metrics:
         self._answered: dict[tuple[str, int], Any] = {}
         self._timed: dict[str, Any] = {}
         self._upstream_ok: dict[str, tuple[Any, Any]] = {}
+        self._stages: dict[str, Any] = {}
+
+    def stages(self, stages_ms: dict[str, float]) -> None:
+        for stage, ms in stages_ms.items():
+            timer = self._stages.get(stage)
+            if timer is None:
+                timer = self._stages[stage] = self.stage_seconds.labels(stage)
+            timer.observe(ms / 1000)
 
     def upstream_answered(self, backend: str, seconds: float) -> None:
         children = self._upstream_ok.get(backend)

@@ -23,11 +23,21 @@ from gateway.settings import PrivacySettings
 NAME_PART_SCORE = 0.55  # below NER's own labels, so a part that NER calls an ORG stays one
 
 
+class BlockedBySensitiveData(InvalidRequest):
+    """400 naming the entity types found (never the values)."""
+
+    def __init__(self, entities: list[str]) -> None:
+        super().__init__(f"Request blocked by privacy policy: it contains {', '.join(entities)}.",
+                         code="sensitive_data_blocked")
+        self.entities = entities
+
+
 @dataclass
 class MaskResult:
     texts: list[str]
     vault: Vault
     counts: Counter[str] = field(default_factory=Counter)  # entity -> findings acted on
+    detectors: set[str] = field(default_factory=set)  # detectors whose findings were acted on
 
 
 class Masker:
@@ -74,9 +84,7 @@ class Masker:
         blocked = sorted({f.entity for found in per_text for f in found
                           if self._settings.action(f.entity) == "block"})
         if blocked:
-            raise InvalidRequest(
-                f"Request blocked by privacy policy: it contains {', '.join(blocked)}.",
-                code="sensitive_data_blocked")
+            raise BlockedBySensitiveData(blocked)
         result = MaskResult([], Vault())
         for text, found in zip(texts, per_text, strict=True):
             result.texts.append(self._rewrite(text, found, tenant, result))
@@ -93,6 +101,7 @@ class Masker:
             out.append(text[last:span.start])
             out.append(self._replacement(action, span.entity, value, tenant, result.vault))
             result.counts[span.entity] += 1
+            result.detectors.add(span.detector)
             last = span.end
         out.append(text[last:])
         return "".join(out)

@@ -184,3 +184,10 @@ def test_upstream_refusing_gateway_credential_is_502_not_401(demo: Demo) -> None
     with gateway_for(settings, {"DEMO_KEY": "a-wrong-upstream-secret"}) as gw:
         r = post(gw, {"model": "test-model", "messages": [{"role": "user", "content": "x"}]})
     assert_envelope(r, 502, "upstream_auth_failed")
+
+
+def test_secret_looking_request_id_is_replaced(gateway: ServerThread) -> None:
+    key = "sk-proj-Zx8Qw3Er5Ty7Ui9Op1As2Df4Gh6Jk8Lz0Xc"
+    r = post(gateway, {"model": "test-model", "messages": [{"role": "user", "content": "x"}]},
+             headers={**AUTH, "X-Request-ID": key})
+    assert r.headers["X-Request-ID"].startswith("req_")

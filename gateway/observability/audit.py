@@ -1,0 +1,180 @@
+"""The audit trail: one JSON line per request, append-only, tamper-evident.
+
+Each record carries `seq`, `prev` (SHA-256 of the previous line, or 64 zeros for the first
+record ever) and `mac` (HMAC-SHA256 of the record without `mac`, under the audit key). Editing
+a record breaks its MAC; deleting, inserting or reordering records breaks `prev`/`seq`; forging
+a consistent chain needs the key. Rotation by size renames the file (`audit.jsonl.1`, ...) and
+the next file's first record points at the last line of the previous one, so the chain spans
+rotations: `veil audit verify audit.jsonl.2 audit.jsonl.1 audit.jsonl` checks it whole.
+
+What it cannot show on its own: records cut from the very end (nothing follows them). Ship the
+file to write-once storage if that matters; the last `seq` is also in the gateway's own log.
+
+Records hold facts about a request (who, which route and model, which policy, what kinds of
+data were found and how many, what was decided and why, where it went, how long each stage
+took), never a value from the request or the reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+GENESIS = "0" * 64
+
+
+def _canonical(record: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+
+
+def _mac(key: bytes, record: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "mac"}
+    return hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
+
+
+def load_key(path: str | Path | None = None, env: str | None = None) -> bytes:
+    """The audit key from an environment variable or a file (hex or raw, at least 16 bytes)."""
+    raw = os.environ.get(env, "").encode() if env else Path(path or "").read_bytes().strip()
+    if len(raw) < 16:
+        raise ValueError("the audit key must hold at least 16 bytes")
+    return raw
+
+
+class AuditLog:
+    def __init__(self, path: str | Path, key: bytes, *, max_bytes: int = 50 * 1024 * 1024,
+                 keep: int = 10) -> None:
+        self.path = Path(path)
+        self._key = key
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._prev, self._seq = self._resume()
+        self._file = self.path.open("ab")
+
+    def _resume(self) -> tuple[str, int]:
+        """Continue the chain from the newest existing line (this file or the last rotated)."""
+        for candidate in (self.path, self.path.with_name(self.path.name + ".1")):
+            last = _last_line(candidate)
+            if last:
+                record = orjson.loads(last)
+                return hashlib.sha256(last).hexdigest(), int(record["seq"]) + 1
+        return GENESIS, 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq - 1
+
+    def append(self, facts: Mapping[str, Any]) -> None:
+        record = {"seq": self._seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                  **facts, "prev": self._prev}
+        record["mac"] = _mac(self._key, record)
+        line = _canonical(record)
+        self._file.write(line + b"\n")
+        self._file.flush()
+        self._prev = hashlib.sha256(line).hexdigest()
+        self._seq += 1
+        if self._file.tell() >= self._max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for n in range(self._keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        self.path.replace(self.path.with_name(self.path.name + ".1"))
+        self._file = self.path.open("ab")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _last_line(path: Path) -> bytes | None:
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        position = f.tell()
+        chunk = b""
+        while position > 0 and chunk.count(b"\n") < 2:
+            step = min(4096, position)
+            position -= step
+            f.seek(position)
+            chunk = f.read(step) + chunk
+    lines = [line for line in chunk.split(b"\n") if line.strip()]
+    return lines[-1] if lines else None
+
+
+class AuditTrail:
+    """The app's handle: opened with the app (cleanup_ctx), absent when audit is disabled."""
+
+    def __init__(self, path: str | Path, key_file: str | None, key_env: str | None,
+                 max_bytes: int, keep: int) -> None:
+        self._args = (path, key_file, key_env, max_bytes, keep)
+        self.log: AuditLog | None = None
+
+    def open(self) -> None:
+        path, key_file, key_env, max_bytes, keep = self._args
+        self.log = AuditLog(path, load_key(key_file, key_env), max_bytes=max_bytes, keep=keep)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def append(self, facts: Mapping[str, Any]) -> None:
+        if self.log is None:
+            raise RuntimeError("audit trail is not open")
+        self.log.append(facts)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    records: int
+    message: str
+
+
+def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
+    """Check MACs, `seq` and `prev` across files given oldest first; name the first break."""
+    prev: str | None = None
+    seq: int | None = None
+    count = 0
+    start = ""
+    for where, line in _lines(files):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return Verdict(False, count, f"{where}: not a JSON record (damaged or edited)")
+        if not hmac.compare_digest(str(record.get("mac", "")), _mac(key, record)):
+            return Verdict(False, count, f"{where}: MAC mismatch: the record was edited, or "
+                                         "written under another key")
+        if prev is None:
+            if record.get("prev") != GENESIS:
+                start = f"{where}: chain starts at seq {record.get('seq')} (earlier files not "
+                start += "given)"
+        elif record.get("prev") != prev or record.get("seq") != (seq or 0) + 1:
+            return Verdict(False, count, f"{where}: chain broken after seq {seq}: a record was "
+                                         "deleted, inserted or reordered here")
+        prev, seq = hashlib.sha256(line).hexdigest(), int(record["seq"])
+        count += 1
+    if count == 0:
+        return Verdict(False, 0, "no records")
+    note = f" ({start})" if start else ""
+    return Verdict(True, count, f"{count} records verified, last seq {seq}{note}")
+
+
+def _lines(files: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:
+    for file in files:
+        with Path(file).open("rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield f"{file}:{number}", line.rstrip(b"\n")

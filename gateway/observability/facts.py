@@ -1,0 +1,49 @@
+"""What the audit record and the metrics say about one request, filled in stage by stage.
+
+Only facts: names from config (tenant, model, backend), entity types and counts, the decision
+and the rule behind it, timings. Never a value from the request or the reply.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class RequestFacts:
+    route: str
+    tenant: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    stream: bool = False
+    entities: Counter[str] = field(default_factory=Counter)
+    detectors: set[str] = field(default_factory=set)
+    decision: str = "forwarded"
+    rule: str | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    _mark: float = field(default_factory=time.perf_counter)
+
+    def stage(self, name: str) -> None:
+        """Close the stage that ran since the previous mark."""
+        now = time.perf_counter()
+        self.stages_ms[name] = round((now - self._mark) * 1000, 3)
+        self._mark = now
+
+    def record(self, request_id: str, status: int, policy: str,
+               total_ms: float) -> dict[str, Any]:
+        return {
+            "request_id": request_id, "tenant": self.tenant, "route": self.route,
+            "model": self.model, "stream": self.stream, "policy": policy,
+            "detectors": sorted(self.detectors), "entities": dict(sorted(self.entities.items())),
+            "semantic": None, "decision": self.decision, "rule": self.rule,
+            "backend": self.backend, "attestation": None, "status": status,
+            "latency_ms": {**self.stages_ms, "total": round(total_ms, 3)},
+        }
+
+
+FACTS = web.RequestKey("facts", RequestFacts)
