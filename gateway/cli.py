@@ -70,20 +70,33 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return quickstart(args.config, args.demo_port)
     if args.command == "apikey":
-        from gateway.ingress.auth import hash_api_key, new_api_key
-
-        if args.apikey_command == "hash":
-            print(hash_api_key(sys.stdin.readline().strip()))
-            return 0
-        key = new_api_key()
-        print(f"API key (shown once, give it to the client): {key}")
-        print("Add to config.yaml under api_keys:")
-        print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
-        return 0
+        return _apikey(args)
     if args.command == "audit":
-        from gateway.observability.audit import load_key, verify
-
-        verdict = verify(args.files, load_key(args.key_file, args.key_env))
-        print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
-        return 0 if verdict.ok else 1
+        return _audit_verify(args)
     raise AssertionError(args.command)  # argparse rejects unknown commands first
+
+
+def _apikey(args: argparse.Namespace) -> int:
+    from gateway.ingress.auth import hash_api_key, new_api_key
+
+    if args.apikey_command == "hash":
+        print(hash_api_key(sys.stdin.readline().strip()))
+        return 0
+    key = new_api_key()
+    print(f"API key (shown once, give it to the client): {key}")
+    print("Add to config.yaml under api_keys:")
+    print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from gateway.observability.audit import load_key, verify
+
+    try:
+        key = load_key(args.key_file, args.key_env)
+    except (OSError, ValueError) as exc:
+        print(f"veil: cannot read the audit key: {exc}", file=sys.stderr)
+        return 2
+    verdict = verify(args.files, key)
+    print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
+    return 0 if verdict.ok else 1

@@ -80,3 +80,11 @@ def test_records_hold_no_values(tmp_path: Path) -> None:
     write(tmp_path / "a.jsonl", 1).close()
     record = json.loads(lines(tmp_path / "a.jsonl")[0])
     assert set(record) == {"seq", "time", "request_id", "status", "entities", "prev", "mac"}
+
+
+def test_cli_reports_a_missing_key_cleanly(tmp_path: Path) -> None:
+    from gateway.cli import main  # noqa: PLC0415
+
+    write(tmp_path / "a.jsonl", 1).close()
+    assert main(["audit", "verify", str(tmp_path / "a.jsonl"),
+                 "--key-file", str(tmp_path / "missing.key")]) == 2
