@@ -111,9 +111,8 @@ class StreamRestore:
         return [_event(name, chunk)]
 
     def _chat_flush_into(self, index: int, delta: dict[str, Any]) -> None:
-        for key, text in self._flush(("c", index)).items():
+        for text in self._flush(("c", index)).values():
             delta["content"] = text + (delta.get("content") or "")
-            del key
         for key, text in self._flush(("t", index)).items():
             calls = delta.setdefault("tool_calls", [])
             call = next((c for c in calls if c.get("index", 0) == key[2]), None)

@@ -76,24 +76,23 @@ def chat(body: dict[str, Any]) -> Iterator[TextSlot]:
                 yield from _slot(function, "arguments")
 
 
-def completions(body: dict[str, Any]) -> Iterator[TextSlot]:
-    prompt = body["prompt"]
-    if isinstance(prompt, str):
-        yield from _slot(body, "prompt")
-    else:
-        for i, item in enumerate(prompt):
-            if isinstance(item, str):
-                yield from _slot(prompt, i)
-
-
-def embeddings(body: dict[str, Any]) -> Iterator[TextSlot]:
-    value = body["input"]
+def _string_or_strings(body: dict[str, Any], key: str) -> Iterator[TextSlot]:
+    """A field holding a string or a list of strings (token arrays carry no text)."""
+    value = body[key]
     if isinstance(value, str):
-        yield from _slot(body, "input")
+        yield from _slot(body, key)
     else:
         for i, item in enumerate(value):
             if isinstance(item, str):
                 yield from _slot(value, i)
+
+
+def completions(body: dict[str, Any]) -> Iterator[TextSlot]:
+    return _string_or_strings(body, "prompt")
+
+
+def embeddings(body: dict[str, Any]) -> Iterator[TextSlot]:
+    return _string_or_strings(body, "input")
 
 
 def responses(body: dict[str, Any]) -> Iterator[TextSlot]:
