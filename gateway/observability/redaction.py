@@ -34,10 +34,13 @@ SENSITIVE_KEYS = frozenset({
     "completion", "completions", "output", "arguments", "tool_arguments", "headers", "text",
     "system", "instructions",
 })
-# Values the gateway itself produces from fixed sets: no need to scan them.
+# Values the gateway itself produces or has already vetted: no need to scan them. The request
+# id is screened when accepted (ingress.middleware.request_id_for); the model is bound only
+# after routing matched it against config; event names of our own lines are code literals.
 TRUSTED_KEYS = frozenset({
     "level", "timestamp", "logger_name", "pid", "route", "method", "status", "duration_ms",
     "backend", "tenant", "key_name", "stream", "outcome", "elapsed_ms", "error_type", "where",
+    "request_id", "model",
 })
 
 
@@ -90,8 +93,9 @@ class RedactEventDict:
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         redactor = self._redactor
+        foreign = "_record" in event_dict  # a standard-library record: its message is free text
         for key, value in event_dict.items():
-            if key in TRUSTED_KEYS or key.startswith("_"):
+            if key in TRUSTED_KEYS or key.startswith("_") or (key == "event" and not foreign):
                 continue
             event_dict[key] = redactor.value(key, value)
         return event_dict

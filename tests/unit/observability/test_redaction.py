@@ -78,9 +78,18 @@ def test_stdlib_loggers_go_through_the_same_chain(written: io.StringIO) -> None:
 
 
 def test_bound_context_is_redacted_too(written: io.StringIO) -> None:
-    structlog.contextvars.bind_contextvars(request_id=KEY)
+    # (request_id is vetted where it is accepted: test_secret_looking_request_id_is_replaced)
+    structlog.contextvars.bind_contextvars(session=KEY)
     try:
         get_logger("veil.test").info("x")
     finally:
         structlog.contextvars.clear_contextvars()
     assert KEY not in written.getvalue()
+
+
+def test_our_event_names_are_not_scanned_but_foreign_messages_are(written: io.StringIO) -> None:
+    get_logger("veil.test").info("request", model="m")
+    logging.getLogger("presidio-analyzer").warning(f"saw {EMAIL}")
+    ours, foreign = lines(written)
+    assert ours["event"] == "request"
+    assert EMAIL not in foreign["event"]  # type: ignore[operator]
