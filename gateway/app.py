@@ -54,7 +54,7 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
     privacy = PrivacyStage(settings.privacy, metrics,
-                           env[hash_env].encode() if hash_env else None) \
+                           env[hash_env].encode() if hash_env else None, settings.logging) \
         if settings.privacy.enabled else None
     pipeline = Pipeline(settings, authenticator, privacy, router, Forwarder(pool, metrics),
                         metrics)

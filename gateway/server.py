@@ -46,7 +46,9 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
 
-    configure_logging(settings.logging.level, settings.logging.format)
+    key_env = settings.logging.correlation_key_env
+    configure_logging(settings.logging.level, settings.logging.format,
+                      correlation_key=os.environ[key_env].encode() if key_env else None)
 
     def started(port: int) -> None:
         log.info("listening", host=settings.listen.host, port=port, pid=os.getpid(),

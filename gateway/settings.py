@@ -159,6 +159,8 @@ class AuditSettings(Strict):
 class LoggingSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    # With a key, redaction markers carry `:h=<hmac>` so equal values can be correlated.
+    correlation_key_env: str | None = None
 
 
 class Settings(Strict):
@@ -260,6 +262,12 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
         for i, b in enumerate(settings.backends)
         if b.api_key_env and not environ.get(b.api_key_env)
     ]
+    for field_path, env_name in ((("logging", "correlation_key_env"),
+                                  settings.logging.correlation_key_env),):
+        if env_name and len(environ.get(env_name, "")) < 16:
+            issues.append(ConfigIssue(doc.file, doc.position(field_path), ".".join(field_path),
+                                      f"environment variable {env_name} must hold at least 16 "
+                                      "characters of secret"))
     hash_env = settings.privacy.hash_key_env
     if hash_env and len(environ.get(hash_env, "")) < 16:
         issues.append(ConfigIssue(doc.file, doc.position(("privacy", "hash_key_env")),

@@ -70,8 +70,8 @@ def _parts(content: Any, owner: dict[str, Any], key: str) -> Iterator[TextSlot]:
 def chat(body: dict[str, Any]) -> Iterator[TextSlot]:
     for message in body["messages"]:
         yield from _parts(message.get("content"), message, "content")
-        for call in message.get("tool_calls") or []:
-            function = call.get("function")
+        calls = [c.get("function") for c in message.get("tool_calls") or []]
+        for function in [*calls, message.get("function_call")]:  # function_call: legacy form
             if isinstance(function, dict):
                 yield from _slot(function, "arguments")
 

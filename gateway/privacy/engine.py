@@ -30,11 +30,15 @@ log = get_logger("veil.privacy")
 _worker_ner: object = None
 
 
-def _init_worker() -> None:
+def _init_worker(log_level: str, log_format: str) -> None:
     """Runs in each worker process: spaCy and Presidio are imported there, never in the
-    gateway's own process, which stays small and quick to start."""
+    gateway's own process, which stays small and quick to start. Their log lines go through
+    the same redacting chain as the gateway's."""
     global _worker_ner  # noqa: PLW0603 (one detector per worker process, loaded once)
+    from gateway.observability.logging import configure_logging  # noqa: PLC0415
     from gateway.privacy.presidio import PresidioDetector  # noqa: PLC0415
+
+    configure_logging(log_level, log_format)
 
     _worker_ner = PresidioDetector()
     _worker_ner.detect("warm up")
@@ -76,8 +80,10 @@ class SpanCache:
 
 
 class DetectionEngine:
-    def __init__(self, detectors: Sequence[str], ner_workers: int = 1,
-                 cache: SpanCache | None = None, plugins: Sequence[Detector] = ()) -> None:
+    def __init__(self, detectors: Sequence[str], ner_workers: int = 1, *,
+                 cache: SpanCache | None = None, plugins: Sequence[Detector] = (),
+                 log_level: str = "info", log_format: str = "json") -> None:
+        self._log = (log_level, log_format)
         self._patterns = PatternDetector() if "patterns" in detectors else None
         self._plugins = list(plugins)
         self._use_ner = "presidio" in detectors
@@ -90,7 +96,7 @@ class DetectionEngine:
             return
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker)
+            initializer=_init_worker, initargs=self._log)
         # Load the model in every worker before reporting ready.
         loop = asyncio.get_running_loop()
         await asyncio.gather(*[loop.run_in_executor(self._pool, _ner, ["warm up"])

@@ -10,14 +10,16 @@ from gateway.plugins import load_detector
 from gateway.privacy.engine import DetectionEngine
 from gateway.privacy.masker import BlockedBySensitiveData, Masker
 from gateway.privacy.vault import Vault
-from gateway.settings import PrivacySettings
+from gateway.settings import LoggingSettings, PrivacySettings
 
 
 class PrivacyStage:
     def __init__(self, settings: PrivacySettings, metrics: Metrics,
-                 hash_secret: bytes | None) -> None:
+                 hash_secret: bytes | None, logging: LoggingSettings | None = None) -> None:
         plugins = [load_detector(reference) for reference in settings.plugins]
-        self.engine = DetectionEngine(settings.detectors, settings.ner_workers, plugins=plugins)
+        logging = logging or LoggingSettings()
+        self.engine = DetectionEngine(settings.detectors, settings.ner_workers, plugins=plugins,
+                                      log_level=logging.level, log_format=logging.format)
         self._masker = Masker(settings, hash_secret)
         self._metrics = metrics
 

@@ -171,3 +171,15 @@ def test_anthropic_tool_use_stream_restored(stack: tuple[ServerThread, ServerThr
                                 messages=[{"role": "user", "content": f"to {EMAIL}"}]) as s:
         final = s.get_final_message()
     assert final.content[0].input == {"echo": f"to {EMAIL}"}  # type: ignore[union-attr]
+
+
+def test_legacy_function_call_arguments_are_masked(
+        stack: tuple[ServerThread, ServerThread]) -> None:
+    gw, demo = stack
+    oai(gw).chat.completions.create(model="test-model", messages=[
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None,
+         "function_call": {"name": "mail", "arguments": json.dumps({"to": EMAIL})}},
+        {"role": "function", "name": "mail", "content": "sent"},
+    ])
+    assert EMAIL not in sent_upstream(demo)
