@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--key-file")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
 
+    policy = commands.add_parser("policy", help="policy files")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser("check", help="validate policies; exit 1 listing errors")
+    check.add_argument("files", nargs="+")
+    policy_commands.add_parser("schema", help="print the policy JSON Schema")
+
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -73,6 +79,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _apikey(args)
     if args.command == "audit":
         return _audit_verify(args)
+    if args.command == "policy":
+        return _policy(args)
     raise AssertionError(args.command)  # argparse rejects unknown commands first
 
 
@@ -87,6 +95,27 @@ def _apikey(args: argparse.Namespace) -> int:
     print("Add to config.yaml under api_keys:")
     print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
     return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.policy.loader import load_policy
+    from gateway.policy.schema import Policy
+
+    if args.policy_command == "schema":
+        print(json.dumps(Policy.model_json_schema(), indent=2, sort_keys=True))
+        return 0
+    failed = False
+    for file in args.files:
+        try:
+            loaded = load_policy(file)
+        except ConfigError as exc:
+            failed = True
+            print(exc)
+        else:
+            print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
+    return 1 if failed else 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""Policy files: the YAML that security teams write, check, test and sign."""

@@ -1,0 +1,86 @@
+"""Policy format, version 1: typed models. Unknown keys are errors everywhere, so a typo can
+never silently weaken a policy.
+
+    version: 1
+    name: healthcare
+    extends: default.yaml            # optional; this file's keys override the base's
+    applies_to: {tenants: [...], routes: [...], models: [...]}      # "*" matches all
+    detectors: {builtin: [patterns, presidio], plugins: [...], thresholds: {PERSON: 0.6},
+                allow_list: [...], deny_list: {ENTITY: [terms]}}
+    default_action: pseudonymize
+    actions: {ENTITY: pseudonymize | redact | hash | block | allow}
+    data_classes: {phi: {entities: [PERSON, US_SSN]}}
+    routing: {phi: {require: confidential-gpu}, secret: {block: true}}
+    fail_mode: {detector: closed, scorer: closed, evidence: closed}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Action = Literal["pseudonymize", "redact", "hash", "block", "allow"]
+FailMode = Literal["open", "closed"]
+BuiltinDetector = Literal["patterns", "presidio"]
+BUILTIN_DETECTORS: tuple[BuiltinDetector, ...] = ("patterns", "presidio")
+BUILTIN_ENTITIES = frozenset({"EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS",
+                              "SECRET", "PERSON", "LOCATION", "ORGANIZATION"})
+ENTITY_NAME = r"^[A-Z][A-Z0-9_]*[A-Z0-9]$"
+NAME = r"^[a-z][a-z0-9-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AppliesTo(Strict):
+    tenants: list[str] = Field(default_factory=lambda: ["*"])
+    routes: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[str] = Field(default_factory=lambda: ["*"])
+
+
+class Detectors(Strict):
+    builtin: list[BuiltinDetector] = Field(default_factory=lambda: list(BUILTIN_DETECTORS))
+    plugins: list[str] = Field(default_factory=list)
+    thresholds: dict[Annotated[str, Field(pattern=ENTITY_NAME)],
+                     Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    allow_list: list[str] = Field(default_factory=list)
+    deny_list: dict[Annotated[str, Field(pattern=ENTITY_NAME)], list[str]] = Field(
+        default_factory=dict)
+
+
+class DataClass(Strict):
+    entities: list[str] = Field(min_length=1)
+
+
+class RoutingRule(Strict):
+    require: str | None = None  # a trust level (defined with attestation)
+    block: bool = False
+
+    @model_validator(mode="after")
+    def _one_effect(self) -> RoutingRule:
+        if (self.require is None) == (not self.block):
+            raise ValueError("give exactly one of 'require: <trust level>' or 'block: true'")
+        return self
+
+
+class FailModes(Strict):
+    detector: FailMode = "closed"
+    scorer: FailMode = "closed"
+    evidence: FailMode = "closed"
+
+
+class Policy(Strict):
+    version: Literal[1]
+    name: Annotated[str, Field(pattern=NAME)]
+    description: str = ""
+    extends: str | None = None
+    applies_to: AppliesTo = AppliesTo()
+    detectors: Detectors = Detectors()
+    default_action: Action = "pseudonymize"
+    actions: dict[str, Action] = Field(default_factory=dict)
+    data_classes: dict[Annotated[str, Field(pattern=NAME)], DataClass] = Field(
+        default_factory=dict)
+    routing: dict[str, RoutingRule] = Field(default_factory=dict)
+    fail_mode: FailModes = FailModes()
