@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     check = policy_commands.add_parser("check", help="validate policies; exit 1 listing errors")
     check.add_argument("files", nargs="+")
     policy_commands.add_parser("schema", help="print the policy JSON Schema")
+    keygen = policy_commands.add_parser("keygen", help="make an Ed25519 signing key pair")
+    keygen.add_argument("--private", required=True)
+    keygen.add_argument("--public", required=True)
+    sign = policy_commands.add_parser("sign", help="write FILE.sig (detached Ed25519)")
+    sign.add_argument("files", nargs="+")
+    sign.add_argument("--key", required=True, help="private key (PEM)")
+    verify_policy = policy_commands.add_parser(
+        "verify", help="verify the signatures of policies and every base they extend")
+    verify_policy.add_argument("files", nargs="+")
+    verify_policy.add_argument("--pubkey", required=True, help="public key (PEM)")
 
     args = parser.parse_args(argv)
     try:
@@ -106,6 +116,8 @@ def _policy(args: argparse.Namespace) -> int:
     if args.policy_command == "schema":
         print(json.dumps(Policy.model_json_schema(), indent=2, sort_keys=True))
         return 0
+    if args.policy_command in ("keygen", "sign", "verify"):
+        return _policy_signatures(args)
     failed = False
     for file in args.files:
         try:
@@ -115,6 +127,36 @@ def _policy(args: argparse.Namespace) -> int:
             print(exc)
         else:
             print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
+    return 1 if failed else 0
+
+
+def _policy_signatures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.policy import signing
+    from gateway.policy.loader import load_policy
+
+    try:
+        if args.policy_command == "keygen":
+            signing.generate(Path(args.private), Path(args.public))
+            print(f"private key: {args.private} (keep it secret)\npublic key: {args.public}")
+            return 0
+        if args.policy_command == "sign":
+            for file in args.files:
+                print(f"signed: {signing.sign(Path(file), Path(args.key))}")
+            return 0
+        public_key = signing.load_public_key(Path(args.pubkey))
+    except (OSError, ValueError, signing.SignatureError) as exc:
+        print(f"veil: {exc}", file=sys.stderr)
+        return 2
+    failed = False
+    for file in args.files:
+        try:
+            signing.verify_chain(load_policy(file).files, public_key)
+            print(f"ok: {file}")
+        except signing.SignatureError as exc:
+            failed = True
+            print(f"FAILED: {exc}")
     return 1 if failed else 0
 
 

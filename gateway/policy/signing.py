@@ -1,0 +1,63 @@
+"""Detached Ed25519 signatures for policy files (`policy.yaml` -> `policy.yaml.sig`).
+
+The signature covers the file's exact bytes. A policy is verified together with every base it
+extends, so a signed policy cannot be weakened by editing an unsigned base.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SUFFIX = ".sig"
+
+
+class SignatureError(Exception):
+    """A policy file is unsigned, its signature is malformed, or it does not verify."""
+
+
+def generate(private_path: Path, public_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    private_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    private_path.chmod(0o600)
+    public_path.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def sign(policy: Path, private_key: Path) -> Path:
+    key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{private_key}: not an Ed25519 private key")
+    signature = policy.with_name(policy.name + SUFFIX)
+    signature.write_text(base64.b64encode(key.sign(policy.read_bytes())).decode() + "\n")
+    return signature
+
+
+def verify_file(policy: Path, public_key: Ed25519PublicKey) -> None:
+    signature_path = policy.with_name(policy.name + SUFFIX)
+    if not signature_path.exists():
+        raise SignatureError(f"{policy}: unsigned (no {signature_path.name})")
+    try:
+        signature = base64.b64decode(signature_path.read_text().strip(), validate=True)
+        public_key.verify(signature, policy.read_bytes())
+    except (ValueError, InvalidSignature):
+        raise SignatureError(f"{policy}: signature does not verify (file or signature changed, "
+                             "or signed with another key)") from None
+
+
+def verify_chain(files: tuple[str, ...], public_key: Ed25519PublicKey) -> None:
+    for file in files:
+        verify_file(Path(file), public_key)
