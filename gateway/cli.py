@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     check = policy_commands.add_parser("check", help="validate policies; exit 1 listing errors")
     check.add_argument("files", nargs="+")
     policy_commands.add_parser("schema", help="print the policy JSON Schema")
+    explain = policy_commands.add_parser("explain", help="what a prompt would meet, and why")
+    explain.add_argument("file")
+    explain.add_argument("--prompt", required=True)
+    test = policy_commands.add_parser("test", help="run example prompts against expectations")
+    test.add_argument("file")
+    test.add_argument("--cases", required=True)
     keygen = policy_commands.add_parser("keygen", help="make an Ed25519 signing key pair")
     keygen.add_argument("--private", required=True)
     keygen.add_argument("--public", required=True)
@@ -118,6 +124,8 @@ def _policy(args: argparse.Namespace) -> int:
         return 0
     if args.policy_command in ("keygen", "sign", "verify"):
         return _policy_signatures(args)
+    if args.policy_command in ("explain", "test"):
+        return _policy_cases(args)
     failed = False
     for file in args.files:
         try:
@@ -128,6 +136,33 @@ def _policy(args: argparse.Namespace) -> int:
         else:
             print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
     return 1 if failed else 0
+
+
+def _policy_cases(args: argparse.Namespace) -> int:
+    from gateway.policy.cases import analyze, check, load_cases
+    from gateway.policy.loader import load_policy
+
+    loaded = load_policy(args.file)
+    if args.policy_command == "explain":
+        analysis = analyze(loaded, args.prompt)
+        print(f"policy {loaded.name} ({' <- '.join(loaded.files)})")
+        for span, text in analysis.findings:
+            print(f"  found {span.entity:<13} {text!r} (by {span.detector}, score "
+                  f"{span.score:.2f})")
+        print("\n".join(analysis.decision.lines()))
+        print(f"sent upstream: {analysis.masked!r}" if analysis.masked is not None
+              else "sent upstream: nothing (blocked)")
+        return 0
+    cases = load_cases(args.cases)
+    failures = 0
+    print(f"{'result':<7} {'case':<48} {'expected':<34} got")
+    for case in cases:
+        ok, got = check(loaded, case)
+        failures += not ok
+        expected = f"{case.expect.outcome} {case.expect.rule or '*'}"
+        print(f"{'PASS' if ok else 'FAIL':<7} {case.name[:48]:<48} {expected:<34} {got}")
+    print(f"{len(cases) - failures} passed, {failures} failed")
+    return 1 if failures else 0
 
 
 def _policy_signatures(args: argparse.Namespace) -> int:
