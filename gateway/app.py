@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
+import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -16,6 +19,8 @@ from gateway.ingress.ratelimit import RateLimiter
 from gateway.observability.audit import AuditTrail
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.policy.reload import PolicyHolder, run_watcher
+from gateway.privacy.engine import DetectionEngine
 from gateway.privacy.stage import PrivacyStage
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.router import Router
@@ -28,6 +33,7 @@ class Gateway:
     settings: Settings
     metrics: Metrics
     pool: UpstreamPool
+    policies: PolicyHolder
     router: Router
     pipeline: Pipeline
     audit: AuditTrail | None
@@ -53,15 +59,16 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     authenticator = Authenticator(settings, RateLimiter(), metrics)
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
-    privacy = PrivacyStage(settings.privacy, metrics,
-                           env[hash_env].encode() if hash_env else None, settings.logging) \
-        if settings.privacy.enabled else None
-    pipeline = Pipeline(settings, authenticator, privacy, router, Forwarder(pool, metrics),
-                        metrics)
+    engine = DetectionEngine(settings.privacy.ner_workers, log_level=settings.logging.level,
+                             log_format=settings.logging.format)
+    policies = PolicyHolder(settings.policies, env[hash_env].encode() if hash_env else None,
+                            engine, metrics)
+    pipeline = Pipeline(settings, authenticator, policies, PrivacyStage(engine, metrics),
+                        router, Forwarder(pool, metrics), metrics)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
-    gateway = Gateway(settings, metrics, pool, router, pipeline, audit)
+    gateway = Gateway(settings, metrics, pool, policies, router, pipeline, audit)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
@@ -77,6 +84,7 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     app.router.add_get("/metrics", metrics_page, name="metrics")
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_detectors)
+    app.cleanup_ctx.append(_policy_reloads)
     app.cleanup_ctx.append(_audit_trail)
     return app
 
@@ -91,12 +99,36 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _detectors(app: web.Application) -> AsyncIterator[None]:
-    privacy = app[GATEWAY].pipeline.privacy
-    if privacy is not None:
-        await privacy.engine.start()
+    gateway = app[GATEWAY]
+    await gateway.policies.start()
     yield
-    if privacy is not None:
-        await privacy.engine.close()
+    await gateway.pipeline.privacy.engine.close()
+
+
+async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
+    """Reload on SIGHUP (where this loop may own signals: the main thread) and on change."""
+    policies = app[GATEWAY].policies
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(policies.reload("sighup"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        handles_sighup = True
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        handles_sighup = False  # not the main thread (tests), or no SIGHUP (Windows)
+    watcher = loop.create_task(run_watcher(policies))
+    yield
+    watcher.cancel()
+    if handles_sighup:
+        loop.remove_signal_handler(signal.SIGHUP)
+    for task in (watcher, *tasks):
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -125,8 +157,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    privacy = gateway.pipeline.privacy
-    ready = gateway.pool.started and (privacy is None or privacy.engine.ready)
+    ready = gateway.pool.started and gateway.pipeline.privacy.engine.ready
     return web.json_response({"status": "ready" if ready else "starting"},
                              status=200 if ready else 503)
 

@@ -3,6 +3,7 @@
     GatewayError                      500 api_error
     ├── InvalidRequest                400 invalid_request_error   (names the field, never the value)
     ├── AuthenticationFailed          401 authentication_error
+    ├── PermissionDenied              403 permission_error        (no policy applies)
     ├── NotFound                      404 invalid_request_error   (unknown URL, unknown model)
     ├── MethodNotAllowed              405 invalid_request_error
     ├── RequestTimeout                408 invalid_request_error   (body not received in time)
@@ -64,6 +65,12 @@ class AuthenticationFailed(GatewayError):
     status = 401
     error_type = "authentication_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
 
 
 class NotFound(GatewayError):

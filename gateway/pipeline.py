@@ -1,5 +1,5 @@
-"""The path of one model request, stage by stage. Later stages (detect, decide, semantic
-scoring, attestation-aware routing, restore, audit) slot in here, in this order."""
+"""The path of one model request, stage by stage: ingress, route, policy, detect + decide +
+mask, upstream, restore. Semantic scoring and attestation-aware routing slot in here."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from gateway.api.replies import StreamRestore, restore_body
 from gateway.errors import RequestTimeout
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
-from gateway.ingress.middleware import REQUEST_ID
+from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
 from gateway.observability.facts import FACTS
 from gateway.observability.metrics import Metrics
+from gateway.policy.reload import PolicyHolder
 from gateway.privacy.stage import PrivacyStage
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.relay import relay_body, relay_stream
@@ -30,7 +31,8 @@ from gateway.settings import Settings
 class Pipeline:
     settings: Settings
     authenticator: Authenticator
-    privacy: PrivacyStage | None
+    policies: PolicyHolder
+    privacy: PrivacyStage
     router: Router
     forwarder: Forwarder
     metrics: Metrics
@@ -51,10 +53,14 @@ class Pipeline:
         facts.model, facts.stream = api_request.model, api_request.stream
         facts.stage("ingress")
 
+        # policy: taken once, so a reload never changes the rules under this request
+        active = self.policies.current.select(caller.tenant, endpoint.name, api_request.model)
+        facts.policy = active.digest
+
         # detect + decide: every text the request carries, rewritten before anything leaves
-        vault = await self.privacy.protect(api_request, caller.tenant, facts) \
-            if self.privacy else None
-        restoring = vault is not None and len(vault) > 0
+        vault, decision = await self.privacy.protect(api_request, active, caller.tenant, facts)
+        backends = self.router.trusted(backends, decision.requires)
+        restoring = len(vault) > 0
 
         # upstream: the gateway's own credentials; fail over before the first byte
         payload = orjson.dumps(api_request.body)
@@ -68,12 +74,11 @@ class Pipeline:
         upstream = reply.response
         if api_request.stream and upstream.status == 200 \
                 and upstream.content_type == "text/event-stream":
-            rewrite = StreamRestore(api_request.endpoint, vault).rewrite \
-                if restoring and vault is not None else None
-            response = await relay_stream(request, api_request, upstream, request_id, rewrite)
+            rewrite = StreamRestore(api_request.endpoint, vault).rewrite if restoring else None
+            response = await relay_stream(request, api_request, upstream, request_id,
+                                          rewrite=rewrite, stamp={POLICY_HEADER: active.digest})
         else:
-            transform = functools.partial(restore_body, vault=vault) \
-                if restoring and vault is not None else None
+            transform = functools.partial(restore_body, vault=vault) if restoring else None
             response = await relay_body(upstream, request_id, limits.max_response_bytes,
                                         transform)
         facts.stage("relay")

@@ -46,6 +46,9 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
 
+    # Until the event loop takes SIGHUP over (policy reload), it must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
     key_env = settings.logging.correlation_key_env
     configure_logging(settings.logging.level, settings.logging.format,
                       correlation_key=os.environ[key_env].encode() if key_env else None)
@@ -77,16 +80,17 @@ def serve(config_path: str, settings: Settings, workers: int) -> int:
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=run_worker, args=(config_path, settings, True, i),
                                  name=f"veil-worker-{i}") for i in range(workers)]
-    for process in processes:
-        process.start()
 
     def forward(signum: int, _frame: object) -> None:
         for process in processes:
-            if process.is_alive() and process.pid:
+            if process.pid and process.is_alive():
                 os.kill(process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads its policies
+    for process in processes:
+        process.start()
     for process in processes:
         process.join()
     return max((p.exitcode or 0) for p in processes)

@@ -9,8 +9,6 @@ Environment overrides use `VEIL__SECTION__KEY=value` (value parsed as YAML), e.g
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -102,41 +100,27 @@ class BackendSettings(Strict):
         return value.rstrip("/")
 
 
-Action = Literal["pseudonymize", "redact", "hash", "block", "allow"]
-BUILTIN_DETECTORS = ("patterns", "presidio")
-
-
 class PrivacySettings(Strict):
-    """What is detected in prompts and what happens to it (until policy files take this over).
+    """How detection runs; what is detected and what happens to it is the policies' business."""
 
-    Actions: pseudonymize (a placeholder, restored in the reply), redact, hash (HMAC under a
-    per-tenant key: equal values give equal tokens, irreversible), block (400), allow."""
+    ner_workers: Annotated[int, Field(ge=1, le=64)] = 1  # processes running spaCy NER
+    hash_key_env: str | None = None  # the secret behind the `hash` action (per-tenant HMAC)
 
-    enabled: bool = True
-    detectors: list[str] = Field(default_factory=lambda: list(BUILTIN_DETECTORS))
-    plugins: list[str] = Field(default_factory=list)  # entry-point names or module:attribute
-    default_action: Action = "pseudonymize"
-    actions: dict[str, Action] = Field(default_factory=dict)
-    default_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
-    thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
-    allow_list: list[str] = Field(default_factory=list)
-    deny_list: dict[str, list[str]] = Field(default_factory=dict)
-    hash_key_env: str | None = None
-    ner_workers: Annotated[int, Field(ge=1, le=64)] = 1
 
-    @field_validator("detectors")
-    @classmethod
-    def _known_detectors(cls, value: list[str]) -> list[str]:
-        unknown = [d for d in value if d not in BUILTIN_DETECTORS]
-        if unknown:
-            raise ValueError(f"unknown detectors {unknown} (built in: {list(BUILTIN_DETECTORS)})")
-        return value
+class PolicySettings(Strict):
+    """Which policy files decide. The first whose `applies_to` matches a request decides it;
+    a request no policy applies to is refused. Paths are relative to the working directory."""
 
-    def action(self, entity: str) -> Action:
-        return self.actions.get(entity, self.default_action)
+    files: list[str] = Field(min_length=1)
+    require_signed_policies: bool = False
+    public_key_file: str | None = None  # Ed25519 key that verifies the `.sig` files
+    watch_interval_s: Annotated[float, Field(ge=0)] = 2.0  # 0: reload on SIGHUP only
 
-    def threshold(self, entity: str) -> float:
-        return self.thresholds.get(entity, self.default_threshold)
+    @model_validator(mode="after")
+    def _key_for_signatures(self) -> PolicySettings:
+        if self.require_signed_policies and not self.public_key_file:
+            raise ValueError("require_signed_policies needs public_key_file")
+        return self
 
 
 class AuditSettings(Strict):
@@ -170,6 +154,7 @@ class Settings(Strict):
     audit: AuditSettings = AuditSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     privacy: PrivacySettings = PrivacySettings()
+    policies: PolicySettings
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
     backends: list[BackendSettings]
@@ -190,9 +175,6 @@ class Settings(Strict):
         for key in self.api_keys:
             if key.tenant not in self.tenants:
                 problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")
-        if self.privacy.enabled and not self.privacy.hash_key_env and (
-                "hash" in self.privacy.actions.values() or self.privacy.default_action == "hash"):
-            problems.append("privacy.hash_key_env: the hash action needs a key variable")
         hashes = [k.hash for k in self.api_keys]
         if len(set(hashes)) != len(hashes):
             problems.append("api_keys: the same key hash is listed twice")
@@ -203,11 +185,6 @@ class Settings(Strict):
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)
 
-    def policy_digest(self) -> str:
-        """Names the rules that decided (privacy settings until policy files exist)."""
-        canonical = json.dumps(self.privacy.model_dump(), sort_keys=True).encode()
-        return "sha256:" + hashlib.sha256(canonical).hexdigest()
-
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, override from the environment, validate; raise `ConfigError` listing every issue."""
@@ -216,23 +193,18 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         raise ConfigError([ConfigIssue(doc.file, None, "", "top level must be a mapping")])
     _apply_env_overrides(doc, os.environ if environ is None else environ)
     settings = validate(doc, Settings)
-    _check_credentials(doc, settings, os.environ if environ is None else environ)
-    _check_plugins(doc, settings)
+    env = os.environ if environ is None else environ
+    _check_credentials(doc, settings, env)
+    _check_policies(settings, env)
     return settings
 
 
-def _check_plugins(doc: YamlDocument, settings: Settings) -> None:
-    from gateway.plugins import PluginError, load_detector  # noqa: PLC0415 (avoids a cycle)
+def _check_policies(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Refuse to start on a policy that would not load: every error, with file and line."""
+    from gateway.policy.active import load_policy_set  # noqa: PLC0415 (avoids a cycle)
 
-    issues = []
-    for i, reference in enumerate(settings.privacy.plugins):
-        try:
-            load_detector(reference)
-        except PluginError as exc:
-            issues.append(ConfigIssue(doc.file, doc.position(("privacy", "plugins", i)),
-                                      f"privacy.plugins[{i}]", str(exc)))
-    if issues:
-        raise ConfigError(issues)
+    hash_env = settings.privacy.hash_key_env
+    load_policy_set(settings.policies, environ[hash_env].encode() if hash_env else None)
 
 
 def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:

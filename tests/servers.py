@@ -4,10 +4,13 @@ so synchronous clients (the official SDKs, raw sockets) can talk to it from the 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from aiohttp import web
 
 from gateway.app import build_app
@@ -55,9 +58,23 @@ class ServerThread:
         self.loop.close()
 
 
+# The pattern tier only by default: NER starts a process pool (seconds); the tests that need
+# names say so in their policy.
+TEST_POLICY: dict[str, Any] = {"version": 1, "name": "test", "detectors": {"builtin": ["patterns"]}}
+
+
+def write_policy(policy: dict[str, Any], directory: Path | None = None) -> str:
+    """A policy file the gateway can load (and a test can later edit, to watch it reload)."""
+    directory = directory or Path(tempfile.mkdtemp(prefix="veil-policy-"))
+    path = directory / f"{policy.get('name', 'policy')}.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return str(path)
+
+
 def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | None = None,
-                 **overrides: Any) -> Settings:
-    """Settings with two tenants: `test` (every model) and `limited` (only `other-model`)."""
+                 *, policy: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Settings with two tenants: `test` (every model) and `limited` (only `other-model`), and
+    one policy (patterns only unless `policy` says otherwise)."""
     names = [b["name"] for b in backends]
     data: dict[str, Any] = {
         "tenants": {"test": {"models": ["*"]}, "limited": {"models": ["other-model"]}},
@@ -67,9 +84,7 @@ def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | 
         "backends": backends,
         "models": models or {"test-model": names, "other-model": names},
         "logging": {"level": "debug"},
-        # The pattern tier only by default: NER starts a process pool (seconds); the masking
-        # tests that need names turn it on.
-        "privacy": {"detectors": ["patterns"]},
+        "policies": {"files": [write_policy(policy or TEST_POLICY)], "watch_interval_s": 0},
     }
     data.update(overrides)
     return Settings.model_validate(data)

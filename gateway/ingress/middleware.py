@@ -30,6 +30,7 @@ from gateway.settings import Settings
 log = get_logger("veil.access")
 
 REQUEST_ID = web.RequestKey("request_id", str)
+POLICY_HEADER = "X-Veil-Policy"  # digest of the policy that decided the request
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {"models", "unmatched"})
 OVERLOADED = ServiceUnavailable("The gateway is at its concurrency limit; retry shortly.",
@@ -80,7 +81,6 @@ def request_context(*, metrics: Metrics, settings: Settings,
     record, in one place: one middleware keeps the coroutine chain every I/O wake-up resumes
     short."""
     max_in_flight = settings.limits.max_concurrent_requests
-    policy = settings.policy_digest()
     in_flight = 0
 
     @web.middleware
@@ -115,11 +115,13 @@ def request_context(*, metrics: Metrics, settings: Settings,
             metrics.in_flight.dec()
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
+            if facts.policy:
+                response.headers[POLICY_HEADER] = facts.policy
         elapsed = time.perf_counter() - started
         metrics.request_answered(route, response.status, elapsed)
         metrics.stages(facts.stages_ms)
         if audit is not None and route in AUDITED_ROUTES:
-            audit.append(facts.record(request_id, response.status, policy, elapsed * 1000))
+            audit.append(facts.record(request_id, response.status, elapsed * 1000))
         log.info("request", method=request.method, route=route, status=response.status,
                  duration_ms=round(elapsed * 1000, 2))
         return response

@@ -21,6 +21,8 @@ class RequestFacts:
     model: str | None = None
     backend: str | None = None
     stream: bool = False
+    policy: str | None = None  # digest of the policy that decided
+    data_classes: tuple[str, ...] = ()
     entities: Counter[str] = field(default_factory=Counter)
     detectors: set[str] = field(default_factory=set)
     decision: str = "forwarded"
@@ -34,13 +36,13 @@ class RequestFacts:
         self.stages_ms[name] = round((now - self._mark) * 1000, 3)
         self._mark = now
 
-    def record(self, request_id: str, status: int, policy: str,
-               total_ms: float) -> dict[str, Any]:
+    def record(self, request_id: str, status: int, total_ms: float) -> dict[str, Any]:
         return {
             "request_id": request_id, "tenant": self.tenant, "route": self.route,
-            "model": self.model, "stream": self.stream, "policy": policy,
+            "model": self.model, "stream": self.stream, "policy": self.policy,
             "detectors": sorted(self.detectors), "entities": dict(sorted(self.entities.items())),
-            "semantic": None, "decision": self.decision, "rule": self.rule,
+            "data_classes": list(self.data_classes), "semantic": None,
+            "decision": self.decision, "rule": self.rule,
             "backend": self.backend, "attestation": None, "status": status,
             "latency_ms": {**self.stages_ms, "total": round(total_ms, 3)},
         }

@@ -50,6 +50,14 @@ class Metrics:
                                 ["entity"], registry=r)
         self.rate_limited = Counter("veil_rate_limited_total", "Requests refused with 429.",
                                     ["tenant"], registry=r)
+        self.failed_open = Counter("veil_failed_open_total",
+                                   "Requests forwarded despite a failed dependency, because the "
+                                   "policy says fail_mode: open.", ["dependency"], registry=r)
+        self.policy_reloads = Counter("veil_policy_reloads_total",
+                                      "Policy reloads, by result (ok: swapped in; error: the "
+                                      "old policies stay in force).", ["result"], registry=r)
+        self.policy_active = Gauge("veil_policy_active", "1 for each policy in force.",
+                                   ["policy", "digest"], registry=r, multiprocess_mode="livemax")
         # labels() takes a lock and a dict lookup per call; on the request path we keep the
         # labelled children (label sets are small and fixed by config).
         self._answered: dict[tuple[str, int], Any] = {}

@@ -12,9 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.plugins import load_detector
-from gateway.policy.evaluate import Decision, Facts, evaluate, privacy_settings
+from gateway.policy.evaluate import Decision, Facts, evaluate
 from gateway.policy.loader import LoadedPolicy
-from gateway.privacy.masker import BlockedBySensitiveData, Masker
+from gateway.privacy.masker import Masker
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.spans import Detector, Span
 from gateway.yamlsource import load_yaml, validate
@@ -36,20 +36,18 @@ def _ner() -> Detector:
 
 def analyze(loaded: LoadedPolicy, prompt: str, *, tenant: str = "*",
             route: str = "chat_completions", model: str = "*") -> Analysis:
-    settings = privacy_settings(loaded.policy)
-    detectors: list[Detector] = [PatternDetector()] if "patterns" in settings.detectors else []
-    if "presidio" in settings.detectors:
+    chosen = loaded.policy.detectors
+    detectors: list[Detector] = [PatternDetector()] if "patterns" in chosen.builtin else []
+    if "presidio" in chosen.builtin:
         detectors.append(_ner())
-    detectors += [load_detector(reference) for reference in settings.plugins]
-    masker = Masker(settings, hash_secret=b"explain-only-key")
+    detectors += [load_detector(reference) for reference in chosen.plugins]
+    masker = Masker(loaded.policy, hash_secret=b"explain-only-key")
     spans = [span for detector in detectors for span in detector.detect(prompt)]
     findings = masker.findings(prompt, spans)
     counts = Counter(span.entity for span in findings)
     decision = evaluate(loaded, Facts(tenant, route, model, counts))
-    try:
-        masked: str | None = masker.mask([prompt], [spans], tenant).texts[0]
-    except BlockedBySensitiveData:
-        masked = None
+    masked = None if decision.outcome == "block" else \
+        masker.rewrite([prompt], [findings], tenant).texts[0]
     return Analysis([(s, prompt[s.start:s.end]) for s in findings], masked, decision)
 
 

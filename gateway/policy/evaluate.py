@@ -15,7 +15,6 @@ from typing import Literal
 
 from gateway.policy.loader import LoadedPolicy
 from gateway.policy.schema import Action, Policy
-from gateway.settings import PrivacySettings
 
 
 @dataclass(frozen=True)
@@ -77,13 +76,3 @@ def evaluate(loaded: LoadedPolicy, facts: Facts) -> Decision:
     return decide("forward", "routing." + "+".join(n for n in classes if n in policy.routing),
                   requires)
 
-
-def privacy_settings(policy: Policy) -> PrivacySettings:
-    """What the masking stage needs from a policy."""
-    return PrivacySettings(
-        detectors=list(policy.detectors.builtin), plugins=list(policy.detectors.plugins),
-        default_action=policy.default_action, actions=dict(policy.actions),
-        thresholds=dict(policy.detectors.thresholds),
-        allow_list=list(policy.detectors.allow_list),
-        deny_list={k: list(v) for k, v in policy.detectors.deny_list.items()},
-        hash_key_env=None)

@@ -5,7 +5,8 @@ never silently weaken a policy.
     name: healthcare
     extends: default.yaml            # optional; this file's keys override the base's
     applies_to: {tenants: [...], routes: [...], models: [...]}      # "*" matches all
-    detectors: {builtin: [patterns, presidio], plugins: [...], thresholds: {PERSON: 0.6},
+    detectors: {builtin: [patterns, presidio], plugins: [...], default_threshold: 0.5,
+                thresholds: {PERSON: 0.6},
                 allow_list: [...], deny_list: {ENTITY: [terms]}}
     default_action: pseudonymize
     actions: {ENTITY: pseudonymize | redact | hash | block | allow}
@@ -43,6 +44,7 @@ class AppliesTo(Strict):
 class Detectors(Strict):
     builtin: list[BuiltinDetector] = Field(default_factory=lambda: list(BUILTIN_DETECTORS))
     plugins: list[str] = Field(default_factory=list)
+    default_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
     thresholds: dict[Annotated[str, Field(pattern=ENTITY_NAME)],
                      Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     allow_list: list[str] = Field(default_factory=list)
@@ -84,3 +86,15 @@ class Policy(Strict):
         default_factory=dict)
     routing: dict[str, RoutingRule] = Field(default_factory=dict)
     fail_mode: FailModes = FailModes()
+
+    def action(self, entity: str) -> Action:
+        return self.actions.get(entity, self.default_action)
+
+    def threshold(self, entity: str) -> float:
+        return self.detectors.thresholds.get(entity, self.detectors.default_threshold)
+
+    @property
+    def scans(self) -> bool:
+        """Whether any detector runs: with none, the gateway does not even walk the texts."""
+        return bool(self.detectors.builtin or self.detectors.plugins
+                    or self.detectors.deny_list)

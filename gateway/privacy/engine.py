@@ -19,9 +19,11 @@ import multiprocessing
 import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway.errors import ServiceUnavailable
 from gateway.observability.logging import get_logger
+from gateway.plugins import load_detector
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.spans import Detector, Span
 
@@ -51,8 +53,21 @@ def _ner(texts: list[str]) -> list[list[Span]]:
     return [detect(text) if text.strip() else [] for text in texts]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which detectors a policy runs: built-in names and plugin references."""
+
+    builtin: frozenset[str]
+    plugins: tuple[str, ...] = ()
+
+    @property
+    def tag(self) -> bytes:
+        """Part of the cache key: the same text scanned by other detectors is another entry."""
+        return ",".join([*sorted(self.builtin), "|", *self.plugins]).encode() + b"\0"
+
+
 class SpanCache:
-    """Least-recently-used map from HMAC(text) to the spans found in it."""
+    """Least-recently-used map from HMAC(detectors, text) to the spans found in it."""
 
     def __init__(self, capacity: int = 4096) -> None:
         self._key = secrets.token_bytes(32)
@@ -60,8 +75,10 @@ class SpanCache:
         self._entries: OrderedDict[bytes, list[Span]] = OrderedDict()
         self.hits = self.misses = 0
 
-    def key(self, text: str) -> bytes:
-        return hmac.new(self._key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    def key(self, text: str, tag: bytes = b"") -> bytes:
+        mac = hmac.new(self._key, tag, hashlib.sha256)
+        mac.update(text.encode("utf-8", "surrogatepass"))
+        return mac.digest()
 
     def get(self, key: bytes) -> list[Span] | None:
         found = self._entries.get(key)
@@ -80,27 +97,40 @@ class SpanCache:
 
 
 class DetectionEngine:
-    def __init__(self, detectors: Sequence[str], ner_workers: int = 1, *,
-                 cache: SpanCache | None = None, plugins: Sequence[Detector] = (),
+    """One per worker, shared by every policy: each request names the detectors its policy
+    runs. `prepare` is called before a policy takes effect, so a policy never meets a detector
+    that is not loaded (a plugin) or not running (the NER pool)."""
+
+    def __init__(self, ner_workers: int = 1, *, cache: SpanCache | None = None,
                  log_level: str = "info", log_format: str = "json") -> None:
         self._log = (log_level, log_format)
-        self._patterns = PatternDetector() if "patterns" in detectors else None
-        self._plugins = list(plugins)
-        self._use_ner = "presidio" in detectors
+        self._patterns = PatternDetector()
+        self._plugins: dict[str, Detector] = {}
         self._workers = ner_workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._needs_ner = False
         self.cache = cache or SpanCache()
 
-    async def start(self) -> None:
-        if not self._use_ner or self._pool is not None:
+    async def prepare(self, selections: Sequence[Selection]) -> None:
+        """Load plugins and start NER as the selections need (raises PluginError)."""
+        for reference in sorted({p for s in selections for p in s.plugins}):
+            if reference not in self._plugins:
+                self._plugins[reference] = load_detector(reference)
+        if any("presidio" in s.builtin for s in selections):
+            self._needs_ner = True
+            await self._start_ner()
+
+    async def _start_ner(self) -> None:
+        if self._pool is not None:
             return
-        self._pool = concurrent.futures.ProcessPoolExecutor(
+        pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker, initargs=self._log)
         # Load the model in every worker before reporting ready.
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*[loop.run_in_executor(self._pool, _ner, ["warm up"])
+        await asyncio.gather(*[loop.run_in_executor(pool, _ner, ["warm up"])
                                for _ in range(self._workers)])
+        self._pool = pool
 
     async def close(self) -> None:
         """Stop the NER workers now: a worker still loading its model cannot be interrupted
@@ -116,33 +146,35 @@ class DetectionEngine:
 
     @property
     def ready(self) -> bool:
-        return not self._use_ner or self._pool is not None
+        return not self._needs_ner or self._pool is not None
 
-    async def detect(self, texts: list[str]) -> list[list[Span]]:
-        keys = [self.cache.key(t) for t in texts]
+    async def detect(self, texts: list[str], selection: Selection) -> list[list[Span]]:
+        keys = [self.cache.key(t, selection.tag) for t in texts]
         found = [self.cache.get(k) for k in keys]
         missing = [i for i, spans in enumerate(found) if spans is None]
         if missing:
-            fresh = await self._detect([texts[i] for i in missing])
+            fresh = await self._detect([texts[i] for i in missing], selection)
             for i, spans in zip(missing, fresh, strict=True):
                 found[i] = spans
                 self.cache.put(keys[i], spans)
         return [spans or [] for spans in found]
 
-    async def _detect(self, texts: list[str]) -> list[list[Span]]:
+    async def _detect(self, texts: list[str], selection: Selection) -> list[list[Span]]:
         try:
-            found = [self._patterns.detect(t) if self._patterns else [] for t in texts]
-            for plugin in self._plugins:
+            found: list[list[Span]] = [
+                self._patterns.detect(t) if "patterns" in selection.builtin else []
+                for t in texts]
+            for reference in selection.plugins:
+                plugin = self._plugins[reference]
                 found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts,
                                                                          strict=True)]
-            if self._use_ner and any(t.strip() for t in texts):
+            if "presidio" in selection.builtin and any(t.strip() for t in texts):
                 ner = await self._ner(texts)
                 found = [[*a, *b] for a, b in zip(found, ner, strict=True)]
         except Exception as exc:
             # Type only: a detector's exception message may quote the text it was given.
             log.error("detector_failed", error_type=type(exc).__name__)  # noqa: TRY400
-            raise ServiceUnavailable("A detector failed; the request was not forwarded.",
-                                     code="detector_failed") from None
+            raise DetectorFailed from None
         return found
 
     async def _ner(self, texts: list[str]) -> list[list[Span]]:
@@ -150,3 +182,11 @@ class DetectionEngine:
             raise RuntimeError("NER pool is not running")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, _ner, texts)
+
+
+class DetectorFailed(ServiceUnavailable):
+    """503: nothing is forwarded that was not fully scanned (unless the policy fails open)."""
+
+    def __init__(self) -> None:
+        super().__init__("A detector failed; the request was not forwarded.",
+                         code="detector_failed")

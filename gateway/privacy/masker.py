@@ -1,6 +1,7 @@
-"""Decide what happens to each finding and rewrite the texts.
+"""Decide which detections are findings and rewrite the texts.
 
-Per entity type: a score threshold, then the action (pseudonymize, redact, hash, block, allow).
+Per entity type, from the policy: a score threshold, then the action (pseudonymize, redact,
+hash, allow; `block` is the policy decision's business, before anything is rewritten).
 Allow-listed literal terms are never findings; deny-listed ones always are. Texts are processed
 in conversation order, so placeholders are numbered by first appearance across the whole
 conversation.
@@ -16,20 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import InvalidRequest
+from gateway.policy.schema import Policy
 from gateway.privacy.spans import Span
 from gateway.privacy.vault import Vault
-from gateway.settings import PrivacySettings
 
 NAME_PART_SCORE = 0.55  # below NER's own labels, so a part that NER calls an ORG stays one
-
-
-class BlockedBySensitiveData(InvalidRequest):
-    """400 naming the entity types found (never the values)."""
-
-    def __init__(self, entities: list[str]) -> None:
-        super().__init__(f"Request blocked by privacy policy: it contains {', '.join(entities)}.",
-                         code="sensitive_data_blocked")
-        self.entities = entities
 
 
 @dataclass
@@ -41,19 +33,19 @@ class MaskResult:
 
 
 class Masker:
-    def __init__(self, settings: PrivacySettings, hash_secret: bytes | None = None) -> None:
-        self._settings = settings
+    def __init__(self, policy: Policy, hash_secret: bytes | None = None) -> None:
+        self._policy = policy
         self._hash_secret = hash_secret
-        self._allow = {term.casefold() for term in settings.allow_list}
+        self._allow = {term.casefold() for term in policy.detectors.allow_list}
         self._deny = [(entity, re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE))
-                      for entity, terms in settings.deny_list.items() for term in terms]
+                      for entity, terms in policy.detectors.deny_list.items() for term in terms]
 
     def findings(self, text: str, spans: Sequence[Span],
                  names: Sequence[str] = ()) -> list[Span]:
         """Thresholds, allow- and deny-lists, name parts seen elsewhere in the conversation,
         then overlaps (higher score, then longer, wins)."""
         candidates = [s for s in spans
-                      if s.score >= self._settings.threshold(s.entity)
+                      if s.score >= self._policy.threshold(s.entity)
                       and text[s.start:s.end].strip().casefold() not in self._allow]
         candidates += [Span(m.start(), m.end(), entity, 1.0, "deny_list")
                        for entity, regex in self._deny for m in regex.finditer(text)]
@@ -70,31 +62,37 @@ class Masker:
         parts = {part for name in names for part in (name, *name.split())
                  if len(part) >= 3 and part[0].isupper()
                  and part.casefold() not in self._allow}
-        if not parts or self._settings.threshold("PERSON") > NAME_PART_SCORE:
+        if not parts or self._policy.threshold("PERSON") > NAME_PART_SCORE:
             return []
         alternatives = "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True))
         return [Span(m.start(), m.end(), "PERSON", NAME_PART_SCORE, "name_parts")
                 for m in re.finditer(rf"(?<!\w)(?:{alternatives})(?!\w)", text)]
 
+    def conversation_findings(self, texts: Sequence[str],
+                              spans: Sequence[Sequence[Span]]) -> list[list[Span]]:
+        """Findings per text; a name found in one message is a finding in every other."""
+        names = [t[s.start:s.end] for t, found in zip(texts, spans, strict=True) for s in found
+                 if s.entity == "PERSON" and s.score >= self._policy.threshold("PERSON")]
+        return [self.findings(t, s, names) for t, s in zip(texts, spans, strict=True)]
+
+    def rewrite(self, texts: Sequence[str], findings: Sequence[Sequence[Span]],
+                tenant: str) -> MaskResult:
+        result = MaskResult([], Vault())
+        for text, found in zip(texts, findings, strict=True):
+            result.texts.append(self._rewrite(text, list(found), tenant, result))
+        return result
+
     def mask(self, texts: Sequence[str], spans: Sequence[Sequence[Span]],
              tenant: str) -> MaskResult:
-        names = [t[s.start:s.end] for t, found in zip(texts, spans, strict=True) for s in found
-                 if s.entity == "PERSON" and s.score >= self._settings.threshold("PERSON")]
-        per_text = [self.findings(t, s, names) for t, s in zip(texts, spans, strict=True)]
-        blocked = sorted({f.entity for found in per_text for f in found
-                          if self._settings.action(f.entity) == "block"})
-        if blocked:
-            raise BlockedBySensitiveData(blocked)
-        result = MaskResult([], Vault())
-        for text, found in zip(texts, per_text, strict=True):
-            result.texts.append(self._rewrite(text, found, tenant, result))
-        return result
+        return self.rewrite(texts, self.conversation_findings(texts, spans), tenant)
 
     def _rewrite(self, text: str, found: list[Span], tenant: str, result: MaskResult) -> str:
         out: list[str] = []
         last = 0
         for span in found:
-            action = self._settings.action(span.entity)
+            action = self._policy.action(span.entity)
+            if action == "block":  # the decision refuses first; this is the backstop
+                raise InvalidRequest("Request blocked by policy.", code="sensitive_data_blocked")
             if action == "allow":
                 continue
             value = text[span.start:span.end]

@@ -1,47 +1,79 @@
-"""The privacy stage of the pipeline: find every text, detect, decide, rewrite in place."""
+"""The privacy stage of the pipeline: find every text, detect, let the policy decide, rewrite
+in place. Nothing is rewritten, let alone sent, before the decision is known."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from gateway.api.request import ApiRequest
 from gateway.api.texts import text_slots
+from gateway.errors import InvalidRequest
 from gateway.observability.facts import RequestFacts
+from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
-from gateway.plugins import load_detector
-from gateway.privacy.engine import DetectionEngine
-from gateway.privacy.masker import BlockedBySensitiveData, Masker
+from gateway.policy.active import ActivePolicy
+from gateway.policy.evaluate import Decision, Facts, evaluate
+from gateway.privacy.engine import DetectionEngine, DetectorFailed
+from gateway.privacy.spans import Span
 from gateway.privacy.vault import Vault
-from gateway.settings import LoggingSettings, PrivacySettings
+
+log = get_logger("veil.privacy")
+
+
+class PolicyBlocked(InvalidRequest):
+    """400 naming the rule and the entity types found (never the values)."""
+
+    def __init__(self, decision: Decision, found: Counter[str]) -> None:
+        super().__init__(f"Request blocked by policy (rule {decision.rule}): it contains "
+                         f"{', '.join(sorted(found))}.", code="sensitive_data_blocked")
+        self.decision = decision
 
 
 class PrivacyStage:
-    def __init__(self, settings: PrivacySettings, metrics: Metrics,
-                 hash_secret: bytes | None, logging: LoggingSettings | None = None) -> None:
-        plugins = [load_detector(reference) for reference in settings.plugins]
-        logging = logging or LoggingSettings()
-        self.engine = DetectionEngine(settings.detectors, settings.ner_workers, plugins=plugins,
-                                      log_level=logging.level, log_format=logging.format)
-        self._masker = Masker(settings, hash_secret)
+    def __init__(self, engine: DetectionEngine, metrics: Metrics) -> None:
+        self.engine = engine
         self._metrics = metrics
 
-    async def protect(self, request: ApiRequest, tenant: str, facts: RequestFacts) -> Vault:
-        """Rewrite the request's texts in place; return the vault that restores the reply."""
-        slots = text_slots(request)
+    async def protect(self, request: ApiRequest, active: ActivePolicy, tenant: str,
+                      facts: RequestFacts) -> tuple[Vault, Decision]:
+        """Rewrite the request's texts in place; return the vault that restores the reply and
+        the decision (raise `PolicyBlocked` when it is to block)."""
+        slots = text_slots(request) if active.policy.scans else []
         texts = [slot.text for slot in slots]
-        spans = await self.engine.detect(texts)
+        spans = await self._detect(texts, active, facts)
         facts.stage("detect")
-        try:
-            result = self._masker.mask(texts, spans, tenant)
-        except BlockedBySensitiveData as blocked:
-            facts.decision = "blocked"
-            facts.rule = "privacy.actions[" + ",".join(blocked.entities) + "]=block"
-            facts.entities.update(blocked.entities)
-            self._metrics.blocked.labels("privacy.actions").inc()
-            raise
+        findings = active.masker.conversation_findings(texts, spans)
+        found = Counter(f.entity for per_text in findings for f in per_text)
+        decision = evaluate(active.loaded, Facts(tenant, request.endpoint.name, request.model,
+                                                 found))
+        facts.entities.update(found)
+        facts.data_classes = decision.data_classes
+        facts.rule = facts.rule or decision.rule
+        if decision.outcome == "block":
+            facts.decision, facts.rule = "blocked", decision.rule
+            self._metrics.blocked.labels(decision.rule).inc()
+            raise PolicyBlocked(decision, found)
+        result = active.masker.rewrite(texts, findings, tenant)
         for slot, text in zip(slots, result.texts, strict=True):
             slot.set(text)
         for entity, count in result.counts.items():
             self._metrics.entities.labels(entity).inc(count)
-        facts.entities.update(result.counts)
         facts.detectors.update(result.detectors)
         facts.stage("mask")
-        return result.vault
+        return result.vault, decision
+
+    async def _detect(self, texts: list[str], active: ActivePolicy,
+                      facts: RequestFacts) -> list[list[Span]]:
+        if not texts:
+            return []
+        try:
+            return await self.engine.detect(texts, active.selection)
+        except DetectorFailed:
+            if active.policy.fail_mode.detector == "closed":
+                raise
+        # The policy says so explicitly: forward what the detectors did not see. Deny-list
+        # terms still apply (they need no detector).
+        log.warning("detector_failed_open", policy=active.loaded.name)
+        self._metrics.failed_open.labels("detector").inc()
+        facts.rule = "fail_mode.detector=open"
+        return [[] for _ in texts]

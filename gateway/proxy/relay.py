@@ -10,7 +10,7 @@ is cancelled, and `finally` closes it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -67,10 +67,13 @@ Rewrite = Callable[[SSEEvent], list[bytes]]
 
 
 async def relay_stream(request: web.Request, api_request: ApiRequest,
-                       upstream: aiohttp.ClientResponse, request_id: str,
-                       rewrite: Rewrite | None = None) -> web.StreamResponse:
+                       upstream: aiohttp.ClientResponse, request_id: str, *,
+                       rewrite: Rewrite | None = None,
+                       stamp: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """Relay event by event. `stamp`: the gateway's own headers (the policy digest), which
+    must be set here because the headers leave before the middleware sees the response."""
     headers = _client_headers(upstream, request_id)
-    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(stamp or {})})
     response = web.StreamResponse(status=upstream.status, headers=headers)
     endpoint = api_request.endpoint
     problem: str | None = "Upstream closed the stream before it finished."

@@ -4,7 +4,7 @@ backend must speak the endpoint's wire format. Order is the order given in confi
 from __future__ import annotations
 
 from gateway.api import ApiRequest
-from gateway.errors import NotFound
+from gateway.errors import NotFound, ServiceUnavailable
 from gateway.ingress.auth import Caller
 from gateway.settings import BackendSettings, Settings
 
@@ -26,6 +26,19 @@ class Router:
             raise NotFound(f"The requested model is not served on {request.endpoint.path}.",
                            param="model", code="model_not_found")
         return backends
+
+    def trusted(self, backends: list[BackendSettings],
+                requires: tuple[str, ...]) -> list[BackendSettings]:
+        """The backends whose verified attestation meets every trust level the policy requires
+        for this request's data. No backend has verified evidence until attestation lands
+        (gateway/attestation, issue #5), so data that needs a trust level is refused here,
+        never sent to a backend that has not proved it."""
+        if not requires:
+            return backends
+        raise ServiceUnavailable(
+            f"The policy requires trust level {', '.join(requires)} for this request's data and "
+            "no backend for this model has attested to it; the request was not forwarded.",
+            code="no_attested_backend")
 
     def visible_models(self, caller: Caller) -> list[str]:
         return [m for m in self._settings.models if caller.tenant_settings.may_use(m)]

@@ -22,10 +22,10 @@ from pathlib import Path
 
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
+from gateway.policy.schema import Policy
 from gateway.privacy.masker import Masker
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.presidio import PresidioDetector, model_path
-from gateway.settings import PrivacySettings
 
 DATASET = Path(__file__).parents[3] / "shared/pii-eval/synth_dataset_v2.json"
 GOLD_MAP = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD",
@@ -68,7 +68,8 @@ def score(gold: list[Spans], unscored: list[list[tuple[int, int]]],
 
 
 def veil_predict(texts: list[str]) -> tuple[list[Spans], float]:
-    patterns, ner, masker = PatternDetector(), PresidioDetector(), Masker(PrivacySettings())
+    patterns, ner = PatternDetector(), PresidioDetector()
+    masker = Masker(Policy(version=1, name="eval"))
     ner.detect("warm up")
     started = time.perf_counter()
     out = []

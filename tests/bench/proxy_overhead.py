@@ -119,8 +119,11 @@ tenants: {{bench: {{}}}}
 api_keys: [{{name: bench, tenant: bench, hash: "{hash_api_key(KEY)}"}}]
 backends: [{{name: up, url: "{upstream}", pool_size: 100}}]
 models: {{bench: [up]}}
-privacy: {{enabled: false}}   # the proxy alone: masking is measured by the other benchmarks
+policies: {{files: ["{directory / "no-detectors.yaml"}"], watch_interval_s: 0}}
 """)
+    # The proxy alone: masking is measured by the other benchmarks.
+    (directory / "no-detectors.yaml").write_text(
+        "version: 1\nname: proxy-only\ndetectors: {builtin: []}\n")
     return path
 
 

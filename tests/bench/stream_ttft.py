@@ -55,8 +55,10 @@ tenants: {{t: {{}}}}
 api_keys: [{{name: k, tenant: t, hash: "{hash_api_key(KEY)}"}}]
 backends: [{{name: demo, url: "{upstream}"}}]
 models: {{m: [demo]}}
-privacy: {{detectors: {detectors}}}
+policies: {{files: ["{path.with_suffix(".policy.yaml")}"], watch_interval_s: 0}}
 """)
+    path.with_suffix(".policy.yaml").write_text(
+        f"version: 1\nname: bench\ndetectors: {{builtin: {detectors}}}\n")
     return path
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.demo.upstream import build_demo_app
 from gateway.ingress.auth import hash_api_key
-from tests.servers import TEST_KEY, ServerThread
+from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, write_policy
 
 ROOT = Path(__file__).parents[2]
 
@@ -41,7 +41,7 @@ tenants: {{t: {{}}}}
 api_keys: [{{name: k, tenant: t, hash: "{hash_api_key(TEST_KEY)}"}}]
 backends: [{{name: demo, url: "{upstream}"}}]
 models: {{m: [demo]}}
-privacy: {{detectors: [patterns]}}
+policies: {{files: ["{write_policy(TEST_POLICY, path.parent)}"], watch_interval_s: 0}}
 """)
     return path
 
@@ -90,6 +90,46 @@ def test_workers_share_the_port_and_metrics(served: tuple[str, subprocess.Popen[
     assert len(pids) == 2
     served_by = {line["pid"] for line in lines if line["event"] == "request"}
     assert served_by == pids  # 40 fresh connections: both workers took some
+
+
+def test_sighup_reloads_every_worker(served: tuple[str, subprocess.Popen[str]],
+                                     tmp_path: Path) -> None:
+    url, process = served
+
+    def digests(n: int = 20) -> set[str]:
+        found = set()
+        for _ in range(n):
+            with httpx.Client() as c:  # fresh connections reach both workers
+                r = c.post(url + "/v1/chat/completions", headers={
+                    "Authorization": f"Bearer {TEST_KEY}"}, json={
+                    "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+                found.add(r.headers["X-Veil-Policy"])
+        return found
+
+    (old,) = digests()
+    write_policy({**TEST_POLICY, "default_action": "redact"}, tmp_path)
+    time.sleep(0.2)
+    assert digests() == {old}  # no watcher in this config: nothing changes by itself
+    process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    now = digests()
+    while len(now) != 1 or old in now:  # every worker on the one new policy
+        assert time.monotonic() < deadline, now
+        time.sleep(0.2)
+        now = digests()
+    assert process.poll() is None  # SIGHUP reloads, it does not stop
+
+
+def test_unsigned_policy_refuses_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", free_port())
+    key = tmp_path / "policy.pub"
+    assert veil("policy", "keygen", "--private", str(tmp_path / "policy.key"),
+                "--public", str(key)).returncode == 0
+    config.write_text(config.read_text().replace(
+        "watch_interval_s: 0", f"require_signed_policies: true, public_key_file: '{key}'"))
+    result = veil("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert f"{tmp_path}/test.yaml: unsigned (no test.yaml.sig)" in result.stderr
 
 
 def test_bad_config_exits_2_with_position(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ system wrote is scanned for them, raw and in common encodings. Target: zero occu
 
 Scanned: the gateway's whole log output, the audit trail, the metrics page, and every body
 the upstream model servers received. (What the client receives back is its own data.)
-Not yet covered: policy reloads, which arrive with the policy engine.
+Policy reloads are on the path too: a broken edit whose errors name canaries (SIGHUP), then a
+valid edit picked up by the file watcher, with canary traffic before and after.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,15 @@ class World:
     audit: Path
     audit_key: Path
     upstream_bodies: list[list[bytes]]
+    policy: Path
+    pid: int
+
+
+def leak_policy(canaries: Canaries, **extra_actions: str) -> dict[str, object]:
+    return {"version": 1, "name": "leak",
+            "detectors": {"builtin": ["patterns", "presidio"],
+                          "deny_list": {"CODENAME": [canaries.codename]}},
+            "actions": {"SECRET": "redact", "CODENAME": "block", **extra_actions}}
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +165,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             ServerThread(echo500.app()) as e500, ServerThread(dying.app()) as die:
         port = free_port()
         (tmp / "audit.key").write_text("a" * 64)
+        policy = tmp / "leak.yaml"
+        policy.write_text(json.dumps(leak_policy(canaries)))
         config = tmp / "config.yaml"
         config.write_text(json.dumps({
             "listen": {"host": "127.0.0.1", "port": port},
             "logging": {"level": "debug"},
             "limits": {"max_body_bytes": 65536},
-            "privacy": {"detectors": ["patterns", "presidio"],
-                        "actions": {"SECRET": "redact", "CODENAME": "block"},
-                        "deny_list": {"CODENAME": [canaries.codename]}},
+            "policies": {"files": [str(policy)], "watch_interval_s": 0.2},
             "audit": {"enabled": True, "path": str(tmp / "audit.jsonl"),
                       "key_file": str(tmp / "audit.key")},
             "tenants": {"t": {}},
@@ -191,7 +201,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 except httpx.HTTPError:
                     time.sleep(0.3)
             yield World(url, canaries, log, tmp / "audit.jsonl", tmp / "audit.key",
-                        [demo.app[DEMO].received, echo400.received, echo500.received])
+                        [demo.app[DEMO].received, echo400.received, echo500.received],
+                        policy, process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -248,6 +259,34 @@ def drive_every_path(w: World) -> None:
             "model": "dying", "stream": True,
             "messages": [{"role": "user", "content": prompt}]}) as r:
         assert "stream_interrupted" in r.read().decode()
+    reload_policies(w, raw, full.encode())
+
+
+def reload_policies(w: World, raw: Callable[[bytes], int], request: bytes) -> None:
+    """A broken edit whose errors quote canaries (SIGHUP: refused, the old policy stays), then
+    a valid one (picked up by the watcher), with canary traffic around both."""
+    c = w.canaries
+    before = httpx.post(w.url + "/v1/chat/completions", content=request, headers={
+        "Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"})
+    broken = json.dumps(leak_policy(c)).replace('"SECRET"', json.dumps(c.email)) \
+        .replace('"version": 1', f'"version": 1, "{c.api_key}": "{c.card}"')
+    w.policy.write_text(broken)
+    os.kill(w.pid, signal.SIGHUP)
+    wait_for(w.log, b"policy_reload_failed")
+    assert raw(request) == 200
+    w.policy.write_text(json.dumps(leak_policy(c, EMAIL="redact")))
+    wait_for(w.log, b"policy_reloaded")
+    after = httpx.post(w.url + "/v1/chat/completions", content=request, headers={
+        "Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"})
+    assert after.status_code == 200
+    assert after.headers["X-Veil-Policy"] != before.headers["X-Veil-Policy"]
+
+
+def wait_for(log: Path, marker: bytes, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in log.read_bytes():
+        assert time.monotonic() < deadline, f"{marker!r} never logged"
+        time.sleep(0.1)
 
 
 def test_no_canary_leaks_anywhere(world: World) -> None:

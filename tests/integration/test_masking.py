@@ -33,7 +33,8 @@ def stack() -> Iterator[tuple[ServerThread, ServerThread]]:
     with ServerThread(build_demo_app(required_key=UPSTREAM_SECRET)) as demo:
         settings = settings_for(
             [demo_backend("o", demo.url), demo_backend("a", demo.url, "anthropic")],
-            privacy={"detectors": ["patterns", "presidio"], "actions": {"SECRET": "redact"}})
+            policy={"version": 1, "name": "masking", "actions": {"SECRET": "redact"},
+                    "detectors": {"builtin": ["patterns", "presidio"]}})
         with gateway_for(settings) as gw:
             yield gw, demo
 

@@ -6,7 +6,15 @@ import httpx2 as httpx
 from aiohttp import web
 
 from tests.conftest import Demo
-from tests.servers import TEST_KEY, ServerThread, backend, demo_backend, gateway_for, settings_for
+from tests.servers import (
+    TEST_KEY,
+    TEST_POLICY,
+    ServerThread,
+    backend,
+    demo_backend,
+    gateway_for,
+    settings_for,
+)
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CARD = "4111 1111 1111 1111"
@@ -14,8 +22,7 @@ CARD = "4111 1111 1111 1111"
 
 def test_block_action_refuses_and_forwards_nothing(demo: Demo) -> None:
     settings = settings_for([demo_backend("d", demo.url)],
-                            privacy={"detectors": ["patterns"],
-                                     "actions": {"CREDIT_CARD": "block"}})
+                            policy={**TEST_POLICY, "actions": {"CREDIT_CARD": "block"}})
     with gateway_for(settings) as gw:
         r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, json={
             "model": "test-model", "messages": [{"role": "user", "content": f"card {CARD}"}]})
@@ -23,12 +30,15 @@ def test_block_action_refuses_and_forwards_nothing(demo: Demo) -> None:
     error = r.json()["error"]
     assert error["code"] == "sensitive_data_blocked"
     assert "CREDIT_CARD" in error["message"]
+    assert "actions.CREDIT_CARD=block" in error["message"]
+    assert r.headers["X-Veil-Policy"].startswith("sha256:")
     assert CARD not in r.text
     assert demo.state.last_body is None
 
 
-def test_privacy_disabled_forwards_verbatim(demo: Demo) -> None:
-    settings = settings_for([demo_backend("d", demo.url)], privacy={"enabled": False})
+def test_policy_without_detectors_forwards_verbatim(demo: Demo) -> None:
+    settings = settings_for([demo_backend("d", demo.url)],
+                            policy={**TEST_POLICY, "detectors": {"builtin": []}})
     with gateway_for(settings) as gw:
         httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, json={
             "model": "test-model", "messages": [{"role": "user", "content": f"card {CARD}"}]})
@@ -59,7 +69,8 @@ def test_unparseable_stream_event_fails_closed(demo: Demo) -> None:
 
 def test_plugin_entity_masked_and_restored(demo: Demo) -> None:
     settings = settings_for([demo_backend("d", demo.url)],
-                            privacy={"detectors": ["patterns"], "plugins": ["employee_id"]})
+                            policy={**TEST_POLICY, "detectors": {"builtin": ["patterns"],
+                                                                 "plugins": ["employee_id"]}})
     with gateway_for(settings) as gw:
         r = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, json={
             "model": "test-model",

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import ServiceUnavailable
 from gateway.plugins import PluginError, load_detector
-from gateway.privacy.engine import DetectionEngine
+from gateway.privacy.engine import DetectionEngine, Selection
 from gateway.settings import load_settings
 from gateway.yamlsource import ConfigError
 
@@ -58,17 +58,21 @@ def test_bad_plugins_are_refused(reference: str, message: str) -> None:
 @pytest.mark.parametrize("reference", ["tests.unit.test_plugins:Raising",
                                        "tests.unit.test_plugins:OutOfContract"])
 async def test_plugin_failure_fails_the_request_closed(reference: str) -> None:
-    engine = DetectionEngine(["patterns"], plugins=[load_detector(reference)])
+    engine = DetectionEngine()
+    selection = Selection(frozenset({"patterns"}), (reference,))
+    await engine.prepare([selection])
     with pytest.raises(ServiceUnavailable) as info:
-        await engine.detect(["secret text"])
+        await engine.detect(["secret text"], selection)
     assert info.value.code == "detector_failed"
     assert "secret text" not in info.value.message
 
 
-def test_unknown_plugin_in_config_names_file_and_line(tmp_path: Path) -> None:
+def test_unknown_plugin_in_policy_names_file_and_line(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: p\ndetectors:\n  plugins: [employe_id]\n")
     config = tmp_path / "c.yaml"
-    config.write_text("privacy:\n  plugins: [employe_id]\nbackends: []\nmodels: {}\n")
+    config.write_text(f"policies: {{files: [{policy}]}}\nbackends: []\nmodels: {{}}\n")
     with pytest.raises(ConfigError) as info:
         load_settings(config, {})
-    assert f"{config}:2:13: privacy.plugins[0]: unknown detector plugin 'employe_id'" \
+    assert f"{policy}:4:13: detectors.plugins[0]: unknown detector plugin 'employe_id'" \
         in str(info.value)

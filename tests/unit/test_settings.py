@@ -8,6 +8,7 @@ from gateway.ingress.auth import hash_api_key
 from gateway.settings import load_settings
 from gateway.yamlsource import ConfigError
 
+DEFAULT_POLICY = Path(__file__).parents[2] / "policies" / "default.yaml"
 GOOD = f"""\
 listen:
   port: 9000
@@ -22,6 +23,8 @@ backends:
     url: http://127.0.0.1:1234/
 models:
   m: [up]
+policies:
+  files: [{DEFAULT_POLICY}]
 """
 
 

@@ -3,34 +3,46 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import ServiceUnavailable
-from gateway.privacy.engine import DetectionEngine, SpanCache
+from gateway.privacy.engine import DetectionEngine, Selection, SpanCache
+
+PATTERNS = Selection(frozenset({"patterns"}))
+WITH_NER = Selection(frozenset({"patterns", "presidio"}))
 
 
 async def test_ner_not_running_fails_closed() -> None:
-    engine = DetectionEngine(["patterns", "presidio"])  # never started: no worker pool
+    engine = DetectionEngine()  # never prepared: no worker pool
     with pytest.raises(ServiceUnavailable) as info:
-        await engine.detect(["Jane Doe lives in Paris"])
+        await engine.detect(["Jane Doe lives in Paris"], WITH_NER)
     assert info.value.code == "detector_failed"
     assert "Jane" not in info.value.message
 
 
 async def test_patterns_only_needs_no_pool() -> None:
-    engine = DetectionEngine(["patterns"])
+    engine = DetectionEngine()
+    await engine.prepare([PATTERNS])
     assert engine.ready
-    spans = await engine.detect(["mail a@b.example", ""])
+    spans = await engine.detect(["mail a@b.example", ""], PATTERNS)
     assert [s.entity for s in spans[0]] == ["EMAIL"]
     assert spans[1] == []
 
 
 async def test_cache_pays_only_for_new_texts() -> None:
-    engine = DetectionEngine(["patterns"])
+    engine = DetectionEngine()
     turn1 = ["mail a@b.example", "hello"]
-    first = await engine.detect(turn1)
+    first = await engine.detect(turn1, PATTERNS)
     assert (engine.cache.hits, engine.cache.misses) == (0, 2)
-    second = await engine.detect([*turn1, "and c@d.example"])
+    second = await engine.detect([*turn1, "and c@d.example"], PATTERNS)
     assert (engine.cache.hits, engine.cache.misses) == (2, 3)
     assert second[:2] == first
     assert [s.entity for s in second[2]] == ["EMAIL"]
+
+
+async def test_cache_entries_are_per_detector_selection() -> None:
+    """A policy without patterns must not be served spans another policy's patterns found."""
+    engine = DetectionEngine()
+    assert [s.entity for s in (await engine.detect(["a@b.example"], PATTERNS))[0]] == ["EMAIL"]
+    nothing = Selection(frozenset())
+    assert await engine.detect(["a@b.example"], nothing) == [[]]
 
 
 def test_cache_is_bounded_and_keyed_by_hmac() -> None:
@@ -45,10 +57,10 @@ def test_cache_is_bounded_and_keyed_by_hmac() -> None:
 async def test_close_stops_ner_workers_promptly() -> None:
     import time  # noqa: PLC0415
 
-    engine = DetectionEngine(["patterns", "presidio"])
-    await engine.start()
+    engine = DetectionEngine()
+    await engine.prepare([WITH_NER])
     assert engine.ready
-    spans = await engine.detect(["Angela Merkel visited Paris."])
+    spans = await engine.detect(["Angela Merkel visited Paris."], WITH_NER)
     assert {s.entity for s in spans[0]} >= {"PERSON", "LOCATION"}
     started = time.monotonic()
     await engine.close()

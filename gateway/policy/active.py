@@ -1,0 +1,134 @@
+"""The policies in force: loaded, verified, ready to decide.
+
+A `PolicySet` is immutable. A request takes the current set once, when it starts, and keeps it
+to the end, so a reload never changes the rules under a request in flight.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.errors import PermissionDenied
+from gateway.policy.evaluate import applies
+from gateway.policy.loader import LoadedPolicy, load_policy
+from gateway.policy.schema import Policy
+from gateway.policy.signing import SignatureError, load_public_key, verify_chain
+from gateway.privacy.engine import Selection
+from gateway.privacy.masker import Masker
+from gateway.settings import PolicySettings
+from gateway.yamlsource import ConfigError, ConfigIssue
+
+
+class NoPolicyApplies(PermissionDenied):
+    def __init__(self) -> None:
+        super().__init__("No policy applies to this tenant, route and model; the request was "
+                         "not forwarded.", code="no_policy")
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    loaded: LoadedPolicy
+    masker: Masker
+    selection: Selection
+
+    @property
+    def policy(self) -> Policy:
+        return self.loaded.policy
+
+    @property
+    def digest(self) -> str:
+        return self.loaded.digest
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    policies: tuple[ActivePolicy, ...]
+
+    def select(self, tenant: str, route: str, model: str) -> ActivePolicy:
+        for active in self.policies:
+            if applies(active.policy, tenant, route, model):
+                return active
+        raise NoPolicyApplies
+
+    @property
+    def selections(self) -> list[Selection]:
+        return [p.selection for p in self.policies]
+
+    def describe(self) -> list[dict[str, str]]:
+        return [{"name": p.loaded.name, "file": p.loaded.files[0], "digest": p.digest}
+                for p in self.policies]
+
+
+def load_policy_set(settings: PolicySettings, hash_secret: bytes | None) -> PolicySet:
+    """Load, validate and (when required) verify every configured policy; raise `ConfigError`
+    listing every problem in every file."""
+    public_key = _public_key(settings)
+    issues: list[ConfigIssue] = []
+    active: list[ActivePolicy] = []
+    for file in settings.files:
+        try:
+            loaded = load_policy(file)
+            if public_key is not None:
+                verify_chain(loaded.files, public_key)
+        except ConfigError as exc:
+            issues += exc.issues
+            continue
+        except SignatureError as exc:
+            issues.append(ConfigIssue(file, None, "signature", str(exc)))
+            continue
+        except OSError as exc:
+            issues.append(ConfigIssue(file, None, "", f"cannot read: {exc.strerror}"))
+            continue
+        if hash_secret is None and _uses_hash(loaded.policy):
+            issues.append(ConfigIssue(file, None, "actions", "the hash action needs a secret: "
+                                      "set privacy.hash_key_env in the gateway config"))
+            continue
+        policy = loaded.policy
+        active.append(ActivePolicy(loaded, Masker(policy, hash_secret), Selection(
+            frozenset(policy.detectors.builtin), tuple(policy.detectors.plugins))))
+    if issues:
+        raise ConfigError(issues)
+    return PolicySet(tuple(active))
+
+
+def watched_files(settings: PolicySettings, current: PolicySet) -> list[Path]:
+    """Every file a reload would read: the configured policies, their bases, signatures."""
+    files = {Path(f) for f in settings.files}
+    files |= {Path(f) for p in current.policies for f in p.loaded.files}
+    files |= {f.with_name(f.name + ".sig") for f in list(files)}
+    if settings.public_key_file:
+        files.add(Path(settings.public_key_file))
+    return sorted(files)
+
+
+def fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detection: modification time and size (a missing file counts too)."""
+    out = []
+    for file in files:
+        try:
+            stat = os.stat(file)
+        except OSError:
+            out.append((str(file), -1, -1))
+        else:
+            out.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(out)
+
+
+def _public_key(settings: PolicySettings) -> Ed25519PublicKey | None:
+    if not settings.require_signed_policies:
+        return None
+    key_file = settings.public_key_file or ""
+    try:
+        return load_public_key(Path(key_file))
+    except (OSError, ValueError, SignatureError) as exc:
+        raise ConfigError([ConfigIssue(key_file, None, "policies.public_key_file",
+                                       f"not a usable Ed25519 public key: "
+                                       f"{type(exc).__name__}")]) from None
+
+
+def _uses_hash(policy: Policy) -> bool:
+    return policy.default_action == "hash" or "hash" in policy.actions.values()
