@@ -78,3 +78,23 @@ async def test_watcher_picks_up_a_change(tmp_path: Path) -> None:
         assert reloads(metrics, "ok") == 1
     finally:
         watcher.cancel()
+
+
+async def test_signed_policies_reload_only_when_the_new_file_verifies(tmp_path: Path) -> None:
+    from gateway.policy.signing import generate, sign  # noqa: PLC0415
+
+    private, public = tmp_path / "k", tmp_path / "k.pub"
+    generate(private, public)
+    path = tmp_path / "p.yaml"
+    write(path)
+    sign(path, private)
+    settings = PolicySettings(files=[str(path)], require_signed_policies=True,
+                              public_key_file=str(public), watch_interval_s=0)
+    holder = PolicyHolder(settings, None, DetectionEngine(), Metrics())
+    before = holder.current
+    write(path, default_action="allow")  # edited, not re-signed: a weakening nobody approved
+    assert not await holder.reload("test")
+    assert holder.current is before
+    sign(path, private)
+    assert await holder.reload("test")
+    assert holder.current.policies[0].policy.default_action == "allow"
