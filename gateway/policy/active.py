@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.errors import PermissionDenied
-from gateway.policy.evaluate import applies
+from gateway.policy.evaluate import Decision, Facts, applies, evaluate
 from gateway.policy.loader import LoadedPolicy, load_policy
 from gateway.policy.schema import Policy
 from gateway.policy.signing import SignatureError, load_public_key, verify_chain
@@ -34,6 +34,7 @@ class ActivePolicy:
     loaded: LoadedPolicy
     masker: Masker
     selection: Selection
+    clean: Decision  # the decision when nothing is found: most requests, computed once
 
     @property
     def policy(self) -> Policy:
@@ -88,8 +89,10 @@ def load_policy_set(settings: PolicySettings, hash_secret: bytes | None) -> Poli
                                       "set privacy.hash_key_env in the gateway config"))
             continue
         policy = loaded.policy
-        active.append(ActivePolicy(loaded, Masker(policy, hash_secret), Selection(
-            frozenset(policy.detectors.builtin), tuple(policy.detectors.plugins))))
+        active.append(ActivePolicy(
+            loaded, Masker(policy, hash_secret),
+            Selection(frozenset(policy.detectors.builtin), tuple(policy.detectors.plugins)),
+            evaluate(loaded, Facts("", "", "", {}))))
     if issues:
         raise ConfigError(issues)
     return PolicySet(tuple(active))

@@ -43,6 +43,11 @@ class PrivacyStage:
         spans = await self._detect(texts, active, facts)
         facts.stage("detect")
         findings = active.masker.conversation_findings(texts, spans)
+        if not any(findings):  # nothing to decide on and nothing to rewrite
+            facts.rule = facts.rule or active.clean.rule
+            facts.data_classes = active.clean.data_classes
+            facts.stage("mask")
+            return Vault(), active.clean
         found = Counter(f.entity for per_text in findings for f in per_text)
         decision = evaluate(active.loaded, Facts(tenant, request.endpoint.name, request.model,
                                                  found))

@@ -106,3 +106,13 @@ def test_signed_with_another_key_is_refused(tmp_path: Path, keys: tuple[Path, Pa
 def test_require_signed_needs_a_key() -> None:
     with pytest.raises(ValueError, match="needs public_key_file"):
         PolicySettings(files=["x.yaml"], require_signed_policies=True)
+
+
+def test_precomputed_clean_decision_equals_evaluation(tmp_path: Path) -> None:
+    from gateway.policy.evaluate import Facts, evaluate  # noqa: PLC0415
+
+    path = policy_file(tmp_path, "p", data_classes={"pii": {"entities": ["EMAIL"]}},
+                       routing={"pii": {"block": True}})
+    active = load_policy_set(PolicySettings(files=[path]), None).policies[0]
+    assert active.clean == evaluate(active.loaded, Facts("t", "chat_completions", "m", {}))
+    assert active.clean.outcome == "forward"
