@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.api import ENDPOINTS
+from gateway.attestation.levels import TrustLevel
+from gateway.attestation.verifier import AttestationService
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
@@ -34,6 +36,7 @@ class Gateway:
     metrics: Metrics
     pool: UpstreamPool
     policies: PolicyHolder
+    attestation: AttestationService
     router: Router
     pipeline: Pipeline
     audit: AuditTrail | None
@@ -55,7 +58,6 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
               worker: int | None = None) -> web.Application:
     metrics = Metrics()
     pool = UpstreamPool(settings, session_factory, environ)
-    router = Router(settings)
     authenticator = Authenticator(settings, RateLimiter(), metrics)
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
@@ -63,12 +65,16 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
                              log_format=settings.logging.format)
     policies = PolicyHolder(settings.policies, env[hash_env].encode() if hash_env else None,
                             engine, metrics)
+    attestation = AttestationService(settings, functools.partial(_trust_levels, policies),
+                                     metrics)
+    policies.on_reload.append(attestation.policies_changed)
+    router = Router(settings, attestation)
     pipeline = Pipeline(settings, authenticator, policies, PrivacyStage(engine, metrics),
-                        router, Forwarder(pool, metrics), metrics)
+                        router, Forwarder(pool, metrics, attestation), metrics)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
-    gateway = Gateway(settings, metrics, pool, policies, router, pipeline, audit)
+    gateway = Gateway(settings, metrics, pool, policies, attestation, router, pipeline, audit)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
@@ -85,6 +91,7 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_detectors)
     app.cleanup_ctx.append(_policy_reloads)
+    app.cleanup_ctx.append(_attestation)
     app.cleanup_ctx.append(_audit_trail)
     return app
 
@@ -103,6 +110,19 @@ async def _detectors(app: web.Application) -> AsyncIterator[None]:
     await gateway.policies.start()
     yield
     await gateway.pipeline.privacy.engine.close()
+
+
+def _trust_levels(policies: PolicyHolder) -> list[tuple[str, str, TrustLevel]]:
+    return [(active.digest, name, level) for active in policies.current.policies
+            for name, level in active.policy.trust_levels.items()]
+
+
+async def _attestation(app: web.Application) -> AsyncIterator[None]:
+    """Attest every backend that must be attested, in the background, for as long as we run."""
+    service = app[GATEWAY].attestation
+    await service.start()
+    yield
+    await service.close()
 
 
 async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:

@@ -59,13 +59,14 @@ class Pipeline:
 
         # detect + decide: every text the request carries, rewritten before anything leaves
         vault, decision = await self.privacy.protect(api_request, active, caller.tenant, facts)
-        backends = self.router.trusted(backends, decision.requires)
+        backends = self.router.trusted(backends, decision.requires, active.digest)
         restoring = len(vault) > 0
 
         # upstream: the gateway's own credentials; fail over before the first byte
         payload = orjson.dumps(api_request.body)
         reply = await self.forwarder.open(api_request, backends, payload, request_id)
         facts.backend = reply.backend.name
+        facts.attestation = self.router.attestation_digest(reply.backend.name)
         facts.stage("upstream")
         structlog.contextvars.bind_contextvars(model=api_request.model, stream=api_request.stream,
                                                backend=reply.backend.name)

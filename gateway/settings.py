@@ -76,6 +76,15 @@ class ApiKeySettings(Strict):
         return value
 
 
+class BackendAttestation(Strict):
+    """Evidence this backend must present (gateway/attestation). Its URL is the backend's own
+    origin plus `evidence_path`, so the evidence comes over the TLS connection it binds."""
+
+    evidence_path: str = "/.well-known/veil-attestation"
+    refresh_s: Annotated[float, Field(ge=1)] = 300.0  # re-attest this often (and on key change)
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
 class BackendSettings(Strict):
     name: str
     url: str
@@ -84,6 +93,14 @@ class BackendSettings(Strict):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     pool_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    attestation: BackendAttestation | None = None
+
+    @model_validator(mode="after")
+    def _attested_over_tls(self) -> BackendSettings:
+        if self.attestation is not None and not self.url.startswith("https://"):
+            raise ValueError("an attested backend needs an https:// url (evidence is bound to "
+                             "its TLS key)")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -140,6 +157,12 @@ class AuditSettings(Strict):
         return self
 
 
+class AttestationSettings(Strict):
+    # Folder of AMD roots (amd_<product>.pem: ASK then ARK) replacing the ones shipped with
+    # the package; for private test roots and for root rotation ahead of a release.
+    amd_roots_dir: str | None = None
+
+
 class LoggingSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -152,6 +175,7 @@ class Settings(Strict):
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
     audit: AuditSettings = AuditSettings()
+    attestation: AttestationSettings = AttestationSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     privacy: PrivacySettings = PrivacySettings()
     policies: PolicySettings

@@ -4,6 +4,7 @@ so synchronous clients (the official SDKs, raw sockets) can talk to it from the 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import tempfile
 import threading
 from collections.abc import Coroutine
@@ -24,16 +25,19 @@ UPSTREAM_SECRET = "upstream-secret"  # what the demo fixture demands from the ga
 
 
 class ServerThread:
-    def __init__(self, app: web.Application, port: int = 0) -> None:
+    def __init__(self, app: web.Application, port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.port = port
+        self.ssl_context = ssl_context
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -43,7 +47,7 @@ class ServerThread:
     async def _start(self) -> None:
         self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = self.runner.addresses[0][1]
 

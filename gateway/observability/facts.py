@@ -20,6 +20,7 @@ class RequestFacts:
     tenant: str | None = None
     model: str | None = None
     backend: str | None = None
+    attestation: str | None = None  # digest of the chosen backend's verified evidence
     stream: bool = False
     policy: str | None = None  # digest of the policy that decided
     data_classes: tuple[str, ...] = ()
@@ -43,7 +44,7 @@ class RequestFacts:
             "detectors": sorted(self.detectors), "entities": dict(sorted(self.entities.items())),
             "data_classes": list(self.data_classes), "semantic": None,
             "decision": self.decision, "rule": self.rule,
-            "backend": self.backend, "attestation": None, "status": status,
+            "backend": self.backend, "attestation": self.attestation, "status": status,
             "latency_ms": {**self.stages_ms, "total": round(total_ms, 3)},
         }
 

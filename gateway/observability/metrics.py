@@ -53,6 +53,9 @@ class Metrics:
         self.failed_open = Counter("veil_failed_open_total",
                                    "Requests forwarded despite a failed dependency, because the "
                                    "policy says fail_mode: open.", ["dependency"], registry=r)
+        self.attestations = Counter("veil_attestations_total",
+                                    "Backend attestations, by result (verified | refused).",
+                                    ["backend", "result"], registry=r)
         self.policy_reloads = Counter("veil_policy_reloads_total",
                                       "Policy reloads, by result (ok: swapped in; error: the "
                                       "old policies stay in force).", ["result"], registry=r)

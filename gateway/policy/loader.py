@@ -132,7 +132,14 @@ def _cross_checks(policy: Policy, chain: list[YamlDocument]) -> list[ConfigIssue
     for name, data_class in policy.data_classes.items():
         for i, entity in enumerate(data_class.entities):
             unknown_entity(("data_classes", name, "entities", i), entity)
-    for name in policy.routing:
+    for name, rule in policy.routing.items():
+        if rule.require is not None and rule.require not in policy.trust_levels:
+            hint = difflib.get_close_matches(rule.require, sorted(policy.trust_levels), n=1)
+            file, position = _where(chain, ("routing", name, "require"))
+            issues.append(ConfigIssue(file, position, f"routing.{name}.require",
+                                      f"unknown trust level {rule.require!r}"
+                                      + (f" (did you mean {hint[0]}?)" if hint else
+                                         " (define it under trust_levels)")))
         if name not in policy.data_classes:
             hint = difflib.get_close_matches(name, sorted(policy.data_classes), n=1)
             file, position = _where(chain, ("routing", name))

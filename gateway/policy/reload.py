@@ -10,6 +10,7 @@ keep the set they started with (they hold a reference to it).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -31,6 +32,7 @@ class PolicyHolder:
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._shown: set[tuple[str, str]] = set()
+        self.on_reload: list[Callable[[], None]] = []  # e.g. re-evaluate attestation verdicts
         self.current = load_policy_set(settings, hash_secret)  # at start, errors are fatal
         self._seen = fingerprint(watched_files(settings, self.current))
         self._published(self.current)
@@ -55,6 +57,8 @@ class PolicyHolder:
                 self._failed(reason, [str(exc)])
                 return False
             self.current = candidate
+            for listener in self.on_reload:
+                listener()
             self._seen = fingerprint(watched_files(self._settings, candidate))
             self._metrics.policy_reloads.labels("ok").inc()
             self._published(candidate)

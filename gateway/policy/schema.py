@@ -12,6 +12,7 @@ never silently weaken a policy.
     actions: {ENTITY: pseudonymize | redact | hash | block | allow}
     data_classes: {phi: {entities: [PERSON, US_SSN]}}
     routing: {phi: {require: confidential-gpu}, secret: {block: true}}
+    trust_levels: {confidential-gpu: {sev-snp: {measurements: [...]}}}   (attestation/levels.py)
     fail_mode: {detector: closed, scorer: closed, evidence: closed}
 """
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.attestation.levels import TrustLevel
 
 Action = Literal["pseudonymize", "redact", "hash", "block", "allow"]
 FailMode = Literal["open", "closed"]
@@ -85,6 +88,8 @@ class Policy(Strict):
     data_classes: dict[Annotated[str, Field(pattern=NAME)], DataClass] = Field(
         default_factory=dict)
     routing: dict[str, RoutingRule] = Field(default_factory=dict)
+    trust_levels: dict[Annotated[str, Field(pattern=NAME)], TrustLevel] = Field(
+        default_factory=dict)
     fail_mode: FailModes = FailModes()
 
     def action(self, entity: str) -> Action:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from gateway.api import ApiRequest
+from gateway.attestation.verifier import AttestationService
 from gateway.errors import UpstreamFailed, UpstreamTimeout
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -28,9 +29,11 @@ class UpstreamReply:
 
 
 class Forwarder:
-    def __init__(self, pool: UpstreamPool, metrics: Metrics) -> None:
+    def __init__(self, pool: UpstreamPool, metrics: Metrics,
+                 attestation: AttestationService) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._attestation = attestation
 
     async def open(self, request: ApiRequest, backends: list[BackendSettings],
                    payload: bytes, request_id: str) -> UpstreamReply:
@@ -46,11 +49,19 @@ class Forwarder:
             url = backend.url + request.endpoint.path
             started = time.perf_counter()
             try:
+                # An attested backend is reached only on the certificate its evidence is
+                # bound to; a changed key is refused and triggers re-attestation.
+                pin = self._attestation.pin(backend.name) if backend.attestation else None
                 response = await self._pool.session(backend.name).post(
-                    url, data=payload, headers=headers, allow_redirects=False)
+                    url, data=payload, headers=headers, allow_redirects=False,
+                    ssl=pin if pin is not None else True)
             except TimeoutError:
                 timeouts += 1
                 self._failed(backend, "timeout", started)
+                continue
+            except aiohttp.ServerFingerprintMismatch:
+                self._attestation.key_changed(backend.name)
+                self._failed(backend, "key_changed", started)
                 continue
             except aiohttp.ClientError as exc:
                 self._failed(backend, "connect_error", started, type(exc).__name__)

@@ -4,14 +4,16 @@ backend must speak the endpoint's wire format. Order is the order given in confi
 from __future__ import annotations
 
 from gateway.api import ApiRequest
+from gateway.attestation.verifier import AttestationService
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.ingress.auth import Caller
 from gateway.settings import BackendSettings, Settings
 
 
 class Router:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, attestation: AttestationService) -> None:
         self._settings = settings
+        self._attestation = attestation
         self._backends = {b.name: b for b in settings.backends}
 
     def candidates(self, request: ApiRequest, caller: Caller) -> list[BackendSettings]:
@@ -27,18 +29,22 @@ class Router:
                            param="model", code="model_not_found")
         return backends
 
-    def trusted(self, backends: list[BackendSettings],
-                requires: tuple[str, ...]) -> list[BackendSettings]:
-        """The backends whose verified attestation meets every trust level the policy requires
-        for this request's data. No backend has verified evidence until attestation lands
-        (gateway/attestation, issue #5), so data that needs a trust level is refused here,
-        never sent to a backend that has not proved it."""
+    def trusted(self, backends: list[BackendSettings], requires: tuple[str, ...],
+                policy: str) -> list[BackendSettings]:
+        """The backends whose current, verified attestation meets every trust level the policy
+        requires for this request's data; none -> refused here, never sent anywhere."""
         if not requires:
             return backends
+        trusted = [b for b in backends if self._attestation.meets(b.name, policy, requires)]
+        if trusted:
+            return trusted
         raise ServiceUnavailable(
             f"The policy requires trust level {', '.join(requires)} for this request's data and "
             "no backend for this model has attested to it; the request was not forwarded.",
             code="no_attested_backend")
+
+    def attestation_digest(self, backend: str) -> str | None:
+        return self._attestation.digest(backend)
 
     def visible_models(self, caller: Caller) -> list[str]:
         return [m for m in self._settings.models if caller.tenant_settings.may_use(m)]

@@ -76,7 +76,8 @@ def test_routing_block_refuses_with_the_rule(demo: Demo) -> None:
 
 def test_data_needing_a_trust_level_is_not_sent_to_unattested_backends(demo: Demo) -> None:
     rules = policy(data_classes={"personal": {"entities": ["EMAIL"]}},
-                   routing={"personal": {"require": "confidential-gpu"}})
+                   routing={"personal": {"require": "confidential-gpu"}},
+                   trust_levels={"confidential-gpu": {"sev-snp": {"measurements": ["ab" * 48]}}})
     with gateway_for(settings_for([demo_backend("d", demo.url)], policy=rules)) as gw:
         refused = chat(gw.url, f"mail {EMAIL}")
         plain = chat(gw.url, "no personal data here")

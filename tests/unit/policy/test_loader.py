@@ -28,7 +28,11 @@ data_classes:
     entities: [CREDIT_CARD, IBAN]
 routing:
   pci: {require: confidential-cpu}
-"""
+trust_levels:
+  confidential-cpu:
+    sev-snp:
+      measurements: [abababababababababababababababababababababababababababababababababababababababababababababababab]
+"""  # noqa: E501
 
 
 def errors(tmp_path: Path, text: str, name: str = "p.yaml") -> list[str]:
@@ -66,6 +70,11 @@ def test_good_policy_loads(tmp_path: Path) -> None:
      "p.yaml:14:29: data_classes.pci.entities[1]: unknown entity type (did you mean IBAN?)"),
     (("  pci: {require", "  pcj: {require"),
      "p.yaml:16:3: routing.pcj: unknown data class (did you mean pci?)"),
+    (("{require: confidential-cpu}", "{require: confidential-cp}"),
+     "p.yaml:16:9: routing.pci.require: unknown trust level 'confidential-cp' (did you mean "
+     "confidential-cpu?)"),
+    (("      measurements: [", "      measurement: ["),
+     "p.yaml:20:7: trust_levels.confidential-cpu.sev-snp.measurement: unknown key"),
     (("{require: confidential-cpu}", "{require: x, block: true}"),
      "p.yaml:16:8: routing.pci: give exactly one of"),
     (("name: team", "name: Team Policy"), "p.yaml:2:7: name: String should match pattern"),

@@ -1,0 +1,1 @@
+"""Confidential-computing evidence: verify it, bind it to the TLS key, decide trust."""

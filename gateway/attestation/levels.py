@@ -1,0 +1,105 @@
+"""Trust levels as policies declare them, and the pure check of verified evidence against one.
+
+    trust_levels:
+      confidential-cpu:
+        max_age_s: 3600
+        sev-snp:
+          measurements: [<96 hex digits>, ...]     # launch digests of the images you approved
+          min_tcb: {bootloader: 3, tee: 0, snp: 8, microcode: 115}
+          products: [Milan, Genoa, Turin]
+        token:                                     # or an attestation service's verdict
+          issuer: https://sharedeus.eus.attest.azure.net
+          jwks_url: https://sharedeus.eus.attest.azure.net/certs
+          claims: {x-ms-isolation-tee.x-ms-sevsnpvm-launchmeasurement: <hex>}
+
+A backend meets a level when its current verdict is no older than `max_age_s` and every
+evidence kind the level lists verified and meets every requirement under it (a GPU level lists
+the CPU report and the GPU service's token: both must hold).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.attestation.snp import VerifiedSnp
+from gateway.attestation.tokens import ALLOWED_ALGORITHMS, VerifiedToken, claim
+
+TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
+Product = Literal["Milan", "Genoa", "Turin"]
+KeyKind = Literal["vcek", "vlek"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SnpRequirements(Strict):
+    measurements: list[Annotated[str, Field(pattern=r"^[0-9a-f]{96}$")]] = Field(min_length=1)
+    products: list[Product] = Field(default_factory=lambda: list(get_args(Product)))
+    signing_keys: list[KeyKind] = Field(default_factory=lambda: list(get_args(KeyKind)))
+    min_tcb: dict[TcbComponent, Annotated[int, Field(ge=0, le=255)]] = Field(
+        default_factory=dict)
+    allow_debug: bool = False
+    allow_migration_agent: bool = False
+    max_vmpl: Annotated[int, Field(ge=0, le=3)] = 0
+    min_guest_svn: Annotated[int, Field(ge=0)] = 0
+
+
+class TokenRequirements(Strict):
+    issuer: str
+    jwks_url: Annotated[str, Field(pattern=r"^https?://")]
+    algorithms: list[Literal[ALLOWED_ALGORITHMS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(ALLOWED_ALGORITHMS))
+    nonce_claim: str = "eat_nonce"
+    claims: dict[str, str | int | bool] = Field(default_factory=dict)
+
+
+class TrustLevel(Strict):
+    max_age_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 3600
+    sev_snp: SnpRequirements | None = Field(default=None, alias="sev-snp")
+    token: TokenRequirements | None = None
+
+    @model_validator(mode="after")
+    def _some_evidence(self) -> TrustLevel:
+        if self.sev_snp is None and self.token is None:
+            raise ValueError("a trust level needs at least one evidence kind (sev-snp, token)")
+        return self
+
+
+def snp_problems(verified: VerifiedSnp, wanted: SnpRequirements) -> list[str]:
+    """Everything about the report that the level does not accept (empty: it meets it)."""
+    report = verified.report
+    problems = []
+    if report.measurement.hex() not in wanted.measurements:
+        problems.append(f"measurement {report.measurement.hex()} is not allowed")
+    if verified.product not in wanted.products:
+        problems.append(f"product {verified.product} is not allowed")
+    if verified.key_kind not in wanted.signing_keys:
+        problems.append(f"signing key {verified.key_kind} is not allowed")
+    below = verified.reported_tcb.below({str(k): v for k, v in wanted.min_tcb.items()})
+    if below:
+        problems.append(f"TCB below the minimum: {', '.join(below)}")
+    if report.debug and not wanted.allow_debug:
+        problems.append("debug is enabled in the guest policy")
+    if report.migration_agent and not wanted.allow_migration_agent:
+        problems.append("a migration agent is allowed by the guest policy")
+    if report.vmpl > wanted.max_vmpl:
+        problems.append(f"VMPL {report.vmpl} > {wanted.max_vmpl}")
+    if report.guest_svn < wanted.min_guest_svn:
+        problems.append(f"guest SVN {report.guest_svn} < {wanted.min_guest_svn}")
+    return problems
+
+
+def token_problems(verified: VerifiedToken, wanted: TokenRequirements) -> list[str]:
+    if verified.issuer != wanted.issuer:
+        return [f"issuer {verified.issuer!r} is not {wanted.issuer!r}"]
+    return [f"claim {path} is {_show(claim(verified.claims, path))}, expected {_show(value)}"
+            for path, value in wanted.claims.items()
+            if claim(verified.claims, path) != value]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

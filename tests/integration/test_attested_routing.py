@@ -1,0 +1,215 @@
+"""Attestation-gated routing over real TLS on loopback: two backends claim to be confidential;
+only the one whose evidence verifies, meets the policy's trust level and is bound to its own TLS
+key and this gateway's nonce ever receives data that needs that level."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.app import GATEWAY
+from gateway.attestation.binding import binding, spki_sha256
+from gateway.attestation.snp import Tcb
+from tests.attestation_ca import MEASUREMENT, SnpTestCa, snp_report
+from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, gateway_for, settings_for
+
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+CA = SnpTestCa()
+TCB = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
+VCEK_KEY, VCEK = CA.vcek(TCB)
+LEVEL = "confidential-cpu"
+POLICY = {**TEST_POLICY,
+          "data_classes": {"personal": {"entities": ["EMAIL"]}},
+          "routing": {"personal": {"require": LEVEL}},
+          "trust_levels": {LEVEL: {"max_age_s": 600, "sev-snp": {
+              "measurements": [MEASUREMENT.hex()], "min_tcb": {"snp": 8}}}}}
+
+
+def tls_context(directory: Path, name: str) -> tuple[ssl.SSLContext, bytes]:
+    """A self-signed certificate, as a TEE makes for itself; returns the context and DER."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass
+class ConfidentialBackend:
+    """A model server with an evidence endpoint. `measurement` is what its report claims;
+    `replay` serves one report made for a nonce long gone."""
+
+    certificate: bytes
+    measurement: bytes = MEASUREMENT
+    replay: bool = False
+    served: int = 0
+    nonces: list[str] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/.well-known/veil-attestation", self.evidence)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def evidence(self, request: web.Request) -> web.Response:
+        nonce = bytes.fromhex(request.query["nonce"])
+        self.nonces.append(nonce.hex())
+        bound = binding(b"\0" * 32 if self.replay else nonce, spki_sha256(self.certificate))
+        report = snp_report(VCEK_KEY, report_data=bound, measurement=self.measurement, tcb=TCB)
+        return web.json_response({"evidence": [{
+            "format": "sev-snp", "report": base64.b64encode(report).decode(),
+            "vcek": base64.b64encode(VCEK).decode()}]})
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.served += 1
+        body = await request.json()
+        return web.json_response({
+            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": "echo: " + body["messages"][-1]["content"]}}]})
+
+
+def roots_dir(directory: Path) -> str:
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (CA.ask, CA.ark))
+    (directory / "amd_milan.pem").write_bytes(pem)
+    return str(directory)
+
+
+def attested(name: str, url: str) -> dict[str, Any]:
+    return {"name": name, "url": url, "connect_timeout_s": 2, "read_timeout_s": 5,
+            "attestation": {"refresh_s": 300, "timeout_s": 5}}
+
+
+def chat(url: str, content: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", headers=AUTH, timeout=30, json={
+        "model": "test-model", "messages": [{"role": "user", "content": content}]})
+
+
+def wait_until(condition: Any, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[ServerThread, dict[str, ConfidentialBackend]]]:
+    contexts = {name: tls_context(tmp_path, name) for name in ("good", "other", "replay")}
+    backends = {"good": ConfidentialBackend(contexts["good"][1]),
+                "other": ConfidentialBackend(contexts["other"][1], measurement=bytes(48)),
+                "replay": ConfidentialBackend(contexts["replay"][1], replay=True)}
+    servers = {name: ServerThread(b.app(), ssl_context=contexts[name][0])
+               for name, b in backends.items()}
+    for server in servers.values():
+        server.__enter__()
+    try:
+        settings = settings_for(
+            [attested(name, servers[name].url) for name in ("other", "replay", "good")],
+            policy=POLICY, attestation={"amd_roots_dir": roots_dir(tmp_path)})
+        with gateway_for(settings) as gw:
+            service = gw.app[GATEWAY].attestation
+            digest = gw.app[GATEWAY].policies.current.policies[0].digest
+            wait_until(lambda: service.meets("good", digest, (LEVEL,)))
+            wait_until(lambda: all(b.nonces for b in backends.values()))
+            yield gw, backends
+    finally:
+        for server in servers.values():
+            server.__exit__(None, None, None)
+
+
+def test_only_the_attested_backend_receives_sensitive_data(
+        world: tuple[ServerThread, dict[str, ConfidentialBackend]]) -> None:
+    gw, backends = world
+    for _ in range(5):
+        r = chat(gw.url, "mail jane.roe@example.com")
+        assert r.status_code == 200, r.text
+        assert "jane.roe@example.com" in r.text  # restored for the client
+    assert backends["good"].served == 5
+    assert backends["other"].served == 0  # wrong measurement
+    assert backends["replay"].served == 0  # evidence not bound to this gateway's nonce
+    service = gw.app[GATEWAY].attestation
+    digest = gw.app[GATEWAY].policies.current.policies[0].digest
+    assert not service.meets("other", digest, (LEVEL,))
+    assert service.pin("replay") is None
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'veil_attestations_total{backend="good",result="verified"}' in metrics
+    assert 'veil_attestations_total{backend="replay",result="refused"}' in metrics
+
+
+def test_fresh_nonce_every_attestation(
+        world: tuple[ServerThread, dict[str, ConfidentialBackend]]) -> None:
+    gw, backends = world
+    gw.app[GATEWAY].attestation.key_changed("good")  # forces a re-attestation
+    wait_until(lambda: len(backends["good"].nonces) >= 2)
+    nonces = backends["good"].nonces
+    assert len(set(nonces)) == len(nonces)
+    assert all(len(n) == 64 for n in nonces)
+
+
+def test_no_attested_backend_refuses_503(tmp_path: Path) -> None:
+    context, certificate = tls_context(tmp_path, "lonely")
+    backend = ConfidentialBackend(certificate, measurement=bytes(48))
+    with ServerThread(backend.app(), ssl_context=context) as server:
+        settings = settings_for([attested("lonely", server.url)], policy=POLICY,
+                                attestation={"amd_roots_dir": roots_dir(tmp_path)})
+        with gateway_for(settings) as gw:
+            wait_until(lambda: backend.nonces)
+            refused = chat(gw.url, "mail jane.roe@example.com")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "no_attested_backend"
+    assert backend.served == 0
+
+
+def test_key_swap_is_refused_until_re_attested(tmp_path: Path) -> None:
+    first_context, first = tls_context(tmp_path, "first")
+    backend = ConfidentialBackend(first)
+    server = ServerThread(backend.app(), ssl_context=first_context).__enter__()
+    settings = settings_for([attested("tee", server.url)], policy=POLICY,
+                            attestation={"amd_roots_dir": roots_dir(tmp_path)})
+    with gateway_for(settings) as gw:
+        service = gw.app[GATEWAY].attestation
+        digest = gw.app[GATEWAY].policies.current.policies[0].digest
+        wait_until(lambda: service.meets("tee", digest, (LEVEL,)))
+        assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+        old = service.digest("tee")
+        # The machine comes back on the same address with another TLS key.
+        port = server.port
+        server.__exit__(None, None, None)
+        second_context, second = tls_context(tmp_path, "second")
+        backend.certificate = second
+        with ServerThread(backend.app(), port=port, ssl_context=second_context):
+            served = backend.served
+            first_try = chat(gw.url, "mail jane.roe@example.com")
+            # The pinned connection refuses the new key: nothing reaches it unverified.
+            assert first_try.status_code in (502, 503), first_try.text
+            assert backend.served == served
+            wait_until(lambda: service.digest("tee") not in (None, old))
+            assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+            assert backend.served == served + 1
