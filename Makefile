@@ -37,6 +37,7 @@ bench: $(DEV)
 	$(BIN)/python tests/bench/pii_eval.py
 	$(BIN)/python tests/bench/detection_latency.py
 	$(BIN)/python tests/bench/stream_ttft.py
+	$(BIN)/python tests/bench/attestation_speed.py
 
 install: $(DEV)
 

@@ -68,7 +68,7 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     attestation = AttestationService(settings, functools.partial(_trust_levels, policies),
                                      metrics)
     policies.on_reload.append(attestation.policies_changed)
-    router = Router(settings, attestation)
+    router = Router(settings, attestation, metrics)
     pipeline = Pipeline(settings, authenticator, policies, PrivacyStage(engine, metrics),
                         router, Forwarder(pool, metrics, attestation), metrics)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,

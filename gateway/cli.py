@@ -1,17 +1,37 @@
-"""`veil` command line: serve, demo-upstream, quickstart, apikey, audit."""
+"""`veil` command line: serve, demo-upstream, quickstart, apikey, audit, policy, attest."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import TypeAlias
 
 from gateway.yamlsource import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"veil: configuration error\n{exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veil", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _running_commands(commands)
+    _key_commands(commands)
+    _policy_commands(commands)
+    _attest_commands(commands)
+    return parser
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _running_commands(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", default="config.yaml")
     serve.add_argument("--workers", type=int, default=None,
@@ -28,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--config", default="config.yaml")
     quick.add_argument("--demo-port", type=int, default=8081)
 
+
+def _key_commands(commands: Commands) -> None:
     apikey = commands.add_parser("apikey", help="client API keys")
     apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
     new = apikey_commands.add_parser("new", help="generate a key and print its config entry")
@@ -45,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--key-file")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
 
+
+def _policy_commands(commands: Commands) -> None:
     policy = commands.add_parser("policy", help="policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     check = policy_commands.add_parser("check", help="validate policies; exit 1 listing errors")
@@ -67,37 +91,62 @@ def main(argv: list[str] | None = None) -> int:
     verify_policy.add_argument("files", nargs="+")
     verify_policy.add_argument("--pubkey", required=True, help="public key (PEM)")
 
-    args = parser.parse_args(argv)
-    try:
-        return _dispatch(args)
-    except ConfigError as exc:
-        print(f"veil: configuration error\n{exc}", file=sys.stderr)
-        return 2
+
+def _attest_commands(commands: Commands) -> None:
+    attest = commands.add_parser("attest", help="confidential-computing evidence")
+    attest_commands = attest.add_subparsers(dest="attest_command", required=True)
+    attest_verify = attest_commands.add_parser(
+        "verify", help="verify evidence offline; exit 0 only when it verifies")
+    attest_verify.add_argument("file", help="the evidence (an SEV-SNP report)")
+    attest_verify.add_argument("--vcek", help="the VCEK/VLEK certificate (DER or PEM)")
+    attest_verify.add_argument("--at", help="verify as of this time (ISO 8601; default: now)")
+    attest_verify.add_argument("--policy", help="a policy file whose trust level to check")
+    attest_verify.add_argument("--level", help="the trust level (with --policy)")
+    attest_verify.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "serve":
-        from gateway.server import serve
-        from gateway.settings import load_settings
+    handlers = {"serve": _serve, "demo-upstream": _demo_upstream, "quickstart": _quickstart,
+                "apikey": _apikey, "audit": _audit_verify, "policy": _policy,
+                "attest": _attest_verify}
+    return handlers[args.command](args)  # argparse has refused unknown commands already
 
-        settings = load_settings(args.config)
-        return serve(args.config, settings, args.workers or settings.listen.workers)
-    if args.command == "demo-upstream":
-        from gateway.demo.upstream import run
 
-        run(args.host, args.port, args.chunk_delay_ms)
-        return 0
-    if args.command == "quickstart":
-        from gateway.demo.quickstart import quickstart
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+    from gateway.settings import load_settings
 
-        return quickstart(args.config, args.demo_port)
-    if args.command == "apikey":
-        return _apikey(args)
-    if args.command == "audit":
-        return _audit_verify(args)
-    if args.command == "policy":
-        return _policy(args)
-    raise AssertionError(args.command)  # argparse rejects unknown commands first
+    settings = load_settings(args.config)
+    return serve(args.config, settings, args.workers or settings.listen.workers)
+
+
+def _demo_upstream(args: argparse.Namespace) -> int:
+    from gateway.demo.upstream import run
+
+    run(args.host, args.port, args.chunk_delay_ms)
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from gateway.demo.quickstart import quickstart
+
+    return int(quickstart(args.config, args.demo_port))
+
+
+def _attest_verify(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from gateway.attestation.offline import as_json, verify_evidence_file
+
+    at = datetime.fromisoformat(args.at) if args.at else None
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    outcome = verify_evidence_file(
+        Path(args.file), vcek=Path(args.vcek) if args.vcek else None, at=at,
+        policy=Path(args.policy) if args.policy else None, level=args.level)
+    print(as_json(outcome) if args.json else "\n".join(outcome.lines()))
+    return 0 if outcome.ok else 1
 
 
 def _apikey(args: argparse.Namespace) -> int:

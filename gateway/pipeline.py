@@ -59,7 +59,11 @@ class Pipeline:
 
         # detect + decide: every text the request carries, rewritten before anything leaves
         vault, decision = await self.privacy.protect(api_request, active, caller.tenant, facts)
-        backends = self.router.trusted(backends, decision.requires, active.digest)
+        backends, failed_open = self.router.trusted(
+            backends, decision.requires, active.digest,
+            fail_open=active.policy.fail_mode.evidence == "open")
+        if failed_open:
+            facts.rule = "fail_mode.evidence=open"
         restoring = len(vault) > 0
 
         # upstream: the gateway's own credentials; fail over before the first byte

@@ -153,9 +153,17 @@ class AttestationService:
                 self._metrics.attestations.labels(state.backend.name, "verified").inc()
                 log.info("attested", backend=state.backend.name, digest=evidence.digest,
                          levels=sorted({level for _, level in state.met}))
-                delay = settings.refresh_s
+                delay = self._next_check(state, settings.refresh_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.wake.wait(), delay)
+
+    def _next_check(self, state: BackendState, refresh_s: float) -> float:
+        """Re-attest every `refresh_s`, and early enough that no level lapses in between
+        (10% of the remaining time, at least 1 s, before the first expiry)."""
+        if not state.met:
+            return refresh_s
+        remaining = min(state.met.values()) - self._clock()
+        return max(1.0, min(refresh_s, remaining * 0.9))
 
     # -- one attestation ------------------------------------------------------------------------
 

@@ -7,13 +7,19 @@ from gateway.api import ApiRequest
 from gateway.attestation.verifier import AttestationService
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.ingress.auth import Caller
+from gateway.observability.logging import get_logger
+from gateway.observability.metrics import Metrics
 from gateway.settings import BackendSettings, Settings
+
+log = get_logger("veil.route")
 
 
 class Router:
-    def __init__(self, settings: Settings, attestation: AttestationService) -> None:
+    def __init__(self, settings: Settings, attestation: AttestationService,
+                 metrics: Metrics) -> None:
         self._settings = settings
         self._attestation = attestation
+        self._metrics = metrics
         self._backends = {b.name: b for b in settings.backends}
 
     def candidates(self, request: ApiRequest, caller: Caller) -> list[BackendSettings]:
@@ -30,14 +36,21 @@ class Router:
         return backends
 
     def trusted(self, backends: list[BackendSettings], requires: tuple[str, ...],
-                policy: str) -> list[BackendSettings]:
+                policy: str, *, fail_open: bool = False
+                ) -> tuple[list[BackendSettings], bool]:
         """The backends whose current, verified attestation meets every trust level the policy
-        requires for this request's data; none -> refused here, never sent anywhere."""
+        requires for this request's data, and whether that failed open. None -> refused here,
+        never sent anywhere, unless the policy says `fail_mode: {evidence: open}` (then the
+        configured order, logged and counted)."""
         if not requires:
-            return backends
+            return backends, False
         trusted = [b for b in backends if self._attestation.meets(b.name, policy, requires)]
         if trusted:
-            return trusted
+            return trusted, False
+        if fail_open:
+            log.warning("attestation_failed_open", levels=list(requires))
+            self._metrics.failed_open.labels("evidence").inc()
+            return backends, True
         raise ServiceUnavailable(
             f"The policy requires trust level {', '.join(requires)} for this request's data and "
             "no backend for this model has attested to it; the request was not forwarded.",

@@ -183,3 +183,16 @@ def test_hot_reload_under_load(demo: Demo) -> None:
     assert len({digest for _, digest in results}) >= 2  # traffic really crossed reloads
     assert 'veil_policy_reloads_total{result="error"} 4.0' in metrics
     assert 'veil_policy_reloads_total{result="ok"} 8.0' in metrics
+
+
+def test_evidence_fail_open_forwards_when_the_policy_says_so(demo: Demo) -> None:
+    rules = policy(data_classes={"personal": {"entities": ["EMAIL"]}},
+                   routing={"personal": {"require": "confidential-gpu"}},
+                   trust_levels={"confidential-gpu": {"sev-snp": {"measurements": ["ab" * 48]}}},
+                   fail_mode={"evidence": "open"})
+    with gateway_for(settings_for([demo_backend("d", demo.url)], policy=rules)) as gw:
+        r = chat(gw.url, f"mail {EMAIL}")
+        metrics = httpx.get(gw.url + "/metrics").text
+    assert r.status_code == 200
+    assert EMAIL not in str(demo.state.last_body)  # still masked: only the routing failed open
+    assert 'veil_failed_open_total{dependency="evidence"} 1.0' in metrics

@@ -1,0 +1,49 @@
+"""`veil attest verify`: exit 0 only when the evidence verifies (and meets the level asked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+ROOT = Path(__file__).parents[3]
+DATA = ROOT / "tests" / "data" / "attestation"
+REPORT, VCEK = DATA / "virtee_milan_report.bin", DATA / "virtee_milan_vcek.der"
+HEALTHCARE = ROOT / "policies" / "healthcare.yaml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["attest", "verify", *args])
+    return code, capsys.readouterr().out
+
+
+def test_verifies_and_meets_the_example_level(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, str(REPORT), "--vcek", str(VCEK), "--at", "2024-06-01T00:00:00Z",
+                    "--policy", str(HEALTHCARE), "--level", "confidential-cpu", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["measurement"].startswith("7a1e5c26")
+    assert result["trust_level"] == "confidential-cpu: met"
+
+
+def test_refusals_exit_1_with_the_reason(capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    code, out = run(capsys, str(REPORT), "--vcek", str(VCEK), "--at", "2035-01-01")
+    assert (code, out.splitlines()[0]) == (1, "REFUSED")
+    assert "not valid at 2035" in out
+    code, out = run(capsys, str(REPORT))
+    assert code == 1
+    assert "needs --vcek" in out
+    truncated = tmp_path / "short.bin"
+    truncated.write_bytes(REPORT.read_bytes()[:100])
+    code, out = run(capsys, str(truncated), "--vcek", str(VCEK))
+    assert code == 1
+    assert "unrecognised evidence (100 bytes)" in out
+    code, out = run(capsys, str(DATA / "gsg_milan_report.bin"), "--vcek",
+                    str(DATA / "gsg_milan_vcek.der"), "--at", "2022-09-24T01:00:00Z",
+                    "--policy", str(HEALTHCARE), "--level", "confidential-cpu")
+    assert code == 1
+    assert "reason: debug is enabled in the guest policy" in out
