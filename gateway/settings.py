@@ -161,6 +161,11 @@ class AttestationSettings(Strict):
     # Folder of AMD roots (amd_<product>.pem: ASK then ARK) replacing the ones shipped with
     # the package; for private test roots and for root rotation ahead of a release.
     amd_roots_dir: str | None = None
+    # Intel collateral saved from PCS (tcb_info_<fmspc>.json, qe_identity.json, chains, CRLs),
+    # for TDX backends that send only their quote: fully offline verification.
+    intel_collateral_dir: str | None = None
+    # Replaces the pinned Intel SGX Root CA (for private test roots only).
+    intel_root_file: str | None = None
 
 
 class LoggingSettings(Strict):

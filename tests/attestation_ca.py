@@ -5,6 +5,8 @@ signed with them, so every branch of the verifier and of trust-level checks can 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -96,3 +98,146 @@ def snp_report(key: ec.EllipticCurvePrivateKey, *, report_data: bytes = b"",
     raw[0x2A0:0x2A0 + 72] = r.to_bytes(72, "little")
     raw[0x2E8:0x2E8 + 72] = s.to_bytes(72, "little")
     return bytes(raw)
+
+
+# -- A test Intel: SGX root, PCK chain with the SGX extension, TCB signing key, and TDX quotes
+# with signed collateral, so every TDX requirement branch can be reached.
+
+def _der(tag: int, content: bytes) -> bytes:
+    length = len(content)
+    if length < 0x80:
+        return bytes([tag, length]) + content
+    size = (length.bit_length() + 7) // 8
+    return bytes([tag, 0x80 | size]) + length.to_bytes(size, "big") + content
+
+
+def _der_oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytes([parts[0] * 40 + parts[1]])
+    for part in parts[2:]:
+        chunk, rest = [part & 0x7F], part >> 7
+        while rest:
+            chunk.insert(0, 0x80 | (rest & 0x7F))
+            rest >>= 7
+        body += bytes(chunk)
+    return _der(0x06, body)
+
+
+def _der_integer(value: int) -> bytes:
+    raw = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
+    return _der(0x02, raw)
+
+
+def _pair(oid: str, value: bytes) -> bytes:
+    return _der(0x30, _der_oid(oid) + value)
+
+
+SGX = "1.2.840.113741.1.13.1"
+QE_MRSIGNER = bytes(range(32))
+FMSPC = bytes.fromhex("00906ed50000")
+MRTD = bytes(range(100, 148))
+
+
+def sgx_extension(cpusvn: list[int], pcesvn: int, fmspc: bytes = FMSPC) -> bytes:
+    tcb = b"".join(_pair(f"{SGX}.2.{i + 1}", _der_integer(svn)) for i, svn in enumerate(cpusvn))
+    tcb += _pair(f"{SGX}.2.17", _der_integer(pcesvn))
+    tcb += _pair(f"{SGX}.2.18", _der(0x04, bytes(cpusvn)))
+    return _der(0x30, _pair(f"{SGX}.1", _der(0x04, bytes(16)))
+                + _pair(f"{SGX}.2", _der(0x30, tcb))
+                + _pair(f"{SGX}.3", _der(0x04, b"\0\0"))
+                + _pair(f"{SGX}.4", _der(0x04, fmspc)))
+
+
+def _raw_signature(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+@dataclass
+class TdxTestCa:
+    root_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+
+    def __post_init__(self) -> None:
+        self.root = self._cert("Test SGX Root CA", "Test SGX Root CA", self.root_key,
+                               self.root_key, ca=True)
+        self.pck_ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.pck_ca = self._cert("Test SGX PCK Platform CA", "Test SGX Root CA",
+                                 self.pck_ca_key, self.root_key, ca=True)
+        self.signing_key = ec.generate_private_key(ec.SECP256R1())
+        self.signing = self._cert("Test SGX TCB Signing", "Test SGX Root CA", self.signing_key,
+                                  self.root_key, ca=False)
+
+    def _cert(self, subject: str, issuer: str, key: ec.EllipticCurvePrivateKey,
+              signer: ec.EllipticCurvePrivateKey, *, ca: bool,
+              extension: bytes | None = None) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(_name(subject))
+                   .issuer_name(_name(issuer)).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(START)
+                   .not_valid_after(START + datetime.timedelta(3650))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                  critical=False))
+        if extension is not None:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX), extension),
+                critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem(self, *certs: x509.Certificate) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    def signed_json(self, name: str, body: dict[str, object]) -> str:
+        text = json.dumps(body, separators=(",", ":"))
+        return (f'{{"{name}":{text},"signature":"'
+                f'{_raw_signature(self.signing_key, text.encode()).hex()}"}}')
+
+    def collateral(self, *, tcb_status: str = "UpToDate",
+                   next_update: str = "2030-01-01T00:00:00Z") -> dict[str, str]:
+        level = {"tcb": {"sgxtcbcomponents": [{"svn": 2}] * 16, "pcesvn": 10,
+                         "tdxtcbcomponents": [{"svn": 1}] * 16},
+                 "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": tcb_status}
+        tcb_info = {"id": "TDX", "version": 3, "issueDate": "2024-01-01T00:00:00Z",
+                    "nextUpdate": next_update, "fmspc": FMSPC.hex(), "pceId": "0000",
+                    "tcbType": 0, "tcbEvaluationDataNumber": 17, "tcbLevels": [level]}
+        identity = {"id": "TD_QE", "version": 2, "issueDate": "2024-01-01T00:00:00Z",
+                    "nextUpdate": next_update, "miscselect": "00000000",
+                    "miscselectMask": "FFFFFFFF", "attributes": "11" + "00" * 15,
+                    "attributesMask": "FBFFFFFFFFFFFFFF" + "00" * 8,
+                    "mrsigner": QE_MRSIGNER.hex().upper(), "isvprodid": 2,
+                    "tcbLevels": [{"tcb": {"isvsvn": 4}, "tcbDate": "2024-01-01T00:00:00Z",
+                                   "tcbStatus": "UpToDate"}]}
+        chain = self.pem(self.signing, self.root).decode()
+        return {"tcb_info": self.signed_json("tcbInfo", tcb_info), "tcb_info_chain": chain,
+                "qe_identity": self.signed_json("enclaveIdentity", identity),
+                "qe_identity_chain": chain}
+
+    def quote(self, *, report_data: bytes = b"", mrtd: bytes = MRTD, td_attributes: int = 0,
+              cpusvn: int = 2, rtmr1: bytes = bytes(48)) -> bytes:
+        pck_key = ec.generate_private_key(ec.SECP256R1())
+        pck = self._cert("Test SGX PCK Certificate", "Test SGX PCK Platform CA", pck_key,
+                         self.pck_ca_key, ca=False,
+                         extension=sgx_extension([cpusvn] * 16, pcesvn=10))
+        attestation_key = ec.generate_private_key(ec.SECP256R1())
+        point = attestation_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
+        header = struct.pack("<HHIHH", 4, 2, 0x81, 0, 0) + bytes(16) + bytes(20)
+        body = bytearray(584)
+        body[0:16] = bytes([1] * 16)  # TEE TCB SVN
+        body[120:128] = td_attributes.to_bytes(8, "little")
+        body[136:184] = mrtd
+        body[376:424] = rtmr1
+        body[520:584] = report_data.ljust(64, b"\0")
+        signed = header + bytes(body)
+        auth = bytes(32)
+        qe_report = bytearray(384)
+        qe_report[48] = 0x11
+        qe_report[128:160] = QE_MRSIGNER
+        qe_report[256:260] = struct.pack("<HH", 2, 4)
+        qe_report[320:352] = hashlib.sha256(point + auth).digest()
+        chain = self.pem(pck, self.pck_ca, self.root)
+        certification = (bytes(qe_report) + _raw_signature(pck_key, bytes(qe_report))
+                         + struct.pack("<H", len(auth)) + auth
+                         + struct.pack("<HI", 5, len(chain)) + chain)
+        signature_data = (_raw_signature(attestation_key, signed) + point
+                          + struct.pack("<HI", 6, len(certification)) + certification)
+        return signed + struct.pack("<I", len(signature_data)) + signature_data

@@ -7,6 +7,8 @@
           measurements: [<96 hex digits>, ...]     # launch digests of the images you approved
           min_tcb: {bootloader: 3, tee: 0, snp: 8, microcode: 115}
           products: [Milan, Genoa, Turin]
+        # or, for an Intel TDX machine (a level lists one of sev-snp / tdx):
+        # tdx: {mrtd: [...], rtmr: {1: [...]}, tcb_statuses: [UpToDate]}
         token:                                     # or an attestation service's verdict
           issuer: https://sharedeus.eus.attest.azure.net
           jwks_url: https://sharedeus.eus.attest.azure.net/certs
@@ -24,6 +26,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.attestation.snp import VerifiedSnp
+from gateway.attestation.tdx import VerifiedTdx
 from gateway.attestation.tokens import ALLOWED_ALGORITHMS, VerifiedToken, claim
 
 TcbComponent = Literal["bootloader", "tee", "snp", "microcode", "fmc"]
@@ -47,6 +50,18 @@ class SnpRequirements(Strict):
     min_guest_svn: Annotated[int, Field(ge=0)] = 0
 
 
+Hex48 = Annotated[str, Field(pattern=r"^[0-9a-f]{96}$")]
+
+
+class TdxRequirements(Strict):
+    mrtd: list[Hex48] = Field(min_length=1)  # the TD's initial contents (firmware)
+    rtmr: dict[Literal[0, 1, 2, 3], list[Hex48]] = Field(default_factory=dict)  # allow-lists
+    mrseam: list[Hex48] = Field(default_factory=list)  # empty: any module Intel signed
+    tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
+    qe_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
+    allow_debug: bool = False
+
+
 class TokenRequirements(Strict):
     issuer: str
     jwks_url: Annotated[str, Field(pattern=r"^https?://")]
@@ -59,12 +74,16 @@ class TokenRequirements(Strict):
 class TrustLevel(Strict):
     max_age_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 3600
     sev_snp: SnpRequirements | None = Field(default=None, alias="sev-snp")
+    tdx: TdxRequirements | None = None
     token: TokenRequirements | None = None
 
     @model_validator(mode="after")
     def _some_evidence(self) -> TrustLevel:
-        if self.sev_snp is None and self.token is None:
-            raise ValueError("a trust level needs at least one evidence kind (sev-snp, token)")
+        if self.sev_snp is None and self.tdx is None and self.token is None:
+            raise ValueError("a trust level needs at least one evidence kind "
+                             "(sev-snp, tdx, token)")
+        if self.sev_snp is not None and self.tdx is not None:
+            raise ValueError("a machine runs SEV-SNP or TDX, not both: make one level for each")
         return self
 
 
@@ -89,6 +108,25 @@ def snp_problems(verified: VerifiedSnp, wanted: SnpRequirements) -> list[str]:
         problems.append(f"VMPL {report.vmpl} > {wanted.max_vmpl}")
     if report.guest_svn < wanted.min_guest_svn:
         problems.append(f"guest SVN {report.guest_svn} < {wanted.min_guest_svn}")
+    return problems
+
+
+def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
+    report = verified.quote.report
+    problems = []
+    if report.mrtd.hex() not in wanted.mrtd:
+        problems.append(f"MRTD {report.mrtd.hex()} is not allowed")
+    for index, allowed in sorted(wanted.rtmr.items()):
+        if report.rtmrs[index].hex() not in allowed:
+            problems.append(f"RTMR{index} {report.rtmrs[index].hex()} is not allowed")
+    if wanted.mrseam and report.mrseam.hex() not in wanted.mrseam:
+        problems.append(f"MRSEAM {report.mrseam.hex()} is not allowed")
+    if verified.tcb_status not in wanted.tcb_statuses:
+        problems.append(f"platform TCB status {verified.tcb_status} is not accepted")
+    if verified.qe_tcb_status not in wanted.qe_tcb_statuses:
+        problems.append(f"QE TCB status {verified.qe_tcb_status} is not accepted")
+    if report.debug and not wanted.allow_debug:
+        problems.append("the TD is debuggable")
     return problems
 
 

@@ -11,6 +11,7 @@ TLS certificate changes (the pinned connection refuses it) and when policies are
 Evidence protocol (documented in the README):
     GET <backend origin><evidence_path>?nonce=<64 hex digits>
     200 {"evidence": [{"format": "sev-snp", "report": <base64>, "vcek": <base64 DER>},
+                      {"format": "tdx", "quote": <base64>, "collateral": {...}},
                       {"format": "token", "token": <JWT>}]}
 """
 
@@ -26,16 +27,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from cryptography import x509
 
 from gateway.attestation.binding import binding, peer_certificate, spki_sha256
 from gateway.attestation.errors import EvidenceError
-from gateway.attestation.levels import TrustLevel, snp_problems, token_problems
+from gateway.attestation.levels import TrustLevel, snp_problems, tdx_problems, token_problems
 from gateway.attestation.snp import AmdRoots, VerifiedSnp, amd_roots, verify_report
+from gateway.attestation.tdx import (
+    VerifiedTdx,
+    collateral_from_dir,
+    collateral_from_json,
+    parse_quote,
+    verify_quote,
+)
 from gateway.attestation.tokens import verify_token
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -51,6 +61,7 @@ class Evidence:
     """Verified parts of one backend's evidence, bound to its key and this gateway's nonce."""
 
     snp: VerifiedSnp | None
+    tdx: VerifiedTdx | None
     tokens: tuple[str, ...]  # checked per trust level: each level names its issuer and keys
     expected_nonce: str  # hex binding a token's nonce claim must carry
     certificate_sha256: bytes
@@ -58,7 +69,10 @@ class Evidence:
     digest: str  # what the audit trail records
 
     def not_after(self) -> float:
-        return self.snp.not_after.timestamp() if self.snp else float("inf")
+        """The endorsement certificate's end (SNP), Intel's collateral's nextUpdate (TDX)."""
+        ends = [self.snp.not_after.timestamp()] if self.snp else []
+        ends += [self.tdx.next_update.timestamp()] if self.tdx else []
+        return min(ends, default=float("inf"))
 
 
 @dataclass
@@ -80,6 +94,10 @@ class AttestationService:
         self._metrics = metrics
         self._clock = clock
         self._roots_dir = settings.attestation.amd_roots_dir
+        self._collateral_dir = settings.attestation.intel_collateral_dir
+        root_file = settings.attestation.intel_root_file
+        self._intel_root = x509.load_pem_x509_certificate(Path(root_file).read_bytes()) \
+            if root_file else None
         self._jwks: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -192,20 +210,24 @@ class AttestationService:
     def _verify(self, body: bytes, expected: bytes, certificate_sha256: bytes) -> Evidence:
         parts = _parts(body)
         snp: VerifiedSnp | None = None
+        tdx: VerifiedTdx | None = None
         tokens: list[str] = []
         for part in parts:
             kind = part.get("format")
             if kind == "sev-snp":
                 snp = self._verify_snp(part, expected)
+            elif kind == "tdx":
+                tdx = self._verify_tdx(part, expected)
             elif kind == "token" and isinstance(part.get("token"), str):
                 tokens.append(part["token"])
             else:
                 raise EvidenceError(f"unsupported evidence part {kind!r}")
-        values = {"snp": snp.values() if snp else None, "tokens": len(tokens),
+        values = {"snp": snp.values() if snp else None, "tdx": tdx.values() if tdx else None,
+                  "tokens": len(tokens),
                   "certificate_sha256": certificate_sha256.hex()}
         digest = "sha256:" + hashlib.sha256(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
                                             ).hexdigest()
-        return Evidence(snp, tuple(tokens), expected.hex(), certificate_sha256, self._clock(),
+        return Evidence(snp, tdx, tuple(tokens), expected.hex(), certificate_sha256, self._clock(),
                         digest)
 
     def _verify_snp(self, part: Mapping[str, Any], expected: bytes) -> VerifiedSnp:
@@ -222,6 +244,26 @@ class AttestationService:
                                 "(a replayed report, or evidence from another machine)")
         return verified
 
+    def _verify_tdx(self, part: Mapping[str, Any], expected: bytes) -> VerifiedTdx:
+        try:
+            raw = base64.b64decode(part["quote"], validate=True)
+        except (KeyError, TypeError, binascii.Error):
+            raise EvidenceError("tdx evidence needs a base64 'quote'") from None
+        quote = parse_quote(raw)
+        if isinstance(part.get("collateral"), dict):
+            collateral = collateral_from_json(part["collateral"])
+        elif self._collateral_dir:
+            collateral = collateral_from_dir(Path(self._collateral_dir), quote)
+        else:
+            raise EvidenceError("tdx: no collateral (send it with the quote, or configure "
+                                "attestation.intel_collateral_dir)")
+        verified = verify_quote(raw, collateral, at=datetime.fromtimestamp(self._clock(), UTC),
+                                root=self._intel_root)
+        if verified.quote.report.report_data != expected:
+            raise EvidenceError("tdx: report_data is not bound to this nonce and TLS key "
+                                "(a replayed quote, or evidence from another machine)")
+        return verified
+
     def _evaluate(self, evidence: Evidence) -> dict[tuple[str, str], float]:
         met: dict[tuple[str, str], float] = {}
         for policy, name, level in self._trust_levels():
@@ -234,6 +276,9 @@ class AttestationService:
         until = min(evidence.verified_at + level.max_age_s, evidence.not_after())
         if level.sev_snp is not None and (
                 evidence.snp is None or snp_problems(evidence.snp, level.sev_snp)):
+            return None
+        if level.tdx is not None and (
+                evidence.tdx is None or tdx_problems(evidence.tdx, level.tdx)):
             return None
         if level.token is not None:
             wanted, jwks = level.token, self._jwks.get(level.token.jwks_url)

@@ -2,6 +2,8 @@
 
     snp-verify       a genuine Milan report: parse, chain ARK -> ASK -> VCEK (RSA-PSS), TCB and
                      HWID binding, report signature (ECDSA P-384)   target <= 10 ms
+    tdx-verify       a genuine Sapphire Rapids quote with Intel's collateral and CRLs: PCK chain,
+                     CRLs, QE report, quote signature, TCB Info and QE Identity signatures
     snp-levels       checking that verified report against a trust level
     cached-check     what a request pays: is this backend's verdict current for the level?
                                                                     target <= 50 us
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from gateway.attestation.levels import SnpRequirements, snp_problems
 from gateway.attestation.snp import verify_report
+from gateway.attestation.tdx import Collateral, verify_quote
 from gateway.attestation.verifier import AttestationService, Evidence
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
@@ -29,6 +32,14 @@ DATA = Path(__file__).parents[1] / "data" / "attestation"
 REPORT = (DATA / "virtee_milan_report.bin").read_bytes()
 VCEK = (DATA / "virtee_milan_vcek.der").read_bytes()
 AT = datetime(2024, 6, 1, tzinfo=UTC)
+TDX = DATA / "tdx"
+TDX_QUOTE = (TDX / "tdx_prod_quote_SPR_E4.dat").read_bytes()
+TDX_COLLATERAL = Collateral(
+    (TDX / "sample_tcbInfo_response").read_text(), (TDX / "tcbinfo_issuer_chain.pem").read_bytes(),
+    (TDX / "sample_qeIdentity_response").read_text(),
+    (TDX / "qeidentity_issuer_chain.pem").read_bytes(), (TDX / "pckcrl").read_bytes(),
+    (TDX / "rootcrl.der").read_bytes())
+TDX_AT = datetime(2023, 7, 1, tzinfo=UTC)
 
 
 def median_us(action: Callable[[], object], repeats: int, inner: int = 1) -> float:
@@ -49,11 +60,13 @@ def main() -> None:
         "backends": [{"name": "tee", "url": "https://127.0.0.1:1", "attestation": {}}],
         "models": {"m": ["tee"]}, "policies": {"files": ["policies/default.yaml"]}})
     service = AttestationService(settings, list, Metrics(), clock=time.time)
-    state = service._states["tee"]  # noqa: SLF001 (a benchmark sets the verdict directly)
-    state.evidence = Evidence(verified, (), "", b"\0" * 32, time.time(), "sha256:x")
+    state = service._states["tee"]  # a benchmark sets the verdict directly
+    state.evidence = Evidence(verified, None, (), "", b"\0" * 32, time.time(), "sha256:x")
     state.met = {("sha256:policy", "confidential-cpu"): time.time() + 3600}
     rows = [
         ("snp-verify", median_us(lambda: verify_report(REPORT, VCEK, at=AT), 200), 10_000.0),
+        ("tdx-verify", median_us(lambda: verify_quote(TDX_QUOTE, TDX_COLLATERAL, at=TDX_AT),
+                                 100), None),
         ("snp-levels", median_us(lambda: snp_problems(verified, wanted), 200, 100), None),
         ("cached-check", median_us(lambda: service.meets("tee", "sha256:policy",
                                                          ("confidential-cpu",)), 200, 1000),

@@ -24,11 +24,12 @@ from cryptography.x509.oid import NameOID
 from gateway.app import GATEWAY
 from gateway.attestation.binding import binding, spki_sha256
 from gateway.attestation.snp import Tcb
-from tests.attestation_ca import MEASUREMENT, SnpTestCa, snp_report
+from tests.attestation_ca import MEASUREMENT, MRTD, SnpTestCa, TdxTestCa, snp_report
 from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, gateway_for, settings_for
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CA = SnpTestCa()
+TDX_CA = TdxTestCa()
 TCB = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
 VCEK_KEY, VCEK = CA.vcek(TCB)
 LEVEL = "confidential-cpu"
@@ -69,6 +70,7 @@ class ConfidentialBackend:
     certificate: bytes
     measurement: bytes = MEASUREMENT
     replay: bool = False
+    kind: str = "sev-snp"
     served: int = 0
     nonces: list[str] = field(default_factory=list)
 
@@ -82,6 +84,11 @@ class ConfidentialBackend:
         nonce = bytes.fromhex(request.query["nonce"])
         self.nonces.append(nonce.hex())
         bound = binding(b"\0" * 32 if self.replay else nonce, spki_sha256(self.certificate))
+        if self.kind == "tdx":
+            quote = TDX_CA.quote(report_data=bound, mrtd=self.measurement)
+            return web.json_response({"evidence": [{
+                "format": "tdx", "quote": base64.b64encode(quote).decode(),
+                "collateral": TDX_CA.collateral()}]})
         report = snp_report(VCEK_KEY, report_data=bound, measurement=self.measurement, tcb=TCB)
         return web.json_response({"evidence": [{
             "format": "sev-snp", "report": base64.b64encode(report).decode(),
@@ -213,3 +220,27 @@ def test_key_swap_is_refused_until_re_attested(tmp_path: Path) -> None:
             wait_until(lambda: service.digest("tee") not in (None, old))
             assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
             assert backend.served == served + 1
+
+
+def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> None:
+    level = "confidential-tdx"
+    rules = {**POLICY, "routing": {"personal": {"require": level}},
+             "trust_levels": {level: {"tdx": {"mrtd": [MRTD.hex()]}}}}
+    root = tmp_path / "intel_root.pem"
+    root.write_bytes(TDX_CA.pem(TDX_CA.root))
+    contexts = {name: tls_context(tmp_path, name) for name in ("td", "other-td")}
+    backends = {"td": ConfidentialBackend(contexts["td"][1], measurement=MRTD, kind="tdx"),
+                "other-td": ConfidentialBackend(contexts["other-td"][1], measurement=bytes(48),
+                                                kind="tdx")}
+    with ServerThread(backends["td"].app(), ssl_context=contexts["td"][0]) as td, \
+            ServerThread(backends["other-td"].app(), ssl_context=contexts["other-td"][0]) as ot:
+        settings = settings_for([attested("other-td", ot.url), attested("td", td.url)],
+                                policy=rules, attestation={"intel_root_file": str(root)})
+        with gateway_for(settings) as gw:
+            service = gw.app[GATEWAY].attestation
+            digest = gw.app[GATEWAY].policies.current.policies[0].digest
+            wait_until(lambda: service.meets("td", digest, (level,)))
+            wait_until(lambda: backends["other-td"].nonces)
+            for _ in range(3):
+                assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+    assert (backends["td"].served, backends["other-td"].served) == (3, 0)

@@ -47,3 +47,14 @@ def test_refusals_exit_1_with_the_reason(capsys: pytest.CaptureFixture[str],
                     "--policy", str(HEALTHCARE), "--level", "confidential-cpu")
     assert code == 1
     assert "reason: debug is enabled in the guest policy" in out
+
+
+def test_tdx_quote_is_detected_and_needs_collateral(capsys: pytest.CaptureFixture[str]) -> None:
+    quote = DATA / "tdx" / "quote_v5_sample.dat"
+    code, out = run(capsys, str(quote), "--collateral", str(DATA / "tdx"),
+                    "--at", "2026-02-05T00:00:00Z", "--json")
+    assert code == 0
+    assert json.loads(out)["tcb_status"] == "UpToDate"
+    code, out = run(capsys, str(quote))
+    assert code == 1
+    assert "needs --collateral" in out

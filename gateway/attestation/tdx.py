@@ -1,0 +1,435 @@
+"""Intel TDX quotes (v4 and v5): verify them to the pinned Intel SGX root with Intel's signed
+collateral, then check the measured values against what a trust level demands.
+
+Quote (Intel TDX DCAP Quote Generation Library, "Quote Format"): a 48-byte header, the TD report
+body (v4: 584 bytes; v5: a type/size descriptor, then 584 or, for TDX 1.5, 648 bytes), then the
+signature data: an ECDSA P-256 signature over header+body by the attestation key, the key, and
+certification data holding the QE report, its signature by the PCK key, the QE authentication
+data and the PCK certificate chain.
+
+Checks, in order: PCK chain to the pinned root (and the CRLs when given); QE report signed by
+the PCK key; QE report_data = SHA-256(attestation key || QE auth data); the quote signature;
+TCB Info and QE Identity signed by Intel's TCB signing key (chained to the same root), not past
+their nextUpdate, for this platform's FMSPC; then the TCB status of the platform and of the QE.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from gateway.attestation.errors import EvidenceError
+
+HEADER_SIZE = 48
+BODY_V4_SIZE = 584
+BODY_15_SIZE = 648
+TDX_TEE = 0x81
+ECDSA_P256 = 2
+QE_REPORT_SIZE = 384
+CERT_DATA_QE_REPORT = 6
+CERT_DATA_PCK_CHAIN = 5
+SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
+TD_ATTRIBUTES_DEBUG = 1 << 0
+TCB_NOT_SUPPORTED = "TcbNotSupported"  # below every level Intel lists: only a policy can accept
+
+
+@dataclass(frozen=True)
+class TdReport:
+    tee_tcb_svn: bytes
+    mrseam: bytes
+    mrsignerseam: bytes
+    td_attributes: int
+    xfam: int
+    mrtd: bytes
+    mrconfigid: bytes
+    mrowner: bytes
+    mrownerconfig: bytes
+    rtmrs: tuple[bytes, bytes, bytes, bytes]
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.td_attributes & TD_ATTRIBUTES_DEBUG)
+
+
+@dataclass(frozen=True)
+class TdxQuote:
+    version: int
+    signed: bytes  # header and body, as signed
+    report: TdReport
+    signature: bytes  # DER ECDSA
+    attestation_key: bytes  # 64 bytes, x || y
+    qe_report: bytes
+    qe_report_signature: bytes  # DER ECDSA
+    qe_auth_data: bytes
+    pck_chain: list[x509.Certificate]
+
+
+def parse_quote(raw: bytes) -> TdxQuote:
+    reader = _Reader(raw)
+    version, key_type, tee_type = struct.unpack("<HHI", reader.take(8))
+    if version not in (4, 5):
+        raise EvidenceError(f"tdx: quote version {version} is not supported (4, 5)")
+    if key_type != ECDSA_P256 or tee_type != TDX_TEE:
+        raise EvidenceError(f"tdx: not an ECDSA P-256 TDX quote (key type {key_type}, "
+                            f"TEE type {tee_type:#x})")
+    reader.take(HEADER_SIZE - 8)
+    body_size = BODY_V4_SIZE
+    if version == 5:
+        body_type, body_size = struct.unpack("<HI", reader.take(6))
+        if (body_type, body_size) not in ((2, BODY_V4_SIZE), (3, BODY_15_SIZE)):
+            raise EvidenceError(f"tdx: unknown v5 body type {body_type} of {body_size} bytes")
+    report = _td_report(reader.take(body_size))
+    signed = raw[:reader.offset]
+    (signature_size,) = struct.unpack("<I", reader.take(4))
+    signature_data = _Reader(reader.take(signature_size))
+    signature = _der_signature(signature_data.take(64))
+    attestation_key = signature_data.take(64)
+    cert_type, cert_size = struct.unpack("<HI", signature_data.take(6))
+    if cert_type != CERT_DATA_QE_REPORT:
+        raise EvidenceError(f"tdx: certification data type {cert_type}, expected QE report")
+    certification = _Reader(signature_data.take(cert_size))
+    qe_report = certification.take(QE_REPORT_SIZE)
+    qe_report_signature = _der_signature(certification.take(64))
+    (auth_size,) = struct.unpack("<H", certification.take(2))
+    qe_auth_data = certification.take(auth_size)
+    inner_type, inner_size = struct.unpack("<HI", certification.take(6))
+    if inner_type != CERT_DATA_PCK_CHAIN:
+        raise EvidenceError(f"tdx: certification data type {inner_type}, expected a PCK chain")
+    try:
+        chain = x509.load_pem_x509_certificates(certification.take(inner_size).rstrip(b"\0"))
+    except ValueError:
+        raise EvidenceError("tdx: the PCK certificate chain does not parse") from None
+    return TdxQuote(version, signed, report, signature, attestation_key, qe_report,
+                    qe_report_signature, qe_auth_data, chain)
+
+
+def _td_report(body: bytes) -> TdReport:
+    def field(offset: int, size: int) -> bytes:
+        return body[offset:offset + size]
+
+    rtmrs = (field(328, 48), field(376, 48), field(424, 48), field(472, 48))
+    return TdReport(
+        tee_tcb_svn=field(0, 16), mrseam=field(16, 48), mrsignerseam=field(64, 48),
+        td_attributes=int.from_bytes(field(120, 8), "little"),
+        xfam=int.from_bytes(field(128, 8), "little"), mrtd=field(136, 48),
+        mrconfigid=field(184, 48), mrowner=field(232, 48), mrownerconfig=field(280, 48),
+        rtmrs=rtmrs, report_data=field(520, 64))
+
+
+@dataclass(frozen=True)
+class Collateral:
+    """Intel's signed collateral, as PCS serves it: the JSON texts exactly as received (the
+    signature covers their bytes), the issuer chains, and optionally the CRLs (DER)."""
+
+    tcb_info: str
+    tcb_info_chain: bytes
+    qe_identity: str
+    qe_identity_chain: bytes
+    pck_crl: bytes | None = None
+    root_crl: bytes | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedTdx:
+    quote: TdxQuote
+    fmspc: str
+    tcb_status: str  # the platform's, from TCB Info
+    qe_tcb_status: str  # the quoting enclave's, from QE Identity
+    next_update: datetime  # the earliest of the collateral's
+
+    def values(self) -> dict[str, Any]:
+        report = self.quote.report
+        return {"format": "tdx", "version": self.quote.version, "fmspc": self.fmspc,
+                "tcb_status": self.tcb_status, "qe_tcb_status": self.qe_tcb_status,
+                "mrtd": report.mrtd.hex(), "mrseam": report.mrseam.hex(),
+                "rtmr0": report.rtmrs[0].hex(), "rtmr1": report.rtmrs[1].hex(),
+                "rtmr2": report.rtmrs[2].hex(), "rtmr3": report.rtmrs[3].hex(),
+                "mrconfigid": report.mrconfigid.hex(), "debug": report.debug,
+                "tee_tcb_svn": report.tee_tcb_svn.hex()}
+
+
+def collateral_from_dir(folder: Path, quote: TdxQuote) -> Collateral:
+    """Collateral saved from Intel PCS (or a PCCS) under the names PCS uses:
+    tcb_info_<fmspc>.json (+ _chain.pem), qe_identity.json (+ _chain.pem), and optionally
+    pck_crl_platform.crl / pck_crl_processor.crl and root_ca.crl (DER)."""
+    fmspc = _sgx_extensions(quote.pck_chain[0])["fmspc"].hex()
+    issuer = quote.pck_chain[1].subject.rfc4514_string() if len(quote.pck_chain) > 1 else ""
+    kind = "processor" if "Processor" in issuer else "platform"
+
+    def optional(name: str) -> bytes | None:
+        path = folder / name
+        return path.read_bytes() if path.is_file() else None
+
+    try:
+        return Collateral(
+            tcb_info=(folder / f"tcb_info_{fmspc}.json").read_text(),
+            tcb_info_chain=(folder / f"tcb_info_{fmspc}_chain.pem").read_bytes(),
+            qe_identity=(folder / "qe_identity.json").read_text(),
+            qe_identity_chain=(folder / "qe_identity_chain.pem").read_bytes(),
+            pck_crl=optional(f"pck_crl_{kind}.crl"), root_crl=optional("root_ca.crl"))
+    except OSError as exc:
+        raise EvidenceError(f"tdx: no collateral for FMSPC {fmspc} in {folder} "
+                            f"({exc.strerror})") from None
+
+
+def collateral_from_json(part: Mapping[str, Any]) -> Collateral:
+    """Collateral sent with the evidence (it is signed by Intel, so its carrier need not be
+    trusted): {"tcb_info": <JSON text>, "tcb_info_chain": <PEM>, "qe_identity": <JSON text>,
+    "qe_identity_chain": <PEM>, "pck_crl": <base64 DER>, "root_crl": <base64 DER>}."""
+    try:
+        return Collateral(
+            tcb_info=str(part["tcb_info"]), tcb_info_chain=str(part["tcb_info_chain"]).encode(),
+            qe_identity=str(part["qe_identity"]),
+            qe_identity_chain=str(part["qe_identity_chain"]).encode(),
+            pck_crl=base64.b64decode(part["pck_crl"]) if part.get("pck_crl") else None,
+            root_crl=base64.b64decode(part["root_crl"]) if part.get("root_crl") else None)
+    except (KeyError, TypeError, binascii.Error):
+        raise EvidenceError("tdx: collateral needs tcb_info, qe_identity and their "
+                            "chains") from None
+
+
+@cache
+def intel_root() -> x509.Certificate:
+    data = (resources.files("gateway.attestation") / "roots" / "intel_sgx_root.pem").read_bytes()
+    return x509.load_pem_x509_certificate(data)
+
+
+def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
+                 root: x509.Certificate | None = None) -> VerifiedTdx:
+    quote = parse_quote(raw)
+    root = root or intel_root()
+    _verify_chain(quote.pck_chain, root, at, "PCK")
+    pck = quote.pck_chain[0]
+    _check_crls(collateral, quote.pck_chain, root, at)
+    _verify(pck.public_key(), quote.qe_report_signature, quote.qe_report, "QE report")
+    expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
+    if quote.qe_report[320:352] != expected or any(quote.qe_report[352:384]):
+        raise EvidenceError("tdx: the QE report does not vouch for this attestation key")
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
+                                                       b"\x04" + quote.attestation_key)
+    _verify(key, quote.signature, quote.signed, "quote")
+    extensions = _sgx_extensions(pck)
+    tcb_info, tcb_next = _signed_json(collateral.tcb_info, "tcbInfo",
+                                      collateral.tcb_info_chain, root, at)
+    identity, qe_next = _signed_json(collateral.qe_identity, "enclaveIdentity",
+                                     collateral.qe_identity_chain, root, at)
+    fmspc = extensions["fmspc"].hex()
+    if str(tcb_info.get("fmspc", "")).lower() != fmspc or tcb_info.get("id") != "TDX":
+        raise EvidenceError(f"tdx: TCB Info is for FMSPC {tcb_info.get('fmspc')} "
+                            f"({tcb_info.get('id')}), the platform is {fmspc} (TDX)")
+    status = _platform_status(tcb_info, extensions, quote.report)
+    qe_status = _qe_status(identity, quote.qe_report)
+    return VerifiedTdx(quote, fmspc, status, qe_status, min(tcb_next, qe_next))
+
+
+def _verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime,
+                  what: str) -> None:
+    if not chain:
+        raise EvidenceError(f"tdx: empty {what} certificate chain")
+    if chain[-1] != root:
+        if chain[-1].issuer == chain[-1].subject:  # ends at some other self-signed root
+            raise EvidenceError(f"tdx: the {what} chain does not end at the pinned Intel root")
+        chain = [*chain, root]
+    for cert, issuer in zip(chain, [*chain[1:], root], strict=True):
+        name = cert.subject.rfc4514_string()
+        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+            raise EvidenceError(f"tdx: certificate {name!r} is not valid at {at.isoformat()}")
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (InvalidSignature, ValueError, TypeError):
+            raise EvidenceError(f"tdx: certificate {name!r} is not signed by its issuer") from None
+
+
+def _check_crls(collateral: Collateral, chain: Sequence[x509.Certificate],
+                root: x509.Certificate, at: datetime) -> None:
+    for crl_der, issuer in ((collateral.pck_crl, chain[1] if len(chain) > 1 else root),
+                            (collateral.root_crl, root)):
+        if crl_der is None:
+            continue
+        try:
+            crl = x509.load_der_x509_crl(crl_der)
+        except ValueError:
+            raise EvidenceError("tdx: a CRL does not parse") from None
+        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+            raise EvidenceError(f"tdx: CRL is not signed by {issuer.subject.rfc4514_string()}")
+        if crl.next_update_utc is not None and at > crl.next_update_utc:
+            raise EvidenceError(f"tdx: CRL of {issuer.subject.rfc4514_string()} expired "
+                                f"{crl.next_update_utc.date()}")
+        for cert in chain:
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None \
+                    and cert.issuer == crl.issuer:
+                raise EvidenceError(f"tdx: certificate {cert.subject.rfc4514_string()!r} is "
+                                    "revoked")
+
+
+def _verify(key: Any, signature: bytes, data: bytes, what: str) -> None:
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise EvidenceError(f"tdx: the {what} key is not an EC key")
+    try:
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise EvidenceError(f"tdx: {what} signature does not verify") from None
+
+
+def _signed_json(text: str, name: str, chain_pem: bytes, root: x509.Certificate,
+                 at: datetime) -> tuple[dict[str, Any], datetime]:
+    """Intel signs the exact bytes of the inner object: verify them before trusting a field."""
+    try:
+        document = json.loads(text)
+        signature = bytes.fromhex(document["signature"])
+        start = text.index(f'"{name}":') + len(name) + 3
+        end = text.rindex(',"signature"')
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except (ValueError, KeyError, TypeError):
+        raise EvidenceError(f"tdx: {name} collateral is malformed") from None
+    _verify_chain(chain, root, at, f"{name} signing")
+    if len(signature) != 64:
+        raise EvidenceError(f"tdx: {name} signature has {len(signature)} bytes")
+    _verify(chain[0].public_key(), _der_signature(signature), text[start:end].encode(), name)
+    body: dict[str, Any] = document[name]
+    next_update = datetime.fromisoformat(str(body["nextUpdate"]).replace("Z", "+00:00"))
+    if at > next_update:
+        raise EvidenceError(f"tdx: {name} collateral expired at {body['nextUpdate']}")
+    return body, next_update
+
+
+def _platform_status(tcb_info: Mapping[str, Any], extensions: Mapping[str, Any],
+                     report: TdReport) -> str:
+    """The first TCB level (newest first) the platform is at or above decides its status; a
+    platform below all of them is `TcbNotSupported` (Intel's QVL refuses it; so does every
+    trust level that does not list that status)."""
+    for level in tcb_info.get("tcbLevels", []):
+        tcb = level["tcb"]
+        sgx = [c["svn"] for c in tcb["sgxtcbcomponents"]]
+        tdx = [c["svn"] for c in tcb.get("tdxtcbcomponents", [])]
+        if all(have >= need for have, need in zip(extensions["cpusvn"], sgx, strict=False)) \
+                and extensions["pcesvn"] >= tcb["pcesvn"] \
+                and all(have >= need for have, need in zip(report.tee_tcb_svn, tdx,
+                                                           strict=False)):
+            return str(level["tcbStatus"])
+    return TCB_NOT_SUPPORTED
+
+
+def _qe_status(identity: Mapping[str, Any], qe_report: bytes) -> str:
+    misc = int.from_bytes(qe_report[16:20], "little")
+    attributes = qe_report[48:64]
+    mrsigner = qe_report[128:160]
+    prod_id, isv_svn = struct.unpack_from("<HH", qe_report, 256)
+    mask = int(identity["miscselectMask"], 16)
+    if misc & mask != int(identity["miscselect"], 16) & mask:
+        raise EvidenceError("tdx: QE MISCSELECT does not match Intel's QE identity")
+    wanted, attr_mask = bytes.fromhex(identity["attributes"]), bytes.fromhex(
+        identity["attributesMask"])
+    if bytes(a & m for a, m in zip(attributes, attr_mask, strict=True)) != \
+            bytes(w & m for w, m in zip(wanted, attr_mask, strict=True)):
+        raise EvidenceError("tdx: QE attributes do not match Intel's QE identity")
+    if mrsigner.hex().upper() != str(identity["mrsigner"]).upper() \
+            or prod_id != identity["isvprodid"]:
+        raise EvidenceError("tdx: the quoting enclave is not Intel's TD QE")
+    for level in identity.get("tcbLevels", []):
+        if isv_svn >= level["tcb"]["isvsvn"]:
+            return str(level["tcbStatus"])
+    return TCB_NOT_SUPPORTED
+
+
+def _sgx_extensions(pck: x509.Certificate) -> dict[str, Any]:
+    """FMSPC, PCESVN and the 16 CPU SVN components from the PCK certificate's SGX extension
+    (a DER SEQUENCE of (OID, value) pairs, nested for the TCB)."""
+    try:
+        raw = pck.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSIONS_OID))
+    except x509.ExtensionNotFound:
+        raise EvidenceError("tdx: the PCK certificate has no SGX extension") from None
+    value = raw.value.value if isinstance(raw.value, x509.UnrecognizedExtension) else b""
+    found: dict[str, Any] = {"cpusvn": [0] * 16}
+    for oid, content in _pairs(value):
+        if oid == f"{SGX_EXTENSIONS_OID}.4":
+            found["fmspc"] = _der_value(content)
+        elif oid == f"{SGX_EXTENSIONS_OID}.2":
+            for inner_oid, inner in _pairs(content):
+                index = int(inner_oid.rsplit(".", 1)[1])
+                if 1 <= index <= 16:
+                    found["cpusvn"][index - 1] = int.from_bytes(_der_value(inner), "big")
+                elif index == 17:
+                    found["pcesvn"] = int.from_bytes(_der_value(inner), "big")
+    if "fmspc" not in found or "pcesvn" not in found:
+        raise EvidenceError("tdx: the PCK certificate's SGX extension lacks FMSPC or PCESVN")
+    return found
+
+
+def _tlv(data: bytes, offset: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at offset."""
+    if offset + 2 > len(data):
+        raise EvidenceError("tdx: truncated DER in the PCK certificate")
+    tag, length = data[offset], data[offset + 1]
+    start = offset + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[start:start + count], "big")
+        start += count
+    if start + length > len(data):
+        raise EvidenceError("tdx: truncated DER in the PCK certificate")
+    return tag, start, start + length
+
+
+def _pairs(sequence: bytes) -> list[tuple[str, bytes]]:
+    """The (OID, value element) pairs of a DER SEQUENCE OF SEQUENCE {OID, ANY}."""
+    _, start, end = _tlv(sequence, 0)
+    out, offset = [], start
+    while offset < end:
+        _, pair_start, pair_end = _tlv(sequence, offset)
+        _, oid_start, oid_end = _tlv(sequence, pair_start)
+        out.append((_oid(sequence[oid_start:oid_end]), sequence[oid_end:pair_end]))
+        offset = pair_end
+    return out
+
+
+def _der_value(element: bytes) -> bytes:
+    _, start, end = _tlv(element, 0)
+    return element[start:end]
+
+
+def _oid(content: bytes) -> str:
+    parts = [content[0] // 40, content[0] % 40]
+    value = 0
+    for byte in content[1:]:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            parts.append(value)
+            value = 0
+    return ".".join(map(str, parts))
+
+
+def _der_signature(raw: bytes) -> bytes:
+    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+
+class _Reader:
+    """Bounds-checked reads: a truncated or lying quote is an error, never an over-read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.offset = data, 0
+
+    def take(self, size: int) -> bytes:
+        if size < 0 or self.offset + size > len(self.data):
+            raise EvidenceError(f"tdx: quote truncated (wanted {size} bytes at {self.offset}, "
+                                f"{len(self.data)} in all)")
+        chunk = self.data[self.offset:self.offset + size]
+        self.offset += size
+        return chunk

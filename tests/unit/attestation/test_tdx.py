@@ -1,0 +1,170 @@
+"""Intel TDX: genuine quotes (v4, v5) verify with Intel's collateral and a frozen clock; every
+tampering is refused; trust-level checks reach each branch with quotes from a test Intel."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.attestation.errors import EvidenceError
+from gateway.attestation.levels import TdxRequirements, tdx_problems
+from gateway.attestation.tdx import (
+    Collateral,
+    collateral_from_dir,
+    collateral_from_json,
+    parse_quote,
+    verify_quote,
+)
+from tests.attestation_ca import MRTD, TdxTestCa
+
+DATA = Path(__file__).parents[2] / "data" / "attestation" / "tdx"
+SPR_AT = datetime(2023, 7, 1, tzinfo=UTC)
+PCS_AT = datetime(2026, 2, 5, tzinfo=UTC)
+
+
+def go_tdx_guest_collateral() -> Collateral:
+    return Collateral(
+        tcb_info=(DATA / "sample_tcbInfo_response").read_text(),
+        tcb_info_chain=(DATA / "tcbinfo_issuer_chain.pem").read_bytes(),
+        qe_identity=(DATA / "sample_qeIdentity_response").read_text(),
+        qe_identity_chain=(DATA / "qeidentity_issuer_chain.pem").read_bytes(),
+        pck_crl=(DATA / "pckcrl").read_bytes(), root_crl=(DATA / "rootcrl.der").read_bytes())
+
+
+def spr_quote() -> bytes:
+    return (DATA / "tdx_prod_quote_SPR_E4.dat").read_bytes()
+
+
+def test_sapphire_rapids_v4_quote_verifies() -> None:
+    verified = verify_quote(spr_quote(), go_tdx_guest_collateral(), at=SPR_AT)
+    values = verified.values()
+    assert (values["version"], values["fmspc"]) == (4, "50806f000000")
+    assert values["mrtd"].startswith("6363b8043668a3ad")
+    assert values["qe_tcb_status"] == "UpToDate"
+    # The platform's CPU SVNs are below both levels in that TCB Info: only a policy that
+    # explicitly accepts TcbNotSupported would take it.
+    assert values["tcb_status"] == "TcbNotSupported"
+
+
+@pytest.mark.parametrize(("file", "at", "version", "status"), [
+    ("trustee_quote_6.dat", datetime(2026, 1, 20, tzinfo=UTC), 4, "OutOfDate"),
+    ("quote_v5_sample.dat", PCS_AT, 5, "UpToDate"),
+])
+def test_quotes_verify_with_collateral_saved_from_pcs(file: str, at: datetime, version: int,
+                                                      status: str) -> None:
+    raw = (DATA / file).read_bytes()
+    verified = verify_quote(raw, collateral_from_dir(DATA, parse_quote(raw)), at=at)
+    assert (verified.quote.version, verified.tcb_status) == (version, status)
+
+
+def test_every_flipped_byte_in_the_signed_region_is_refused() -> None:
+    raw, collateral = spr_quote(), go_tdx_guest_collateral()
+    signed_end = len(parse_quote(raw).signed)
+    for offset in range(0, signed_end, 7):
+        tampered = bytearray(raw)
+        tampered[offset] ^= 0x01
+        with pytest.raises(EvidenceError):
+            verify_quote(bytes(tampered), collateral, at=SPR_AT)
+
+
+@pytest.mark.parametrize(("offset_from_signed", "reason"), [
+    (4, "quote signature does not verify"),  # inside the quote signature
+    (4 + 64 + 2, "QE report does not vouch"),  # the attestation key
+    (4 + 128 + 6 + 10, "QE report signature does not verify"),  # inside the QE report
+])
+def test_signature_data_tampering_names_the_reason(offset_from_signed: int,
+                                                   reason: str) -> None:
+    raw = spr_quote()
+    tampered = bytearray(raw)
+    tampered[len(parse_quote(raw).signed) + offset_from_signed] ^= 0x01
+    with pytest.raises(EvidenceError, match=reason):
+        verify_quote(bytes(tampered), go_tdx_guest_collateral(), at=SPR_AT)
+
+
+@pytest.mark.parametrize("cut", [10, 100, 700, 1500, 4000])
+def test_truncated_quotes_are_refused(cut: int) -> None:
+    with pytest.raises(EvidenceError):
+        verify_quote(spr_quote()[:cut], go_tdx_guest_collateral(), at=SPR_AT)
+
+
+def test_wrong_root_and_expired_clock() -> None:
+    with pytest.raises(EvidenceError, match="pinned Intel root"):
+        verify_quote(spr_quote(), go_tdx_guest_collateral(), at=SPR_AT, root=TdxTestCa().root)
+    with pytest.raises(EvidenceError, match="not valid at 2051"):
+        verify_quote(spr_quote(), go_tdx_guest_collateral(), at=datetime(2051, 1, 1, tzinfo=UTC))
+
+
+def test_edited_collateral_is_refused() -> None:
+    collateral = go_tdx_guest_collateral()
+    edited = Collateral(collateral.tcb_info.replace('"OutOfDate"', '"UpToDate"'),
+                        collateral.tcb_info_chain, collateral.qe_identity,
+                        collateral.qe_identity_chain)
+    with pytest.raises(EvidenceError, match="tcbInfo signature does not verify"):
+        verify_quote(spr_quote(), edited, at=SPR_AT)
+
+
+def test_collateral_past_next_update_is_refused() -> None:
+    with pytest.raises(EvidenceError, match="expired"):
+        verify_quote(spr_quote(), go_tdx_guest_collateral(),
+                     at=datetime(2023, 8, 1, tzinfo=UTC))
+
+
+def test_collateral_for_another_platform_is_refused() -> None:
+    raw = (DATA / "quote_v5_sample.dat").read_bytes()
+    other = Collateral((DATA / "tcb_info_00a06d080000.json").read_text(),
+                       (DATA / "tcb_info_00a06d080000_chain.pem").read_bytes(),
+                       (DATA / "qe_identity.json").read_text(),
+                       (DATA / "qe_identity_chain.pem").read_bytes())
+    with pytest.raises(EvidenceError, match="FMSPC 00a06d080000"):
+        verify_quote(raw, other, at=datetime(2026, 2, 5, tzinfo=UTC))
+
+
+# Trust-level checks, on quotes from the test Intel.
+CA = TdxTestCa()
+AT = datetime(2025, 1, 1, tzinfo=UTC)
+WANT = TdxRequirements(mrtd=[MRTD.hex()], rtmr={1: ["00" * 48]})
+
+
+def problems(collateral: dict[str, str] | None = None, **quote_fields: object) -> list[str]:
+    raw = CA.quote(**quote_fields)  # type: ignore[arg-type]
+    verified = verify_quote(raw, collateral_from_json(collateral or CA.collateral()), at=AT,
+                            root=CA.root)
+    return tdx_problems(verified, WANT)
+
+
+def test_test_ca_quote_meets_the_level() -> None:
+    assert problems() == []
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"mrtd": bytes(48)}, "MRTD 0000"),
+    ({"rtmr1": b"\1" * 48}, "RTMR1 0101"),
+    ({"td_attributes": 1}, "the TD is debuggable"),
+])
+def test_each_requirement_is_enforced(fields: dict[str, object], problem: str) -> None:
+    found = problems(**fields)
+    assert len(found) == 1, found
+    assert problem in found[0]
+
+
+def test_out_of_date_platform_is_refused_unless_accepted() -> None:
+    stale = CA.collateral(tcb_status="OutOfDate")
+    assert problems(stale) == ["platform TCB status OutOfDate is not accepted"]
+    raw = CA.quote()
+    verified = verify_quote(raw, collateral_from_json(stale), at=AT, root=CA.root)
+    lenient = WANT.model_copy(update={"tcb_statuses": ["UpToDate", "OutOfDate"]})
+    assert tdx_problems(verified, lenient) == []
+
+
+def test_platform_below_every_level() -> None:
+    assert problems(cpusvn=1) == ["platform TCB status TcbNotSupported is not accepted"]
+
+
+def test_collateral_json_must_be_complete() -> None:
+    partial = {k: v for k, v in CA.collateral().items() if k != "qe_identity"}
+    with pytest.raises(EvidenceError, match="collateral needs"):
+        collateral_from_json(partial)
+    assert json.loads(CA.collateral()["tcb_info"])["tcbInfo"]["fmspc"] == "00906ed50000"
