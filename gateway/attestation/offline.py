@@ -5,6 +5,7 @@ verifies (and, with --policy and --level, meets that trust level)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,21 +56,12 @@ def _tdx(raw: bytes, collateral: Path | None, when: datetime, policy: Path | Non
         verified = verify_quote(raw, collateral_from_dir(collateral, parse_quote(raw)), at=when)
     except EvidenceError as exc:
         return Outcome(False, reasons=[str(exc)])
-    outcome = Outcome(True, dict(verified.values()))
-    outcome.values["report_data"] = verified.quote.report.report_data.hex()
-    outcome.values["verified_at"] = when.isoformat()
-    if policy is not None and level is not None:
-        wanted = _level(policy, level)
-        if wanted is None or wanted.tdx is None:
-            return Outcome(False, outcome.values, [f"policy has no tdx trust level {level!r}"])
-        outcome.reasons = tdx_problems(verified, wanted.tdx)
-        outcome.ok = not outcome.reasons
-        outcome.values["trust_level"] = f"{level}: {'met' if outcome.ok else 'not met'}"
-    return outcome
 
+    def problems(wanted: TrustLevel) -> list[str] | None:
+        return tdx_problems(verified, wanted.tdx) if wanted.tdx else None
 
-def _level(policy: Path, level: str) -> TrustLevel | None:
-    return load_policy(policy).policy.trust_levels.get(level)
+    return _judged(dict(verified.values()), verified.quote.report.report_data, when,
+                   policy=policy, level=level, problems=problems)
 
 
 def _snp(raw: bytes, vcek: Path | None, when: datetime, policy: Path | None,
@@ -81,17 +73,29 @@ def _snp(raw: bytes, vcek: Path | None, when: datetime, policy: Path | None,
         verified = verify_report(raw, vcek.read_bytes(), at=when)
     except EvidenceError as exc:
         return Outcome(False, reasons=[str(exc)])
-    outcome = Outcome(True, dict(verified.values()))
-    outcome.values["report_data"] = verified.report.report_data.hex()
-    outcome.values["verified_at"] = when.isoformat()
-    if policy is not None and level is not None:
-        wanted = _level(policy, level)
-        if wanted is None or wanted.sev_snp is None:
-            return Outcome(False, outcome.values, [f"policy has no sev-snp trust level "
-                                                   f"{level!r}"])
-        outcome.reasons = snp_problems(verified, wanted.sev_snp)
-        outcome.ok = not outcome.reasons
-        outcome.values["trust_level"] = f"{level}: {'met' if outcome.ok else 'not met'}"
+
+    def problems(wanted: TrustLevel) -> list[str] | None:
+        return snp_problems(verified, wanted.sev_snp) if wanted.sev_snp else None
+
+    return _judged(dict(verified.values()), verified.report.report_data, when,
+                   policy=policy, level=level, problems=problems)
+
+
+def _judged(values: dict[str, object], report_data: bytes, when: datetime, *,
+            policy: Path | None, level: str | None,
+            problems: Callable[[TrustLevel], list[str] | None]) -> Outcome:
+    """Verified evidence, and when asked, whether it meets a policy's trust level."""
+    outcome = Outcome(True, {**values, "report_data": report_data.hex(),
+                             "verified_at": when.isoformat()})
+    if policy is None or level is None:
+        return outcome
+    wanted = load_policy(policy).policy.trust_levels.get(level)
+    found = problems(wanted) if wanted is not None else None
+    if found is None:
+        return Outcome(False, outcome.values, [f"policy has no trust level {level!r} for "
+                                               f"{values['format']} evidence"])
+    outcome.reasons, outcome.ok = found, not found
+    outcome.values["trust_level"] = f"{level}: {'met' if outcome.ok else 'not met'}"
     return outcome
 
 
