@@ -166,6 +166,7 @@ class AttestationSettings(Strict):
     intel_collateral_dir: str | None = None
     # Replaces the pinned Intel SGX Root CA (for private test roots only).
     intel_root_file: str | None = None
+    nvidia_root_file: str | None = None  # replaces the pinned NVIDIA device root (tests only)
 
 
 class LoggingSettings(Strict):

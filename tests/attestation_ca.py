@@ -241,3 +241,38 @@ class TdxTestCa:
         signature_data = (_raw_signature(attestation_key, signed) + point
                           + struct.pack("<HI", 6, len(certification)) + certification)
         return signed + struct.pack("<I", len(signature_data)) + signature_data
+
+
+# -- A test NVIDIA: a device root and an attestation key signing SPDM-shaped measurements.
+
+@dataclass
+class GpuTestCa:
+    root_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
+
+    def __post_init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP384R1())
+        self.root = self._cert("Test NVIDIA Device Identity CA", self.root_key, self.root_key)
+        self.leaf = self._cert("Test GH100 attestation key", self.key, self.root_key)
+
+    def _cert(self, subject: str, key: ec.EllipticCurvePrivateKey,
+              signer: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(_name(subject))
+                .issuer_name(_name("Test NVIDIA Device Identity CA"))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(START).not_valid_after(START + datetime.timedelta(3650))
+                .sign(signer, hashes.SHA384()))
+
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
+
+    def evidence(self, nonce: bytes, measurements: dict[int, bytes]) -> bytes:
+        request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\0"
+        record = b"".join(struct.pack("<BBH", i, 1, len(v) + 3) + struct.pack("<BH", 1, len(v))
+                          + v for i, v in sorted(measurements.items()))
+        response = (bytes([0x11, 0x60, 0, 0, len(measurements)])
+                    + len(record).to_bytes(3, "little") + record + os.urandom(32)
+                    + struct.pack("<H", 4) + b"opaq")
+        r, s = decode_dss_signature(self.key.sign(request + response,
+                                                  ec.ECDSA(hashes.SHA384())))
+        return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.attestation.nvidia import GpuEvidence
 from gateway.attestation.snp import VerifiedSnp
 from gateway.attestation.tdx import VerifiedTdx
 from gateway.attestation.tokens import ALLOWED_ALGORITHMS, VerifiedToken, claim
@@ -62,6 +63,15 @@ class TdxRequirements(Strict):
     allow_debug: bool = False
 
 
+class GpuRequirements(Strict):
+    """A genuine NVIDIA GPU in confidential-computing mode; optionally, allowed values per SPDM
+    measurement index (from NVIDIA's reference integrity manifests for your driver/VBIOS)."""
+
+    measurements: dict[Annotated[int, Field(ge=0, le=254)],
+                       list[Annotated[str, Field(pattern=r"^[0-9a-f]+$")]]] = Field(
+        default_factory=dict)
+
+
 class TokenRequirements(Strict):
     issuer: str
     jwks_url: Annotated[str, Field(pattern=r"^https?://")]
@@ -75,13 +85,15 @@ class TrustLevel(Strict):
     max_age_s: Annotated[int, Field(ge=10, le=7 * 24 * 3600)] = 3600
     sev_snp: SnpRequirements | None = Field(default=None, alias="sev-snp")
     tdx: TdxRequirements | None = None
+    nvidia_gpu: GpuRequirements | None = Field(default=None, alias="nvidia-gpu")
     token: TokenRequirements | None = None
 
     @model_validator(mode="after")
     def _some_evidence(self) -> TrustLevel:
-        if self.sev_snp is None and self.tdx is None and self.token is None:
+        if self.sev_snp is None and self.tdx is None and self.token is None \
+                and self.nvidia_gpu is None:
             raise ValueError("a trust level needs at least one evidence kind "
-                             "(sev-snp, tdx, token)")
+                             "(sev-snp, tdx, nvidia-gpu, token)")
         if self.sev_snp is not None and self.tdx is not None:
             raise ValueError("a machine runs SEV-SNP or TDX, not both: make one level for each")
         return self
@@ -127,6 +139,17 @@ def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
         problems.append(f"QE TCB status {verified.qe_tcb_status} is not accepted")
     if report.debug and not wanted.allow_debug:
         problems.append("the TD is debuggable")
+    return problems
+
+
+def gpu_problems(evidence: GpuEvidence, wanted: GpuRequirements) -> list[str]:
+    problems = []
+    for index, allowed in sorted(wanted.measurements.items()):
+        value = evidence.measurements.get(index)
+        if value is None:
+            problems.append(f"GPU measurement {index} is missing")
+        elif value.hex() not in allowed:
+            problems.append(f"GPU measurement {index} {value.hex()} is not allowed")
     return problems
 
 

@@ -12,6 +12,8 @@ Evidence protocol (documented in the README):
     GET <backend origin><evidence_path>?nonce=<64 hex digits>
     200 {"evidence": [{"format": "sev-snp", "report": <base64>, "vcek": <base64 DER>},
                       {"format": "tdx", "quote": <base64>, "collateral": {...}},
+                      {"format": "nvidia-gpu", "evidence": <hex SPDM request+response>,
+                       "certificates": <PEM chain>},
                       {"format": "token", "token": <JWT>}]}
 """
 
@@ -37,7 +39,14 @@ from cryptography import x509
 
 from gateway.attestation.binding import binding, peer_certificate, spki_sha256
 from gateway.attestation.errors import EvidenceError
-from gateway.attestation.levels import TrustLevel, snp_problems, tdx_problems, token_problems
+from gateway.attestation.levels import (
+    TrustLevel,
+    gpu_problems,
+    snp_problems,
+    tdx_problems,
+    token_problems,
+)
+from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
 from gateway.attestation.snp import AmdRoots, VerifiedSnp, amd_roots, verify_report
 from gateway.attestation.tdx import (
     VerifiedTdx,
@@ -62,6 +71,7 @@ class Evidence:
 
     snp: VerifiedSnp | None
     tdx: VerifiedTdx | None
+    gpu: GpuEvidence | None
     tokens: tuple[str, ...]  # checked per trust level: each level names its issuer and keys
     expected_nonce: str  # hex binding a token's nonce claim must carry
     certificate_sha256: bytes
@@ -98,6 +108,9 @@ class AttestationService:
         root_file = settings.attestation.intel_root_file
         self._intel_root = x509.load_pem_x509_certificate(Path(root_file).read_bytes()) \
             if root_file else None
+        gpu_root = settings.attestation.nvidia_root_file
+        self._nvidia_root = x509.load_pem_x509_certificate(Path(gpu_root).read_bytes()) \
+            if gpu_root else None
         self._jwks: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -211,6 +224,7 @@ class AttestationService:
         parts = _parts(body)
         snp: VerifiedSnp | None = None
         tdx: VerifiedTdx | None = None
+        gpu: GpuEvidence | None = None
         tokens: list[str] = []
         for part in parts:
             kind = part.get("format")
@@ -218,17 +232,21 @@ class AttestationService:
                 snp = self._verify_snp(part, expected)
             elif kind == "tdx":
                 tdx = self._verify_tdx(part, expected)
+            elif kind == "nvidia-gpu":
+                gpu = self._verify_gpu(part, expected)
             elif kind == "token" and isinstance(part.get("token"), str):
                 tokens.append(part["token"])
             else:
                 raise EvidenceError(f"unsupported evidence part {kind!r}")
         values = {"snp": snp.values() if snp else None, "tdx": tdx.values() if tdx else None,
+                  "gpu": {str(i): v.hex() for i, v in gpu.measurements.items()} if gpu else None,
                   "tokens": len(tokens),
                   "certificate_sha256": certificate_sha256.hex()}
         digest = "sha256:" + hashlib.sha256(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
                                             ).hexdigest()
-        return Evidence(snp, tdx, tuple(tokens), expected.hex(), certificate_sha256, self._clock(),
-                        digest)
+        return Evidence(snp=snp, tdx=tdx, gpu=gpu, tokens=tuple(tokens),
+                        expected_nonce=expected.hex(), certificate_sha256=certificate_sha256,
+                        verified_at=self._clock(), digest=digest)
 
     def _verify_snp(self, part: Mapping[str, Any], expected: bytes) -> VerifiedSnp:
         try:
@@ -264,6 +282,18 @@ class AttestationService:
                                 "(a replayed quote, or evidence from another machine)")
         return verified
 
+    def _verify_gpu(self, part: Mapping[str, Any], expected: bytes) -> GpuEvidence:
+        try:
+            raw = bytes.fromhex(str(part["evidence"]))
+            chain = str(part["certificates"]).encode()
+        except (KeyError, ValueError):
+            raise EvidenceError("nvidia-gpu evidence needs hex 'evidence' and PEM "
+                                "'certificates'") from None
+        # The agent asks the GPU with the first 32 bytes of the binding as the SPDM nonce.
+        return verify_gpu_evidence(raw, chain, expected_nonce=expected[:32],
+                                   at=datetime.fromtimestamp(self._clock(), UTC),
+                                   root=self._nvidia_root)
+
     def _evaluate(self, evidence: Evidence) -> dict[tuple[str, str], float]:
         met: dict[tuple[str, str], float] = {}
         for policy, name, level in self._trust_levels():
@@ -273,12 +303,9 @@ class AttestationService:
         return met
 
     def _level_met(self, evidence: Evidence, level: TrustLevel) -> float | None:
+        """Until when the evidence meets the level, or None. Every kind listed must hold."""
         until = min(evidence.verified_at + level.max_age_s, evidence.not_after())
-        if level.sev_snp is not None and (
-                evidence.snp is None or snp_problems(evidence.snp, level.sev_snp)):
-            return None
-        if level.tdx is not None and (
-                evidence.tdx is None or tdx_problems(evidence.tdx, level.tdx)):
+        if not _hardware_meets(evidence, level):
             return None
         if level.token is not None:
             wanted, jwks = level.token, self._jwks.get(level.token.jwks_url)
@@ -317,6 +344,17 @@ class AttestationService:
                 continue
             if isinstance(keys, dict):
                 self._jwks[url] = (self._clock(), keys)
+
+
+def _hardware_meets(evidence: Evidence, level: TrustLevel) -> bool:
+    if level.sev_snp is not None and (
+            evidence.snp is None or snp_problems(evidence.snp, level.sev_snp)):
+        return False
+    if level.tdx is not None and (
+            evidence.tdx is None or tdx_problems(evidence.tdx, level.tdx)):
+        return False
+    return level.nvidia_gpu is None or (
+        evidence.gpu is not None and not gpu_problems(evidence.gpu, level.nvidia_gpu))
 
 
 def _parts(body: bytes) -> list[Mapping[str, Any]]:

@@ -4,6 +4,7 @@
                      HWID binding, report signature (ECDSA P-384)   target <= 10 ms
     tdx-verify       a genuine Sapphire Rapids quote with Intel's collateral and CRLs: PCK chain,
                      CRLs, QE report, quote signature, TCB Info and QE Identity signatures
+    gpu-verify       genuine H100 SPDM measurements: 5-certificate chain, ECDSA P-384 signature
     snp-levels       checking that verified report against a trust level
     cached-check     what a request pays: is this backend's verdict current for the level?
                                                                     target <= 50 us
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from gateway.attestation.levels import SnpRequirements, snp_problems
+from gateway.attestation.nvidia import verify_gpu_evidence
 from gateway.attestation.snp import verify_report
 from gateway.attestation.tdx import Collateral, verify_quote
 from gateway.attestation.verifier import AttestationService, Evidence
@@ -40,6 +42,8 @@ TDX_COLLATERAL = Collateral(
     (TDX / "qeidentity_issuer_chain.pem").read_bytes(), (TDX / "pckcrl").read_bytes(),
     (TDX / "rootcrl.der").read_bytes())
 TDX_AT = datetime(2023, 7, 1, tzinfo=UTC)
+GPU = bytes.fromhex((DATA / "nvidia" / "hopperAttestationReport.txt").read_text().strip())
+GPU_CHAIN = (DATA / "nvidia" / "hopper_cert_chain_case1.txt").read_bytes()
 
 
 def median_us(action: Callable[[], object], repeats: int, inner: int = 1) -> float:
@@ -61,12 +65,14 @@ def main() -> None:
         "models": {"m": ["tee"]}, "policies": {"files": ["policies/default.yaml"]}})
     service = AttestationService(settings, list, Metrics(), clock=time.time)
     state = service._states["tee"]  # a benchmark sets the verdict directly
-    state.evidence = Evidence(verified, None, (), "", b"\0" * 32, time.time(), "sha256:x")
+    state.evidence = Evidence(verified, None, None, (), "", b"\0" * 32, time.time(), "sha256:x")
     state.met = {("sha256:policy", "confidential-cpu"): time.time() + 3600}
     rows = [
         ("snp-verify", median_us(lambda: verify_report(REPORT, VCEK, at=AT), 200), 10_000.0),
         ("tdx-verify", median_us(lambda: verify_quote(TDX_QUOTE, TDX_COLLATERAL, at=TDX_AT),
                                  100), None),
+        ("gpu-verify", median_us(lambda: verify_gpu_evidence(GPU, GPU_CHAIN, expected_nonce=None,
+                                                             at=AT), 100), None),
         ("snp-levels", median_us(lambda: snp_problems(verified, wanted), 200, 100), None),
         ("cached-check", median_us(lambda: service.meets("tee", "sha256:policy",
                                                          ("confidential-cpu",)), 200, 1000),

@@ -24,12 +24,20 @@ from cryptography.x509.oid import NameOID
 from gateway.app import GATEWAY
 from gateway.attestation.binding import binding, spki_sha256
 from gateway.attestation.snp import Tcb
-from tests.attestation_ca import MEASUREMENT, MRTD, SnpTestCa, TdxTestCa, snp_report
+from tests.attestation_ca import (
+    MEASUREMENT,
+    MRTD,
+    GpuTestCa,
+    SnpTestCa,
+    TdxTestCa,
+    snp_report,
+)
 from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, gateway_for, settings_for
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CA = SnpTestCa()
 TDX_CA = TdxTestCa()
+GPU_CA = GpuTestCa()
 TCB = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
 VCEK_KEY, VCEK = CA.vcek(TCB)
 LEVEL = "confidential-cpu"
@@ -71,6 +79,7 @@ class ConfidentialBackend:
     measurement: bytes = MEASUREMENT
     replay: bool = False
     kind: str = "sev-snp"
+    gpu: bool = False
     served: int = 0
     nonces: list[str] = field(default_factory=list)
 
@@ -90,9 +99,14 @@ class ConfidentialBackend:
                 "format": "tdx", "quote": base64.b64encode(quote).decode(),
                 "collateral": TDX_CA.collateral()}]})
         report = snp_report(VCEK_KEY, report_data=bound, measurement=self.measurement, tcb=TCB)
-        return web.json_response({"evidence": [{
+        parts: list[dict[str, Any]] = [{
             "format": "sev-snp", "report": base64.b64encode(report).decode(),
-            "vcek": base64.b64encode(VCEK).decode()}]})
+            "vcek": base64.b64encode(VCEK).decode()}]
+        if self.gpu:  # the agent asks the GPU with the first half of the binding as nonce
+            parts.append({"format": "nvidia-gpu",
+                          "evidence": GPU_CA.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
+                          "certificates": GPU_CA.chain_pem().decode()})
+        return web.json_response({"evidence": parts})
 
     async def chat(self, request: web.Request) -> web.Response:
         self.served += 1
@@ -244,3 +258,29 @@ def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> Non
             for _ in range(3):
                 assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
     assert (backends["td"].served, backends["other-td"].served) == (3, 0)
+
+
+def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> None:
+    level = "confidential-gpu"
+    snp = POLICY["trust_levels"][LEVEL]["sev-snp"]
+    rules = {**POLICY, "routing": {"personal": {"require": level}},
+             "trust_levels": {level: {"sev-snp": snp,
+                                      "nvidia-gpu": {"measurements": {1: ["11" * 48]}}}}}
+    gpu_root = tmp_path / "nvidia_root.pem"
+    gpu_root.write_bytes(GPU_CA.root.public_bytes(serialization.Encoding.PEM))
+    contexts = {name: tls_context(tmp_path, name) for name in ("cpu-only", "cpu-gpu")}
+    backends = {"cpu-only": ConfidentialBackend(contexts["cpu-only"][1]),
+                "cpu-gpu": ConfidentialBackend(contexts["cpu-gpu"][1], gpu=True)}
+    with ServerThread(backends["cpu-only"].app(), ssl_context=contexts["cpu-only"][0]) as a, \
+            ServerThread(backends["cpu-gpu"].app(), ssl_context=contexts["cpu-gpu"][0]) as b:
+        settings = settings_for([attested("cpu-only", a.url), attested("cpu-gpu", b.url)],
+                                policy=rules, attestation={"amd_roots_dir": roots_dir(tmp_path),
+                                                           "nvidia_root_file": str(gpu_root)})
+        with gateway_for(settings) as gw:
+            service = gw.app[GATEWAY].attestation
+            digest = gw.app[GATEWAY].policies.current.policies[0].digest
+            wait_until(lambda: service.meets("cpu-gpu", digest, (level,)))
+            wait_until(lambda: backends["cpu-only"].nonces)
+            assert not service.meets("cpu-only", digest, (level,))
+            assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+    assert (backends["cpu-only"].served, backends["cpu-gpu"].served) == (0, 1)

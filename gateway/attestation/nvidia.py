@@ -1,0 +1,139 @@
+"""NVIDIA GPU evidence (Hopper and later in confidential-computing mode): an SPDM 1.1
+GET_MEASUREMENTS request and the GPU's signed response, with the device certificate chain.
+
+The response is signed (ECDSA P-384, SHA-384) by the GPU's attestation key, certified by a chain
+that ends at NVIDIA's device identity root (pinned, package data), over the request followed by
+the response without its signature. The request carries the requester's nonce: the agent in the
+VM must use the first 32 bytes of the gateway's binding value, which ties the GPU's evidence to
+the same nonce and TLS key as the CPU's.
+
+Layout (DMTF DSP0274 1.1): request = version, 0xE0, flags, index, nonce[32], slot;
+response = version, 0x60, param1, param2, block count, record length (3 bytes LE), the record
+(blocks: index, spec 0x01, size u16, then value type, value size u16, value), nonce[32],
+opaque length u16, opaque data, signature[96].
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from gateway.attestation.errors import EvidenceError
+
+REQUEST_SIZE = 37
+GET_MEASUREMENTS, MEASUREMENTS = 0xE0, 0x60
+SIGNATURE_SIZE = 96
+
+
+@dataclass(frozen=True)
+class GpuEvidence:
+    requester_nonce: bytes
+    responder_nonce: bytes
+    measurements: dict[int, bytes]  # index -> measurement value
+    signed: bytes
+    signature: bytes  # DER
+
+
+def parse_evidence(raw: bytes) -> GpuEvidence:
+    if len(raw) < REQUEST_SIZE + 8 + 32 + 2 + SIGNATURE_SIZE:
+        raise EvidenceError(f"nvidia-gpu: evidence of {len(raw)} bytes is too short")
+    version, code = raw[0], raw[1]
+    if code != GET_MEASUREMENTS or version not in (0x11, 0x12):
+        raise EvidenceError("nvidia-gpu: not an SPDM 1.1/1.2 GET_MEASUREMENTS request")
+    requester_nonce = raw[4:36]
+    response = raw[REQUEST_SIZE:]
+    if response[1] != MEASUREMENTS or response[0] != version:
+        raise EvidenceError("nvidia-gpu: not an SPDM MEASUREMENTS response to that request")
+    count = response[4]
+    record_length = int.from_bytes(response[5:8], "little")
+    end = 8 + record_length
+    if end + 34 > len(response):
+        raise EvidenceError("nvidia-gpu: measurement record runs past the evidence")
+    measurements = _blocks(response[8:end], count)
+    responder_nonce = response[end:end + 32]
+    (opaque_length,) = struct.unpack_from("<H", response, end + 32)
+    signed_end = end + 34 + opaque_length
+    signature = response[signed_end:signed_end + SIGNATURE_SIZE]
+    if len(signature) != SIGNATURE_SIZE:
+        raise EvidenceError("nvidia-gpu: signature missing or truncated")
+    der = encode_dss_signature(int.from_bytes(signature[:48], "big"),
+                               int.from_bytes(signature[48:], "big"))
+    return GpuEvidence(requester_nonce, responder_nonce, measurements,
+                       raw[:REQUEST_SIZE + signed_end], der)
+
+
+def _blocks(record: bytes, count: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    offset = 0
+    for _ in range(count):
+        if offset + 7 > len(record):
+            raise EvidenceError("nvidia-gpu: measurement block truncated")
+        index, spec, size = struct.unpack_from("<BBH", record, offset)
+        value_type, value_size = struct.unpack_from("<BH", record, offset + 4)
+        if spec != 0x01 or value_size + 3 != size or offset + 4 + size > len(record):
+            raise EvidenceError(f"nvidia-gpu: malformed measurement block {index}")
+        del value_type  # digest or raw bitstream: compared as bytes either way
+        out[index] = record[offset + 7:offset + 7 + value_size]
+        offset += 4 + size
+    if offset != len(record):
+        raise EvidenceError("nvidia-gpu: measurement record has trailing bytes")
+    return out
+
+
+@cache
+def nvidia_root() -> x509.Certificate:
+    data = (resources.files("gateway.attestation") / "roots" / "nvidia_device_root.pem"
+            ).read_bytes()
+    return x509.load_pem_x509_certificate(data)
+
+
+def verify_gpu_evidence(raw: bytes, chain_pem: bytes, *, expected_nonce: bytes | None,
+                        at: datetime, root: x509.Certificate | None = None) -> GpuEvidence:
+    evidence = parse_evidence(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            chain = x509.load_pem_x509_certificates(chain_pem)
+        except ValueError:
+            raise EvidenceError("nvidia-gpu: the certificate chain does not parse") from None
+    _verify_chain(chain, root or nvidia_root(), at)
+    key = chain[0].public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise EvidenceError("nvidia-gpu: the attestation key is not an EC key")
+    try:
+        key.verify(evidence.signature, evidence.signed, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise EvidenceError("nvidia-gpu: the measurements' signature does not verify") from None
+    if expected_nonce is not None and evidence.requester_nonce != expected_nonce:
+        raise EvidenceError("nvidia-gpu: the request nonce is not this gateway's (a replayed "
+                            "report, or one from another machine)")
+    return evidence
+
+
+def _verify_chain(chain: list[x509.Certificate], root: x509.Certificate, at: datetime) -> None:
+    if not chain:
+        raise EvidenceError("nvidia-gpu: empty certificate chain")
+    if chain[-1] != root:
+        if chain[-1].issuer == chain[-1].subject:
+            raise EvidenceError("nvidia-gpu: the chain does not end at the pinned NVIDIA root")
+        chain = [*chain, root]
+    for cert, issuer in zip(chain, [*chain[1:], root], strict=True):
+        name = cert.subject.rfc4514_string()
+        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+            raise EvidenceError(f"nvidia-gpu: certificate {name!r} is not valid at "
+                                f"{at.isoformat()}")
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (InvalidSignature, ValueError, TypeError):
+            raise EvidenceError(f"nvidia-gpu: certificate {name!r} is not signed by its "
+                                "issuer") from None
