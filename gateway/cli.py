@@ -104,6 +104,17 @@ def _attest_commands(commands: Commands) -> None:
     attest_verify.add_argument("--policy", help="a policy file whose trust level to check")
     attest_verify.add_argument("--level", help="the trust level (with --policy)")
     attest_verify.add_argument("--json", action="store_true", help="print JSON")
+    agent = attest_commands.add_parser(
+        "agent", help="answer the gateway's evidence requests from inside a confidential VM")
+    agent.add_argument("--cert", required=True,
+                       help="the TLS certificate the model server presents (PEM)")
+    agent.add_argument("--key", help="its private key: serve HTTPS with it (else plain HTTP "
+                                     "behind the model server's TLS front end)")
+    agent.add_argument("--vcek", help="SNP: VCEK file, when the host gives no certificate table")
+    agent.add_argument("--collateral", help="TDX: folder of Intel PCS collateral to send")
+    agent.add_argument("--host", default="127.0.0.1")
+    agent.add_argument("--port", type=int, default=8444)
+    agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -138,6 +149,8 @@ def _attest_verify(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
     from pathlib import Path
 
+    if args.attest_command == "agent":
+        return _attest_agent(args)
     from gateway.attestation.offline import as_json, verify_evidence_file
 
     at = datetime.fromisoformat(args.at) if args.at else None
@@ -149,6 +162,18 @@ def _attest_verify(args: argparse.Namespace) -> int:
         policy=Path(args.policy) if args.policy else None, level=args.level)
     print(as_json(outcome) if args.json else "\n".join(outcome.lines()))
     return 0 if outcome.ok else 1
+
+
+def _attest_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.attestation.agent import AgentSettings, run_agent
+
+    settings = AgentSettings(Path(args.cert), Path(args.vcek) if args.vcek else None,
+                             Path(args.collateral) if args.collateral else None)
+    run_agent(args.host, args.port, settings, Path(args.key) if args.key else None,
+              Path(args.tsm_root))
+    return 0
 
 
 def _apikey(args: argparse.Namespace) -> int:

@@ -205,6 +205,18 @@ def collateral_from_json(part: Mapping[str, Any]) -> Collateral:
                             "chains") from None
 
 
+def collateral_json(collateral: Collateral) -> dict[str, str]:
+    """The inverse of `collateral_from_json`: what an agent sends with its quote."""
+    out = {"tcb_info": collateral.tcb_info,
+           "tcb_info_chain": collateral.tcb_info_chain.decode(),
+           "qe_identity": collateral.qe_identity,
+           "qe_identity_chain": collateral.qe_identity_chain.decode()}
+    for name, crl in (("pck_crl", collateral.pck_crl), ("root_crl", collateral.root_crl)):
+        if crl is not None:
+            out[name] = base64.b64encode(crl).decode()
+    return out
+
+
 @cache
 def intel_root() -> x509.Certificate:
     data = (resources.files("gateway.attestation") / "roots" / "intel_sgx_root.pem").read_bytes()

@@ -1,0 +1,151 @@
+"""`veil attest agent`: the small service beside the model server, inside the confidential VM,
+that answers the gateway's evidence requests.
+
+    GET /.well-known/veil-attestation?nonce=<64 hex digits>
+
+For each request it computes the binding of the nonce to the TLS certificate the model server
+presents (the same file the TLS front end serves), asks the platform for a report over exactly
+those 64 bytes through the Linux configfs-tsm interface (`/sys/kernel/config/tsm/report`, the
+same for SEV-SNP and TDX), and answers with the evidence parts (gateway/attestation/verifier.py
+documents the format). Route that path of the model server's TLS origin to this agent: the
+evidence must come over the connection whose key it binds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.attestation.binding import binding, spki_sha256
+from gateway.attestation.tdx import collateral_from_dir, collateral_json, parse_quote
+from gateway.observability.logging import get_logger
+
+log = get_logger("veil.attest.agent")
+EVIDENCE_PATH = "/.well-known/veil-attestation"
+TSM_ROOT = Path("/sys/kernel/config/tsm/report")
+
+
+@dataclass(frozen=True)
+class TsmReport:
+    provider: str  # "sev_guest" or "tdx_guest"
+    outblob: bytes  # the SNP report or the TDX quote
+    auxblob: bytes  # SNP: the host's certificate table (may hold the VCEK); else empty
+
+
+class ReportSource(Protocol):
+    def report(self, report_data: bytes) -> TsmReport: ...
+
+
+class ConfigfsTsm:
+    """The kernel's report interface: make an entry, write inblob, read outblob, remove it.
+    One entry per request, so concurrent requests never read each other's reports."""
+
+    def __init__(self, root: Path = TSM_ROOT) -> None:
+        self._root = root
+
+    def report(self, report_data: bytes) -> TsmReport:
+        entry = self._root / f"veil-{secrets.token_hex(8)}"
+        entry.mkdir()
+        try:
+            (entry / "inblob").write_bytes(report_data)
+            provider = (entry / "provider").read_text().strip()
+            outblob = (entry / "outblob").read_bytes()
+            aux = entry / "auxblob"
+            auxblob = aux.read_bytes() if aux.exists() else b""
+        finally:
+            entry.rmdir()
+        return TsmReport(provider, outblob, auxblob)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    certificate: Path  # the TLS certificate the model server presents (PEM)
+    vcek: Path | None = None  # SNP: the VCEK, when the host does not put it in auxblob
+    collateral_dir: Path | None = None  # TDX: Intel PCS collateral to send with the quote
+
+
+def build_agent_app(settings: AgentSettings, source: ReportSource) -> web.Application:
+    cert = x509.load_pem_x509_certificate(settings.certificate.read_bytes())
+    key_hash = spki_sha256(cert.public_bytes(serialization.Encoding.DER))
+    lock = asyncio.Lock()  # the platform handles one report at a time
+
+    async def evidence(request: web.Request) -> web.Response:
+        try:
+            nonce = bytes.fromhex(request.query.get("nonce", ""))
+        except ValueError:
+            nonce = b""
+        if len(nonce) != 32:
+            return web.json_response({"error": "nonce must be 64 hex digits"}, status=400)
+        bound = binding(nonce, key_hash)
+        async with lock:
+            report = await asyncio.to_thread(source.report, bound)
+        parts = [_cpu_part(report, settings)]
+        log.info("evidence_served", provider=report.provider)
+        return web.json_response({"evidence": parts})
+
+    app = web.Application()
+    app.router.add_get(EVIDENCE_PATH, evidence)
+    return app
+
+
+def _cpu_part(report: TsmReport, settings: AgentSettings) -> dict[str, Any]:
+    if report.provider == "tdx_guest":
+        part: dict[str, Any] = {"format": "tdx",
+                                "quote": base64.b64encode(report.outblob).decode()}
+        if settings.collateral_dir:
+            found = collateral_from_dir(settings.collateral_dir, parse_quote(report.outblob))
+            part["collateral"] = collateral_json(found)
+        return part
+    if report.provider == "sev_guest":
+        vcek = vcek_from_auxblob(report.auxblob) or (
+            settings.vcek.read_bytes() if settings.vcek else None)
+        if vcek is None:
+            raise web.HTTPServiceUnavailable(reason="no VCEK: pass --vcek or have the host "
+                                                    "provide its certificate table")
+        return {"format": "sev-snp", "report": base64.b64encode(report.outblob).decode(),
+                "vcek": base64.b64encode(vcek).decode()}
+    raise web.HTTPServiceUnavailable(reason=f"unsupported TSM provider {report.provider}")
+
+
+# GHCB spec, "SNP Extended Guest Request": the VCEK's entry in the certificate table.
+VCEK_GUID = uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes_le
+
+
+def vcek_from_auxblob(auxblob: bytes) -> bytes | None:
+    """The VCEK from the SNP certificate table the host supplies (GUID, offset u32, length
+    u32 entries, ended by an all-zero entry; GUIDs in the little-endian layout)."""
+    offset = 0
+    while offset + 24 <= len(auxblob):
+        guid = auxblob[offset:offset + 16]
+        if not any(guid):
+            return None
+        start = int.from_bytes(auxblob[offset + 16:offset + 20], "little")
+        length = int.from_bytes(auxblob[offset + 20:offset + 24], "little")
+        if guid == VCEK_GUID and start + length <= len(auxblob):
+            return auxblob[start:start + length]
+        offset += 24
+    return None
+
+
+def run_agent(host: str, port: int, settings: AgentSettings, tls_key: Path | None,
+              tsm_root: Path = TSM_ROOT) -> None:
+    import ssl  # noqa: PLC0415
+
+    context = None
+    if tls_key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.certificate, tls_key)
+    if not tsm_root.is_dir():
+        raise SystemExit(f"veil attest agent: {tsm_root} not found (needs Linux 6.7+ with "
+                         "configfs-tsm, inside an SEV-SNP or TDX guest)")
+    web.run_app(build_agent_app(settings, ConfigfsTsm(tsm_root)), host=host, port=port,
+                ssl_context=context, access_log=None, print=None)
