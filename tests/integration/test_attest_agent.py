@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from gateway.app import GATEWAY
 from gateway.attestation.agent import (
     EVIDENCE_PATH,
     VCEK_GUID,
@@ -20,7 +19,6 @@ from gateway.attestation.agent import (
 )
 from tests.attestation_ca import snp_report
 from tests.integration.test_attested_routing import (
-    LEVEL,
     POLICY,
     TCB,
     VCEK,
@@ -30,7 +28,7 @@ from tests.integration.test_attested_routing import (
     chat,
     roots_dir,
     tls_context,
-    wait_until,
+    wait_attested,
 )
 from tests.servers import ServerThread, gateway_for, settings_for
 
@@ -71,9 +69,7 @@ def test_gateway_attests_a_backend_through_the_agent(tmp_path: Path) -> None:
         settings = settings_for([attested("vm", vm.url)], policy=POLICY,
                                 attestation={"amd_roots_dir": roots_dir(tmp_path)})
         with gateway_for(settings) as gw:
-            service = gw.app[GATEWAY].attestation
-            digest = gw.app[GATEWAY].policies.current.policies[0].digest
-            wait_until(lambda: service.meets("vm", digest, (LEVEL,)))
+            wait_attested(gw, "vm")
             assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
     assert model.served == 1
     assert platform.asked

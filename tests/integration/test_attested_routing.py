@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from gateway.app import GATEWAY
 from gateway.attestation.binding import binding, spki_sha256
 from gateway.attestation.snp import Tcb
+from gateway.attestation.verifier import AttestationService
 from tests.attestation_ca import (
     MEASUREMENT,
     MRTD,
@@ -133,6 +134,14 @@ def chat(url: str, content: str) -> httpx.Response:
         "model": "test-model", "messages": [{"role": "user", "content": content}]})
 
 
+def wait_attested(gw: ServerThread, backend: str, level: str = LEVEL) -> AttestationService:
+    """Until the backend's verdict meets the level under the gateway's (only) policy."""
+    service = gw.app[GATEWAY].attestation
+    digest = gw.app[GATEWAY].policies.current.policies[0].digest
+    wait_until(lambda: service.meets(backend, digest, (level,)))
+    return service
+
+
 def wait_until(condition: Any, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -155,9 +164,7 @@ def world(tmp_path: Path) -> Iterator[tuple[ServerThread, dict[str, Confidential
             [attested(name, servers[name].url) for name in ("other", "replay", "good")],
             policy=POLICY, attestation={"amd_roots_dir": roots_dir(tmp_path)})
         with gateway_for(settings) as gw:
-            service = gw.app[GATEWAY].attestation
-            digest = gw.app[GATEWAY].policies.current.policies[0].digest
-            wait_until(lambda: service.meets("good", digest, (LEVEL,)))
+            wait_attested(gw, "good")
             wait_until(lambda: all(b.nonces for b in backends.values()))
             yield gw, backends
     finally:
@@ -215,9 +222,7 @@ def test_key_swap_is_refused_until_re_attested(tmp_path: Path) -> None:
     settings = settings_for([attested("tee", server.url)], policy=POLICY,
                             attestation={"amd_roots_dir": roots_dir(tmp_path)})
     with gateway_for(settings) as gw:
-        service = gw.app[GATEWAY].attestation
-        digest = gw.app[GATEWAY].policies.current.policies[0].digest
-        wait_until(lambda: service.meets("tee", digest, (LEVEL,)))
+        service = wait_attested(gw, "tee")
         assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
         old = service.digest("tee")
         # The machine comes back on the same address with another TLS key.
@@ -251,9 +256,7 @@ def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> Non
         settings = settings_for([attested("other-td", ot.url), attested("td", td.url)],
                                 policy=rules, attestation={"intel_root_file": str(root)})
         with gateway_for(settings) as gw:
-            service = gw.app[GATEWAY].attestation
-            digest = gw.app[GATEWAY].policies.current.policies[0].digest
-            wait_until(lambda: service.meets("td", digest, (level,)))
+            wait_attested(gw, "td", level)
             wait_until(lambda: backends["other-td"].nonces)
             for _ in range(3):
                 assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
@@ -277,9 +280,8 @@ def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> No
                                 policy=rules, attestation={"amd_roots_dir": roots_dir(tmp_path),
                                                            "nvidia_root_file": str(gpu_root)})
         with gateway_for(settings) as gw:
-            service = gw.app[GATEWAY].attestation
+            service = wait_attested(gw, "cpu-gpu", level)
             digest = gw.app[GATEWAY].policies.current.policies[0].digest
-            wait_until(lambda: service.meets("cpu-gpu", digest, (level,)))
             wait_until(lambda: backends["cpu-only"].nonces)
             assert not service.meets("cpu-only", digest, (level,))
             assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
