@@ -223,13 +223,14 @@ def intel_root() -> x509.Certificate:
     return x509.load_pem_x509_certificate(data)
 
 
-def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
-                 root: x509.Certificate | None = None) -> VerifiedTdx:
+def verify_quote_signatures(raw: bytes, *, at: datetime,
+                            root: x509.Certificate | None = None) -> TdxQuote:
+    """The quote's own proofs: PCK chain to the root, the QE report signed by the PCK key and
+    binding the attestation key, the quote signed by that key. Not enough to trust a TD: the
+    TCB status needs Intel's collateral (`verify_quote`)."""
     quote = parse_quote(raw)
-    root = root or intel_root()
-    _verify_chain(quote.pck_chain, root, at, "PCK")
+    _verify_chain(quote.pck_chain, root or intel_root(), at, "PCK")
     pck = quote.pck_chain[0]
-    _check_crls(collateral, quote.pck_chain, root, at)
     _verify(pck.public_key(), quote.qe_report_signature, quote.qe_report, "QE report")
     expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
     if quote.qe_report[320:352] != expected or any(quote.qe_report[352:384]):
@@ -237,6 +238,15 @@ def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
     key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
                                                        b"\x04" + quote.attestation_key)
     _verify(key, quote.signature, quote.signed, "quote")
+    return quote
+
+
+def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
+                 root: x509.Certificate | None = None) -> VerifiedTdx:
+    root = root or intel_root()
+    quote = verify_quote_signatures(raw, at=at, root=root)
+    pck = quote.pck_chain[0]
+    _check_crls(collateral, quote.pck_chain, root, at)
     extensions = _sgx_extensions(pck)
     tcb_info, tcb_next = _signed_json(collateral.tcb_info, "tcbInfo",
                                       collateral.tcb_info_chain, root, at)

@@ -172,3 +172,28 @@ def test_report_tcb_must_match_the_vcek() -> None:
 def test_masked_chip_id_cannot_bind_to_a_vcek() -> None:
     with pytest.raises(EvidenceError, match="chip_id"):
         verify_report(snp_report(KEY, chip_id=bytes(64)), VCEK, at=AT, roots=CA.roots)
+
+
+def test_turin_vcek_chains_to_the_pinned_turin_root() -> None:
+    """No Turin report is published; its VCEK (FMC SPL, 8-byte HWID) must chain and parse."""
+    from gateway.attestation.snp import (  # noqa: PLC0415  # noqa: PLC0415
+        HWID_OID,
+        TCB_OIDS,
+        _extension_bytes,
+        _extension_int,
+        _verify_chain,
+        load_certificate,
+    )
+
+    vcek = load_certificate((DATA / "virtee_turin_vcek.der").read_bytes())
+    turin = amd_roots()["Turin"]
+    assert turin.ask is not None
+    at = datetime(2025, 6, 1, tzinfo=UTC)
+    _verify_chain([vcek, turin.ask, turin.ark], at)
+    assert _extension_int(vcek, TCB_OIDS["fmc"]) == 0
+    assert _extension_int(vcek, TCB_OIDS["microcode"]) == 9
+    assert len(_extension_bytes(vcek, HWID_OID) or b"") == 8
+    milan = amd_roots()["Milan"]
+    assert milan.ask is not None
+    with pytest.raises(EvidenceError, match="not signed by"):
+        _verify_chain([vcek, milan.ask, milan.ark], at)

@@ -17,6 +17,7 @@ from gateway.attestation.tdx import (
     collateral_from_json,
     parse_quote,
     verify_quote,
+    verify_quote_signatures,
 )
 from tests.attestation_ca import MRTD, TdxTestCa
 
@@ -168,3 +169,19 @@ def test_collateral_json_must_be_complete() -> None:
     with pytest.raises(EvidenceError, match="collateral needs"):
         collateral_from_json(partial)
     assert json.loads(CA.collateral()["tcb_info"])["tcbInfo"]["fmspc"] == "00906ed50000"
+
+
+@pytest.mark.parametrize(("file", "at", "version"), [
+    ("trustee_quote_4.dat", SPR_AT, 4),
+    ("trustee_quote_5.dat", datetime(2024, 6, 1, tzinfo=UTC), 5),
+    ("azure_td_quote.bin", datetime(2024, 6, 1, tzinfo=UTC), 4),
+])
+def test_more_genuine_quotes_verify_their_own_proofs(file: str, at: datetime,
+                                                     version: int) -> None:
+    """Quotes whose collateral was not published: chain, QE report and quote signatures."""
+    raw = (DATA / file).read_bytes()
+    assert verify_quote_signatures(raw, at=at).version == version
+    tampered = bytearray(raw)
+    tampered[200] ^= 0x01  # inside the TD report
+    with pytest.raises(EvidenceError, match="quote signature does not verify"):
+        verify_quote_signatures(bytes(tampered), at=at)
