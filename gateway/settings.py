@@ -167,6 +167,11 @@ class AttestationSettings(Strict):
     # Replaces the pinned Intel SGX Root CA (for private test roots only).
     intel_root_file: str | None = None
     nvidia_root_file: str | None = None  # replaces the pinned NVIDIA device root (tests only)
+    # Where to fetch what evidence does not carry (VCEKs; TDX TCB Info, QE Identity, CRLs),
+    # cached on disk; null: never fetch.
+    amd_kds_url: str | None = "https://kdsintf.amd.com"
+    intel_pcs_url: str | None = "https://api.trustedservices.intel.com"
+    cache_dir: str | None = "var/attestation-cache"
 
 
 class LoggingSettings(Strict):

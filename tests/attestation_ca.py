@@ -186,6 +186,13 @@ class TdxTestCa:
     def pem(self, *certs: x509.Certificate) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
+    def pck_crl(self) -> bytes:
+        """An empty CRL from the PCK CA, valid for a year from START."""
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(self.pck_ca.subject)
+               .last_update(START).next_update(START + datetime.timedelta(3650))
+               .sign(self.pck_ca_key, hashes.SHA256()))
+        return crl.public_bytes(serialization.Encoding.DER)
+
     def signed_json(self, name: str, body: dict[str, object]) -> str:
         text = json.dumps(body, separators=(",", ":"))
         return (f'{{"{name}":{text},"signature":"'

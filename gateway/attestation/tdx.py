@@ -165,11 +165,17 @@ class VerifiedTdx:
                 "tee_tcb_svn": report.tee_tcb_svn.hex()}
 
 
+def pck_fmspc(quote: TdxQuote) -> bytes:
+    """The platform's FMSPC, from its PCK certificate: which TCB Info applies."""
+    fmspc: bytes = _sgx_extensions(quote.pck_chain[0])["fmspc"]
+    return fmspc
+
+
 def collateral_from_dir(folder: Path, quote: TdxQuote) -> Collateral:
     """Collateral saved from Intel PCS (or a PCCS) under the names PCS uses:
     tcb_info_<fmspc>.json (+ _chain.pem), qe_identity.json (+ _chain.pem), and optionally
     pck_crl_platform.crl / pck_crl_processor.crl and root_ca.crl (DER)."""
-    fmspc = _sgx_extensions(quote.pck_chain[0])["fmspc"].hex()
+    fmspc = pck_fmspc(quote).hex()
     issuer = quote.pck_chain[1].subject.rfc4514_string() if len(quote.pck_chain) > 1 else ""
     kind = "processor" if "Processor" in issuer else "platform"
 

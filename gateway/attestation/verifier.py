@@ -38,6 +38,7 @@ import orjson
 from cryptography import x509
 
 from gateway.attestation.binding import binding, peer_certificate, spki_sha256
+from gateway.attestation.collateral import CollateralStore
 from gateway.attestation.errors import EvidenceError
 from gateway.attestation.levels import (
     TrustLevel,
@@ -47,7 +48,13 @@ from gateway.attestation.levels import (
     token_problems,
 )
 from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
-from gateway.attestation.snp import AmdRoots, VerifiedSnp, amd_roots, verify_report
+from gateway.attestation.snp import (
+    AmdRoots,
+    VerifiedSnp,
+    amd_roots,
+    parse_report,
+    verify_report,
+)
 from gateway.attestation.tdx import (
     VerifiedTdx,
     collateral_from_dir,
@@ -113,6 +120,8 @@ class AttestationService:
             if gpu_root else None
         self._jwks: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._settings = settings.attestation
+        self._store: CollateralStore | None = None
         self._session: aiohttp.ClientSession | None = None
 
     # -- the request path: lookups only ------------------------------------------------------
@@ -153,6 +162,7 @@ class AttestationService:
         if not self._states:
             return
         self._session = aiohttp.ClientSession(trust_env=False)
+        self._store = CollateralStore(self._settings, self._session, self._clock)
         self._tasks = [asyncio.create_task(self._keep_attested(state))
                        for state in self._states.values()]
 
@@ -218,9 +228,9 @@ class AttestationService:
         if len(body) > MAX_EVIDENCE_BYTES:
             raise EvidenceError("evidence larger than 256 KiB")
         await self._refresh_jwks()
-        return self._verify(body, expected, hashlib.sha256(certificate).digest())
+        return await self._verify(body, expected, hashlib.sha256(certificate).digest())
 
-    def _verify(self, body: bytes, expected: bytes, certificate_sha256: bytes) -> Evidence:
+    async def _verify(self, body: bytes, expected: bytes, certificate_sha256: bytes) -> Evidence:
         parts = _parts(body)
         snp: VerifiedSnp | None = None
         tdx: VerifiedTdx | None = None
@@ -229,9 +239,9 @@ class AttestationService:
         for part in parts:
             kind = part.get("format")
             if kind == "sev-snp":
-                snp = self._verify_snp(part, expected)
+                snp = await self._verify_snp(part, expected)
             elif kind == "tdx":
-                tdx = self._verify_tdx(part, expected)
+                tdx = await self._verify_tdx(part, expected)
             elif kind == "nvidia-gpu":
                 gpu = self._verify_gpu(part, expected)
             elif kind == "token" and isinstance(part.get("token"), str):
@@ -248,12 +258,15 @@ class AttestationService:
                         expected_nonce=expected.hex(), certificate_sha256=certificate_sha256,
                         verified_at=self._clock(), digest=digest)
 
-    def _verify_snp(self, part: Mapping[str, Any], expected: bytes) -> VerifiedSnp:
+    async def _verify_snp(self, part: Mapping[str, Any], expected: bytes) -> VerifiedSnp:
         try:
             report = base64.b64decode(part["report"], validate=True)
-            vcek = base64.b64decode(part["vcek"], validate=True)
+            vcek = base64.b64decode(part["vcek"], validate=True) if part.get("vcek") else None
         except (KeyError, TypeError, binascii.Error):
-            raise EvidenceError("sev-snp evidence needs base64 'report' and 'vcek'") from None
+            raise EvidenceError("sev-snp evidence needs a base64 'report' (and 'vcek', unless "
+                                "the gateway fetches it from AMD KDS)") from None
+        if vcek is None:
+            vcek = await self._collateral().vcek(parse_report(report))
         at = datetime.fromtimestamp(self._clock(), UTC)
         roots: dict[str, AmdRoots] = amd_roots(self._roots_dir)
         verified = verify_report(report, vcek, at=at, roots=roots)
@@ -262,7 +275,7 @@ class AttestationService:
                                 "(a replayed report, or evidence from another machine)")
         return verified
 
-    def _verify_tdx(self, part: Mapping[str, Any], expected: bytes) -> VerifiedTdx:
+    async def _verify_tdx(self, part: Mapping[str, Any], expected: bytes) -> VerifiedTdx:
         try:
             raw = base64.b64decode(part["quote"], validate=True)
         except (KeyError, TypeError, binascii.Error):
@@ -273,14 +286,18 @@ class AttestationService:
         elif self._collateral_dir:
             collateral = collateral_from_dir(Path(self._collateral_dir), quote)
         else:
-            raise EvidenceError("tdx: no collateral (send it with the quote, or configure "
-                                "attestation.intel_collateral_dir)")
+            collateral = await self._collateral().tdx(quote)
         verified = verify_quote(raw, collateral, at=datetime.fromtimestamp(self._clock(), UTC),
                                 root=self._intel_root)
         if verified.quote.report.report_data != expected:
             raise EvidenceError("tdx: report_data is not bound to this nonce and TLS key "
                                 "(a replayed quote, or evidence from another machine)")
         return verified
+
+    def _collateral(self) -> CollateralStore:
+        if self._store is None:
+            raise EvidenceError("attestation service is not running")
+        return self._store
 
     def _verify_gpu(self, part: Mapping[str, Any], expected: bytes) -> GpuEvidence:
         try:

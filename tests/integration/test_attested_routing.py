@@ -81,6 +81,7 @@ class ConfidentialBackend:
     replay: bool = False
     kind: str = "sev-snp"
     gpu: bool = False
+    endorsed: bool = True  # sends its VCEK / TDX collateral (else the gateway fetches them)
     served: int = 0
     nonces: list[str] = field(default_factory=list)
 
@@ -96,13 +97,15 @@ class ConfidentialBackend:
         bound = binding(b"\0" * 32 if self.replay else nonce, spki_sha256(self.certificate))
         if self.kind == "tdx":
             quote = TDX_CA.quote(report_data=bound, mrtd=self.measurement)
-            return web.json_response({"evidence": [{
-                "format": "tdx", "quote": base64.b64encode(quote).decode(),
-                "collateral": TDX_CA.collateral()}]})
+            part = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
+            if self.endorsed:
+                part["collateral"] = TDX_CA.collateral()  # type: ignore[assignment]
+            return web.json_response({"evidence": [part]})
         report = snp_report(VCEK_KEY, report_data=bound, measurement=self.measurement, tcb=TCB)
         parts: list[dict[str, Any]] = [{
-            "format": "sev-snp", "report": base64.b64encode(report).decode(),
-            "vcek": base64.b64encode(VCEK).decode()}]
+            "format": "sev-snp", "report": base64.b64encode(report).decode()}]
+        if self.endorsed:
+            parts[0]["vcek"] = base64.b64encode(VCEK).decode()
         if self.gpu:  # the agent asks the GPU with the first half of the binding as nonce
             parts.append({"format": "nvidia-gpu",
                           "evidence": GPU_CA.evidence(bound[:32], {1: b"\x11" * 48}).hex(),

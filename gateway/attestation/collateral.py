@@ -1,0 +1,156 @@
+"""Endorsements and collateral the evidence does not carry, fetched from the configured AMD KDS
+and Intel PCS and kept in an on-disk cache, so a restart (or an outage of those services) does
+not stop attestation while what was fetched is still valid.
+
+Nothing fetched here is trusted for being fetched: VCEKs and collateral are verified against the
+pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs are immutable
+for a (chip, TCB) and kept for good, collateral until its nextUpdate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.parse
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+
+from gateway.attestation.errors import EvidenceError
+from gateway.attestation.snp import SnpReport, Tcb
+from gateway.attestation.tdx import Collateral, TdxQuote, pck_fmspc
+from gateway.settings import AttestationSettings
+
+MAX_BYTES = 1024 * 1024
+
+
+def snp_products(report: SnpReport) -> list[str]:
+    """The product line from the report's CPUID (v3 and later); every one for v2 reports."""
+    if report.cpuid_family == 0x1A:
+        return ["Turin"]
+    if report.cpuid_family == 0x19 and len(report.raw) > 0x189:
+        return ["Genoa"] if report.raw[0x189] >= 0x10 else ["Milan"]
+    return ["Milan", "Genoa", "Turin"]
+
+
+class CollateralStore:
+    def __init__(self, settings: AttestationSettings, session: aiohttp.ClientSession,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._session = session
+        self._clock = clock
+        self._cache = Path(settings.cache_dir) if settings.cache_dir else None
+
+    async def vcek(self, report: SnpReport) -> bytes:
+        base = self._settings.amd_kds_url
+        if not base:
+            raise EvidenceError("sev-snp: the evidence has no VCEK and no AMD KDS is configured")
+        for product in snp_products(report):
+            tcb = Tcb.from_bytes(report.reported_tcb_raw, turin=product == "Turin")
+            hwid = report.chip_id[:8] if product == "Turin" else report.chip_id
+            query = {"blSPL": tcb.bootloader, "teeSPL": tcb.tee, "snpSPL": tcb.snp,
+                     "ucodeSPL": tcb.microcode}
+            if tcb.fmc is not None:
+                query["fmcSPL"] = tcb.fmc
+            url = f"{base}/vcek/v1/{product}/{hwid.hex()}?{urllib.parse.urlencode(query)}"
+            found = await self._get(url, expires=_forever)
+            if found is not None:
+                return found[0]
+        raise EvidenceError("sev-snp: AMD KDS has no VCEK for this chip and TCB")
+
+    async def tdx(self, quote: TdxQuote) -> Collateral:
+        base = self._settings.intel_pcs_url
+        if not base:
+            raise EvidenceError("tdx: no collateral with the quote, and neither "
+                                "intel_collateral_dir nor intel_pcs_url is configured")
+        fmspc = pck_fmspc(quote).hex()
+        kind = "processor" if "Processor" in quote.pck_chain[1].subject.rfc4514_string() \
+            else "platform"
+        tcb = await self._required(f"{base}/tdx/certification/v4/tcb?fmspc={fmspc}",
+                                   "TCB-Info-Issuer-Chain", "tcbInfo")
+        identity = await self._required(f"{base}/tdx/certification/v4/qe/identity",
+                                        "SGX-Enclave-Identity-Issuer-Chain", "enclaveIdentity")
+        crl = await self._required(f"{base}/sgx/certification/v4/pckcrl?ca={kind}"
+                                   "&encoding=der", "SGX-PCK-CRL-Issuer-Chain", None)
+        return Collateral(tcb[0].decode(), tcb[1], identity[0].decode(), identity[1],
+                          pck_crl=crl[0])
+
+    async def _required(self, url: str, chain_header: str,
+                        json_name: str | None) -> tuple[bytes, bytes]:
+        expires = _next_update(json_name) if json_name else _an_hour
+        found = await self._get(url, expires=expires, chain_header=chain_header)
+        if found is None:
+            raise EvidenceError(f"tdx: Intel PCS has no collateral at {url}")
+        return found
+
+    async def _get(self, url: str, *, expires: Callable[[bytes], float | None],
+                   chain_header: str | None = None) -> tuple[bytes, bytes] | None:
+        """(body, issuer chain) from the cache while valid, else from the network."""
+        cached = self._read_cache(url)
+        if cached is not None:
+            return cached
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=15),
+                                         allow_redirects=False) as response:
+                if response.status == 404:
+                    return None
+                if response.status != 200:
+                    raise EvidenceError(f"collateral service answered {response.status} for "
+                                        f"{url}")
+                body = await response.content.read(MAX_BYTES)
+                chain = urllib.parse.unquote(response.headers.get(chain_header or "", "")
+                                             ).encode()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EvidenceError(f"collateral service unreachable ({type(exc).__name__}) for "
+                                f"{url}") from None
+        self._write_cache(url, body, chain, expires(body))
+        return body, chain
+
+    def _path(self, url: str) -> Path | None:
+        if self._cache is None:
+            return None
+        return self._cache / hashlib.sha256(url.encode()).hexdigest()
+
+    def _read_cache(self, url: str) -> tuple[bytes, bytes] | None:
+        path = self._path(url)
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if entry.get("url") != url or (entry["expires"] and entry["expires"] < self._clock()):
+            return None
+        return bytes.fromhex(entry["body"]), bytes.fromhex(entry["chain"])
+
+    def _write_cache(self, url: str, body: bytes, chain: bytes, expires: float | None) -> None:
+        path = self._path(url)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"url": url, "expires": expires, "body": body.hex(),
+                                         "chain": chain.hex()}))
+        temporary.replace(path)
+
+
+def _forever(_: bytes) -> float | None:
+    return None  # a VCEK certifies one chip at one TCB: it never changes
+
+
+def _an_hour(_: bytes) -> float | None:
+    return time.time() + 3600  # CRLs: re-read hourly, so a revocation is seen soon
+
+
+def _next_update(json_name: str) -> Callable[[bytes], float | None]:
+    def expires(body: bytes) -> float | None:
+        try:
+            next_update = json.loads(body)[json_name]["nextUpdate"]
+            return datetime.fromisoformat(str(next_update).replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError):
+            return time.time() + 3600
+
+    return expires
