@@ -97,9 +97,11 @@ def _attest_commands(commands: Commands) -> None:
     attest_commands = attest.add_subparsers(dest="attest_command", required=True)
     attest_verify = attest_commands.add_parser(
         "verify", help="verify evidence offline; exit 0 only when it verifies")
-    attest_verify.add_argument("file", help="the evidence (an SEV-SNP report or a TDX quote)")
+    attest_verify.add_argument("file", help="the evidence: an SEV-SNP report, a TDX quote, or "
+                                            "NVIDIA GPU measurements (hex)")
     attest_verify.add_argument("--vcek", help="SNP: the VCEK/VLEK certificate (DER or PEM)")
     attest_verify.add_argument("--collateral", help="TDX: folder of collateral from Intel PCS")
+    attest_verify.add_argument("--chain", help="NVIDIA GPU: the device certificate chain (PEM)")
     attest_verify.add_argument("--at", help="verify as of this time (ISO 8601; default: now)")
     attest_verify.add_argument("--policy", help="a policy file whose trust level to check")
     attest_verify.add_argument("--level", help="the trust level (with --policy)")
@@ -158,7 +160,8 @@ def _attest_verify(args: argparse.Namespace) -> int:
         at = at.replace(tzinfo=UTC)
     outcome = verify_evidence_file(
         Path(args.file), vcek=Path(args.vcek) if args.vcek else None,
-        collateral=Path(args.collateral) if args.collateral else None, at=at,
+        collateral=Path(args.collateral) if args.collateral else None,
+        chain=Path(args.chain) if args.chain else None, at=at,
         policy=Path(args.policy) if args.policy else None, level=args.level)
     print(as_json(outcome) if args.json else "\n".join(outcome.lines()))
     return 0 if outcome.ok else 1

@@ -59,9 +59,7 @@ class Pipeline:
 
         # detect + decide: every text the request carries, rewritten before anything leaves
         vault, decision = await self.privacy.protect(api_request, active, caller.tenant, facts)
-        backends, failed_open = self.router.trusted(
-            backends, decision.requires, active.digest,
-            fail_open=active.policy.fail_mode.evidence == "open")
+        backends, failed_open = self.router.trusted(backends, decision.requires, active)
         if failed_open:
             facts.rule = "fail_mode.evidence=open"
         restoring = len(vault) > 0

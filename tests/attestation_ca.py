@@ -47,7 +47,10 @@ class SnpTestCa:
                               self.ark_key.public_key(), self.ark_key, ca=True)
         self.ask = self._cert(_name(f"SEV-{self.product}"), _name(f"ARK-{self.product}"),
                               self.ask_key.public_key(), self.ark_key, ca=True)
-        self.roots = {self.product: AmdRoots(self.product, self.ark, self.ask, None)}
+        self.asvk_key = rsa.generate_private_key(65537, 2048)
+        self.asvk = self._cert(_name(f"SEV-VLEK-{self.product}"), _name(f"ARK-{self.product}"),
+                               self.asvk_key.public_key(), self.ark_key, ca=True)
+        self.roots = {self.product: AmdRoots(self.product, self.ark, self.ask, self.asvk)}
 
     def _cert(self, subject: x509.Name, issuer: x509.Name, public_key: object,
               signer: rsa.RSAPrivateKey, *, ca: bool,
@@ -76,6 +79,16 @@ class SnpTestCa:
         return key, cert.public_bytes(serialization.Encoding.DER)
 
 
+def vlek(ca: SnpTestCa, tcb: Tcb) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """A cloud provider's VLEK: certified by the ASVK, no chip id (one key for many chips)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    extensions = {oid: _der_int(getattr(tcb, name)) for name, oid in TCB_OIDS.items()
+                  if getattr(tcb, name) is not None}
+    cert = ca._cert(_name("SEV-VLEK"), _name(f"SEV-VLEK-{ca.product}"),
+                    key.public_key(), ca.asvk_key, ca=False, extensions=extensions)
+    return key, cert.public_bytes(serialization.Encoding.DER)
+
+
 def tcb_bytes(tcb: Tcb) -> bytes:
     return bytes([tcb.bootloader, tcb.tee, 0, 0, 0, 0, tcb.snp, tcb.microcode])
 
@@ -83,11 +96,12 @@ def tcb_bytes(tcb: Tcb) -> bytes:
 def snp_report(key: ec.EllipticCurvePrivateKey, *, report_data: bytes = b"",
                measurement: bytes = MEASUREMENT, tcb: Tcb | None = None,
                chip_id: bytes = CHIP_ID, policy: int = 0x30000, vmpl: int = 0,
-               guest_svn: int = 0, version: int = 2) -> bytes:
+               guest_svn: int = 0, version: int = 2, signing_key: int = 0) -> bytes:
     tcb = tcb or Tcb(bootloader=3, tee=0, snp=8, microcode=115)
     raw = bytearray(0x4A0)
     struct.pack_into("<IIQ", raw, 0, version, guest_svn, policy)
     struct.pack_into("<II", raw, 0x30, vmpl, 1)
+    struct.pack_into("<I", raw, 0x48, signing_key << 2)
     raw[0x50:0x90] = report_data.ljust(64, b"\0")
     raw[0x90:0xC0] = measurement
     raw[0x140:0x160] = os.urandom(32)  # report id

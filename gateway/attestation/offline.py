@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.attestation.errors import EvidenceError
-from gateway.attestation.levels import TrustLevel, snp_problems, tdx_problems
+from gateway.attestation.levels import TrustLevel, gpu_problems, snp_problems, tdx_problems
+from gateway.attestation.nvidia import verify_gpu_evidence
 from gateway.attestation.snp import REPORT_SIZE, verify_report
 from gateway.attestation.tdx import collateral_from_dir, parse_quote, verify_quote
 from gateway.policy.loader import load_policy
@@ -30,10 +31,12 @@ class Outcome:
 
 
 def verify_evidence_file(path: Path, *, vcek: Path | None, collateral: Path | None,
-                         at: datetime | None, policy: Path | None,
+                         chain: Path | None, at: datetime | None, policy: Path | None,
                          level: str | None) -> Outcome:
     raw = path.read_bytes()
     when = at or datetime.now(UTC)
+    if raw[:4].lower() in (b"11e0", b"12e0"):  # SPDM GET_MEASUREMENTS, as hex text
+        return _gpu(raw, chain, when, policy, level)
     if is_tdx_quote(raw):
         return _tdx(raw, collateral, when, policy, level)
     if len(raw) != REPORT_SIZE:
@@ -62,6 +65,27 @@ def _tdx(raw: bytes, collateral: Path | None, when: datetime, policy: Path | Non
 
     return _judged(dict(verified.values()), verified.quote.report.report_data, when,
                    policy=policy, level=level, problems=problems)
+
+
+def _gpu(raw: bytes, chain: Path | None, when: datetime, policy: Path | None,
+         level: str | None) -> Outcome:
+    if chain is None:
+        return Outcome(False, reasons=["NVIDIA GPU evidence needs --chain (the device "
+                                       "certificate chain, PEM)"])
+    try:
+        evidence = verify_gpu_evidence(bytes.fromhex(raw.decode().strip()), chain.read_bytes(),
+                                       expected_nonce=None, at=when)
+    except (EvidenceError, ValueError) as exc:
+        return Outcome(False, reasons=[str(exc) if isinstance(exc, EvidenceError)
+                                       else "nvidia-gpu: evidence is not hex"])
+
+    def problems(wanted: TrustLevel) -> list[str] | None:
+        return gpu_problems(evidence, wanted.nvidia_gpu) if wanted.nvidia_gpu else None
+
+    values: dict[str, object] = {"format": "nvidia-gpu", **{
+        f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())}}
+    return _judged(values, evidence.requester_nonce, when, policy=policy, level=level,
+                   problems=problems)
 
 
 def _snp(raw: bytes, vcek: Path | None, when: datetime, policy: Path | None,

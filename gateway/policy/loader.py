@@ -132,6 +132,11 @@ def _cross_checks(policy: Policy, chain: list[YamlDocument]) -> list[ConfigIssue
     for name, data_class in policy.data_classes.items():
         for i, entity in enumerate(data_class.entities):
             unknown_entity(("data_classes", name, "entities", i), entity)
+    for name, backend in policy.backends.items():
+        if backend.require not in policy.trust_levels:
+            file, position = _where(chain, ("backends", name, "require"))
+            issues.append(ConfigIssue(file, position, f"backends.{name}.require",
+                                      f"unknown trust level {backend.require!r}"))
     for name, rule in policy.routing.items():
         if rule.require is not None and rule.require not in policy.trust_levels:
             hint = difflib.get_close_matches(rule.require, sorted(policy.trust_levels), n=1)

@@ -13,6 +13,7 @@ never silently weaken a policy.
     data_classes: {phi: {entities: [PERSON, US_SSN]}}
     routing: {phi: {require: confidential-gpu}, secret: {block: true}}
     trust_levels: {confidential-gpu: {sev-snp: {measurements: [...]}}}   (attestation/levels.py)
+    backends: {gpu-pool-1: {require: confidential-gpu}}   # never used unless it meets that
     fail_mode: {detector: closed, scorer: closed, evidence: closed}
 """
 
@@ -70,6 +71,10 @@ class RoutingRule(Strict):
         return self
 
 
+class BackendRule(Strict):
+    require: str  # a trust level this backend must meet to receive anything under this policy
+
+
 class FailModes(Strict):
     detector: FailMode = "closed"
     scorer: FailMode = "closed"
@@ -90,6 +95,7 @@ class Policy(Strict):
     routing: dict[str, RoutingRule] = Field(default_factory=dict)
     trust_levels: dict[Annotated[str, Field(pattern=NAME)], TrustLevel] = Field(
         default_factory=dict)
+    backends: dict[str, BackendRule] = Field(default_factory=dict)  # by backend name
     fail_mode: FailModes = FailModes()
 
     def action(self, entity: str) -> Action:

@@ -9,6 +9,7 @@ from gateway.errors import NotFound, ServiceUnavailable
 from gateway.ingress.auth import Caller
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.policy.active import ActivePolicy
 from gateway.settings import BackendSettings, Settings
 
 log = get_logger("veil.route")
@@ -36,25 +37,27 @@ class Router:
         return backends
 
     def trusted(self, backends: list[BackendSettings], requires: tuple[str, ...],
-                policy: str, *, fail_open: bool = False
-                ) -> tuple[list[BackendSettings], bool]:
+                active: ActivePolicy) -> tuple[list[BackendSettings], bool]:
         """The backends whose current, verified attestation meets every trust level the policy
-        requires for this request's data, and whether that failed open. None -> refused here,
-        never sent anywhere, unless the policy says `fail_mode: {evidence: open}` (then the
-        configured order, logged and counted)."""
-        if not requires:
+        requires for this request's data and for the backend itself (`backends.<name>.require`),
+        and whether that failed open. None -> refused here, never sent anywhere, unless the
+        policy says `fail_mode: {evidence: open}` (then the configured order, logged and
+        counted)."""
+        own = active.policy.backends
+        if not requires and not own:
             return backends, False
-        trusted = [b for b in backends if self._attestation.meets(b.name, policy, requires)]
+        trusted = [b for b in backends if self._attestation.meets(
+            b.name, active.digest, requires + ((own[b.name].require,) if b.name in own else ()))]
         if trusted:
             return trusted, False
-        if fail_open:
+        if active.policy.fail_mode.evidence == "open":
             log.warning("attestation_failed_open", levels=list(requires))
             self._metrics.failed_open.labels("evidence").inc()
             return backends, True
+        needed = ", ".join(requires) or "their own required levels"
         raise ServiceUnavailable(
-            f"The policy requires trust level {', '.join(requires)} for this request's data and "
-            "no backend for this model has attested to it; the request was not forwarded.",
-            code="no_attested_backend")
+            f"The policy requires trust level {needed} and no backend for this model has "
+            "attested to it; the request was not forwarded.", code="no_attested_backend")
 
     def attestation_digest(self, backend: str) -> str | None:
         return self._attestation.digest(backend)

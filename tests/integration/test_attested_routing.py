@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import jwt
 import pytest
 from aiohttp import web
 from cryptography import x509
@@ -39,6 +41,8 @@ AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 CA = SnpTestCa()
 TDX_CA = TdxTestCa()
 GPU_CA = GpuTestCa()
+ISSUER = "https://attestation.test"
+TOKEN_KEY = ec.generate_private_key(ec.SECP256R1())
 TCB = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
 VCEK_KEY, VCEK = CA.vcek(TCB)
 LEVEL = "confidential-cpu"
@@ -82,6 +86,7 @@ class ConfidentialBackend:
     kind: str = "sev-snp"
     gpu: bool = False
     endorsed: bool = True  # sends its VCEK / TDX collateral (else the gateway fetches them)
+    token_claims: dict[str, Any] | None = None  # adds an attestation service's token
     served: int = 0
     nonces: list[str] = field(default_factory=list)
 
@@ -106,6 +111,12 @@ class ConfidentialBackend:
             "format": "sev-snp", "report": base64.b64encode(report).decode()}]
         if self.endorsed:
             parts[0]["vcek"] = base64.b64encode(VCEK).decode()
+        if self.token_claims is not None:
+            now = int(time.time())
+            claims = {"iss": ISSUER, "iat": now, "exp": now + 600, "eat_nonce": bound.hex(),
+                      **self.token_claims}
+            parts.append({"format": "token", "token": jwt.encode(
+                claims, TOKEN_KEY, algorithm="ES256", headers={"kid": "k1"})})
         if self.gpu:  # the agent asks the GPU with the first half of the binding as nonce
             parts.append({"format": "nvidia-gpu",
                           "evidence": GPU_CA.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
@@ -289,3 +300,54 @@ def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> No
             assert not service.meets("cpu-only", digest, (level,))
             assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
     assert (backends["cpu-only"].served, backends["cpu-gpu"].served) == (0, 1)
+
+
+def test_attestation_service_token_with_its_claims(tmp_path: Path) -> None:
+    """Keys come from the JWKS the policy names; the token must carry this gateway's binding
+    and the claims the level lists."""
+    jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(TOKEN_KEY.public_key())),
+           "kid": "k1", "alg": "ES256"}
+
+    async def key_set(_: web.Request) -> web.Response:
+        return web.json_response({"keys": [jwk]})
+
+    jwks_app = web.Application()
+    jwks_app.router.add_get("/jwks", key_set)
+    contexts = {name: tls_context(tmp_path, name) for name in ("passing", "failing")}
+    backends = {
+        "passing": ConfidentialBackend(contexts["passing"][1],
+                                       token_claims={"x-nvidia-overall-att-result": True}),
+        "failing": ConfidentialBackend(contexts["failing"][1],
+                                       token_claims={"x-nvidia-overall-att-result": False})}
+    with ServerThread(jwks_app) as jwks, \
+            ServerThread(backends["passing"].app(), ssl_context=contexts["passing"][0]) as a, \
+            ServerThread(backends["failing"].app(), ssl_context=contexts["failing"][0]) as b:
+        level = POLICY["trust_levels"][LEVEL]
+        rules = {**POLICY, "trust_levels": {LEVEL: {**level, "token": {
+            "issuer": ISSUER, "jwks_url": jwks.url + "/jwks",
+            "claims": {"x-nvidia-overall-att-result": True}}}}}
+        settings = settings_for([attested("failing", b.url), attested("passing", a.url)],
+                                policy=rules, attestation={"amd_roots_dir": roots_dir(tmp_path)})
+        with gateway_for(settings) as gw:
+            wait_attested(gw, "passing")
+            wait_until(lambda: backends["failing"].nonces)
+            assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+    assert (backends["passing"].served, backends["failing"].served) == (1, 0)
+
+
+def test_a_backend_can_require_a_level_for_everything(tmp_path: Path) -> None:
+    """`backends.<name>.require`: no request at all, sensitive or not, reaches that backend
+    unless it meets the level."""
+    contexts = {name: tls_context(tmp_path, name) for name in ("wrong", "right")}
+    backends = {"wrong": ConfidentialBackend(contexts["wrong"][1], measurement=bytes(48)),
+                "right": ConfidentialBackend(contexts["right"][1])}
+    rules = {**POLICY, "backends": {"wrong": {"require": LEVEL}, "right": {"require": LEVEL}}}
+    with ServerThread(backends["wrong"].app(), ssl_context=contexts["wrong"][0]) as a, \
+            ServerThread(backends["right"].app(), ssl_context=contexts["right"][0]) as b:
+        settings = settings_for([attested("wrong", a.url), attested("right", b.url)],
+                                policy=rules, attestation={"amd_roots_dir": roots_dir(tmp_path)})
+        with gateway_for(settings) as gw:
+            wait_attested(gw, "right")
+            wait_until(lambda: backends["wrong"].nonces)
+            assert chat(gw.url, "hello, nothing personal").status_code == 200
+    assert (backends["wrong"].served, backends["right"].served) == (0, 1)

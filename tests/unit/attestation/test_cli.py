@@ -58,3 +58,14 @@ def test_tdx_quote_is_detected_and_needs_collateral(capsys: pytest.CaptureFixtur
     code, out = run(capsys, str(quote))
     assert code == 1
     assert "needs --collateral" in out
+
+
+def test_gpu_evidence_is_detected_and_needs_its_chain(capsys: pytest.CaptureFixture[str]) -> None:
+    evidence = DATA / "nvidia" / "hopperAttestationReport.txt"
+    code, out = run(capsys, str(evidence), "--chain",
+                    str(DATA / "nvidia" / "hopper_cert_chain_case1.txt"), "--json")
+    assert code == 0
+    assert json.loads(out)["format"] == "nvidia-gpu"
+    code, out = run(capsys, str(evidence))
+    assert code == 1
+    assert "needs --chain" in out

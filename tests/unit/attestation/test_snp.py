@@ -197,3 +197,17 @@ def test_turin_vcek_chains_to_the_pinned_turin_root() -> None:
     assert milan.ask is not None
     with pytest.raises(EvidenceError, match="not signed by"):
         _verify_chain([vcek, milan.ask, milan.ark], at)
+
+
+def test_vlek_signed_reports_verify_and_keys_are_policy() -> None:
+    from tests.attestation_ca import vlek  # noqa: PLC0415
+
+    key, certificate = vlek(CA, TCB)
+    report = snp_report(key, signing_key=1, chip_id=bytes(64))  # VLEK reports may mask chip id
+    verified = verify_report(report, certificate, at=AT, roots=CA.roots)
+    assert verified.key_kind == "vlek"
+    assert snp_problems(verified, WANT) == []
+    vcek_only = WANT.model_copy(update={"signing_keys": ["vcek"]})
+    assert snp_problems(verified, vcek_only) == ["signing key vlek is not allowed"]
+    with pytest.raises(EvidenceError, match="report says signing key 0, certificate is a VLEK"):
+        verify_report(snp_report(key, signing_key=0), certificate, at=AT, roots=CA.roots)
