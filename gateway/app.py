@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.api import ENDPOINTS
 from gateway.attestation.levels import TrustLevel
 from gateway.attestation.verifier import AttestationService
+from gateway.fhe.semantic import SemanticScorer
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
@@ -69,7 +70,9 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
                                      metrics)
     policies.on_reload.append(attestation.policies_changed)
     router = Router(settings, attestation, metrics)
-    pipeline = Pipeline(settings, authenticator, policies, PrivacyStage(engine, metrics),
+    semantic = SemanticScorer(settings.fhe, metrics) if settings.fhe.scorers else None
+    pipeline = Pipeline(settings, authenticator, policies,
+                        PrivacyStage(engine, metrics, semantic),
                         router, Forwarder(pool, metrics, attestation), metrics)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
@@ -108,8 +111,13 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
 async def _detectors(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.policies.start()
+    semantic = gateway.pipeline.privacy.semantic
+    if semantic is not None:
+        await semantic.start()
     yield
     await gateway.pipeline.privacy.engine.close()
+    if semantic is not None:
+        await semantic.close()
 
 
 def _trust_levels(policies: PolicyHolder) -> list[tuple[str, str, TrustLevel]]:

@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     _key_commands(commands)
     _policy_commands(commands)
     _attest_commands(commands)
+    _fhe_commands(commands)
     return parser
 
 
@@ -119,10 +120,33 @@ def _attest_commands(commands: Commands) -> None:
     agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report")
 
 
+def _fhe_commands(commands: Commands) -> None:
+    keys = commands.add_parser("keys", help="the CKKS secret key (sealed at rest)")
+    keys.add_argument("keys_command", choices=["init", "rotate", "show"])
+    keys.add_argument("--config", default="config.yaml")
+    scorer = commands.add_parser("scorer", help="the encrypted scoring service")
+    scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True)
+    serve = scorer_commands.add_parser("serve", help="serve the models in a folder")
+    serve.add_argument("--models", required=True, help="folder of *.npz models")
+    serve.add_argument("--keys", default="var/scorer-keys",
+                       help="where received evaluation keys are kept")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.add_argument("--workers", type=int, default=None, help="default: one per core")
+    build = scorer_commands.add_parser("build", help="compile a model from example texts")
+    build.add_argument("--examples", required=True,
+                       help="YAML: {kind: reference_set, aggregate: max, labels: {label: [texts]}}")
+    build.add_argument("--out", required=True, help="the model file (.npz)")
+    bench = scorer_commands.add_parser("bench", help="numpy vs TenSEAL matmul vs Veil, per K")
+    bench.add_argument("--k", default="10,100,1000", help="comma-separated K values")
+    bench.add_argument("--compare-matmul", action="store_true",
+                       help="also time TenSEAL's built-in matmul (slow at large K)")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"serve": _serve, "demo-upstream": _demo_upstream, "quickstart": _quickstart,
                 "apikey": _apikey, "audit": _audit_verify, "policy": _policy,
-                "attest": _attest_verify}
+                "attest": _attest_verify, "keys": _keys, "scorer": _scorer}
     return handlers[args.command](args)  # argparse has refused unknown commands already
 
 
@@ -176,6 +200,54 @@ def _attest_agent(args: argparse.Namespace) -> int:
                              Path(args.collateral) if args.collateral else None)
     run_agent(args.host, args.port, settings, Path(args.key) if args.key else None,
               Path(args.tsm_root))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from gateway.fhe.keys import CustodyError, KeyStore
+    from gateway.settings import load_settings
+
+    fhe = load_settings(args.config).fhe
+    try:
+        store = KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file)
+        if args.keys_command == "init":
+            print(f"created {store.init()} in {fhe.keys_dir}")
+        elif args.keys_command == "rotate":
+            print(f"rotated: {store.rotate()} is current; older keys stay sealed in "
+                  f"{fhe.keys_dir} until you delete them")
+        else:
+            for entry in store.show():
+                print(f"{entry['key_id']}  current={entry['current']}")
+    except CustodyError as exc:
+        print(f"veil keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _scorer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.scorer_command == "serve":
+        from aiohttp import web
+
+        from gateway.fhe.scorer import ScorerSettings, build_scorer_app
+
+        settings = ScorerSettings(Path(args.models), Path(args.keys))
+        if args.workers:
+            settings = ScorerSettings(settings.models_dir, settings.keys_dir, args.workers)
+        web.run_app(build_scorer_app(settings), host=args.host, port=args.port,
+                    access_log=None, print=None)
+        return 0
+    if args.scorer_command == "build":
+        from gateway.fhe.build import build_model
+
+        model = build_model(Path(args.examples), Path(args.out))
+        print(f"wrote {args.out}: {model.kind}, {model.weights.shape[0]} rows, labels "
+              f"{sorted(set(model.labels))}")
+        return 0
+    from gateway.fhe.bench import run_bench
+
+    run_bench([int(k) for k in args.k.split(",")], compare_matmul=args.compare_matmul)
     return 0
 
 

@@ -174,6 +174,29 @@ class AttestationSettings(Strict):
     cache_dir: str | None = "var/attestation-cache"
 
 
+class ScorerEndpoint(Strict):
+    name: str
+    url: str
+    timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+
+class FheSettings(Strict):
+    """Encrypted semantic scoring (gateway/fhe): where the CKKS secret key is kept, sealed under
+    a master key, and which scorers policies may name."""
+
+    keys_dir: str = "var/fhe-keys"
+    master_key_env: str | None = None
+    master_key_file: str | None = None
+    scorers: list[ScorerEndpoint] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _master_key(self) -> FheSettings:
+        if self.scorers and not (self.master_key_env or self.master_key_file):
+            raise ValueError("scorers need master_key_env or master_key_file (the key that "
+                             "seals the CKKS secret key at rest)")
+        return self
+
+
 class LoggingSettings(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -187,6 +210,7 @@ class Settings(Strict):
     logging: LoggingSettings = LoggingSettings()
     audit: AuditSettings = AuditSettings()
     attestation: AttestationSettings = AttestationSettings()
+    fhe: FheSettings = FheSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     privacy: PrivacySettings = PrivacySettings()
     policies: PolicySettings

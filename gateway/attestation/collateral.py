@@ -23,6 +23,7 @@ from gateway.attestation.errors import EvidenceError
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import Collateral, TdxQuote, pck_fmspc
 from gateway.settings import AttestationSettings
+from gateway.streams import BodyTooLarge, read_at_most
 
 MAX_BYTES = 1024 * 1024
 
@@ -100,9 +101,11 @@ class CollateralStore:
                 if response.status != 200:
                     raise EvidenceError(f"collateral service answered {response.status} for "
                                         f"{url}")
-                body = await response.content.read(MAX_BYTES)
+                body = await read_at_most(response.content, MAX_BYTES)
                 chain = urllib.parse.unquote(response.headers.get(chain_header or "", "")
                                              ).encode()
+        except BodyTooLarge:
+            raise EvidenceError(f"collateral larger than {MAX_BYTES} bytes at {url}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EvidenceError(f"collateral service unreachable ({type(exc).__name__}) for "
                                 f"{url}") from None

@@ -66,6 +66,7 @@ from gateway.attestation.tokens import verify_token
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.settings import BackendSettings, Settings
+from gateway.streams import BodyTooLarge, read_at_most
 
 log = get_logger("veil.attestation")
 MAX_EVIDENCE_BYTES = 256 * 1024
@@ -226,9 +227,10 @@ class AttestationService:
                                      allow_redirects=False) as response:
             if response.status != 200:
                 raise EvidenceError(f"evidence endpoint answered {response.status}")
-            body = await response.content.read(MAX_EVIDENCE_BYTES + 1)
-        if len(body) > MAX_EVIDENCE_BYTES:
-            raise EvidenceError("evidence larger than 256 KiB")
+            try:
+                body = await read_at_most(response.content, MAX_EVIDENCE_BYTES)
+            except BodyTooLarge:
+                raise EvidenceError("evidence larger than 256 KiB") from None
         await self._refresh_jwks()
         return await self._verify(body, expected, hashlib.sha256(certificate).digest())
 
@@ -356,8 +358,10 @@ class AttestationService:
                 async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=10),
                                              allow_redirects=False) as response:
                     response.raise_for_status()
-                    keys = orjson.loads(await response.content.read(MAX_EVIDENCE_BYTES))
-            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+                    keys = orjson.loads(await read_at_most(response.content,
+                                                           MAX_EVIDENCE_BYTES))
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError,
+                    BodyTooLarge) as exc:
                 log.error("jwks_fetch_failed", url=url,  # noqa: TRY400
                           error_type=type(exc).__name__)
                 continue

@@ -24,6 +24,7 @@ class RequestFacts:
     stream: bool = False
     policy: str | None = None  # digest of the policy that decided
     data_classes: tuple[str, ...] = ()
+    semantic: dict[str, float] | None = None  # decrypted scores (numbers, not content)
     entities: Counter[str] = field(default_factory=Counter)
     detectors: set[str] = field(default_factory=set)
     decision: str = "forwarded"
@@ -42,7 +43,7 @@ class RequestFacts:
             "request_id": request_id, "tenant": self.tenant, "route": self.route,
             "model": self.model, "stream": self.stream, "policy": self.policy,
             "detectors": sorted(self.detectors), "entities": dict(sorted(self.entities.items())),
-            "data_classes": list(self.data_classes), "semantic": None,
+            "data_classes": list(self.data_classes), "semantic": self.semantic,
             "decision": self.decision, "rule": self.rule,
             "backend": self.backend, "attestation": self.attestation, "status": status,
             "latency_ms": {**self.stages_ms, "total": round(total_ms, 3)},

@@ -56,6 +56,9 @@ class Metrics:
         self.attestations = Counter("veil_attestations_total",
                                     "Backend attestations, by result (verified | refused).",
                                     ["backend", "result"], registry=r)
+        self.scorer_seconds = Histogram("veil_scorer_duration_seconds",
+                                        "Encrypted scoring round trips, by scorer.", ["scorer"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
         self.policy_reloads = Counter("veil_policy_reloads_total",
                                       "Policy reloads, by result (ok: swapped in; error: the "
                                       "old policies stay in force).", ["result"], registry=r)

@@ -3,8 +3,10 @@ here. Everything it needs is gathered first, so a decision can be tested and exp
 
 Order of rules, first match decides the outcome:
 1. `actions.<ENTITY>: block` for any entity found (types listed in name order);
-2. `routing.<class>: {block: true}` for any data class present;
-3. otherwise forward, with every `routing.<class>.require` trust level the data needs.
+2. `semantic[i]` with `block: true` whose score reached its threshold (in listed order);
+3. `routing.<class>: {block: true}` for any data class present (from entities, or from a
+   semantic rule's `data_class`);
+4. otherwise forward, with every `routing.<class>.require` trust level the data needs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Facts:
     route: str
     model: str
     entities: Mapping[str, int] = field(default_factory=dict)  # findings by type, counted
+    scores: Mapping[str, float] = field(default_factory=dict)  # "scorer/model/label" -> score
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,11 @@ def evaluate(loaded: LoadedPolicy, facts: Facts) -> Decision:
     policy = loaded.policy
     found = sorted(e for e, n in facts.entities.items() if n > 0)
     actions = {e: policy.actions.get(e, policy.default_action) for e in found}
-    classes = tuple(sorted(name for name, dc in policy.data_classes.items()
-                           if set(dc.entities) & set(found)))
+    fired = [rule for rule in policy.semantic
+             if (score := facts.scores.get(rule.key)) is not None and score >= rule.threshold]
+    classes = tuple(sorted({name for name, dc in policy.data_classes.items()
+                            if set(dc.entities) & set(found)}
+                           | {rule.data_class for rule in fired if rule.data_class}))
 
     def decide(outcome: Literal["forward", "block"], rule: str,
                requires: tuple[str, ...] = ()) -> Decision:
@@ -65,6 +71,9 @@ def evaluate(loaded: LoadedPolicy, facts: Facts) -> Decision:
     blocked = [e for e in found if actions[e] == "block"]
     if blocked:
         return decide("block", f"actions.{blocked[0]}=block")
+    for rule in fired:
+        if rule.block:
+            return decide("block", f"semantic.{rule.name}")
     for name in classes:
         routing = policy.routing.get(name)
         if routing is not None and routing.block:

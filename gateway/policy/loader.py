@@ -132,6 +132,17 @@ def _cross_checks(policy: Policy, chain: list[YamlDocument]) -> list[ConfigIssue
     for name, data_class in policy.data_classes.items():
         for i, entity in enumerate(data_class.entities):
             unknown_entity(("data_classes", name, "entities", i), entity)
+    return issues + _reference_checks(policy, chain)
+
+
+def _reference_checks(policy: Policy, chain: list[YamlDocument]) -> list[ConfigIssue]:
+    """Names one section uses and another defines: data classes and trust levels."""
+    issues: list[ConfigIssue] = []
+    for i, semantic in enumerate(policy.semantic):
+        if semantic.data_class is not None and semantic.data_class not in policy.data_classes:
+            file, position = _where(chain, ("semantic", i, "data_class"))
+            issues.append(ConfigIssue(file, position, f"semantic[{i}].data_class",
+                                      f"unknown data class {semantic.data_class!r}"))
     for name, backend in policy.backends.items():
         if backend.require not in policy.trust_levels:
             file, position = _where(chain, ("backends", name, "require"))

@@ -57,7 +57,29 @@ class Detectors(Strict):
 
 
 class DataClass(Strict):
-    entities: list[str] = Field(min_length=1)
+    entities: list[str] = Field(default_factory=list)  # empty: set by semantic rules only
+
+
+class SemanticRule(Strict):
+    """A decision on an encrypted score: the scorer's model, one label, a threshold."""
+
+    name: Annotated[str, Field(pattern=NAME)]
+    scorer: str
+    model: str
+    label: str
+    threshold: Annotated[float, Field(ge=-1, le=1)]  # cosine, or a class probability
+    data_class: str | None = None  # the request then belongs to this data class
+    block: bool = False
+
+    @model_validator(mode="after")
+    def _one_effect(self) -> SemanticRule:
+        if (self.data_class is None) == (not self.block):
+            raise ValueError("give exactly one of 'data_class: <name>' or 'block: true'")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.scorer}/{self.model}/{self.label}"
 
 
 class RoutingRule(Strict):
@@ -96,6 +118,7 @@ class Policy(Strict):
     trust_levels: dict[Annotated[str, Field(pattern=NAME)], TrustLevel] = Field(
         default_factory=dict)
     backends: dict[str, BackendRule] = Field(default_factory=dict)  # by backend name
+    semantic: list[SemanticRule] = Field(default_factory=list)
     fail_mode: FailModes = FailModes()
 
     def action(self, entity: str) -> Action:

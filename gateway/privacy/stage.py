@@ -3,11 +3,14 @@ in place. Nothing is rewritten, let alone sent, before the decision is known."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 from gateway.api.request import ApiRequest
 from gateway.api.texts import text_slots
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.fhe.client import ScorerError
+from gateway.fhe.semantic import SemanticScorer
 from gateway.observability.facts import RequestFacts
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -30,27 +33,39 @@ class PolicyBlocked(InvalidRequest):
 
 
 class PrivacyStage:
-    def __init__(self, engine: DetectionEngine, metrics: Metrics) -> None:
+    def __init__(self, engine: DetectionEngine, metrics: Metrics,
+                 semantic: SemanticScorer | None = None) -> None:
         self.engine = engine
         self._metrics = metrics
+        self.semantic = semantic
 
     async def protect(self, request: ApiRequest, active: ActivePolicy, tenant: str,
                       facts: RequestFacts) -> tuple[Vault, Decision]:
         """Rewrite the request's texts in place; return the vault that restores the reply and
         the decision (raise `PolicyBlocked` when it is to block)."""
-        slots = text_slots(request) if active.policy.scans else []
+        rules = active.policy.semantic
+        slots = text_slots(request) if active.policy.scans or rules else []
         texts = [slot.text for slot in slots]
-        spans = await self._detect(texts, active, facts)
+        # Scoring (embedding, encryption, the scorer's round trip) runs beside detection.
+        scoring = asyncio.create_task(self._scores(texts, active, facts)) if rules else None
+        try:
+            spans = await self._detect(texts, active, facts) if active.policy.scans else \
+                [[] for _ in texts]
+        except BaseException:
+            if scoring is not None:
+                scoring.cancel()
+            raise
         facts.stage("detect")
+        scores = await scoring if scoring is not None else {}
         findings = active.masker.conversation_findings(texts, spans)
-        if not any(findings):  # nothing to decide on and nothing to rewrite
+        if not any(findings) and not scores:  # nothing to decide on and nothing to rewrite
             facts.rule = facts.rule or active.clean.rule
             facts.data_classes = active.clean.data_classes
             facts.stage("mask")
             return Vault(), active.clean
         found = Counter(f.entity for per_text in findings for f in per_text)
         decision = evaluate(active.loaded, Facts(tenant, request.endpoint.name, request.model,
-                                                 found))
+                                                 found, scores))
         facts.entities.update(found)
         facts.data_classes = decision.data_classes
         facts.rule = facts.rule or decision.rule
@@ -66,6 +81,30 @@ class PrivacyStage:
         facts.detectors.update(result.detectors)
         facts.stage("mask")
         return result.vault, decision
+
+    async def _scores(self, texts: list[str], active: ActivePolicy,
+                      facts: RequestFacts) -> dict[str, float]:
+        if self.semantic is None:
+            return self._scorer_failed("encrypted scoring is not configured (fhe.scorers)",
+                                       active, facts)
+        try:
+            scores = await self.semantic.scores(texts, active.policy.semantic)
+        except ScorerError as exc:
+            return self._scorer_failed(str(exc), active, facts)
+        facts.semantic = {key: round(score, 3) for key, score in scores.items()}
+        return scores
+
+    def _scorer_failed(self, reason: str, active: ActivePolicy,
+                       facts: RequestFacts) -> dict[str, float]:
+        """Closed by default: refuse. Open only when the policy says so: no scores."""
+        if active.policy.fail_mode.scorer == "closed":
+            log.error("scorer_failed", reason=reason)
+            raise ServiceUnavailable("The semantic scorer failed; the request was not "
+                                     "forwarded.", code="scorer_failed")
+        log.warning("scorer_failed_open", reason=reason)
+        self._metrics.failed_open.labels("scorer").inc()
+        facts.rule = "fail_mode.scorer=open"
+        return {}
 
     async def _detect(self, texts: list[str], active: ActivePolicy,
                       facts: RequestFacts) -> list[list[Span]]:

@@ -20,6 +20,7 @@ from gateway.api.replies import StreamFormatError
 from gateway.api.sse import SSEDecoder, SSEError, SSEEvent
 from gateway.errors import UpstreamFailed
 from gateway.observability.logging import get_logger
+from gateway.streams import BodyTooLarge, read_at_most
 
 log = get_logger("veil.relay")
 
@@ -52,15 +53,11 @@ async def relay_body(upstream: aiohttp.ClientResponse, request_id: str, limit: i
 
 
 async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in upstream.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamFailed(f"Upstream response exceeded {limit} bytes.",
-                                 code="upstream_response_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_at_most(upstream.content, limit)
+    except BodyTooLarge:
+        raise UpstreamFailed(f"Upstream response exceeded {limit} bytes.",
+                             code="upstream_response_too_large") from None
 
 
 Rewrite = Callable[[SSEEvent], list[bytes]]

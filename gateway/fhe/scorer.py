@@ -1,0 +1,143 @@
+"""`veil scorer serve`: the encrypted scoring service, deployable apart from the gateway and
+possibly run by another party. It holds models and the evaluation keys gateways send; it never
+holds a secret key and never sees an input or a score.
+
+    GET  /v1/models                       what each model is (labels, rotations), no weights
+    PUT  /v1/keys/<key id>                a gateway's evaluation (Galois) keys for a key epoch
+    POST /v1/score/<model>                body: a query ciphertext; X-Veil-Key-Id header
+         -> {"model", "key_id", "ciphertexts": [base64, one per output block]}
+         -> 409 {"error": {"code": "unknown_key"}} when the key id was not sent yet
+
+Scoring runs in one worker process per core (the SEAL bindings hold the GIL); each worker
+compiles the models (encoded diagonals) once and loads each key epoch's keys once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import multiprocessing
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tenseal.sealapi as seal
+from aiohttp import web
+
+from gateway.fhe.scoring import CompiledModel, ModelFile, compile_model, evaluate, load_model
+from gateway.fhe.seal import CiphertextError, checked_ciphertext, load, new_context, to_bytes
+from gateway.observability.logging import get_logger
+from gateway.streams import BodyTooLarge, read_at_most
+
+log = get_logger("veil.scorer")
+KEY_ID = re.compile(r"^fhe-[0-9A-Za-z-]{1,64}$")
+MAX_KEYS_BYTES = 64 * 1024 * 1024
+MAX_QUERY_BYTES = 300 * 1024
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    models_dir: Path
+    keys_dir: Path
+    workers: int = max(1, os.cpu_count() or 1)
+
+
+def load_models(models_dir: Path) -> dict[str, ModelFile]:
+    models = {path.stem: load_model(path) for path in sorted(models_dir.glob("*.npz"))}
+    if not models:
+        raise SystemExit(f"veil scorer: no models (*.npz) in {models_dir}")
+    return models
+
+
+# -- worker processes -----------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(models_dir: str, keys_dir: str) -> None:
+    context = new_context()
+    _worker.update(context=context, evaluator=seal.Evaluator(context), keys_dir=Path(keys_dir),
+                   keys={}, models={name: compile_model(model, context)
+                                    for name, model in load_models(Path(models_dir)).items()})
+
+
+def _score(model: str, key_id: str, query: bytes) -> list[bytes]:
+    context: seal.SEALContext = _worker["context"]
+    compiled: CompiledModel = _worker["models"][model]
+    galois = _worker["keys"].get(key_id)
+    if galois is None:
+        galois = seal.GaloisKeys()
+        load(galois, context, (_worker["keys_dir"] / f"{key_id}.galois").read_bytes())
+        _worker["keys"][key_id] = galois
+    ciphertext = checked_ciphertext(context, query, parms_id=context.first_parms_id(),
+                                    max_bytes=MAX_QUERY_BYTES)
+    return [to_bytes(block) for block in evaluate(ciphertext, compiled, _worker["evaluator"],
+                                                  galois)]
+
+
+# -- the HTTP service -----------------------------------------------------------------------
+
+def build_scorer_app(settings: ScorerSettings) -> web.Application:
+    models = load_models(settings.models_dir)
+    settings.keys_dir.mkdir(parents=True, exist_ok=True)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=settings.workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(str(settings.models_dir), str(settings.keys_dir)))
+
+    async def list_models(_: web.Request) -> web.Response:
+        return web.json_response({"models": [m.describe() for m in models.values()]})
+
+    async def put_keys(request: web.Request) -> web.Response:
+        key_id = request.match_info["key_id"]
+        if not KEY_ID.match(key_id):
+            return _error(400, "bad_key_id", "key ids look like fhe-<date>-<hex>")
+        try:
+            body = await read_at_most(request.content, MAX_KEYS_BYTES)
+        except BodyTooLarge:
+            return _error(413, "too_large", "evaluation keys over 64 MiB")
+        try:  # only evaluation keys are accepted; SEAL validates them against the context
+            load(seal.GaloisKeys(), new_context(), body)
+        except (ValueError, RuntimeError):
+            return _error(400, "bad_keys", "not Galois keys for these CKKS parameters")
+        path = settings.keys_dir / f"{key_id}.galois"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_bytes(body)
+        temporary.replace(path)
+        log.info("keys_received", key_id=key_id, bytes=len(body))
+        return web.Response(status=204)
+
+    async def score(request: web.Request) -> web.Response:
+        model, key_id = request.match_info["model"], request.headers.get("X-Veil-Key-Id", "")
+        if model not in models:
+            return _error(404, "unknown_model", f"no model {model!r}")
+        if not KEY_ID.match(key_id) or not (settings.keys_dir / f"{key_id}.galois").is_file():
+            return _error(409, "unknown_key", "send the evaluation keys for this key id first")
+        try:
+            body = await read_at_most(request.content, MAX_QUERY_BYTES)
+        except BodyTooLarge:
+            return _error(413, "too_large", "a query is one ciphertext (under 300 KiB)")
+        try:
+            blocks = await asyncio.get_running_loop().run_in_executor(
+                pool, _score, model, key_id, body)
+        except CiphertextError as exc:
+            return _error(400, "bad_ciphertext", str(exc))
+        return web.json_response({"model": model, "key_id": key_id, "ciphertexts": [
+            base64.b64encode(block).decode() for block in blocks]})
+
+    async def lifecycle(_: web.Application) -> Any:
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    app = web.Application(client_max_size=MAX_KEYS_BYTES + 1024)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_put("/v1/keys/{key_id}", put_keys)
+    app.router.add_post("/v1/score/{model}", score)
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)

@@ -1,0 +1,154 @@
+"""Encrypted scoring on the scorer's side: models, compiled to plaintext diagonals once, and
+the baby-step/giant-step evaluation on a query ciphertext. The scorer holds no secret key: it
+sees ciphertexts in and sends ciphertexts out.
+
+A model file is a numpy `.npz` (loaded with allow_pickle=False) with:
+  kind        "reference_set" (rows are labelled unit vectors; the gateway takes the max or the
+              top-k mean of each label's cosines) or "linear" (rows are class weights; the
+              scorer adds the bias, the gateway applies the sigmoid)
+  weights     float32 [K, 384]
+  labels      str [K]   (reference set: each row's label; linear: each row's class)
+  bias        float32 [K] (linear only)
+  aggregate   "max" or "top3" style ("topk"), reference sets only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import tenseal.sealapi as seal
+
+from gateway.fhe.packing import INPUT_DIM, Layout, diagonals, layout_for, slot_of
+from gateway.fhe.seal import SCALE
+
+ModelKind = Literal["reference_set", "linear"]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str
+    kind: ModelKind
+    weights: npt.NDArray[np.float64]
+    labels: tuple[str, ...]
+    bias: npt.NDArray[np.float64] | None
+    aggregate: str  # "max" or "topK" (reference sets)
+
+    @property
+    def layout(self) -> Layout:
+        return layout_for(self.weights.shape[0])
+
+    def describe(self) -> dict[str, object]:
+        """What the gateway needs to use it: never the weights."""
+        return {"name": self.name, "kind": self.kind, "rows": int(self.weights.shape[0]),
+                "labels": list(self.labels), "aggregate": self.aggregate,
+                "rotation_steps": self.layout.rotation_steps()}
+
+
+def load_model(path: Path) -> ModelFile:
+    with np.load(path, allow_pickle=False) as data:
+        kind = str(data["kind"])
+        weights = np.asarray(data["weights"], dtype=np.float64)
+        labels = tuple(str(label) for label in data["labels"])
+        bias = np.asarray(data["bias"], dtype=np.float64) if "bias" in data else None
+        aggregate = str(data["aggregate"]) if "aggregate" in data else "max"
+    if kind not in ("reference_set", "linear"):
+        raise ValueError(f"{path}: unknown model kind {kind!r}")
+    if weights.ndim != 2 or weights.shape[1] != INPUT_DIM or len(labels) != weights.shape[0]:
+        raise ValueError(f"{path}: weights must be [K, {INPUT_DIM}] with one label per row")
+    if kind == "linear" and (bias is None or bias.shape != (weights.shape[0],)):
+        raise ValueError(f"{path}: a linear model needs a bias per row")
+    if not np.isfinite(weights).all():
+        raise ValueError(f"{path}: weights must be finite")
+    return ModelFile(path.stem, kind, weights, labels, bias,  # type: ignore[arg-type]
+                     aggregate)
+
+
+def save_model(path: Path, model: ModelFile) -> None:
+    arrays: dict[str, npt.ArrayLike] = {
+        "kind": np.array(model.kind), "weights": model.weights.astype(np.float32),
+        "labels": np.array(model.labels), "aggregate": np.array(model.aggregate)}
+    if model.bias is not None:
+        arrays["bias"] = model.bias.astype(np.float32)
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+
+
+@dataclass
+class CompiledModel:
+    model: ModelFile
+    layout: Layout
+    plaintexts: list[list[seal.Plaintext]]  # per output block, BSGS order
+    bias: list[seal.Plaintext] | None  # per block, at the product's scale
+
+
+def compile_model(model: ModelFile, context: seal.SEALContext) -> CompiledModel:
+    """Encode every diagonal once, at load: queries then cost only multiplies and rotations."""
+    encoder = seal.CKKSEncoder(context)
+    parms_id = context.first_parms_id()
+    layout = model.layout
+    blocks = []
+    for block_values in diagonals(model.weights, layout):
+        encoded = []
+        for values in block_values:
+            plaintext = seal.Plaintext()
+            encoder.encode(values.tolist(), parms_id, SCALE, plaintext)
+            encoded.append(plaintext)
+        blocks.append(encoded)
+    bias = None
+    if model.bias is not None:
+        bias = []
+        for index in range(layout.blocks):
+            slots = np.zeros(encoder.slot_count())
+            for local in range(layout.per_block):
+                row = index * layout.per_block + local
+                if row < layout.rows:
+                    slots[slot_of(layout, local, 0)] = model.bias[row]
+            plaintext = seal.Plaintext()
+            encoder.encode(slots.tolist(), parms_id, SCALE * SCALE, plaintext)
+            bias.append(plaintext)
+    return CompiledModel(model, layout, blocks, bias)
+
+
+def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Evaluator,
+             galois: seal.GaloisKeys) -> list[seal.Ciphertext]:
+    """y = W x by BSGS over complex diagonals; one rescaled ciphertext per output block."""
+    layout = compiled.layout
+    baby = [query]
+    for step in range(1, layout.baby):
+        rotated = seal.Ciphertext()
+        evaluator.rotate_vector(query, step, galois, rotated)
+        baby.append(rotated)
+    out = []
+    for block, plaintexts in enumerate(compiled.plaintexts):
+        total = None
+        for j in range(layout.giant):
+            inner = None
+            for b in range(layout.baby):
+                product = seal.Ciphertext()
+                evaluator.multiply_plain(baby[b], plaintexts[j * layout.baby + b], product)
+                if inner is None:
+                    inner = product
+                else:
+                    evaluator.add_inplace(inner, product)
+            assert inner is not None  # noqa: S101 (baby >= 1)
+            if j:
+                evaluator.rotate_vector_inplace(inner, j * layout.baby, galois)
+            if total is None:
+                total = inner
+            else:
+                evaluator.add_inplace(total, inner)
+        assert total is not None  # noqa: S101 (giant >= 1)
+        shift = layout.diagonals
+        while shift < layout.diagonals * layout.chunks:
+            rotated = seal.Ciphertext()
+            evaluator.rotate_vector(total, shift, galois, rotated)
+            evaluator.add_inplace(total, rotated)
+            shift *= 2
+        if compiled.bias is not None:
+            evaluator.add_plain_inplace(total, compiled.bias[block])
+        evaluator.rescale_to_next_inplace(total)
+        out.append(total)
+    return out

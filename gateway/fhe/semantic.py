@@ -1,0 +1,95 @@
+"""Semantic scores for a request, for the policy's `semantic` rules: embed the request's text
+on the gateway, then one encrypted query per (scorer, model) the rules name, concurrently.
+
+The key epoch is re-read on every request (one stat), so `veil keys rotate` takes effect
+without a restart; a scorer that has not seen the new epoch gets its evaluation keys on first
+use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import aiohttp
+import numpy as np
+import numpy.typing as npt
+
+from gateway.fhe.client import ScorerClient, ScorerError
+from gateway.fhe.embed import Embedder
+from gateway.fhe.keys import FheKeys, KeyStore
+from gateway.observability.metrics import Metrics
+from gateway.policy.schema import SemanticRule
+from gateway.settings import FheSettings
+
+MAX_TEXT_CHARS = 20_000  # the embedding sees at most 256 tokens anyway
+
+
+class SemanticScorer:
+    def __init__(self, settings: FheSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._store = KeyStore.open(settings.keys_dir, settings.master_key_env,
+                                    settings.master_key_file) if settings.scorers else None
+        self._embedder: Embedder | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._keys: FheKeys | None = None
+        self._clients: dict[str, ScorerClient] = {}
+
+    @property
+    def configured(self) -> bool:
+        return self._store is not None
+
+    async def start(self) -> None:
+        if self._store is None:
+            return
+        self._embedder = await asyncio.to_thread(Embedder)
+        self._session = aiohttp.ClientSession(trust_env=False)
+        self._current_keys()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def scores(self, texts: Sequence[str], rules: Sequence[SemanticRule]
+                     ) -> dict[str, float]:
+        """"scorer/model/label" -> score for every rule; raises ScorerError."""
+        if self._embedder is None:
+            raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
+        text = "\n".join(texts)[:MAX_TEXT_CHARS]
+        embedding = await asyncio.to_thread(self._embedder.embed, text)
+        wanted = sorted({(rule.scorer, rule.model) for rule in rules})
+        results = await asyncio.gather(*[self._score(scorer, model, embedding)
+                                         for scorer, model in wanted])
+        out: dict[str, float] = {}
+        for (scorer, model), by_label in zip(wanted, results, strict=True):
+            out |= {f"{scorer}/{model}/{label}": score for label, score in by_label.items()}
+        return out
+
+    async def _score(self, scorer: str, model: str,
+                     embedding: npt.NDArray[np.float64]) -> dict[str, float]:
+        client = self._client(scorer)
+        started = asyncio.get_running_loop().time()
+        try:
+            return await client.score(model, embedding)
+        finally:
+            self._metrics.scorer_seconds.labels(scorer).observe(
+                asyncio.get_running_loop().time() - started)
+
+    def _client(self, name: str) -> ScorerClient:
+        keys = self._current_keys()
+        client = self._clients.get(name)
+        if client is None or client.key_id != keys.key_id:
+            endpoint = next((s for s in self._settings.scorers if s.name == name), None)
+            if endpoint is None or self._session is None:
+                raise ScorerError(f"no scorer named {name!r} in fhe.scorers")
+            client = ScorerClient(name, endpoint.url, keys, self._session, endpoint.timeout_s)
+            self._clients[name] = client
+        return client
+
+    def _current_keys(self) -> FheKeys:
+        assert self._store is not None  # noqa: S101 (only called when configured)
+        current = self._store.current_id()
+        if self._keys is None or self._keys.key_id != current:
+            self._keys = self._store.load(current)
+        return self._keys

@@ -1,0 +1,23 @@
+"""Reading a whole body with a hard limit. `StreamReader.read(n)` returns what is buffered (up
+to n bytes), not the body: every bounded read of a peer's body goes through here."""
+
+from __future__ import annotations
+
+from aiohttp import StreamReader
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+
+
+async def read_at_most(stream: StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)

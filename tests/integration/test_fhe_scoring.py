@@ -1,0 +1,196 @@
+"""Encrypted semantic scoring end to end: `veil scorer serve` in its own process, the gateway
+in front of the demo model, a recording proxy between them that keeps every byte the scorer was
+sent. A prompt about a protected topic is blocked; an unrelated one passes; the scorer never
+receives the secret key, only evaluation keys and ciphertexts; key rotation re-keys the scorer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import tenseal.sealapi as seal
+import yaml
+from aiohttp import ClientSession, web
+
+from gateway.fhe.build import build_model
+from gateway.fhe.keys import KeyStore
+from gateway.fhe.seal import load, new_context, to_bytes
+from tests.conftest import Demo
+from tests.servers import (
+    TEST_KEY,
+    TEST_POLICY,
+    ServerThread,
+    demo_backend,
+    gateway_for,
+    settings_for,
+)
+
+ROOT = Path(__file__).parents[2]
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+MASTER_HEX = "11" * 32
+EXAMPLES = {"kind": "reference_set", "aggregate": "max", "labels": {
+    "m-and-a": ["Draft the term sheet for our acquisition of Globex Corporation",
+                "What price should we offer in the merger with Initech?",
+                "Summarize the due diligence findings for the takeover target"],
+    "layoffs": ["Prepare the list of employees affected by next month's layoffs",
+                "Write the announcement for the workforce reduction plan"]}}
+POLICY = {**TEST_POLICY,
+          "data_classes": {"confidential-topic": {}},
+          "semantic": [{"name": "no-deals", "scorer": "vendor", "model": "topics",
+                        "label": "m-and-a", "threshold": 0.55, "block": True},
+                       {"name": "hr", "scorer": "vendor", "model": "topics", "label": "layoffs",
+                        "threshold": 0.55, "data_class": "confidential-topic"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Recorder:
+    """Forwards to the scorer and keeps what it was sent."""
+
+    target: str
+    sent: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        async def forward(request: web.Request) -> web.Response:
+            body = await request.read()
+            self.sent.append((request.method, request.path, body))
+            async with ClientSession() as session, session.request(
+                    request.method, self.target + request.path_qs, data=body,
+                    headers={k: v for k, v in request.headers.items()
+                             if k.lower() in ("x-veil-key-id", "content-type")}) as upstream:
+                return web.Response(status=upstream.status, body=await upstream.read(),
+                                    content_type=upstream.content_type)
+
+        app = web.Application(client_max_size=128 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", forward)
+        return app
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("scorer")
+    (tmp / "models").mkdir()
+    examples = tmp / "topics.yaml"
+    examples.write_text(yaml.safe_dump(EXAMPLES))
+    build_model(examples, tmp / "models" / "topics.npz")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "scorer", "serve", "--models", str(tmp / "models"),
+         "--keys", str(tmp / "received"), "--port", str(port), "--workers", "1"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+@dataclass
+class World:
+    gateway: ServerThread
+    recorder: Recorder
+    store: KeyStore
+
+
+@pytest.fixture
+def world(scorer: str, demo: Demo, tmp_path: Path) -> Iterator[World]:
+    os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
+    store = KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None)
+    store.init()
+    recorder = Recorder(scorer)
+    with ServerThread(recorder.app()) as proxy:
+        fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
+               "scorers": [{"name": "vendor", "url": proxy.url, "timeout_s": 30}]}
+        settings = settings_for([demo_backend("d", demo.url)], policy=POLICY, fhe=fhe)
+        with gateway_for(settings) as gw:
+            yield World(gw, recorder, store)
+
+
+def chat(url: str, content: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", headers=AUTH, timeout=60, json={
+        "model": "test-model", "messages": [{"role": "user", "content": content}]})
+
+
+def test_protected_topic_is_blocked_and_others_pass(world: World, demo: Demo) -> None:
+    blocked = chat(world.gateway.url, "Can you draft a term sheet for acquiring Globex Corp?")
+    assert blocked.status_code == 400, blocked.text
+    assert "semantic.no-deals" in blocked.json()["error"]["message"]
+    assert demo.state.last_body is None
+    fine = chat(world.gateway.url, "What is a good recipe for sourdough bread?")
+    assert fine.status_code == 200, fine.text
+    metrics = httpx.get(world.gateway.url + "/metrics").text
+    assert 'veil_scorer_duration_seconds_count{scorer="vendor"}' in metrics
+
+
+def test_scorer_only_ever_receives_evaluation_keys_and_ciphertexts(world: World) -> None:
+    chat(world.gateway.url, "Plan the workforce reduction announcement")
+    chat(world.gateway.url, "Tell me about the history of Rome")
+    secret = to_bytes(world.store.load().secret)
+    context = new_context()
+    kinds = []
+    for method, _, body in world.recorder.sent:
+        assert secret[64:192] not in body
+        if method == "PUT":
+            load(seal.GaloisKeys(), context, body)
+            kinds.append("galois")
+        elif method == "POST":
+            ciphertext = seal.Ciphertext()
+            load(ciphertext, context, body)
+            assert ciphertext.size() == 2
+            kinds.append("ciphertext")
+        if body:  # nothing sent parses as a secret key
+            with pytest.raises((ValueError, RuntimeError)):
+                load(seal.SecretKey(), context, body)
+    assert kinds.count("galois") == 1  # once per key epoch
+    assert kinds.count("ciphertext") >= 2
+
+
+def test_key_rotation_rekeys_the_scorer(world: World) -> None:
+    assert chat(world.gateway.url, "history of Rome").status_code == 200
+    world.store.rotate()
+    assert chat(world.gateway.url, "history of Greece").status_code == 200
+    puts = [path for method, path, _ in world.recorder.sent if method == "PUT"]
+    assert len(puts) == 2
+    assert puts[1].endswith(world.store.current_id() or "?")
+
+
+def test_scorer_down_fails_closed(demo: Demo, tmp_path: Path) -> None:
+    os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
+    KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
+    fhe: dict[str, Any] = {"keys_dir": str(tmp_path / "keys"),
+                           "master_key_env": "VEIL_TEST_FHE_MASTER",
+                           "scorers": [{"name": "vendor", "url": "http://127.0.0.1:9"}]}
+    for mode, status in (("closed", 503), ("open", 200)):
+        rules = {**POLICY, "fail_mode": {"scorer": mode}}
+        with gateway_for(settings_for([demo_backend("d", demo.url)], policy=rules,
+                                      fhe=fhe)) as gw:
+            r = chat(gw.url, "anything at all")
+        assert r.status_code == status, r.text
+        if mode == "closed":
+            assert r.json()["error"]["code"] == "scorer_failed"

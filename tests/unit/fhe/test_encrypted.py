@@ -1,0 +1,57 @@
+"""Encrypted scores equal numpy's within 1e-5, over many random vectors and K values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal.sealapi as seal
+
+from gateway.fhe.keys import FheKeys
+from gateway.fhe.packing import query, read_scores
+from gateway.fhe.scoring import ModelFile, compile_model, evaluate
+from gateway.fhe.seal import SCALE, checked_ciphertext, load, new_context, to_bytes
+
+
+def encrypted_scores(keys: FheKeys, model: ModelFile, x: np.ndarray) -> np.ndarray:
+    layout = model.layout
+    encoder = seal.CKKSEncoder(keys.context)
+    plaintext = seal.Plaintext()
+    encoder.encode(query(x, layout).tolist(), SCALE, plaintext)
+    sent = to_bytes(keys.encryptor().encrypt_symmetric(plaintext))
+    # The scorer: its own context, the evaluation keys only, the bytes it was sent.
+    context = new_context()
+    galois = seal.GaloisKeys()
+    load(galois, context, keys.galois_keys(layout.rotation_steps()))
+    received = checked_ciphertext(context, sent, parms_id=context.first_parms_id())
+    replies = [to_bytes(block) for block in evaluate(
+        received, compile_model(model, context), seal.Evaluator(context), galois)]
+    reply_level = keys.context.first_context_data().next_context_data().parms_id()
+    blocks = []
+    for raw in replies:
+        decrypted = seal.Plaintext()
+        keys.decryptor().decrypt(checked_ciphertext(keys.context, raw, parms_id=reply_level),
+                                 decrypted)
+        blocks.append(np.array(encoder.decode_complex(decrypted)))
+    return read_scores(blocks, layout)
+
+
+@pytest.mark.parametrize("rows", [1, 50, 300, 1000, 5000])
+def test_reference_set_cosines(keys: FheKeys, rows: int) -> None:
+    rng = np.random.default_rng(rows)
+    weights = rng.standard_normal((rows, 384))
+    weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+    model = ModelFile("m", "reference_set", weights, ("x",) * rows, None, "max")
+    for _ in range(3):
+        x = rng.standard_normal(384)
+        x /= np.linalg.norm(x)
+        assert np.abs(encrypted_scores(keys, model, x) - weights @ x).max() < 1e-5
+
+
+def test_linear_model_with_bias(keys: FheKeys) -> None:
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal((7, 384)) / 10
+    bias = rng.standard_normal(7)
+    model = ModelFile("c", "linear", weights, tuple("abcdefg"), bias, "max")
+    x = rng.standard_normal(384)
+    x /= np.linalg.norm(x)
+    assert np.abs(encrypted_scores(keys, model, x) - (weights @ x + bias)).max() < 1e-5
