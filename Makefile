@@ -38,6 +38,7 @@ bench: $(DEV)
 	$(BIN)/python tests/bench/detection_latency.py
 	$(BIN)/python tests/bench/stream_ttft.py
 	$(BIN)/python tests/bench/attestation_speed.py
+	$(BIN)/python tests/bench/fhe_scoring.py
 
 install: $(DEV)
 

@@ -39,7 +39,8 @@ def _wait(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 3
 
 
 def _ensure_key(path: Path) -> None:
-    """The demo's audit key: random, created once, readable by this user only."""
+    """A demo secret (the audit key, the FHE master key): random, created once, readable by
+    this user only."""
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -49,6 +50,7 @@ def _ensure_key(path: Path) -> None:
 def quickstart(config: str, demo_port: int) -> int:
     Path("var").mkdir(exist_ok=True)
     _ensure_key(Path("var/audit.key"))
+    _ensure_key(Path("var/fhe-master.key"))
     settings = load_settings(config)  # fail fast with the config error, before starting anything
     veil = [sys.executable, "-m", "gateway"]
     # Our own interpreter and module with fixed arguments: nothing here comes from a client.
