@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.api import ENDPOINTS
 from gateway.attestation.levels import TrustLevel
 from gateway.attestation.verifier import AttestationService
+from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
@@ -70,7 +71,9 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
                                      metrics)
     policies.on_reload.append(attestation.policies_changed)
     router = Router(settings, attestation, metrics)
-    semantic = SemanticScorer(settings.fhe, metrics) if settings.fhe.scorers else None
+    semantic = SemanticScorer(settings.fhe, metrics, _remote_embedder(settings, pool,
+                                                                      attestation)) \
+        if settings.fhe.scorers else None
     pipeline = Pipeline(settings, authenticator, policies,
                         PrivacyStage(engine, metrics, semantic),
                         router, Forwarder(pool, metrics, attestation), metrics)
@@ -118,6 +121,15 @@ async def _detectors(app: web.Application) -> AsyncIterator[None]:
     await gateway.pipeline.privacy.engine.close()
     if semantic is not None:
         await semantic.close()
+
+
+def _remote_embedder(settings: Settings, pool: UpstreamPool,
+                     attestation: AttestationService) -> RemoteEmbedder | None:
+    name = settings.fhe.embedding_backend
+    if name is None:
+        return None
+    return RemoteEmbedder(settings.backend(name), settings.fhe.embedding_model or "default",
+                          lambda: pool.headers[name], attestation.pin, pool.session)
 
 
 def _trust_levels(policies: PolicyHolder) -> list[tuple[str, str, TrustLevel]]:

@@ -188,6 +188,11 @@ class FheSettings(Strict):
     master_key_env: str | None = None
     master_key_file: str | None = None
     scorers: list[ScorerEndpoint] = Field(default_factory=list)
+    # Embeddings from an attested backend's /v1/embeddings instead of the local model: the
+    # backend must have `attestation` (requests are pinned to its attested key) and serve
+    # 384-dim vectors, the space the scorer's models were built in.
+    embedding_backend: str | None = None
+    embedding_model: str | None = None
 
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:
@@ -231,6 +236,11 @@ class Settings(Strict):
                 problems.append(f"models.{model}: needs at least one backend")
             problems += [f"models.{model}: unknown backend {n!r} (known: {backend_names})"
                          for n in names if n not in backend_names]
+        fhe_backend = self.fhe.embedding_backend
+        if fhe_backend is not None and not any(b.name == fhe_backend and b.attestation
+                                               for b in self.backends):
+            problems.append(f"fhe.embedding_backend: {fhe_backend!r} must be a backend with "
+                            "attestation (embeddings are as sensitive as the prompt)")
         for key in self.api_keys:
             if key.tenant not in self.tenants:
                 problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from gateway.fhe.client import ScorerClient, ScorerError
 from gateway.fhe.embed import Embedder
 from gateway.fhe.keys import FheKeys, KeyStore
+from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.observability.metrics import Metrics
 from gateway.policy.schema import SemanticRule
 from gateway.settings import FheSettings
@@ -26,9 +27,11 @@ MAX_TEXT_CHARS = 20_000  # the embedding sees at most 256 tokens anyway
 
 
 class SemanticScorer:
-    def __init__(self, settings: FheSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: FheSettings, metrics: Metrics,
+                 remote: RemoteEmbedder | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._remote = remote
         self._store = KeyStore.open(settings.keys_dir, settings.master_key_env,
                                     settings.master_key_file) if settings.scorers else None
         self._embedder: Embedder | None = None
@@ -43,7 +46,8 @@ class SemanticScorer:
     async def start(self) -> None:
         if self._store is None:
             return
-        self._embedder = await asyncio.to_thread(Embedder)
+        if self._remote is None:
+            self._embedder = await asyncio.to_thread(Embedder)
         self._session = aiohttp.ClientSession(trust_env=False)
         self._current_keys()
 
@@ -54,10 +58,13 @@ class SemanticScorer:
     async def scores(self, texts: Sequence[str], rules: Sequence[SemanticRule]
                      ) -> dict[str, float]:
         """"scorer/model/label" -> score for every rule; raises ScorerError."""
-        if self._embedder is None:
-            raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
         text = "\n".join(texts)[:MAX_TEXT_CHARS]
-        embedding = await asyncio.to_thread(self._embedder.embed, text)
+        if self._remote is not None:
+            embedding = await self._remote.embed(text)
+        elif self._embedder is not None:
+            embedding = await asyncio.to_thread(self._embedder.embed, text)
+        else:
+            raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
         wanted = sorted({(rule.scorer, rule.model) for rule in rules})
         results = await asyncio.gather(*[self._score(scorer, model, embedding)
                                          for scorer, model in wanted])

@@ -22,6 +22,7 @@ import tenseal.sealapi as seal
 import yaml
 from aiohttp import ClientSession, web
 
+from gateway.app import GATEWAY
 from gateway.fhe.build import build_model
 from gateway.fhe.keys import KeyStore
 from gateway.fhe.seal import load, new_context, to_bytes
@@ -194,3 +195,58 @@ def test_scorer_down_fails_closed(demo: Demo, tmp_path: Path) -> None:
         assert r.status_code == status, r.text
         if mode == "closed":
             assert r.json()["error"]["code"] == "scorer_failed"
+
+
+def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> None:
+    """fhe.embedding_backend: the prompt's embedding comes from the attested backend over the
+    pinned connection; with no valid attestation, scoring fails closed."""
+    from gateway.fhe.embed import Embedder  # noqa: PLC0415
+    from tests.integration.test_attested_routing import (  # noqa: PLC0415
+        ConfidentialBackend,
+        attested,
+        roots_dir,
+        tls_context,
+    )
+
+    embedder = Embedder()
+    embedded: list[str] = []
+
+    async def embeddings(request: web.Request) -> web.Response:
+        text = (await request.json())["input"]
+        embedded.append(text)
+        return web.json_response({"object": "list", "data": [
+            {"object": "embedding", "index": 0, "embedding": embedder.embed(text).tolist()}]})
+
+    os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
+    KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
+    fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
+           "scorers": [{"name": "vendor", "url": scorer, "timeout_s": 30}],
+           "embedding_backend": "tee", "embedding_model": "all-minilm"}
+    for measurement_ok in (True, False):
+        context, certificate = tls_context(tmp_path, f"tee-{measurement_ok}")
+        backend = ConfidentialBackend(certificate) if measurement_ok else \
+            ConfidentialBackend(certificate, replay=True)
+        app = backend.app()
+        app.router.add_post("/v1/embeddings", embeddings)
+        with ServerThread(app, ssl_context=context) as tee:
+            settings = settings_for([attested("tee", tee.url)], policy=POLICY, fhe=fhe,
+                                    attestation={"amd_roots_dir": roots_dir(tmp_path)})
+            with gateway_for(settings) as gw:
+                if measurement_ok:
+                    deadline = time.monotonic() + 15
+                    while gw.app[GATEWAY].attestation.pin("tee") is None:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.05)
+                    blocked = chat(gw.url, "Draft the term sheet for acquiring Globex Corp")
+                    assert blocked.status_code == 400, blocked.text
+                    assert chat(gw.url, "A recipe for sourdough bread").status_code == 200
+                    assert len(embedded) == 2
+                else:
+                    deadline = time.monotonic() + 15
+                    while not backend.nonces:  # asked, and its replayed evidence refused
+                        assert time.monotonic() < deadline
+                        time.sleep(0.05)
+                    refused = chat(gw.url, "A recipe for sourdough bread")
+                    assert refused.status_code == 503
+                    assert refused.json()["error"]["code"] == "scorer_failed"
+                    assert len(embedded) == 2  # nothing sent to an unattested backend

@@ -1,0 +1,57 @@
+"""Embeddings from an attested backend's `/v1/embeddings`, for deployments that would rather
+not run the model on the gateway. An embedding can be inverted back to text, so it goes only to
+a backend whose attestation currently verifies, over a connection pinned to its attested key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import aiohttp
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from gateway.fhe.client import ScorerError
+from gateway.fhe.embed import DIMENSION
+from gateway.settings import BackendSettings
+from gateway.streams import BodyTooLarge, read_at_most
+
+MAX_BYTES = 1024 * 1024
+
+
+class RemoteEmbedder:
+    def __init__(self, backend: BackendSettings, model: str,
+                 headers: Callable[[], Mapping[str, str]],
+                 pin: Callable[[str], aiohttp.Fingerprint | None],
+                 session: Callable[[str], aiohttp.ClientSession]) -> None:
+        self._backend = backend
+        self._model = model
+        self._headers = headers
+        self._pin = pin
+        self._session = session
+
+    async def embed(self, text: str) -> npt.NDArray[np.float64]:
+        pin = self._pin(self._backend.name)
+        if pin is None:
+            raise ScorerError(f"embedding backend {self._backend.name} is not attested now")
+        try:
+            async with self._session(self._backend.name).post(
+                    f"{self._backend.url}/v1/embeddings", ssl=pin, headers=dict(self._headers()),
+                    data=orjson.dumps({"model": self._model, "input": text})) as response:
+                body = await read_at_most(response.content, MAX_BYTES)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
+            raise ScorerError(f"embedding backend failed: {type(exc).__name__}") from None
+        if status != 200:
+            raise ScorerError(f"embedding backend answered {status}")
+        try:
+            vector = np.array(orjson.loads(body)["data"][0]["embedding"], dtype=np.float64)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+            raise ScorerError("embedding backend sent a malformed answer") from None
+        if vector.shape != (DIMENSION,) or not np.isfinite(vector).all():
+            raise ScorerError(f"embedding backend sent a vector of shape {vector.shape}")
+        norm = float(np.linalg.norm(vector))
+        if norm == 0:
+            raise ScorerError("embedding backend sent a zero vector")
+        result: npt.NDArray[np.float64] = vector / norm
+        return result
