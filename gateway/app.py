@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -156,11 +157,11 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    try:
+    # Signals belong to the main thread (tests run the app in others); Windows has no SIGHUP.
+    handles_sighup = hasattr(signal, "SIGHUP") and \
+        threading.current_thread() is threading.main_thread()
+    if handles_sighup:
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        handles_sighup = True
-    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
-        handles_sighup = False  # not the main thread (tests), or no SIGHUP (Windows)
     watcher = loop.create_task(run_watcher(policies))
     yield
     watcher.cancel()
