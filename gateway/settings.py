@@ -265,7 +265,23 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     env = os.environ if environ is None else environ
     _check_credentials(doc, settings, env)
     _check_policies(settings, env)
+    _check_fhe_keys(doc, settings, env)
     return settings
+
+
+def _check_fhe_keys(doc: YamlDocument, settings: Settings, environ: Mapping[str, str]) -> None:
+    """With scorers configured, the sealed secret key must open now, not on the first request."""
+    fhe = settings.fhe
+    if not fhe.scorers:
+        return
+    from gateway.fhe.keys import CustodyError, KeyStore  # noqa: PLC0415 (heavy: SEAL)
+
+    try:
+        KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file,
+                      dict(environ)).load()
+    except CustodyError as exc:
+        raise ConfigError([ConfigIssue(doc.file, doc.position(("fhe",)), "fhe",
+                                       str(exc))]) from None
 
 
 def _check_policies(settings: Settings, environ: Mapping[str, str]) -> None:

@@ -68,7 +68,12 @@ class KeyStore:
         if key_env:
             raw = env.get(key_env, "").encode()
         elif key_file:
-            raw = Path(key_file).read_bytes().strip()
+            try:
+                raw = Path(key_file).read_bytes().strip()
+            except OSError as exc:
+                raise CustodyError(f"cannot read the FHE master key {key_file}: "
+                                   f"{exc.strerror} (`make run` creates one under var/)"
+                                   ) from None
         else:
             raise CustodyError("fhe.master_key_env or fhe.master_key_file is required")
         try:

@@ -67,3 +67,27 @@ def test_evaluation_keys_hold_no_secret(store: KeyStore) -> None:
     load(galois, new_context(), shared)  # they are what they claim to be
     with pytest.raises((ValueError, RuntimeError)):
         load(seal.SecretKey(), new_context(), shared)
+
+
+def test_serve_refuses_to_start_without_an_openable_key(tmp_path: Path) -> None:
+    from gateway.settings import load_settings  # noqa: PLC0415
+    from gateway.yamlsource import ConfigError  # noqa: PLC0415
+
+    (tmp_path / "policy.yaml").write_text("version: 1\nname: p\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+fhe:
+  keys_dir: "{tmp_path / 'keys'}"
+  master_key_file: "{tmp_path / 'missing.key'}"
+  scorers: [{{name: s, url: "http://127.0.0.1:9"}}]
+policies: {{files: ["{tmp_path / 'policy.yaml'}"]}}
+backends: []
+models: {{}}
+""")
+    with pytest.raises(ConfigError, match=r"config.yaml:\d+:\d+: fhe: cannot read the FHE"):
+        load_settings(config, {})
+    (tmp_path / "missing.key").write_text("cd" * 32)
+    with pytest.raises(ConfigError, match="run `veil keys init`"):
+        load_settings(config, {})
+    KeyStore.open(str(tmp_path / "keys"), None, str(tmp_path / "missing.key"), {}).init()
+    assert load_settings(config, {}).fhe.scorers
