@@ -8,8 +8,9 @@ Everything that arrives from another party is validated before SEAL parses it: t
 zstd bodies decompressed here with a bounded output (a small reply cannot inflate into gigabytes
 in the process that holds the secret key), then SEAL's own `load`, which checks the data against
 the context, then the metadata the protocol expects (parameters level, two polynomials, scale).
-The sealapi bindings read and write files only, so objects pass through a private temporary
-directory (in RAM where /dev/shm exists).
+The sealapi bindings read and write files only, so objects pass through anonymous in-memory
+files (Linux memfd: no name in any filesystem, gone when closed), so that the secret key, once
+unsealed, never touches a disk; elsewhere, through a private temporary directory.
 """
 
 from __future__ import annotations
@@ -63,12 +64,21 @@ def galois_element(step: int) -> int:
 
 @cache
 def _scratch() -> Path:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108 (private subdir)
-    return Path(tempfile.mkdtemp(prefix="veil-fhe-", dir=base))
+    return Path(tempfile.mkdtemp(prefix="veil-fhe-"))  # 0700, for systems without memfd
 
 
 @contextlib.contextmanager
 def _scratch_file(data: bytes | None = None) -> Iterator[Path]:
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        descriptor = os.memfd_create("veil-fhe", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data or b"")
+            while view:
+                view = view[os.write(descriptor, view):]
+            yield Path(f"/proc/self/fd/{descriptor}")
+        finally:
+            os.close(descriptor)
+        return
     descriptor, name = tempfile.mkstemp(dir=_scratch())
     path = Path(name)
     try:

@@ -91,3 +91,12 @@ models: {{}}
         load_settings(config, {})
     KeyStore.open(str(tmp_path / "keys"), None, str(tmp_path / "missing.key"), {}).init()
     assert load_settings(config, {}).fhe.scorers
+
+
+def test_unsealed_key_material_never_touches_a_filesystem() -> None:
+    """SEAL's bindings read and write paths: on Linux those are anonymous memfds."""
+    from gateway.fhe.seal import _scratch_file  # noqa: PLC0415
+
+    with _scratch_file(b"secret" * 1000) as path:
+        assert str(path).startswith("/proc/self/fd/")
+        assert path.read_bytes() == b"secret" * 1000
