@@ -67,6 +67,9 @@ class ScorerClient:
     async def score(self, model: str, embedding: npt.NDArray[np.float64]) -> dict[str, float]:
         """Per label: the max (or top-k mean) cosine, or the sigmoid of the class logit."""
         info = (await self.models()).get(model)
+        if info is None:  # perhaps deployed since we asked: ask once more
+            self._models = None
+            info = (await self.models()).get(model)
         if info is None:
             raise ScorerError(f"scorer {self.name} has no model {model!r}")
         if embedding.shape != (INPUT_DIM,):
