@@ -28,7 +28,14 @@ import tenseal.sealapi as seal
 from aiohttp import web
 
 from gateway.fhe.scoring import CompiledModel, ModelFile, compile_model, evaluate, load_model
-from gateway.fhe.seal import CiphertextError, checked_ciphertext, load, new_context, to_bytes
+from gateway.fhe.seal import (
+    CiphertextError,
+    checked_ciphertext,
+    galois_element,
+    load,
+    new_context,
+    to_bytes,
+)
 from gateway.observability.logging import get_logger
 from gateway.streams import BodyTooLarge, read_at_most
 
@@ -64,14 +71,24 @@ def _init_worker(models_dir: str, keys_dir: str) -> None:
                                     for name, model in load_models(Path(models_dir)).items()})
 
 
+class MissingKeys(Exception):
+    """The epoch's keys lack a rotation this model needs (a model deployed after they came)."""
+
+
 def _score(model: str, key_id: str, query: bytes) -> list[bytes]:
     context: seal.SEALContext = _worker["context"]
     compiled: CompiledModel = _worker["models"][model]
-    galois = _worker["keys"].get(key_id)
-    if galois is None:
+    path: Path = _worker["keys_dir"] / f"{key_id}.galois"
+    version = path.stat().st_mtime_ns  # keys re-sent for the same epoch replace the file
+    cached = _worker["keys"].get(key_id)
+    if cached is None or cached[0] != version:
         galois = seal.GaloisKeys()
-        load(galois, context, (_worker["keys_dir"] / f"{key_id}.galois").read_bytes())
-        _worker["keys"][key_id] = galois
+        load(galois, context, path.read_bytes())
+        cached = _worker["keys"][key_id] = (version, galois)
+    galois = cached[1]
+    if not all(galois.has_key(galois_element(step))
+               for step in compiled.layout.rotation_steps()):
+        raise MissingKeys
     ciphertext = checked_ciphertext(context, query, parms_id=context.first_parms_id(),
                                     max_bytes=MAX_QUERY_BYTES)
     return [to_bytes(block) for block in evaluate(ciphertext, compiled, _worker["evaluator"],
@@ -124,6 +141,8 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
                 pool, _score, model, key_id, body)
         except CiphertextError as exc:
             return _error(400, "bad_ciphertext", str(exc))
+        except MissingKeys:
+            return _error(409, "unknown_key", "these keys lack rotations this model needs")
         return web.json_response({"model": model, "key_id": key_id, "ciphertexts": [
             base64.b64encode(block).decode() for block in blocks]})
 

@@ -250,3 +250,69 @@ def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> Non
                     assert refused.status_code == 503
                     assert refused.json()["error"]["code"] == "scorer_failed"
                     assert len(embedded) == 2  # nothing sent to an unattested backend
+
+
+def start_scorer(models: Path, received: Path, port: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "scorer", "serve", "--models", str(models),
+         "--keys", str(received), "--port", str(port), "--workers", "1"],
+        cwd=ROOT, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path: Path) -> None:
+    """The scorer restarts with a larger model; the keys it kept lack that model's rotations:
+    it answers 409, the gateway sends keys for every model, and scoring proceeds."""
+    import numpy as np  # noqa: PLC0415
+
+    from gateway.fhe.scoring import ModelFile, save_model  # noqa: PLC0415
+
+    models, received = tmp_path / "models", tmp_path / "received"
+    models.mkdir()
+    rng = np.random.default_rng(0)
+
+    def model(name: str, rows: int) -> None:
+        weights = rng.standard_normal((rows, 384))
+        weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+        save_model(models / f"{name}.npz", ModelFile(name, "reference_set", weights,
+                                                     ("x",) * rows, None, "max"))
+
+    model("small", 10)
+    os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
+    KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
+    port = free_port()
+    scorer = start_scorer(models, received, port)
+    recorder = Recorder(f"http://127.0.0.1:{port}")
+    rules = [{"name": f"r-{m}", "scorer": "vendor", "model": m, "label": "x", "threshold": 0.99,
+              "block": True} for m in ("small", "large")]
+    try:
+        with ServerThread(recorder.app()) as proxy:
+            fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
+                   "scorers": [{"name": "vendor", "url": proxy.url, "timeout_s": 30}]}
+            small_only = settings_for([demo_backend("d", demo.url)], fhe=fhe,
+                                      policy={**TEST_POLICY, "semantic": rules[:1]})
+            with gateway_for(small_only) as gw:
+                assert chat(gw.url, "hello").status_code == 200
+            scorer.send_signal(signal.SIGTERM)
+            scorer.wait(timeout=20)
+            model("large", 1000)  # needs rotations the small model did not
+            scorer = start_scorer(models, received, port)
+            both = settings_for([demo_backend("d", demo.url)], fhe=fhe,
+                                policy={**TEST_POLICY, "semantic": rules})
+            with gateway_for(both) as gw:
+                assert chat(gw.url, "hello again").status_code == 200, "scoring failed"
+    finally:
+        scorer.send_signal(signal.SIGTERM)
+        scorer.wait(timeout=20)
+    puts = [body for method, _, body in recorder.sent if method == "PUT"]
+    assert len(puts) == 2
+    assert len(puts[1]) > len(puts[0])  # the second set covers both models' rotations
