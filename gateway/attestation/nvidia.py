@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from gateway.attestation.chains import verify_chain
 from gateway.attestation.errors import EvidenceError
 
 REQUEST_SIZE = 37
@@ -106,7 +107,7 @@ def verify_gpu_evidence(raw: bytes, chain_pem: bytes, *, expected_nonce: bytes |
             chain = x509.load_pem_x509_certificates(chain_pem)
         except ValueError:
             raise EvidenceError("nvidia-gpu: the certificate chain does not parse") from None
-    _verify_chain(chain, root or nvidia_root(), at)
+    verify_chain(chain, root or nvidia_root(), at, prefix="nvidia-gpu", root_label="NVIDIA")
     key = chain[0].public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise EvidenceError("nvidia-gpu: the attestation key is not an EC key")
@@ -118,22 +119,3 @@ def verify_gpu_evidence(raw: bytes, chain_pem: bytes, *, expected_nonce: bytes |
         raise EvidenceError("nvidia-gpu: the request nonce is not this gateway's (a replayed "
                             "report, or one from another machine)")
     return evidence
-
-
-def _verify_chain(chain: list[x509.Certificate], root: x509.Certificate, at: datetime) -> None:
-    if not chain:
-        raise EvidenceError("nvidia-gpu: empty certificate chain")
-    if chain[-1] != root:
-        if chain[-1].issuer == chain[-1].subject:
-            raise EvidenceError("nvidia-gpu: the chain does not end at the pinned NVIDIA root")
-        chain = [*chain, root]
-    for cert, issuer in zip(chain, [*chain[1:], root], strict=True):
-        name = cert.subject.rfc4514_string()
-        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-            raise EvidenceError(f"nvidia-gpu: certificate {name!r} is not valid at "
-                                f"{at.isoformat()}")
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError):
-            raise EvidenceError(f"nvidia-gpu: certificate {name!r} is not signed by its "
-                                "issuer") from None

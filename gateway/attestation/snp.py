@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from gateway.attestation.chains import common_name as _common_name
+from gateway.attestation.chains import verify_chain
 from gateway.attestation.errors import EvidenceError
 
 REPORT_SIZE = 0x4A0
@@ -212,17 +214,8 @@ def verify_report(raw: bytes, endorsement_cert: bytes, *, at: datetime,
 
 
 def _verify_chain(chain: list[x509.Certificate], at: datetime) -> None:
-    for cert, issuer in zip(chain, chain[1:] + chain[-1:], strict=True):
-        name = _common_name(cert.subject)
-        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-            raise EvidenceError(f"sev-snp: certificate {name!r} is not valid at {at.isoformat()} "
-                                f"({cert.not_valid_before_utc.date()}.."
-                                f"{cert.not_valid_after_utc.date()})")
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError):
-            raise EvidenceError(f"sev-snp: certificate {name!r} is not signed by "
-                                f"{_common_name(issuer.subject)!r}") from None
+    """VCEK/VLEK, ASK/ASVK, then the pinned ARK itself."""
+    verify_chain(chain[:-1], chain[-1], at, prefix="sev-snp", root_label="AMD")
 
 
 def _check_bound_to_certificate(report: SnpReport, cert: x509.Certificate, tcb: Tcb,
@@ -259,8 +252,3 @@ def _extension_int(cert: x509.Certificate, oid: str) -> int | None:
     if len(raw) < 3 or raw[0] != 0x02 or raw[1] != len(raw) - 2:
         raise EvidenceError(f"sev-snp: certificate extension {oid} is not an integer")
     return int.from_bytes(raw[2:], "big")
-
-
-def _common_name(name: x509.Name) -> str:
-    values = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(values[0].value) if values else name.rfc4514_string()

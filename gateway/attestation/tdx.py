@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from gateway.attestation.chains import verify_chain
 from gateway.attestation.errors import EvidenceError
 
 HEADER_SIZE = 48
@@ -269,20 +270,7 @@ def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
 
 def _verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime,
                   what: str) -> None:
-    if not chain:
-        raise EvidenceError(f"tdx: empty {what} certificate chain")
-    if chain[-1] != root:
-        if chain[-1].issuer == chain[-1].subject:  # ends at some other self-signed root
-            raise EvidenceError(f"tdx: the {what} chain does not end at the pinned Intel root")
-        chain = [*chain, root]
-    for cert, issuer in zip(chain, [*chain[1:], root], strict=True):
-        name = cert.subject.rfc4514_string()
-        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-            raise EvidenceError(f"tdx: certificate {name!r} is not valid at {at.isoformat()}")
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (InvalidSignature, ValueError, TypeError):
-            raise EvidenceError(f"tdx: certificate {name!r} is not signed by its issuer") from None
+    verify_chain(chain, root, at, prefix="tdx", root_label="Intel", what=f"{what} ")
 
 
 def _check_crls(collateral: Collateral, chain: Sequence[x509.Certificate],
