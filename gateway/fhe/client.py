@@ -100,7 +100,7 @@ class ScorerClient:
         return self._models
 
     def _encrypt(self, embedding: npt.NDArray[np.float64], layout: Layout) -> bytes:
-        encoder = seal.CKKSEncoder(self._keys.context)
+        encoder = self._keys.encoder()
         plaintext = seal.Plaintext()
         encoder.encode(query(embedding, layout).tolist(), SCALE, plaintext)
         return to_bytes(self._keys.encryptor().encrypt_symmetric(plaintext))
@@ -115,7 +115,7 @@ class ScorerClient:
                 or not all(isinstance(t, str) for t in texts):
             raise ScorerError(f"reply must hold {layout.blocks} ciphertexts")
         decryptor = self._keys.decryptor()
-        encoder = seal.CKKSEncoder(self._keys.context)
+        encoder = self._keys.encoder()
         blocks = []
         for text in texts:
             try:
