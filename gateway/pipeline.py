@@ -8,7 +8,6 @@ import functools
 from dataclasses import dataclass
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway.api import Endpoint
@@ -18,6 +17,7 @@ from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
 from gateway.observability.facts import FACTS
+from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.policy.reload import PolicyHolder
 from gateway.privacy.stage import PrivacyStage
@@ -70,8 +70,8 @@ class Pipeline:
         facts.backend = reply.backend.name
         facts.attestation = self.router.attestation_digest(reply.backend.name)
         facts.stage("upstream")
-        structlog.contextvars.bind_contextvars(model=api_request.model, stream=api_request.stream,
-                                               backend=reply.backend.name)
+        bind_request_fields(model=api_request.model, stream=api_request.stream,
+                            backend=reply.backend.name)
 
         # restore: placeholders -> original values, in the body or event by event
         upstream = reply.response

@@ -13,6 +13,11 @@ class BodyTooLarge(Exception):
 
 
 async def read_at_most(stream: StreamReader, limit: int) -> bytes:
+    if stream.is_eof():  # all of it has arrived already (small bodies, usually): no waiting
+        body = stream.read_nowait()
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+        return body
     chunks: list[bytes] = []
     size = 0
     async for chunk in stream.iter_any():

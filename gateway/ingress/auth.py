@@ -11,11 +11,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-import structlog
 from aiohttp import web
 
 from gateway.errors import AuthenticationFailed, RateLimited
 from gateway.ingress.ratelimit import RateLimiter
+from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings, TenantSettings
 
@@ -57,7 +57,7 @@ class Authenticator:
 
     def admit(self, request: web.Request) -> Caller:
         caller = self.authenticate(request)
-        structlog.contextvars.bind_contextvars(tenant=caller.tenant, key_name=caller.key_name)
+        bind_request_fields(tenant=caller.tenant, key_name=caller.key_name)
         try:
             self._limiter.check(caller.key_hash,
                                 caller.tenant_settings.rate_limit or self._default_limit)

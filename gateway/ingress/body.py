@@ -17,6 +17,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")
+    if request.content.is_eof():  # all of it has arrived already: no waiting
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        return body
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(READ_CHUNK):

@@ -7,7 +7,6 @@ import secrets
 import time
 import traceback
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -22,7 +21,7 @@ from gateway.errors import (
 )
 from gateway.observability.audit import AuditTrail
 from gateway.observability.facts import FACTS, RequestFacts
-from gateway.observability.logging import get_logger
+from gateway.observability.logging import get_logger, start_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.privacy.patterns import PatternDetector
 from gateway.settings import Settings
@@ -89,8 +88,7 @@ def request_context(*, metrics: Metrics, settings: Settings,
         started = time.perf_counter()
         request_id = request_id_for(request)
         request[REQUEST_ID] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        start_request_fields(request_id=request_id)
         route = request.match_info.route.name or "unmatched"
         facts = request[FACTS] = RequestFacts(route)
         response: web.StreamResponse
@@ -119,7 +117,7 @@ def request_context(*, metrics: Metrics, settings: Settings,
                 response.headers[POLICY_HEADER] = facts.policy
         elapsed = time.perf_counter() - started
         metrics.request_answered(route, response.status, elapsed)
-        metrics.stages(facts.stages_ms)
+        metrics.stages(facts.stage_seconds())
         if audit is not None and route in AUDITED_ROUTES:
             audit.append(facts.record(request_id, response.status, elapsed * 1000))
         log.info("request", method=request.method, route=route, status=response.status,

@@ -71,12 +71,12 @@ class Metrics:
         self._upstream_ok: dict[str, tuple[Any, Any]] = {}
         self._stages: dict[str, Any] = {}
 
-    def stages(self, stages_ms: dict[str, float]) -> None:
-        for stage, ms in stages_ms.items():
+    def stages(self, seconds_by_stage: dict[str, float]) -> None:
+        for stage, seconds in seconds_by_stage.items():
             timer = self._stages.get(stage)
             if timer is None:
                 timer = self._stages[stage] = self.stage_seconds.labels(stage)
-            timer.observe(ms / 1000)
+            timer.observe(seconds)
 
     def upstream_answered(self, backend: str, seconds: float) -> None:
         children = self._upstream_ok.get(backend)

@@ -45,6 +45,8 @@ class PrivacyStage:
         the decision (raise `PolicyBlocked` when it is to block)."""
         rules = active.policy.semantic
         slots = text_slots(request) if active.policy.scans or rules else []
+        if not slots:  # nothing to look at: the policy's decision for a clean request
+            return self._clean(active, facts)
         texts = [slot.text for slot in slots]
         # Scoring (embedding, encryption, the scorer's round trip) runs beside detection.
         scoring = asyncio.create_task(self._scores(texts, active, facts)) if rules else None
@@ -59,10 +61,8 @@ class PrivacyStage:
         scores = await scoring if scoring is not None else {}
         findings = active.masker.conversation_findings(texts, spans)
         if not any(findings) and not scores:  # nothing to decide on and nothing to rewrite
-            facts.rule = facts.rule or active.clean.rule
-            facts.data_classes = active.clean.data_classes
             facts.stage("mask")
-            return Vault(), active.clean
+            return self._clean(active, facts)
         found = Counter(f.entity for per_text in findings for f in per_text)
         decision = evaluate(active.loaded, Facts(tenant, request.endpoint.name, request.model,
                                                  found, scores))
@@ -81,6 +81,12 @@ class PrivacyStage:
         facts.detectors.update(result.detectors)
         facts.stage("mask")
         return result.vault, decision
+
+    @staticmethod
+    def _clean(active: ActivePolicy, facts: RequestFacts) -> tuple[Vault, Decision]:
+        facts.rule = facts.rule or active.clean.rule
+        facts.data_classes = active.clean.data_classes
+        return Vault(), active.clean
 
     async def _scores(self, texts: list[str], active: ActivePolicy,
                       facts: RequestFacts) -> dict[str, float]:

@@ -8,9 +8,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
-from gateway.observability.logging import configure_logging, get_logger
+from gateway.observability.logging import configure_logging, get_logger, start_request_fields
 
 EMAIL = "leak.canary@example.org"
 CARD = "4111 1111 1111 1111"
@@ -79,11 +78,11 @@ def test_stdlib_loggers_go_through_the_same_chain(written: io.StringIO) -> None:
 
 def test_bound_context_is_redacted_too(written: io.StringIO) -> None:
     # (request_id is vetted where it is accepted: test_secret_looking_request_id_is_replaced)
-    structlog.contextvars.bind_contextvars(session=KEY)
+    start_request_fields(session=KEY)
     try:
         get_logger("veil.test").info("x")
     finally:
-        structlog.contextvars.clear_contextvars()
+        start_request_fields()
     assert KEY not in written.getvalue()
 
 
