@@ -95,6 +95,7 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_page, name="metrics")
+    app.cleanup_ctx.append(_metrics_sync)
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_detectors)
     app.cleanup_ctx.append(_policy_reloads)
@@ -170,6 +171,14 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
     for task in (watcher, *tasks):
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[GATEWAY].metrics.run_sync())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:

@@ -21,19 +21,28 @@ CHAT_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 def validate_chat(body: dict[str, Any]) -> None:
     for i, message in enumerate(require_list(body, "messages")):
-        param = f"messages[{i}]"
-        require_object(message, param)
-        role = require_str(message, "role", prefix=param + ".")
-        if role not in CHAT_ROLES:
-            raise InvalidRequest(f"'{param}.role' must be one of {sorted(CHAT_ROLES)}.",
-                                 param=f"{param}.role")
-        check_content(message.get("content"), f"{param}.content", nullable=True)
+        # The common, valid message is checked without building any field name; names
+        # (messages[3].role) are spelled out only for the error.
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in CHAT_ROLES:
+            _bad_message(i, message)
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            check_content(content, f"messages[{i}].content")
         tool_calls = message.get("tool_calls")
         if tool_calls is not None:
             if not isinstance(tool_calls, list):
-                raise wrong_type(f"{param}.tool_calls", "an array", tool_calls)
+                raise wrong_type(f"messages[{i}].tool_calls", "an array", tool_calls)
             for j, call in enumerate(tool_calls):
-                require_object(call, f"{param}.tool_calls[{j}]")
+                require_object(call, f"messages[{i}].tool_calls[{j}]")
+
+
+def _bad_message(i: int, message: Any) -> None:
+    param = f"messages[{i}]"
+    require_object(message, param)
+    require_str(message, "role", prefix=param + ".")
+    raise InvalidRequest(f"'{param}.role' must be one of {sorted(CHAT_ROLES)}.",
+                         param=f"{param}.role")
 
 
 def validate_completions(body: dict[str, Any]) -> None:

@@ -80,11 +80,9 @@ def request_context(*, metrics: Metrics, settings: Settings,
     record, in one place: one middleware keeps the coroutine chain every I/O wake-up resumes
     short."""
     max_in_flight = settings.limits.max_concurrent_requests
-    in_flight = 0
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
         started = time.perf_counter()
         request_id = request_id_for(request)
         request[REQUEST_ID] = request_id
@@ -92,10 +90,9 @@ def request_context(*, metrics: Metrics, settings: Settings,
         route = request.match_info.route.name or "unmatched"
         facts = request[FACTS] = RequestFacts(route)
         response: web.StreamResponse
-        in_flight += 1
-        metrics.in_flight.inc()
+        metrics.in_flight_now += 1
         try:
-            if in_flight > max_in_flight:
+            if metrics.in_flight_now > max_in_flight:
                 response = error_response(OVERLOADED, request, request_id)
             else:
                 response = await handler(request)
@@ -109,8 +106,7 @@ def request_context(*, metrics: Metrics, settings: Settings,
                       where=_where(exc))
             response = _refused(facts, GatewayError("Internal error."), request, request_id)
         finally:
-            in_flight -= 1
-            metrics.in_flight.dec()
+            metrics.in_flight_now -= 1
         if not response.prepared:
             response.headers["X-Request-ID"] = request_id
             if facts.policy:

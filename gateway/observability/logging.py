@@ -89,9 +89,8 @@ class AddLineContext:
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         fields = _REQUEST_FIELDS.get()
-        if fields:
-            for key, value in fields.items():
-                event_dict.setdefault(key, value)
+        if fields:  # a field given to the call wins over the request's
+            event_dict = {**fields, **event_dict}
         event_dict.setdefault("pid", _pid)
         event_dict["level"] = _LEVEL_OF_METHOD.get(method, method)
         event_dict["timestamp"] = self._timestamp()

@@ -3,11 +3,20 @@ from fixed sets, never anything a client wrote.
 
 With several workers, `veil serve` sets PROMETHEUS_MULTIPROC_DIR before this module is imported
 and `/metrics` aggregates every worker's values.
+
+The metrics every request touches (requests, latency, stage times, upstream answers, requests
+in flight) are tallied in plain Python on the request path and moved into prometheus_client by
+`sync()`: before every render and once a second (`run_sync`), so that with several workers the
+others' values are at most a second old. prometheus_client takes a lock per value and walks
+the buckets in Python for every observation; on the request path that was 8% of the gateway's
+instructions per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +30,55 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+SYNC_INTERVAL_S = 1.0
+
+
+class CounterTally:
+    """Increments of one labelled counter since the last sync."""
+
+    __slots__ = ("_child", "pending")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.pending = 0
+
+    def sync(self) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, 0
+            self._child.inc(pending)
+
+
+class HistogramTally:
+    """Observations of one labelled histogram since the last sync, as bucket counts and a sum.
+    A bucket is found by bisection with the same rule as prometheus_client's (the first upper
+    bound >= the value; past the last one, +Inf)."""
+
+    __slots__ = ("_child", "_counts", "_sum")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._sum += seconds
+
+    def sync(self) -> None:
+        """Add the tallies to the child's bucket and sum values: prometheus_client has no
+        public call that adds many observations at once, so this reaches into the child's
+        `_buckets` and `_sum` (the same value objects observe() increments; a test renders
+        both ways and compares)."""
+        counts, total = self._counts, self._sum
+        if not any(counts):
+            return
+        self._counts, self._sum = [0] * len(counts), 0.0
+        for bucket, count in zip(self._child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+        self._child._sum.inc(total)
 
 
 class Metrics:
@@ -64,39 +122,53 @@ class Metrics:
                                       "old policies stay in force).", ["result"], registry=r)
         self.policy_active = Gauge("veil_policy_active", "1 for each policy in force.",
                                    ["policy", "digest"], registry=r, multiprocess_mode="livemax")
-        # labels() takes a lock and a dict lookup per call; on the request path we keep the
-        # labelled children (label sets are small and fixed by config).
-        self._answered: dict[tuple[str, int], Any] = {}
-        self._timed: dict[str, Any] = {}
-        self._upstream_ok: dict[str, tuple[Any, Any]] = {}
-        self._stages: dict[str, Any] = {}
+        self.in_flight_now = 0  # requests being handled, kept by the request middleware
+        self._counters: dict[tuple[Any, tuple[str, ...]], CounterTally] = {}
+        self._histograms: dict[tuple[Any, tuple[str, ...]], HistogramTally] = {}
+
+    def _counter(self, metric: Counter, *labels: str) -> CounterTally:
+        tally = self._counters.get((metric, labels))
+        if tally is None:
+            tally = self._counters[(metric, labels)] = CounterTally(metric.labels(*labels))
+        return tally
+
+    def _histogram(self, metric: Histogram, *labels: str) -> HistogramTally:
+        tally = self._histograms.get((metric, labels))
+        if tally is None:
+            tally = self._histograms[(metric, labels)] = HistogramTally(metric.labels(*labels))
+        return tally
 
     def stages(self, seconds_by_stage: dict[str, float]) -> None:
         for stage, seconds in seconds_by_stage.items():
-            timer = self._stages.get(stage)
-            if timer is None:
-                timer = self._stages[stage] = self.stage_seconds.labels(stage)
-            timer.observe(seconds)
+            self._histogram(self.stage_seconds, stage).observe(seconds)
 
     def upstream_answered(self, backend: str, seconds: float) -> None:
-        children = self._upstream_ok.get(backend)
-        if children is None:
-            children = self._upstream_ok[backend] = (
-                self.upstream_requests.labels(backend, "ok"), self.upstream_ttfb.labels(backend))
-        children[0].inc()
-        children[1].observe(seconds)
+        self._counter(self.upstream_requests, backend, "ok").pending += 1
+        self._histogram(self.upstream_ttfb, backend).observe(seconds)
 
     def request_answered(self, route: str, status: int, seconds: float) -> None:
-        counter = self._answered.get((route, status))
-        if counter is None:
-            counter = self._answered[(route, status)] = self.requests.labels(route, str(status))
-        timer = self._timed.get(route)
-        if timer is None:
-            timer = self._timed[route] = self.request_seconds.labels(route)
-        counter.inc()
-        timer.observe(seconds)
+        self._counter(self.requests, route, str(status)).pending += 1
+        self._histogram(self.request_seconds, route).observe(seconds)
+
+    def sync(self) -> None:
+        """Move the request path's tallies into prometheus_client."""
+        self.in_flight.set(self.in_flight_now)
+        for counter in self._counters.values():
+            counter.sync()
+        for histogram in self._histograms.values():
+            histogram.sync()
+
+    async def run_sync(self) -> None:
+        """Sync once a second until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(SYNC_INTERVAL_S)
+                self.sync()
+        finally:
+            self.sync()
 
     def render(self) -> bytes:
+        self.sync()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -94,10 +94,10 @@ class RedactEventDict:
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         redactor = self._redactor
         foreign = "_record" in event_dict  # a standard-library record: its message is free text
-        for key, value in event_dict.items():
-            if key in TRUSTED_KEYS or key.startswith("_") or (key == "event" and not foreign):
+        for key in event_dict.keys() - TRUSTED_KEYS:
+            if key.startswith("_") or (key == "event" and not foreign):
                 continue
-            event_dict[key] = redactor.value(key, value)
+            event_dict[key] = redactor.value(key, event_dict[key])
         return event_dict
 
 

@@ -79,10 +79,16 @@ def test_workers_share_the_port_and_metrics(served: tuple[str, subprocess.Popen[
             r = c.post(url + "/v1/chat/completions", json=body,
                        headers={"Authorization": f"Bearer {TEST_KEY}"})
             assert r.status_code == 200
-    metrics = httpx.get(url + "/metrics").text
-    total = sum(float(v) for v in re.findall(
-        r'veil_requests_total\{route="chat_completions",status="200"\} ([0-9.]+)', metrics))
-    assert total == 40  # aggregated across workers
+    # Aggregated across workers; each worker publishes its request-path tallies once a second.
+    deadline = time.monotonic() + 5
+    while True:
+        metrics = httpx.get(url + "/metrics").text
+        total = sum(float(v) for v in re.findall(
+            r'veil_requests_total\{route="chat_completions",status="200"\} ([0-9.]+)', metrics))
+        if total == 40 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert total == 40
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=20)
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
