@@ -34,6 +34,7 @@ e2e: $(DEV) $(LLAMA)
 
 bench: $(DEV)
 	$(BIN)/python tests/bench/proxy_overhead.py      # needs wrk (apt-get install wrk)
+	$(BIN)/python tests/bench/proxy_instructions.py  # needs valgrind (apt-get install valgrind)
 	$(BIN)/python tests/bench/pii_eval.py
 	$(BIN)/python tests/bench/detection_latency.py
 	$(BIN)/python tests/bench/stream_ttft.py
