@@ -82,8 +82,7 @@ class Pipeline:
                                           rewrite=rewrite, stamp={POLICY_HEADER: active.digest})
         else:
             transform = functools.partial(restore_body, vault=vault) if restoring else None
-            response = await relay_body(upstream, request_id, limits.max_response_bytes,
-                                        transform)
+            response = await relay_body(upstream, limits.max_response_bytes, transform)
         facts.stage("relay")
         return response
 

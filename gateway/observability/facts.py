@@ -7,7 +7,6 @@ and the rule behind it, timings. Never a value from the request or the reply.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ class RequestFacts:
     policy: str | None = None  # digest of the policy that decided
     data_classes: tuple[str, ...] = ()
     semantic: dict[str, float] | None = None  # decrypted scores (numbers, not content)
-    entities: Counter[str] = field(default_factory=Counter)
+    entities: dict[str, int] = field(default_factory=dict)  # entity type -> findings
     detectors: set[str] = field(default_factory=set)
     decision: str = "forwarded"
     rule: str | None = None

@@ -98,13 +98,12 @@ class AddLineContext:
 
     def _timestamp(self) -> str:
         """ISO 8601 with microseconds and a Z, as structlog's TimeStamper writes it."""
-        now = time.time()
-        second = int(now)
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
             self._second = second
             self._prefix = datetime.datetime.fromtimestamp(second, datetime.UTC).strftime(
                 "%Y-%m-%dT%H:%M:%S")
-        return f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return f"{self._prefix}.{micros:06d}Z"
 
 
 def _json(obj: Any, **_: Any) -> str:

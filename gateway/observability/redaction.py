@@ -43,6 +43,9 @@ TRUSTED_KEYS = frozenset({
     "request_id", "model",
 })
 
+# On our own lines the event name is a code literal too.
+_OWN_LINE_TRUSTED = TRUSTED_KEYS | {"event"}
+
 
 class Redactor:
     """Replace sensitive values with markers; the work of the processors below."""
@@ -92,8 +95,10 @@ class RedactEventDict:
         self._redactor = redactor
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        redactor = self._redactor
         foreign = "_record" in event_dict  # a standard-library record: its message is free text
+        if not foreign and _OWN_LINE_TRUSTED.issuperset(event_dict):
+            return event_dict  # our own line with only vetted fields (the access line)
+        redactor = self._redactor
         for key in event_dict.keys() - TRUSTED_KEYS:
             if key.startswith("_") or (key == "event" and not foreign):
                 continue

@@ -66,7 +66,7 @@ class PrivacyStage:
         found = Counter(f.entity for per_text in findings for f in per_text)
         decision = evaluate(active.loaded, Facts(tenant, request.endpoint.name, request.model,
                                                  found, scores))
-        facts.entities.update(found)
+        facts.entities = dict(found)
         facts.data_classes = decision.data_classes
         facts.rule = facts.rule or decision.rule
         if decision.outcome == "block":

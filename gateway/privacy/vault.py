@@ -7,7 +7,6 @@ kept between requests; the mapping lives only as long as this object, i.e. one r
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable
 
 # <PERSON_1>, <CREDIT_CARD_12>, <EMPLOYEE_ID_3>: easy for a model to copy verbatim.
@@ -21,14 +20,14 @@ class Vault:
     def __init__(self) -> None:
         self._by_value: dict[tuple[str, str], str] = {}
         self._values: dict[str, str] = {}
-        self._counts: Counter[str] = Counter()
+        self._counts: dict[str, int] = {}
 
     def placeholder(self, entity: str, value: str) -> str:
         key = (entity, value)
         found = self._by_value.get(key)
         if found is None:
-            self._counts[entity] += 1
-            found = f"<{entity}_{self._counts[entity]}>"
+            number = self._counts[entity] = self._counts.get(entity, 0) + 1
+            found = f"<{entity}_{number}>"
             self._by_value[key] = found
             self._values[found] = value
         return found

@@ -27,13 +27,11 @@ log = get_logger("veil.relay")
 RELAYED_HEADERS = ("Content-Type", "Retry-After")
 
 
-def _client_headers(upstream: aiohttp.ClientResponse, request_id: str) -> dict[str, str]:
-    headers = {name: upstream.headers[name] for name in RELAYED_HEADERS if name in upstream.headers}
-    headers["X-Request-ID"] = request_id
-    return headers
+def _client_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {name: upstream.headers[name] for name in RELAYED_HEADERS if name in upstream.headers}
 
 
-async def relay_body(upstream: aiohttp.ClientResponse, request_id: str, limit: int,
+async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
                      transform: Callable[[bytes], bytes] | None = None) -> web.Response:
     """Read the whole upstream body (bounded), transform it (restore), answer with it."""
     try:
@@ -48,8 +46,8 @@ async def relay_body(upstream: aiohttp.ClientResponse, request_id: str, limit: i
     upstream.release()  # fully read: the connection goes back to the pool
     if transform is not None:
         body = transform(body)
-    return web.Response(status=upstream.status, body=body,
-                        headers=_client_headers(upstream, request_id))
+    # (X-Request-ID and the policy digest are added by the request middleware.)
+    return web.Response(status=upstream.status, body=body, headers=_client_headers(upstream))
 
 
 async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -69,8 +67,9 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
                        stamp: Mapping[str, str] | None = None) -> web.StreamResponse:
     """Relay event by event. `stamp`: the gateway's own headers (the policy digest), which
     must be set here because the headers leave before the middleware sees the response."""
-    headers = _client_headers(upstream, request_id)
-    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(stamp or {})})
+    headers = _client_headers(upstream)
+    headers.update({"X-Request-ID": request_id, "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no", **(stamp or {})})
     response = web.StreamResponse(status=upstream.status, headers=headers)
     endpoint = api_request.endpoint
     problem: str | None = "Upstream closed the stream before it finished."
