@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import secrets
 import time
@@ -21,12 +23,17 @@ from gateway.errors import (
 )
 from gateway.observability.audit import AuditTrail
 from gateway.observability.facts import FACTS, RequestFacts
-from gateway.observability.logging import get_logger, start_request_fields
+from gateway.observability.logging import (
+    ACCESS_LOGGER,
+    access_logger,
+    get_logger,
+    start_request_fields,
+)
 from gateway.observability.metrics import Metrics
 from gateway.privacy.patterns import PatternDetector
 from gateway.settings import Settings
 
-log = get_logger("veil.access")
+log = get_logger(ACCESS_LOGGER)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 POLICY_HEADER = "X-Veil-Policy"  # digest of the policy that decided the request
@@ -37,6 +44,18 @@ OVERLOADED = ServiceUnavailable("The gateway is at its concurrency limit; retry 
 
 
 _ID_SCREEN = PatternDetector()
+# Our ids: req_ + a random per-process prefix + a counter, 32 hex digits. Unique without a
+# system call per request; ids are correlation handles, not secrets (clients send their own).
+_id_prefix = secrets.token_hex(8)
+_id_counter = itertools.count()
+
+
+def _new_id_prefix() -> None:
+    global _id_prefix  # noqa: PLW0603 (a forked child must not repeat its parent's ids)
+    _id_prefix = secrets.token_hex(8)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 def request_id_for(request: web.Request) -> str:
@@ -46,7 +65,7 @@ def request_id_for(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID", "")
     if given and CLIENT_REQUEST_ID.match(given) and not _ID_SCREEN.detect(given):
         return given
-    return "req_" + secrets.token_hex(16)
+    return f"req_{_id_prefix}{next(_id_counter):016x}"
 
 
 def error_response(error: GatewayError, request: web.Request, request_id: str) -> web.Response:
@@ -116,8 +135,8 @@ def request_context(*, metrics: Metrics, settings: Settings,
         metrics.stages(facts.stage_seconds())
         if audit is not None and route in AUDITED_ROUTES:
             audit.append(facts.record(request_id, response.status, elapsed * 1000))
-        log.info("request", method=request.method, route=route, status=response.status,
-                 duration_ms=round(elapsed * 1000, 2))
+        access_logger().info("request", method=request.method, route=route,
+                             status=response.status, duration_ms=round(elapsed * 1000, 2))
         return response
 
     return middleware
