@@ -132,9 +132,10 @@ def request_context(*, metrics: Metrics, settings: Settings,
                 response.headers[POLICY_HEADER] = facts.policy
         elapsed = time.perf_counter() - started
         metrics.request_answered(route, response.status, elapsed)
-        metrics.stages(facts.stage_seconds())
+        stages = facts.stage_seconds()
+        metrics.stages(stages)
         if audit is not None and route in AUDITED_ROUTES:
-            audit.append(facts.record(request_id, response.status, elapsed * 1000))
+            audit.append(facts.record(request_id, response.status, elapsed * 1000, stages))
         access_logger().info("request", method=request.method, route=route,
                              status=response.status, duration_ms=round(elapsed * 1000, 2))
         return response

@@ -40,7 +40,9 @@ class RequestFacts:
         marks = self.marks
         return {name: end - marks[i][1] for i, (name, end) in enumerate(marks[1:])}
 
-    def record(self, request_id: str, status: int, total_ms: float) -> dict[str, Any]:
+    def record(self, request_id: str, status: int, total_ms: float,
+               stage_seconds: dict[str, float]) -> dict[str, Any]:
+        """The audit record; `stage_seconds` as computed once for the metrics too."""
         return {
             "request_id": request_id, "tenant": self.tenant, "route": self.route,
             "model": self.model, "stream": self.stream, "policy": self.policy,
@@ -49,7 +51,7 @@ class RequestFacts:
             "decision": self.decision, "rule": self.rule,
             "backend": self.backend, "attestation": self.attestation, "status": status,
             "latency_ms": {**{name: round(seconds * 1000, 3)
-                                for name, seconds in self.stage_seconds().items()},
+                                for name, seconds in stage_seconds.items()},
                              "total": round(total_ms, 3)},
         }
 
