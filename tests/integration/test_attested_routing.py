@@ -255,12 +255,21 @@ def test_key_swap_is_refused_until_re_attested(tmp_path: Path) -> None:
             assert backend.served == served + 1
 
 
-def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> None:
-    level = "confidential-tdx"
-    rules = {**POLICY, "routing": {"personal": {"require": level}},
-             "trust_levels": {level: {"tdx": {"mrtd": [MRTD.hex()]}}}}
+TDX_LEVEL = "confidential-tdx"
+
+
+def tdx_policy(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """Personal data only to a TD with the test MRTD; and the test Intel root, as a file."""
+    rules = {**POLICY, "routing": {"personal": {"require": TDX_LEVEL}},
+             "trust_levels": {TDX_LEVEL: {"tdx": {"mrtd": [MRTD.hex()]}}}}
     root = tmp_path / "intel_root.pem"
     root.write_bytes(TDX_CA.pem(TDX_CA.root))
+    return rules, root
+
+
+def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> None:
+    level = TDX_LEVEL
+    rules, root = tdx_policy(tmp_path)
     contexts = {name: tls_context(tmp_path, name) for name in ("td", "other-td")}
     backends = {"td": ConfidentialBackend(contexts["td"][1], measurement=MRTD, kind="tdx"),
                 "other-td": ConfidentialBackend(contexts["other-td"][1], measurement=bytes(48),

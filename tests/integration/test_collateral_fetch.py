@@ -14,11 +14,13 @@ from tests.attestation_ca import MRTD
 from tests.integration.test_attested_routing import (
     POLICY,
     TDX_CA,
+    TDX_LEVEL,
     VCEK,
     ConfidentialBackend,
     attested,
     chat,
     roots_dir,
+    tdx_policy,
     tls_context,
     wait_attested,
     wait_until,
@@ -102,11 +104,8 @@ def test_no_vcek_and_no_key_service_fails_closed(tmp_path: Path) -> None:
 
 
 def test_tdx_collateral_is_fetched_from_pcs(tmp_path: Path) -> None:
-    level = "confidential-tdx"
-    rules = {**POLICY, "routing": {"personal": {"require": level}},
-             "trust_levels": {level: {"tdx": {"mrtd": [MRTD.hex()]}}}}
-    root = tmp_path / "intel_root.pem"
-    root.write_bytes(TDX_CA.pem(TDX_CA.root))
+    level = TDX_LEVEL
+    rules, root = tdx_policy(tmp_path)
     context, certificate = tls_context(tmp_path, "td")
     backend = ConfidentialBackend(certificate, measurement=MRTD, kind="tdx", endorsed=False)
     services = FakeKeyServices()
