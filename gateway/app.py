@@ -27,9 +27,11 @@ from gateway.pipeline import Pipeline
 from gateway.policy.reload import PolicyHolder, run_watcher
 from gateway.privacy.engine import DetectionEngine
 from gateway.privacy.stage import PrivacyStage
+from gateway.privacy.stored import StoredResponses
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.router import Router
 from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
+from gateway.resources import Resources, model_object
 from gateway.settings import Settings
 
 
@@ -75,9 +77,12 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     semantic = SemanticScorer(settings.fhe, metrics, _remote_embedder(settings, pool,
                                                                       attestation)) \
         if settings.fhe.scorers else None
+    stored = StoredResponses(settings.privacy.stored_response_ttl_s,
+                             settings.privacy.stored_responses_max)
     pipeline = Pipeline(settings, authenticator, policies,
                         PrivacyStage(engine, metrics, semantic),
-                        router, Forwarder(pool, metrics, attestation), metrics)
+                        router, Forwarder(pool, metrics, attestation), metrics, stored)
+    resources = Resources(pipeline)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
@@ -92,6 +97,13 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
         app.router.add_post(endpoint.path, functools.partial(pipeline.handle, endpoint=endpoint),
                             name=endpoint.name)
     app.router.add_get("/v1/models", list_models, name="models")
+    app.router.add_get("/v1/models/{model_id:.+}", resources.model, name="model")
+    app.router.add_get("/v1/responses/{response_id}", resources.response,
+                       name="responses_retrieve")
+    app.router.add_get("/v1/responses/{response_id}/input_items", resources.input_items,
+                       name="responses_input_items")
+    app.router.add_delete("/v1/responses/{response_id}", resources.delete,
+                          name="responses_delete")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_page, name="metrics")
@@ -193,9 +205,7 @@ async def list_models(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     caller = gateway.pipeline.authenticator.admit(request)
     models = gateway.router.visible_models(caller)
-    data = [{"id": m, "object": "model", "created": 0, "owned_by": "veil",
-             "type": "model", "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
-            for m in models]
+    data = [model_object(m) for m in models]
     return web.json_response({"object": "list", "data": data, "has_more": False,
                               "first_id": models[0] if models else None,
                               "last_id": models[-1] if models else None})

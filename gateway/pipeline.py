@@ -7,12 +7,13 @@ import asyncio
 import functools
 from dataclasses import dataclass
 
+import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.api import Endpoint
+from gateway.api import ApiRequest, Endpoint
 from gateway.api.replies import StreamRestore, restore_body
-from gateway.errors import RequestTimeout
+from gateway.errors import InvalidRequest, RequestTimeout
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
@@ -21,10 +22,12 @@ from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.policy.reload import PolicyHolder
 from gateway.privacy.stage import PrivacyStage
+from gateway.privacy.stored import StoredResponse, StoredResponses
+from gateway.privacy.vault import Vault
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.relay import relay_body, relay_stream
 from gateway.proxy.router import Router
-from gateway.settings import Settings
+from gateway.settings import BackendSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -36,20 +39,26 @@ class Pipeline:
     router: Router
     forwarder: Forwarder
     metrics: Metrics
+    stored: StoredResponses
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
         facts = request[FACTS]
-        limits = self.settings.limits
 
-        # ingress: who is calling (and within their rate), bounded body, strict JSON, types
+        # ingress: who is calling (and within their rate), bounded body, strict JSON, the
+        # declared structure (types, vocabularies, every piece of data found), vetted headers
         caller = self.authenticator.admit(request)
         facts.tenant = caller.tenant
         raw = await self._body(request)
-        api_request = endpoint.parse(decode_json_object(raw), request.headers)
+        api_request = endpoint.parse(decode_json_object(raw), request.headers,
+                                     frozenset(self.settings.privacy.allowed_betas))
 
-        # route: backends the tenant may use for this model, in configured order
+        # route: backends the tenant may use for this model, in configured order (a
+        # continued stored response: only the backend that holds it)
         backends = self.router.candidates(api_request, caller)
+        continued = self._continued(api_request, caller.tenant)
+        if continued is not None:
+            backends = _holding(backends, continued)
         facts.model, facts.stream = api_request.model, api_request.stream
         facts.stage("ingress")
 
@@ -57,12 +66,13 @@ class Pipeline:
         active = self.policies.current.select(caller.tenant, endpoint.name, api_request.model)
         facts.policy = active.digest
 
-        # detect + decide: every text the request carries, rewritten before anything leaves
-        vault, decision = await self.privacy.protect(api_request, active, caller.tenant, facts)
+        # detect + decide: all data the request carries, rewritten before anything leaves
+        vault, decision = await self.privacy.protect(
+            api_request, active, caller.tenant, facts,
+            continued.entries if continued is not None else ())
         backends, failed_open = self.router.trusted(backends, decision.requires, active)
         if failed_open:
             facts.rule = "fail_mode.evidence=open"
-        restoring = len(vault) > 0
 
         # upstream: the gateway's own credentials; fail over before the first byte
         payload = orjson.dumps(api_request.body)
@@ -74,17 +84,47 @@ class Pipeline:
                             backend=reply.backend.name)
 
         # restore: placeholders -> original values, in the body or event by event
-        upstream = reply.response
-        if api_request.stream and upstream.status == 200 \
-                and upstream.content_type == "text/event-stream":
-            rewrite = StreamRestore(api_request.endpoint, vault).rewrite if restoring else None
-            response = await relay_stream(request, api_request, upstream, request_id,
-                                          rewrite=rewrite, stamp={POLICY_HEADER: active.digest})
-        else:
-            transform = functools.partial(restore_body, vault=vault) if restoring else None
-            response = await relay_body(upstream, limits.max_response_bytes, transform)
+        response, response_id = await self.relay(request, api_request, reply.response, vault,
+                                                 stamp={POLICY_HEADER: active.digest})
+        if response_id is not None and _stores(api_request) and response.status == 200:
+            self.stored.remember(response_id, caller.tenant, reply.backend.name,
+                                 vault.entries())
         facts.stage("relay")
         return response
+
+    async def relay(self, request: web.Request, api_request: ApiRequest,
+                    upstream: aiohttp.ClientResponse, vault: Vault,
+                    stamp: dict[str, str] | None = None) -> tuple[web.StreamResponse, str | None]:
+        """Relay the upstream's answer restored with `vault`; also the id a stateful API gave
+        it (Responses), so it can be read back and continued."""
+        endpoint = api_request.endpoint
+        restoring = len(vault) > 0 and endpoint.restores_reply
+        observing = restoring or endpoint.keeps_state
+        if api_request.stream and upstream.status == 200 \
+                and upstream.content_type == "text/event-stream":
+            restore = StreamRestore(endpoint, vault, api_request.json_reply) \
+                if observing else None
+            response = await relay_stream(request, api_request, upstream, request[REQUEST_ID],
+                                          rewrite=restore.rewrite if restore else None,
+                                          stamp=stamp)
+            return response, restore.response_id if restore else None
+        transform = functools.partial(restore_body, vault=vault) if restoring else None
+        body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform)
+        return body, _reply_id(body.body) if endpoint.keeps_state else None
+
+    def _continued(self, api_request: ApiRequest, tenant: str) -> StoredResponse | None:
+        """The stored response this request continues (`previous_response_id`), which must
+        be this tenant's; its mapping seeds this request's placeholders."""
+        previous = api_request.body.get("previous_response_id")
+        if not api_request.endpoint.keeps_state or not isinstance(previous, str):
+            return None
+        stored = self.stored.get(previous, tenant)
+        if stored is None:
+            raise InvalidRequest(
+                "'previous_response_id' names no response this gateway stored for you (it may "
+                "have expired, or been created through another gateway process).",
+                param="previous_response_id", code="previous_response_not_found")
+        return stored
 
     async def _body(self, request: web.Request) -> bytes:
         limits = self.settings.limits
@@ -95,3 +135,27 @@ class Pipeline:
                 return await read_body(request, limits.max_body_bytes)
         except TimeoutError:
             raise RequestTimeout("Request body was not received in time.") from None
+
+
+def _holding(backends: list[BackendSettings], stored: StoredResponse) -> list[BackendSettings]:
+    holding = [b for b in backends if b.name == stored.backend]
+    if not holding:
+        raise InvalidRequest("The response named by 'previous_response_id' is held by a "
+                             "backend that does not serve this model.",
+                             param="previous_response_id", code="previous_response_not_found")
+    return holding
+
+
+def _stores(api_request: ApiRequest) -> bool:
+    return api_request.endpoint.keeps_state and api_request.body.get("store") is not False
+
+
+def _reply_id(body: object) -> str | None:
+    if not isinstance(body, bytes):
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found = parsed.get("id") if isinstance(parsed, dict) else None
+    return found if isinstance(found, str) else None

@@ -122,6 +122,13 @@ class PrivacySettings(Strict):
 
     ner_workers: Annotated[int, Field(ge=1, le=64)] = 1  # processes running spaCy NER
     hash_key_env: str | None = None  # the secret behind the `hash` action (per-tenant HMAC)
+    # Beta names forwarded in `anthropic-beta` / `OpenAI-Beta` beyond the ones Veil knows.
+    allowed_betas: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_=.-]{0,99}$")]] = \
+        Field(default_factory=list)
+    # Stored Responses (`store: true`): who owns each, and its placeholder mapping, kept
+    # encrypted in memory this long, for reading it back and continuing it.
+    stored_response_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
+    stored_responses_max: Annotated[int, Field(ge=1)] = 100_000
 
 
 class PolicySettings(Strict):

@@ -1,9 +1,10 @@
-"""Wire formats. The rest of the gateway never touches raw JSON shapes."""
+"""Wire formats. The rest of the gateway never touches raw JSON shapes: it reads `Endpoint`
+objects (one per route, in the wire-format modules) and the `ApiRequest`s they parse."""
 
 from __future__ import annotations
 
 from gateway.api import anthropic, openai
-from gateway.api.request import ApiRequest, Endpoint
+from gateway.api.endpoint import ApiRequest, Endpoint
 from gateway.api.sse import SSEEvent
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -12,19 +13,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     openai.EMBEDDINGS,
     openai.RESPONSES,
     anthropic.MESSAGES,
+    anthropic.COUNT_TOKENS,
 )
 
-
-def is_terminal(endpoint: Endpoint, event: SSEEvent) -> bool:
-    if endpoint.wire == "anthropic":
-        return anthropic.is_terminal(event)
-    return openai.is_terminal(endpoint, event)
-
-
-def stream_error_event(endpoint: Endpoint, message: str, request_id: str) -> bytes:
-    if endpoint.wire == "anthropic":
-        return anthropic.stream_error_event(message, request_id)
-    return openai.stream_error_event(endpoint, message, request_id)
-
-
-__all__ = ["ENDPOINTS", "ApiRequest", "Endpoint", "is_terminal", "stream_error_event"]
+__all__ = ["ENDPOINTS", "ApiRequest", "Endpoint", "SSEEvent"]

@@ -1,20 +1,25 @@
 """Put original values back into replies: whole JSON bodies, and SSE streams event by event.
 
-Streams are restored per channel (a choice's content, a tool call's arguments, a content block)
-with a `StreamRestorer` each, so interleaved deltas never mix; a channel's held-back tail is
-flushed into the event that closes it (finish_reason, content_block_stop, *.done). Text that is
-JSON source (tool-call arguments, `partial_json`) gets JSON-escaped values. Events we cannot
-parse end the stream with an error (fail closed) rather than pass through unrestored.
+Restore works on decoded JSON values, never on the raw bytes, so an upstream that escapes `<`
+as `\\u003c` (Go's encoder does) is restored like any other. Where the text is JSON source, a
+value goes in JSON-escaped, so a name with a quote cannot break it: tool-call arguments, and
+content the model wrote as a JSON document (asked for with `response_format`, or simply
+starting with `{` or `[`).
+
+Streams are restored per channel (a choice's content, a tool call's arguments, a content
+block) with a `StreamRestorer` each, so interleaved deltas never mix; a channel's held-back
+tail is flushed into the event that closes it. Each endpoint's event shapes are handled by its
+own `EventRestore` subclass in its wire-format module. Events we cannot parse end the stream
+with an error (fail closed) rather than pass through unrestored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from gateway.api.request import Endpoint
+from gateway.api.endpoint import Endpoint
 from gateway.api.sse import SSEEvent
 from gateway.privacy.restorer import StreamRestorer, json_escape
 from gateway.privacy.vault import Vault
@@ -26,19 +31,37 @@ class StreamFormatError(Exception):
     """An upstream event this gateway cannot restore safely."""
 
 
+def is_json_document(text: str) -> bool:
+    stripped = text.lstrip()
+    if stripped[:1] not in ("{", "["):
+        return False
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def restore_text(text: str, vault: Vault, *, json_source: bool = False) -> str:
+    if "<" not in text:
+        return text
+    escape = json_escape if json_source or is_json_document(text) else None
+    return vault.restore(text, escape)
+
+
 def restore_value(value: Any, vault: Vault, key: str | None = None) -> Any:
-    """Every string in a JSON value, restored whole."""
+    """Every string in a JSON value (object keys included), restored whole."""
     if isinstance(value, str):
-        return vault.restore(value, json_escape if key in JSON_SOURCE_KEYS else None)
+        return restore_text(value, vault, json_source=key in JSON_SOURCE_KEYS)
     if isinstance(value, dict):
-        return {k: restore_value(v, vault, k) for k, v in value.items()}
+        return {restore_text(k, vault): restore_value(v, vault, k) for k, v in value.items()}
     if isinstance(value, list):
         return [restore_value(v, vault, key) for v in value]
     return value
 
 
 def restore_body(raw: bytes, vault: Vault) -> bytes:
-    if not len(vault) or b"<" not in raw:
+    if not len(vault):
         return raw
     try:
         body = orjson.loads(raw)
@@ -47,149 +70,95 @@ def restore_body(raw: bytes, vault: Vault) -> bytes:
     return orjson.dumps(restore_value(body, vault))
 
 
-def _event(name: str | None, payload: Any) -> bytes:
+def event_bytes(name: str | None, payload: Any) -> bytes:
     head = f"event: {name}\n".encode() if name else b""
     return head + b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-class StreamRestore:
-    def __init__(self, endpoint: Endpoint, vault: Vault) -> None:
+class Channel:
+    """One stream of text inside a stream of events. Its mode is `text`, `json` (JSON source:
+    values go in escaped) or `auto` (JSON source if its first non-blank character opens a JSON
+    document, decided when that character arrives; blanks cannot hold a placeholder)."""
+
+    __slots__ = ("_mode", "_restorer", "_vault")
+
+    def __init__(self, vault: Vault, mode: str) -> None:
         self._vault = vault
-        self._channels: dict[tuple[Any, ...], StreamRestorer] = {}
-        self._last: dict[str, Any] = {}
-        self._handle: Callable[[str | None, dict[str, Any]], list[bytes]] = {
-            "chat_completions": self._chat, "completions": self._completions,
-            "responses": self._responses, "messages": self._anthropic,
-        }[endpoint.name]
+        self._mode = mode
+        self._restorer: StreamRestorer | None = None
+        if mode != "auto":
+            self._restorer = StreamRestorer(vault, json_escape if mode == "json" else None)
+
+    def feed(self, piece: str) -> str:
+        if self._restorer is None:
+            if not piece.strip():
+                return piece
+            json_source = piece.lstrip()[:1] in ("{", "[")
+            self._restorer = StreamRestorer(self._vault, json_escape if json_source else None)
+        return self._restorer.feed(piece)
+
+    def flush(self) -> str:
+        return self._restorer.flush() if self._restorer is not None else ""
+
+
+class EventRestore:
+    """The channels of one stream and the plumbing every wire format shares; subclasses map
+    their events onto channels in `on_event`."""
+
+    def __init__(self, vault: Vault, json_reply: bool = False) -> None:
+        self.vault = vault
+        self.content_mode = "json" if json_reply else "auto"
+        self.channels: dict[tuple[Any, ...], Channel] = {}
+        self.response_id: str | None = None  # the id a stateful API gave this reply
+
+    def on_event(self, name: str | None, payload: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def on_done(self) -> list[bytes]:
+        """Before `[DONE]`: anything still held (an upstream that sent no finish event)."""
+        self.channels.clear()
+        return []
+
+    def feed(self, key: tuple[Any, ...], piece: str, mode: str = "text") -> str:
+        channel = self.channels.get(key)
+        if channel is None:
+            channel = self.channels[key] = Channel(self.vault, mode)
+        return channel.feed(piece)
+
+    def flush(self, prefix: tuple[Any, ...]) -> dict[tuple[Any, ...], str]:
+        out = {}
+        for key in [k for k in self.channels if k[:len(prefix)] == prefix]:
+            text = self.channels.pop(key).flush()
+            if text:
+                out[key] = text
+        return out
+
+    def whole(self, value: Any) -> Any:
+        return restore_value(value, self.vault)
+
+
+class StreamRestore:
+    """Restore one SSE stream for `endpoint`, event by event."""
+
+    def __init__(self, endpoint: Endpoint, vault: Vault, json_reply: bool = False) -> None:
+        if endpoint.events is None:
+            raise ValueError(f"{endpoint.path} does not stream")
+        self.events: EventRestore = endpoint.events(vault, json_reply)
+
+    @property
+    def response_id(self) -> str | None:
+        return self.events.response_id
 
     def rewrite(self, event: SSEEvent) -> list[bytes]:
         data = event.data
         if not data.strip():
             return [event.encode()]
         if data.strip() == "[DONE]":
-            return [*self._flush_all(), event.encode()]
+            return [*self.events.on_done(), event.encode()]
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise StreamFormatError("upstream sent an event that is not JSON") from None
         if not isinstance(payload, dict):
             raise StreamFormatError("upstream sent an event that is not a JSON object")
-        return self._handle(event.event, payload)
-
-    def _channel(self, key: tuple[Any, ...], json_source: bool = False) -> StreamRestorer:
-        restorer = self._channels.get(key)
-        if restorer is None:
-            restorer = StreamRestorer(self._vault, json_escape if json_source else None)
-            self._channels[key] = restorer
-        return restorer
-
-    def _flush(self, prefix: tuple[Any, ...]) -> dict[tuple[Any, ...], str]:
-        out = {}
-        for key in [k for k in self._channels if k[:len(prefix)] == prefix]:
-            text = self._channels.pop(key).flush()
-            if text:
-                out[key] = text
-        return out
-
-    # --- OpenAI chat completions ---------------------------------------------------------
-
-    def _chat(self, name: str | None, chunk: dict[str, Any]) -> list[bytes]:
-        self._last = chunk
-        for choice in chunk.get("choices") or []:
-            index = choice.get("index", 0)
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                delta["content"] = self._channel(("c", index)).feed(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                function = call.get("function") or {}
-                if isinstance(function.get("arguments"), str):
-                    restorer = self._channel(("t", index, call.get("index", 0)), True)
-                    function["arguments"] = restorer.feed(function["arguments"])
-            if choice.get("finish_reason") is not None:
-                self._chat_flush_into(index, delta)
-                choice["delta"] = delta
-        return [_event(name, chunk)]
-
-    def _chat_flush_into(self, index: int, delta: dict[str, Any]) -> None:
-        for text in self._flush(("c", index)).values():
-            delta["content"] = text + (delta.get("content") or "")
-        for key, text in self._flush(("t", index)).items():
-            calls = delta.setdefault("tool_calls", [])
-            call = next((c for c in calls if c.get("index", 0) == key[2]), None)
-            if call is None:
-                call = {"index": key[2], "function": {"arguments": ""}}
-                calls.append(call)
-            function = call.setdefault("function", {})
-            function["arguments"] = text + (function.get("arguments") or "")
-
-    def _flush_all(self) -> list[bytes]:
-        """Anything still held when the stream ends (an upstream that sent no finish_reason)."""
-        if not self._channels:
-            return []
-        if "choices" in self._last:
-            shell = {k: v for k, v in self._last.items() if k not in ("choices", "usage")}
-            choices = []
-            for index in sorted({k[1] for k in self._channels}):
-                delta: dict[str, Any] = {}
-                self._chat_flush_into(index, delta)
-                choices.append({"index": index, "delta": delta, "finish_reason": None})
-            return [_event(None, {**shell, "choices": choices})]
-        self._channels.clear()
-        return []
-
-    # --- OpenAI completions -----------------------------------------------------------------
-
-    def _completions(self, name: str | None, chunk: dict[str, Any]) -> list[bytes]:
-        for choice in chunk.get("choices") or []:
-            index = choice.get("index", 0)
-            if isinstance(choice.get("text"), str):
-                choice["text"] = self._channel(("x", index)).feed(choice["text"])
-            if choice.get("finish_reason") is not None:
-                held = self._flush(("x", index))
-                choice["text"] = "".join(held.values()) + (choice.get("text") or "")
-        return [_event(name, chunk)]
-
-    # --- OpenAI Responses -----------------------------------------------------------------
-
-    def _responses(self, name: str | None, event: dict[str, Any]) -> list[bytes]:
-        kind = event.get("type", name)
-        where = (event.get("output_index", 0), event.get("content_index", 0))
-        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
-            event["delta"] = self._channel(("o", *where)).feed(event["delta"])
-            return [_event(name, event)]
-        if kind == "response.function_call_arguments.delta" and isinstance(event.get("delta"),
-                                                                            str):
-            event["delta"] = self._channel(("f", *where), True).feed(event["delta"])
-            return [_event(name, event)]
-        out = []
-        if kind in ("response.output_text.done", "response.function_call_arguments.done"):
-            delta_kind = kind.replace(".done", ".delta")
-            for text in self._flush(("o" if "text" in kind else "f", *where)).values():
-                fields = {k: event[k] for k in ("item_id", "output_index", "content_index",
-                                                "sequence_number") if k in event}
-                out.append(_event(delta_kind, {"type": delta_kind, **fields, "delta": text}))
-        out.append(_event(name, restore_value(event, self._vault)))
-        return out
-
-    # --- Anthropic Messages -----------------------------------------------------------------
-
-    def _anthropic(self, name: str | None, event: dict[str, Any]) -> list[bytes]:
-        kind = event.get("type", name)
-        index = event.get("index", 0)
-        if kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            for field in ("text", "partial_json", "thinking"):
-                if isinstance(delta.get(field), str):
-                    restorer = self._channel(("b", index, field), field == "partial_json")
-                    delta[field] = restorer.feed(delta[field])
-            return [_event(name, event)]
-        out = []
-        if kind == "content_block_stop":
-            for key, text in self._flush(("b", index)).items():
-                delta_type = {"text": "text_delta", "partial_json": "input_json_delta",
-                              "thinking": "thinking_delta"}[key[2]]
-                out.append(_event("content_block_delta", {
-                    "type": "content_block_delta", "index": index,
-                    "delta": {"type": delta_type, key[2]: text}}))
-        out.append(_event(name, restore_value(event, self._vault)))
-        return out
+        return self.events.on_event(event.event, payload)

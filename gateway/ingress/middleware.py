@@ -38,7 +38,9 @@ log = get_logger(ACCESS_LOGGER)
 REQUEST_ID = web.RequestKey("request_id", str)
 POLICY_HEADER = "X-Veil-Policy"  # digest of the policy that decided the request
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {"models", "unmatched"})
+AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {
+    "models", "model", "responses_retrieve", "responses_input_items", "responses_delete",
+    "unmatched"})
 OVERLOADED = ServiceUnavailable("The gateway is at its concurrency limit; retry shortly.",
                                 code="overloaded", headers={"Retry-After": "1"})
 
@@ -68,10 +70,18 @@ def request_id_for(request: web.Request) -> str:
     return f"req_{_id_prefix}{next(_id_counter):016x}"
 
 
+_ERROR_BODIES = {endpoint.path: endpoint.error_body for endpoint in ENDPOINTS}
+
+
 def error_response(error: GatewayError, request: web.Request, request_id: str) -> web.Response:
+    """The error in the shape the client's SDK reads: the endpoint's own; on routes both
+    formats share (`/v1/models`), Anthropic's when the client speaks it."""
     body = error.envelope(request_id)
-    if request.path == anthropic.MESSAGES.path:
-        body = anthropic.error_body(body)
+    shape = _ERROR_BODIES.get(request.path)
+    if shape is None and "anthropic-version" in request.headers:
+        shape = anthropic.error_body
+    if shape is not None:
+        body = shape(body)
     return web.json_response(body, status=error.status,
                              headers={**error.headers, "X-Request-ID": request_id})
 

@@ -26,6 +26,7 @@ class RequestFacts:
     semantic: dict[str, float] | None = None  # decrypted scores (numbers, not content)
     entities: dict[str, int] = field(default_factory=dict)  # entity type -> findings
     detectors: set[str] = field(default_factory=set)
+    attachments: dict[str, int] = field(default_factory=dict)  # kind -> forwarded unscanned
     decision: str = "forwarded"
     rule: str | None = None
     # (stage, perf_counter at its end), starting with the request's start; turned into
@@ -48,6 +49,7 @@ class RequestFacts:
             "model": self.model, "stream": self.stream, "policy": self.policy,
             "detectors": sorted(self.detectors), "entities": dict(sorted(self.entities.items())),
             "data_classes": list(self.data_classes), "semantic": self.semantic,
+            "attachments_unscanned": dict(sorted(self.attachments.items())),
             "decision": self.decision, "rule": self.rule,
             "backend": self.backend, "attestation": self.attestation, "status": status,
             "latency_ms": {**{name: round(seconds * 1000, 3)

@@ -15,6 +15,8 @@ never silently weaken a policy.
     trust_levels: {confidential-gpu: {sev-snp: {measurements: [...]}}}   (attestation/levels.py)
     backends: {gpu-pool-1: {require: confidential-gpu}}   # never used unless it meets that
     fail_mode: {detector: closed, scorer: closed, evidence: closed}
+    unknown_fields: scan               # or refuse: 400 naming a field the gateway does not know
+    attachments: refuse                # or forward: images, audio, files, token ids unscanned
 """
 
 from __future__ import annotations
@@ -120,6 +122,12 @@ class Policy(Strict):
     backends: dict[str, BackendRule] = Field(default_factory=dict)  # by backend name
     semantic: list[SemanticRule] = Field(default_factory=list)
     fail_mode: FailModes = FailModes()
+    # Fields (and variants) the gateway does not know are scanned as data like any text;
+    # `refuse` answers 400 naming the first one instead.
+    unknown_fields: Literal["scan", "refuse"] = "scan"
+    # Images, audio, files, token ids and data: URLs cannot be scanned: refused (400) unless
+    # the policy forwards them, which the audit record then counts.
+    attachments: Literal["refuse", "forward"] = "refuse"
 
     def action(self, entity: str) -> Action:
         return self.actions.get(entity, self.default_action)

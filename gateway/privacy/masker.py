@@ -76,8 +76,10 @@ class Masker:
         return [self.findings(t, s, names) for t, s in zip(texts, spans, strict=True)]
 
     def rewrite(self, texts: Sequence[str], findings: Sequence[Sequence[Span]],
-                tenant: str) -> MaskResult:
-        result = MaskResult([], Vault())
+                tenant: str, vault: Vault | None = None) -> MaskResult:
+        """Rewrite every text; placeholders come from `vault` (one seeded with a stored
+        conversation's mapping, or reserving what the client typed), or a fresh one."""
+        result = MaskResult([], Vault() if vault is None else vault)
         for text, found in zip(texts, findings, strict=True):
             result.texts.append(self._rewrite(text, list(found), tenant, result))
         return result

@@ -1,13 +1,15 @@
-"""The privacy stage of the pipeline: find every text, detect, let the policy decide, rewrite
-in place. Nothing is rewritten, let alone sent, before the decision is known."""
+"""The privacy stage of the pipeline: admit what cannot be scanned only as the policy says,
+detect over every piece of data the request carries, let the policy decide, rewrite in place.
+Nothing is rewritten, let alone sent, before the decision is known."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 
-from gateway.api.request import ApiRequest
-from gateway.api.texts import text_slots
+from gateway.api.endpoint import ApiRequest
+from gateway.api.structure import Scan
 from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.fhe.client import ScorerError
 from gateway.fhe.semantic import SemanticScorer
@@ -18,7 +20,7 @@ from gateway.policy.active import ActivePolicy
 from gateway.policy.evaluate import Decision, Facts, evaluate
 from gateway.privacy.engine import DetectionEngine, DetectorFailed
 from gateway.privacy.spans import Span
-from gateway.privacy.vault import Vault
+from gateway.privacy.vault import Entry, Vault, reserved_in
 
 log = get_logger("veil.privacy")
 
@@ -32,6 +34,26 @@ class PolicyBlocked(InvalidRequest):
         self.decision = decision
 
 
+def admit(scan: Scan, active: ActivePolicy, facts: RequestFacts) -> None:
+    """What the detectors cannot read, and fields the gateway does not know, pass only as the
+    policy says: attachments are refused unless it forwards them (and the audit record counts
+    them); unknown fields are scanned unless it refuses them."""
+    policy = active.policy
+    if scan.unknown and policy.unknown_fields == "refuse":
+        path = scan.unknown[0]
+        raise InvalidRequest(f"'{path}' is not a field this gateway knows, and the policy "
+                             "refuses unknown fields.", param=path, code="unknown_field")
+    if not scan.attachments:
+        return
+    if policy.attachments == "refuse":
+        first = scan.attachments[0]
+        raise InvalidRequest(
+            f"'{first.path}' carries content the detectors cannot read ({first.kind}), and "
+            "the policy refuses attachments (attachments: forward allows them).",
+            param=first.path, code="attachment_refused")
+    facts.attachments = dict(Counter(a.kind for a in scan.attachments))
+
+
 class PrivacyStage:
     def __init__(self, engine: DetectionEngine, metrics: Metrics,
                  semantic: SemanticScorer | None = None) -> None:
@@ -40,14 +62,18 @@ class PrivacyStage:
         self.semantic = semantic
 
     async def protect(self, request: ApiRequest, active: ActivePolicy, tenant: str,
-                      facts: RequestFacts) -> tuple[Vault, Decision]:
-        """Rewrite the request's texts in place; return the vault that restores the reply and
-        the decision (raise `PolicyBlocked` when it is to block)."""
+                      facts: RequestFacts, seed: Sequence[Entry] = ()) -> tuple[Vault, Decision]:
+        """Rewrite the request's data in place; return the vault that restores the reply and
+        the decision (raise `PolicyBlocked` when it is to block). `seed`: the mapping of the
+        stored response this request continues, so its placeholders keep their values."""
+        scan = request.scan
+        admit(scan, active, facts)
         rules = active.policy.semantic
-        slots = text_slots(request) if active.policy.scans or rules else []
-        if not slots:  # nothing to look at: the policy's decision for a clean request
-            return self._clean(active, facts)
+        slots = scan.slots if active.policy.scans or rules else []
         texts = [slot.text for slot in slots]
+        vault = Vault(reserved_in(texts), seed)
+        if not slots:  # nothing to look at: the policy's decision for a clean request
+            return vault, self._clean(active, facts)
         # Scoring (embedding, encryption, the scorer's round trip) runs beside detection.
         scoring = asyncio.create_task(self._scores(texts, active, facts)) if rules else None
         try:
@@ -62,7 +88,7 @@ class PrivacyStage:
         findings = active.masker.conversation_findings(texts, spans)
         if not any(findings) and not scores:  # nothing to decide on and nothing to rewrite
             facts.stage("mask")
-            return self._clean(active, facts)
+            return vault, self._clean(active, facts)
         found = Counter(f.entity for per_text in findings for f in per_text)
         decision = evaluate(active.loaded, Facts(tenant, request.endpoint.name, request.model,
                                                  found, scores))
@@ -73,9 +99,11 @@ class PrivacyStage:
             facts.decision, facts.rule = "blocked", decision.rule
             self._metrics.blocked.labels(decision.rule).inc()
             raise PolicyBlocked(decision, found)
-        result = active.masker.rewrite(texts, findings, tenant)
-        for slot, text in zip(slots, result.texts, strict=True):
-            slot.set(text)
+        result = active.masker.rewrite(texts, findings, tenant, vault)
+        for slot, before, after in zip(slots, texts, result.texts, strict=True):
+            if after != before:
+                slot.set(after)
+        scan.finish()
         for entity, count in result.counts.items():
             self._metrics.entities.labels(entity).inc(count)
         facts.detectors.update(result.detectors)
@@ -83,10 +111,10 @@ class PrivacyStage:
         return result.vault, decision
 
     @staticmethod
-    def _clean(active: ActivePolicy, facts: RequestFacts) -> tuple[Vault, Decision]:
+    def _clean(active: ActivePolicy, facts: RequestFacts) -> Decision:
         facts.rule = facts.rule or active.clean.rule
         facts.data_classes = active.clean.data_classes
-        return Vault(), active.clean
+        return active.clean
 
     async def _scores(self, texts: list[str], active: ActivePolicy,
                       facts: RequestFacts) -> dict[str, float]:

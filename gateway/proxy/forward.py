@@ -36,8 +36,10 @@ class Forwarder:
         self._attestation = attestation
 
     async def open(self, request: ApiRequest, backends: list[BackendSettings],
-                   payload: bytes, request_id: str) -> UpstreamReply:
-        """Return the first usable upstream response; the caller must close it."""
+                   payload: bytes | None, request_id: str, *, method: str = "POST",
+                   path: str | None = None) -> UpstreamReply:
+        """Return the first usable upstream response; the caller must close it. `path` (with
+        its vetted query) replaces the endpoint's own, for reads of stored state."""
         timeouts = auth_failures = 0
         for backend in backends:
             # Our own header name: upstreams give X-Request-ID their own rules (llama.cpp's
@@ -46,14 +48,14 @@ class Forwarder:
                        "X-Veil-Request-ID": request_id}
             if request.stream:
                 headers["Accept"] = "text/event-stream"
-            url = backend.url + request.endpoint.path
+            url = backend.url + (path or request.endpoint.path)
             started = time.perf_counter()
             try:
                 # An attested backend is reached only on the certificate its evidence is
                 # bound to; a changed key is refused and triggers re-attestation.
                 pin = self._attestation.pin(backend.name) if backend.attestation else None
-                response = await self._pool.session(backend.name).post(
-                    url, data=payload, headers=headers, allow_redirects=False,
+                response = await self._pool.session(backend.name).request(
+                    method, url, data=payload, headers=headers, allow_redirects=False,
                     ssl=pin if pin is not None else True)
             except TimeoutError:
                 timeouts += 1

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import aiohttp
 from aiohttp import web
 
-from gateway.api import ApiRequest, is_terminal, stream_error_event
+from gateway.api import ApiRequest
 from gateway.api.replies import StreamFormatError
 from gateway.api.sse import SSEDecoder, SSEError, SSEEvent
 from gateway.errors import UpstreamFailed
@@ -78,7 +78,7 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
         async for event in _events(upstream):
             for piece in rewrite(event) if rewrite else (event.encode(),):
                 await response.write(piece)
-            if is_terminal(endpoint, event):
+            if endpoint.is_terminal(event):
                 problem = None
                 break
     except ConnectionResetError:
@@ -99,7 +99,7 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
     if problem:
         upstream.close()
         log.warning("stream_interrupted", route=endpoint.name, reason=problem)
-        await _finish(response, stream_error_event(endpoint, problem, request_id))
+        await _finish(response, endpoint.stream_error(problem, request_id))
     else:
         await _finish(response, b"")
         task = asyncio.create_task(_return_to_pool(upstream))

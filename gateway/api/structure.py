@@ -1,0 +1,626 @@
+"""The declared structure of a request body, and the walk that finds every piece of data in it.
+
+Deny by default. Each endpoint declares which values in its body are *structural*: type
+discriminators and enumerations within their vocabulary, identifiers, names, opaque tokens the
+upstream issued, numbers and booleans. Those are checked (type, vocabulary) and left alone.
+Everything else is *data* and becomes a slot the privacy stage scans and may rewrite:
+
+- every declared text field, and every string in a field the gateway does not know;
+- in free-form JSON (tool inputs, JSON schemas, unknown fields): every string, every object
+  key, and every number as its decimal text (a card number sent as a JSON integer);
+- JSON held in a string (tool-call arguments, a tool result that is a JSON document): parsed,
+  its leaves scanned, and re-serialised only if something in it changed;
+- enumerations with a value outside their vocabulary (a newer API version's value, or text
+  smuggled into an enum) are scanned like text.
+
+A declared field of the wrong type is an `InvalidRequest` naming the field, never a skip.
+Attachments (images, audio, files, token arrays, `data:` URLs) cannot be scanned: they are
+listed, with the path and kind, for the policy to refuse or forward. Fields and variants the
+gateway does not know are listed too, for policies that refuse them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import InvalidRequest
+from gateway.privacy.patterns import PatternDetector
+
+MAX_DEPTH = 64  # deeper JSON is refused: no API nests anywhere near this
+IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{0,256}")
+NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+OPAQUE = re.compile(r"[A-Za-z0-9+/=_.:\-]*")
+DATA_URL = re.compile(r"\s*data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.I)
+_SCREEN = PatternDetector()
+
+
+# --- where a value is ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """Where a value sits in the body, rendered the way errors name fields:
+    `messages[2].content[0].text`. Built as the walk descends; rendered only when needed."""
+
+    parent: Path | None
+    key: str | int
+    depth: int
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        node: Path | None = self
+        while node is not None:
+            parts.append(f"[{node.key}]" if isinstance(node.key, int) else
+                         ("." if node.parent is not None else "") + node.key)
+            node = node.parent
+        return "".join(reversed(parts))
+
+    def child(self, key: str | int) -> Path:
+        return Path(self, key, self.depth + 1)
+
+
+def child_path(path: Path | None, key: str | int) -> Path:
+    return Path(None, key, 1) if path is None else path.child(key)
+
+
+class _Doc:
+    """A JSON document held in a string: written back, re-serialised, only if a slot inside
+    it changed."""
+
+    __slots__ = ("container", "dirty", "holder", "key", "parent")
+
+    def __init__(self, value: Any, container: Any, key: str | int, parent: _Doc | None) -> None:
+        self.holder = [value]
+        self.container = container
+        self.key = key
+        self.parent = parent
+        self.dirty = False
+
+    def finish(self) -> None:
+        if self.dirty:
+            self.container[self.key] = orjson.dumps(self.holder[0]).decode()
+            if self.parent is not None:
+                self.parent.dirty = True
+
+
+# --- slots: data the privacy stage reads and may rewrite ---------------------------------------
+
+class Slot(Protocol):
+    @property
+    def text(self) -> str: ...
+
+    def set(self, text: str) -> None: ...
+
+
+class ValueSlot:
+    """A string value: `container[key]`."""
+
+    __slots__ = ("container", "doc", "key")
+
+    def __init__(self, container: Any, key: str | int, doc: _Doc | None) -> None:
+        self.container = container
+        self.key = key
+        self.doc = doc
+
+    @property
+    def text(self) -> str:
+        value = self.container[self.key]
+        if not isinstance(value, str):
+            raise TypeError("slot no longer holds a string")
+        return value
+
+    def set(self, text: str) -> None:
+        self.container[self.key] = text
+        if self.doc is not None:
+            self.doc.dirty = True
+
+
+class NumberSlot:
+    """A number in free-form JSON, scanned as its decimal text; a rewrite makes it a string."""
+
+    __slots__ = ("container", "doc", "key", "text")
+
+    def __init__(self, container: Any, key: str | int, doc: _Doc | None) -> None:
+        self.container = container
+        self.key = key
+        self.doc = doc
+        self.text = str(container[key])
+
+    def set(self, text: str) -> None:
+        self.container[self.key] = text
+        if self.doc is not None:
+            self.doc.dirty = True
+
+
+class _Keys:
+    """The keys of one object in free-form JSON; renamed together once every value is written,
+    keeping their order."""
+
+    __slots__ = ("doc", "obj", "path", "renames")
+
+    def __init__(self, obj: dict[str, Any], path: Path | None, doc: _Doc | None) -> None:
+        self.obj = obj
+        self.path = path
+        self.doc = doc
+        self.renames: dict[str, str] = {}
+
+    def finish(self) -> None:
+        if not self.renames:
+            return
+        renamed: dict[str, Any] = {}
+        for key, value in self.obj.items():
+            name = self.renames.get(key, key)
+            if name in renamed:
+                where = str(self.path) if self.path is not None else "the request body"
+                message = f"Two keys of '{where}' become the same once masked; rename one."
+                raise InvalidRequest(message, param=str(self.path) if self.path else None,
+                                     code="masked_key_collision")
+            renamed[name] = value
+        self.obj.clear()
+        self.obj.update(renamed)
+        if self.doc is not None:
+            self.doc.dirty = True
+
+
+class KeySlot:
+    __slots__ = ("key", "keys")
+
+    def __init__(self, keys: _Keys, key: str) -> None:
+        self.keys = keys
+        self.key = key
+
+    @property
+    def text(self) -> str:
+        return self.key
+
+    def set(self, text: str) -> None:
+        self.keys.renames[self.key] = text
+
+
+# --- the result of a walk ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    path: str
+    kind: str  # image | audio | file | document | tokens | data_url
+
+
+@dataclass
+class Scan:
+    """Everything a walk found: data slots in walk order (which numbers the placeholders),
+    attachments, unknown fields; `finish()` writes renamed keys and re-serialised JSON back."""
+
+    slots: list[Slot] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    tokens: list[tuple[Path, str]] = field(default_factory=list)
+    finishers: list[Callable[[], None]] = field(default_factory=list)
+
+    def finish(self) -> None:
+        for finisher in self.finishers:
+            finisher()
+        self.finishers.clear()
+
+    @property
+    def texts(self) -> list[str]:
+        return [slot.text for slot in self.slots]
+
+
+class At:
+    """One value during the walk: its container, its key there, its path, and the JSON-in-a-
+    string document it belongs to (if any)."""
+
+    __slots__ = ("container", "doc", "key", "path")
+
+    def __init__(self, container: Any, key: str | int, path: Path | None,
+                 doc: _Doc | None) -> None:
+        self.container = container
+        self.key = key
+        self.path = path
+        self.doc = doc
+
+    @property
+    def value(self) -> Any:
+        return self.container[self.key]
+
+    def child(self, container: Any, key: str | int) -> At:
+        path = child_path(self.path, key)
+        if path.depth > MAX_DEPTH:
+            raise InvalidRequest(f"The request nests deeper than {MAX_DEPTH} levels at "
+                                 f"'{_param(self.path)}'.", param=_param(self.path),
+                                 code="too_deep")
+        return At(container, key, path, self.doc)
+
+    def wrong(self, expected: str) -> InvalidRequest:
+        param = _param(self.path)
+        return InvalidRequest(f"'{param}' must be {expected}, got {type_name(self.value)}.",
+                              param=param)
+
+
+def _param(path: Path | None) -> str:
+    return str(path) if path is not None else "body"
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+# --- nodes: the declared structure -------------------------------------------------------------
+
+class Node(Protocol):
+    def walk(self, scan: Scan, at: At) -> None: ...
+
+
+class Field:
+    """A node for which null means absent: `visit` sees only values that are there."""
+
+    def walk(self, scan: Scan, at: At) -> None:
+        value = at.value
+        if value is not None:
+            self.visit(scan, at, value)
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        raise NotImplementedError
+
+
+def _data_string(scan: Scan, at: At, value: str, *, any_json: bool = False) -> None:
+    """A string of data: a slot; a `data:` URL is an attachment; JSON held in the string (an
+    object or array, or any JSON where the format says so) is parsed and walked as free data,
+    so escapes such as \\u00e9 cannot hide a name from the detectors."""
+    if not value:
+        return
+    if DATA_URL.match(value):
+        scan.attachments.append(Attachment(_param(at.path), "data_url"))
+        return
+    stripped = value.lstrip()
+    if any_json or stripped[:1] in ("{", "["):
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            parsed = value
+        if not isinstance(parsed, str):
+            doc = _Doc(parsed, at.container, at.key, at.doc)
+            FREE.walk(scan, At(doc.holder, 0, at.path, doc))
+            scan.finishers.append(doc.finish)
+            return
+    scan.slots.append(ValueSlot(at.container, at.key, at.doc))
+
+
+class Free:
+    """Free-form JSON: all of it is data (strings, keys, numbers)."""
+
+    def walk(self, scan: Scan, at: At) -> None:
+        value = at.value
+        if isinstance(value, str):
+            _data_string(scan, at, value)
+        elif isinstance(value, bool) or value is None:
+            return
+        elif isinstance(value, int | float):
+            scan.slots.append(NumberSlot(at.container, at.key, at.doc))
+        elif isinstance(value, list):
+            for i in range(len(value)):
+                self.walk(scan, at.child(value, i))
+        elif isinstance(value, dict):
+            keys = _Keys(value, at.path, at.doc)
+            for key in list(value):
+                if key:
+                    scan.slots.append(KeySlot(keys, key))
+                self.walk(scan, at.child(value, key))
+            scan.finishers.append(keys.finish)
+
+
+FREE = Free()
+
+
+class Text(Field):
+    """A declared text field: a string (or null)."""
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, str):
+            raise at.wrong("a string")
+        _data_string(scan, at, value)
+
+
+class JsonText(Field):
+    """A string the format says holds JSON (tool-call arguments); text if it does not parse."""
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, str):
+            raise at.wrong("a string (JSON-encoded)")
+        _data_string(scan, at, value, any_json=True)
+
+
+class Token(Field):
+    """A structural string (identifier, name, opaque upstream token): forwarded as is, so it
+    must fit its vocabulary, and it is screened by the pattern tier: a value that looks like
+    a secret or personal data is refused rather than forwarded."""
+
+    def __init__(self, vocabulary: re.Pattern[str], description: str) -> None:
+        self.vocabulary = vocabulary
+        self.description = description
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, str):
+            raise at.wrong("a string")
+        if not self.vocabulary.fullmatch(value):
+            param = _param(at.path)
+            raise InvalidRequest(f"'{param}' must be {self.description}.", param=param,
+                                 code="invalid_identifier")
+        if value:
+            scan.tokens.append((at.path or Path(None, "body", 0), value))
+
+
+class Model:
+    """The model name: required, a string; the router refuses names it does not serve."""
+
+    def walk(self, scan: Scan, at: At) -> None:
+        value = at.value
+        if not isinstance(value, str):
+            raise at.wrong("a string")
+        if not value:
+            raise InvalidRequest("'model' must not be empty.", param="model")
+
+
+class Enum(Field):
+    """A string from a vocabulary; a value outside it is scanned as data, never trusted (or,
+    `closed`, refused: roles, where an unknown value can only be a mistake)."""
+
+    def __init__(self, *values: str, closed: bool = False) -> None:
+        self.values = frozenset(values)
+        self.closed = closed
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, str):
+            raise at.wrong("a string")
+        if value in self.values:
+            return
+        if self.closed:
+            param = _param(at.path)
+            raise InvalidRequest(f"'{param}' must be one of {sorted(self.values)}.",
+                                 param=param)
+        _data_string(scan, at, value)
+
+
+class Scalar(Field):
+    """A structural number, integer or boolean: type-checked, forwarded as is."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if self.kind == "boolean":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and (
+                self.kind == "a number" or isinstance(value, int) or float(value).is_integer())
+        if not ok:
+            raise at.wrong(self.kind if self.kind != "boolean" else "a boolean")
+
+
+class Attach:
+    """Content the detectors cannot read (an image, audio, a file, token ids): listed for the
+    policy, which refuses or forwards it; never scanned, never rewritten."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def walk(self, scan: Scan, at: At) -> None:
+        if at.value is not None:
+            scan.attachments.append(Attachment(_param(at.path), self.kind))
+
+
+class Refused:
+    """A field the gateway refuses outright (it references state it cannot check)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def walk(self, scan: Scan, at: At) -> None:
+        if at.value is not None:
+            param = _param(at.path)
+            raise InvalidRequest(f"'{param}' is not supported through this gateway: "
+                                 f"{self.reason}", param=param, code="unsupported_field")
+
+
+class Obj(Field):
+    """An object with declared fields; any other field is data (and listed as unknown)."""
+
+    def __init__(self, fields: Mapping[str, Node], *, required: tuple[str, ...] = ()) -> None:
+        self.fields = dict(fields)
+        self.required = required
+
+    def extend(self, fields: Mapping[str, Node], *, required: tuple[str, ...] | None = None,
+               without: tuple[str, ...] = ()) -> Obj:
+        merged = {k: v for k, v in {**self.fields, **fields}.items() if k not in without}
+        return Obj(merged, required=self.required if required is None else required)
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise at.wrong("an object")
+        for name in self.required:
+            if value.get(name) is None:
+                param = str(child_path(at.path, name))
+                raise InvalidRequest(f"'{param}' is required.", param=param)
+        keys: _Keys | None = None
+        for key in list(value):
+            node = self.fields.get(key)
+            if node is not None:
+                node.walk(scan, at.child(value, key))
+                continue
+            child = at.child(value, key)
+            scan.unknown.append(str(child.path))
+            if keys is None:
+                keys = _Keys(value, at.path, at.doc)
+            if key:
+                scan.slots.append(KeySlot(keys, key))
+            FREE.walk(scan, child)
+        if keys is not None:
+            scan.finishers.append(keys.finish)
+
+
+class Arr(Field):
+    def __init__(self, item: Node, *, min_items: int = 0) -> None:
+        self.item = item
+        self.min_items = min_items
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, list):
+            raise at.wrong("an array")
+        if len(value) < self.min_items:
+            param = _param(at.path)
+            raise InvalidRequest(f"'{param}' must not be empty.", param=param)
+        for i in range(len(value)):
+            self.item.walk(scan, at.child(value, i))
+
+
+class Map(Field):
+    """An object whose keys are data (metadata, template variables) and values all alike."""
+
+    def __init__(self, value: Node) -> None:
+        self.value = value
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise at.wrong("an object")
+        keys = _Keys(value, at.path, at.doc)
+        for key in list(value):
+            if key:
+                scan.slots.append(KeySlot(keys, key))
+            self.value.walk(scan, at.child(value, key))
+        scan.finishers.append(keys.finish)
+
+
+class OneOf(Field):
+    """A field that may be a string, an array, an object or a number, each with its own
+    structure; any other type is an error that says what is accepted."""
+
+    def __init__(self, expected: str, *, string: Node | None = None, array: Node | None = None,
+                 obj: Node | None = None, number: Node | None = None) -> None:
+        self.expected = expected
+        self.string, self.array, self.obj, self.number = string, array, obj, number
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        node = (self.string if isinstance(value, str) else
+                self.array if isinstance(value, list) else
+                self.obj if isinstance(value, dict) else
+                self.number if isinstance(value, int | float) and not isinstance(value, bool)
+                else None)
+        if node is None:
+            raise at.wrong(self.expected)
+        node.walk(scan, at)
+
+
+class Tagged(Field):
+    """An object whose variant is named by a discriminator (`type`, or `role`). An unknown
+    variant is free data, listed as unknown; `closed` variants refuse unknown tags instead."""
+
+    def __init__(self, variants: Mapping[str, Node], *, key: str = "type",
+                 default: str | None = None, closed: bool = False) -> None:
+        self.variants = dict(variants)
+        self.key = key
+        self.default = default
+        self.closed = closed
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not isinstance(value, dict):
+            raise at.wrong("an object")
+        tag = value.get(self.key, self.default)
+        if tag is None and self.default is not None:
+            tag = self.default
+        node = self.variants.get(tag) if isinstance(tag, str) else None
+        if node is not None:
+            node.walk(scan, at)
+            return
+        if self.closed or tag is None:
+            param = str(child_path(at.path, self.key))
+            allowed = ", ".join(sorted(self.variants))
+            message = (f"'{param}' is required." if tag is None else
+                       f"'{param}' must be one of: {allowed}.")
+            raise InvalidRequest(message, param=param)
+        scan.unknown.append(str(child_path(at.path, self.key)))
+        FREE.walk(scan, at)
+
+
+class Lazy:
+    """A node defined later (structures that contain themselves)."""
+
+    def __init__(self, resolve: Callable[[], Node]) -> None:
+        self.resolve = resolve
+
+    def walk(self, scan: Scan, at: At) -> None:
+        self.resolve().walk(scan, at)
+
+
+class Tokens(Field):
+    """A prompt as text or as token ids: a string, an array of strings, an array of token ids,
+    or an array of such arrays. Token ids are text the gateway cannot read (it does not know
+    the model's tokenizer): an attachment."""
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if isinstance(value, str):
+            TEXT.walk(scan, at)
+            return
+        if not isinstance(value, list):
+            raise at.wrong("a string, an array of strings or an array of token ids")
+        if value and all(_is_int(v) for v in value):
+            ATTACH_TOKENS.walk(scan, at)
+            return
+        for i, item in enumerate(value):
+            item_at = at.child(value, i)
+            if isinstance(item, str):
+                TEXT.walk(scan, item_at)
+            elif isinstance(item, list) and all(_is_int(v) for v in item):
+                ATTACH_TOKENS.walk(scan, item_at)
+            elif isinstance(item, dict):
+                scan.unknown.append(str(item_at.path))
+                FREE.walk(scan, item_at)
+            else:
+                raise item_at.wrong("a string or an array of token ids")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+TEXT = Text()
+JSON_TEXT = JsonText()
+ID = Token(IDENTIFIER, "an identifier (letters, digits, '_', '-', '.', ':'; at most 256)")
+NAME_TOKEN = Token(NAME, "a name of 1-128 letters, digits, '_', '-', '.' or ':'")
+OPAQUE_TOKEN = Token(OPAQUE, "an opaque token as the upstream issued it (base64)")
+MODEL = Model()
+NUMBER = Scalar("a number")
+INTEGER = Scalar("an integer")
+BOOLEAN = Scalar("boolean")
+TAG = Enum()  # the discriminator itself, already checked by `Tagged`
+ATTACH_TOKENS = Attach("tokens")
+
+
+def walk_body(structure: Node, body: dict[str, Any]) -> Scan:
+    """Check `body` against `structure` and collect its data; raise `InvalidRequest` naming
+    the first field that does not fit, or an identifier that looks like sensitive data."""
+    scan = Scan()
+    holder = [body]
+    structure.walk(scan, At(holder, 0, None, None))
+    for path, value in scan.tokens:
+        found = _SCREEN.detect(value)
+        if found:
+            param = str(path)
+            raise InvalidRequest(
+                f"'{param}' looks like it holds sensitive data ({found[0].entity}); "
+                "identifiers are forwarded as they are, so the request was refused.",
+                param=param, code="sensitive_identifier")
+    return scan

@@ -1,0 +1,95 @@
+"""Responses the upstream stores (`/v1/responses` with `store` not false): which tenant created
+each, through which backend, and the placeholder mapping its request was masked with.
+
+Upstreams store responses under the gateway's own credential, so without this record any
+tenant could read any other tenant's response by id. With it: reading one back (`GET
+/v1/responses/{id}`, its input items) restores it with the mapping it was made with,
+continuing one (`previous_response_id`) keeps its placeholders meaning the same values (turn
+1's `<PERSON_1>` is still John in turn 2), and both work only for the tenant that created it.
+
+The mappings hold original values, so they are kept encrypted (AES-256-GCM, the response id,
+tenant and backend as associated data) under a key that exists only in this process's memory,
+and expire after `privacy.stored_response_ttl_s`. One process's record is its own: with
+several workers or replicas a response is known only where it was created (shared state is
+a later step: Redis).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.privacy.vault import Entry
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    tenant: str
+    backend: str
+    entries: list[Entry]
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    expires: float
+    tenant: str
+    backend: str
+    blob: bytes  # nonce + AES-GCM(entries)
+
+
+class StoredResponses:
+    def __init__(self, ttl_s: float, capacity: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+        self._ttl = ttl_s
+        self._capacity = capacity
+        self._clock = clock
+        self._items: OrderedDict[str, _Sealed] = OrderedDict()
+
+    def remember(self, response_id: str, tenant: str, backend: str,
+                 entries: list[Entry]) -> None:
+        nonce = os.urandom(12)
+        blob = nonce + self._aead.encrypt(nonce, orjson.dumps(entries),
+                                          _aad(response_id, tenant, backend))
+        self._items[response_id] = _Sealed(self._clock() + self._ttl, tenant, backend, blob)
+        self._items.move_to_end(response_id)
+        self._expire()
+
+    def get(self, response_id: str, tenant: str) -> StoredResponse | None:
+        """The record, if this tenant created that response and it has not expired."""
+        self._expire()
+        sealed = self._items.get(response_id)
+        if sealed is None or sealed.tenant != tenant:
+            return None
+        try:
+            plain = self._aead.decrypt(sealed.blob[:12], sealed.blob[12:],
+                                       _aad(response_id, sealed.tenant, sealed.backend))
+        except InvalidTag:
+            return None
+        entries = [(str(p), str(e), str(v)) for p, e, v in orjson.loads(plain)]
+        return StoredResponse(sealed.tenant, sealed.backend, entries)
+
+    def forget(self, response_id: str) -> None:
+        self._items.pop(response_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._items:
+            oldest_id, oldest = next(iter(self._items.items()))
+            if oldest.expires > now and len(self._items) <= self._capacity:
+                break
+            del self._items[oldest_id]
+
+
+def _aad(response_id: str, tenant: str, backend: str) -> bytes:
+    return orjson.dumps([response_id, tenant, backend])
