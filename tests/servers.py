@@ -106,3 +106,14 @@ def gateway_for(settings: Settings, environ: dict[str, str] | None = None) -> Se
 
 def demo_backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str, Any]:
     return backend(name, url, fmt, api_key_env="DEMO_KEY", **extra)
+
+
+UNLIMITED = {"requests_per_second": 1e6, "burst": 1_000_000}  # for tests that send thousands
+
+
+def demo_gateway(demo_url: str, *, policy: dict[str, Any] | None = None,
+                 **overrides: Any) -> ServerThread:
+    """A gateway in front of the demo server on both wire formats, with `policy`."""
+    backends = [demo_backend("demo-openai", demo_url),
+                demo_backend("demo-anthropic", demo_url, "anthropic")]
+    return gateway_for(settings_for(backends, policy=policy, **overrides))

@@ -102,8 +102,9 @@ CONTENT_BLOCK: Node = Tagged({
 })
 CONTENT = OneOf("a string or an array of content blocks", string=TEXT,
                 array=Arr(Lazy(lambda: CONTENT_BLOCK)))
-MESSAGE = Obj({"role": Enum("user", "assistant", closed=True), "content": CONTENT},
-              required=("role", "content"))
+# (`system` messages, with `clear_at` and a per-turn `output_config`, are an Anthropic beta.)
+MESSAGE = Obj({"role": Enum("user", "assistant", "system", closed=True), "content": CONTENT,
+               "clear_at": Enum("next_user_message", "never")}, required=("role",))
 TOOL = Tagged({
     "custom": Obj({"type": TAG, "name": NAME_TOKEN, "description": TEXT, "input_schema": FREE,
                    "input_examples": Arr(FREE), "cache_control": CACHE_CONTROL,
@@ -129,9 +130,9 @@ MCP_SERVER = Obj({"type": Enum("url"), "url": TEXT, "name": NAME_TOKEN,
 OUTPUT_FORMAT = Tagged({"json_schema": Obj({"type": TAG, "schema": FREE})})
 _COMMON: dict[str, Node] = {
     "model": MODEL,
-    "messages": Arr(MESSAGE, min_items=1),
     "system": OneOf("a string or an array of text blocks", string=TEXT,
                     array=Arr(Tagged({"text": TEXT_BLOCK}))),
+    "messages": Arr(MESSAGE, min_items=1),
     "tools": Arr(TOOL), "tool_choice": TOOL_CHOICE, "thinking": THINKING,
     "mcp_servers": Arr(MCP_SERVER),
     "output_config": Obj({"effort": Enum("low", "medium", "high", "xhigh", "max"),

@@ -115,8 +115,9 @@ _SAMPLING: dict[str, Node] = {
     "logit_bias": LOGIT_BIAS, "stop": STOP, "user": TEXT,
 }
 CHAT_BODY = Obj({
-    **_SAMPLING,
+    "model": MODEL,
     "messages": Arr(CHAT_MESSAGE, min_items=1),
+    **_SAMPLING,
     "max_completion_tokens": INTEGER, "logprobs": BOOLEAN, "top_logprobs": INTEGER,
     "parallel_tool_calls": BOOLEAN, "store": BOOLEAN, "metadata": METADATA,
     "tools": Arr(CHAT_TOOL), "tool_choice": CHAT_TOOL_CHOICE,
@@ -210,8 +211,9 @@ def _format_type(value: Any) -> Any:
 # --- completions and embeddings --------------------------------------------------------------
 
 COMPLETIONS_BODY = Obj({
+    "model": MODEL, "prompt": Tokens(), "suffix": TEXT,
     **_SAMPLING,
-    "prompt": Tokens(), "suffix": TEXT, "echo": BOOLEAN, "best_of": INTEGER,
+    "echo": BOOLEAN, "best_of": INTEGER,
     "logprobs": INTEGER,
 }, required=("model", "prompt"))
 
@@ -277,7 +279,8 @@ RESPONSE_ITEM = Tagged({
     "compaction": Obj({**_ITEM, "encrypted_content": OPAQUE_TOKEN}),
     "item_reference": Obj({"type": TAG, "id": ID}),
     "mcp_call": Obj({**_ITEM, "server_label": NAME_TOKEN, "name": NAME_TOKEN,
-                     "arguments": JSON_TEXT, "output": TEXT, "error": TEXT,
+                     "arguments": JSON_TEXT, "output": TEXT,
+                     "error": OneOf("a string or an object", string=TEXT, obj=FREE),
                      "approval_request_id": ID}),
     "mcp_approval_request": Obj({**_ITEM, "server_label": NAME_TOKEN, "name": NAME_TOKEN,
                                  "arguments": JSON_TEXT}),
@@ -304,9 +307,9 @@ RESPONSE_TOOL_CHOICE = OneOf("a string or an object", string=Enum("none", "auto"
                              }))
 RESPONSES_BODY = Obj({
     "model": MODEL, "stream": BOOLEAN, "stream_options": STREAM_OPTIONS,
+    "instructions": TEXT,
     "input": OneOf("a string or an array of input items", string=TEXT,
                    array=Arr(RESPONSE_ITEM)),
-    "instructions": TEXT,
     "previous_response_id": ID,
     "conversation": Refused("conversations are stored upstream under the gateway's "
                             "credential, so the gateway cannot tell whose they are; send "

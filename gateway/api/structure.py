@@ -22,6 +22,7 @@ gateway does not know are listed too, for policies that refuse them.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,35 +38,13 @@ NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 OPAQUE = re.compile(r"[A-Za-z0-9+/=_.:\-]*")
 DATA_URL = re.compile(r"\s*data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.I)
 _SCREEN = PatternDetector()
+# Identifiers and names recur on every turn (tool names, call ids): the ones that passed the
+# screen are remembered (only those: a flagged value is never kept).
+CLEAN_TOKENS_KEPT = 4096
+_CLEAN_TOKENS: OrderedDict[str, None] = OrderedDict()
 
 
 # --- where a value is ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Path:
-    """Where a value sits in the body, rendered the way errors name fields:
-    `messages[2].content[0].text`. Built as the walk descends; rendered only when needed."""
-
-    parent: Path | None
-    key: str | int
-    depth: int
-
-    def __str__(self) -> str:
-        parts: list[str] = []
-        node: Path | None = self
-        while node is not None:
-            parts.append(f"[{node.key}]" if isinstance(node.key, int) else
-                         ("." if node.parent is not None else "") + node.key)
-            node = node.parent
-        return "".join(reversed(parts))
-
-    def child(self, key: str | int) -> Path:
-        return Path(self, key, self.depth + 1)
-
-
-def child_path(path: Path | None, key: str | int) -> Path:
-    return Path(None, key, 1) if path is None else path.child(key)
-
 
 class _Doc:
     """A JSON document held in a string: written back, re-serialised, only if a slot inside
@@ -140,12 +119,12 @@ class _Keys:
     """The keys of one object in free-form JSON; renamed together once every value is written,
     keeping their order."""
 
-    __slots__ = ("doc", "obj", "path", "renames")
+    __slots__ = ("at", "doc", "obj", "renames")
 
-    def __init__(self, obj: dict[str, Any], path: Path | None, doc: _Doc | None) -> None:
+    def __init__(self, obj: dict[str, Any], at: At) -> None:
         self.obj = obj
-        self.path = path
-        self.doc = doc
+        self.at = at
+        self.doc = at.doc
         self.renames: dict[str, str] = {}
 
     def finish(self) -> None:
@@ -155,10 +134,9 @@ class _Keys:
         for key, value in self.obj.items():
             name = self.renames.get(key, key)
             if name in renamed:
-                where = str(self.path) if self.path is not None else "the request body"
+                where = self.at.param
                 message = f"Two keys of '{where}' become the same once masked; rename one."
-                raise InvalidRequest(message, param=str(self.path) if self.path else None,
-                                     code="masked_key_collision")
+                raise InvalidRequest(message, param=where, code="masked_key_collision")
             renamed[name] = value
         self.obj.clear()
         self.obj.update(renamed)
@@ -197,7 +175,7 @@ class Scan:
     slots: list[Slot] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
-    tokens: list[tuple[Path, str]] = field(default_factory=list)
+    tokens: list[tuple[At, str]] = field(default_factory=list)
     finishers: list[Callable[[], None]] = field(default_factory=list)
 
     def finish(self) -> None:
@@ -211,38 +189,52 @@ class Scan:
 
 
 class At:
-    """One value during the walk: its container, its key there, its path, and the JSON-in-a-
-    string document it belongs to (if any)."""
+    """One value during the walk: its container and key there, the value it is inside (which
+    makes it a path: `messages[2].content[0].text`, rendered only for errors and listings),
+    and the JSON-in-a-string document it belongs to, if any."""
 
-    __slots__ = ("container", "doc", "key", "path")
+    __slots__ = ("container", "depth", "doc", "key", "named", "parent")
 
-    def __init__(self, container: Any, key: str | int, path: Path | None,
-                 doc: _Doc | None) -> None:
+    def __init__(self, container: Any, key: str | int, parent: At | None, doc: _Doc | None,
+                 *, named: bool = True) -> None:
         self.container = container
         self.key = key
-        self.path = path
+        self.parent = parent
         self.doc = doc
+        self.named = named  # False: a root (the body, a document parsed from a string)
+        self.depth: int = parent.depth + 1 if parent is not None else 0
 
     @property
     def value(self) -> Any:
         return self.container[self.key]
 
     def child(self, container: Any, key: str | int) -> At:
-        path = child_path(self.path, key)
-        if path.depth > MAX_DEPTH:
+        if self.depth >= MAX_DEPTH:
             raise InvalidRequest(f"The request nests deeper than {MAX_DEPTH} levels at "
-                                 f"'{_param(self.path)}'.", param=_param(self.path),
-                                 code="too_deep")
-        return At(container, key, path, self.doc)
+                                 f"'{self.param}'.", param=self.param, code="too_deep")
+        return At(container, key, self, self.doc)
+
+    @property
+    def param(self) -> str:
+        """This value's path, as errors name fields ("body" for the whole body)."""
+        keys: list[str | int] = []
+        node: At | None = self
+        while node is not None:
+            if node.named:
+                keys.append(node.key)
+            node = node.parent
+        out = ""
+        for key in reversed(keys):
+            out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else key)
+        return out or "body"
+
+    def param_of(self, name: str) -> str:
+        return name if self.param == "body" else f"{self.param}.{name}"
 
     def wrong(self, expected: str) -> InvalidRequest:
-        param = _param(self.path)
+        param = self.param
         return InvalidRequest(f"'{param}' must be {expected}, got {type_name(self.value)}.",
                               param=param)
-
-
-def _param(path: Path | None) -> str:
-    return str(path) if path is not None else "body"
 
 
 def type_name(value: Any) -> str:
@@ -264,9 +256,17 @@ def type_name(value: Any) -> str:
 class Node(Protocol):
     def walk(self, scan: Scan, at: At) -> None: ...
 
+    def settled(self, value: Any) -> bool:
+        """Whether `value` needs no walk at all (absent, or valid and structural): lets the
+        common case skip building a position for it."""
+        ...
+
 
 class Field:
     """A node for which null means absent: `visit` sees only values that are there."""
+
+    def settled(self, value: Any) -> bool:
+        return value is None
 
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
@@ -284,7 +284,7 @@ def _data_string(scan: Scan, at: At, value: str, *, any_json: bool = False) -> N
     if not value:
         return
     if DATA_URL.match(value):
-        scan.attachments.append(Attachment(_param(at.path), "data_url"))
+        scan.attachments.append(Attachment(at.param, "data_url"))
         return
     stripped = value.lstrip()
     if any_json or stripped[:1] in ("{", "["):
@@ -294,7 +294,7 @@ def _data_string(scan: Scan, at: At, value: str, *, any_json: bool = False) -> N
             parsed = value
         if not isinstance(parsed, str):
             doc = _Doc(parsed, at.container, at.key, at.doc)
-            FREE.walk(scan, At(doc.holder, 0, at.path, doc))
+            FREE.walk(scan, At(doc.holder, 0, at, doc, named=False))
             scan.finishers.append(doc.finish)
             return
     scan.slots.append(ValueSlot(at.container, at.key, at.doc))
@@ -302,6 +302,9 @@ def _data_string(scan: Scan, at: At, value: str, *, any_json: bool = False) -> N
 
 class Free:
     """Free-form JSON: all of it is data (strings, keys, numbers)."""
+
+    def settled(self, value: Any) -> bool:
+        return value is None
 
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
@@ -315,7 +318,7 @@ class Free:
             for i in range(len(value)):
                 self.walk(scan, at.child(value, i))
         elif isinstance(value, dict):
-            keys = _Keys(value, at.path, at.doc)
+            keys = _Keys(value, at)
             for key in list(value):
                 if key:
                     scan.slots.append(KeySlot(keys, key))
@@ -357,15 +360,28 @@ class Token(Field):
         if not isinstance(value, str):
             raise at.wrong("a string")
         if not self.vocabulary.fullmatch(value):
-            param = _param(at.path)
+            param = at.param
             raise InvalidRequest(f"'{param}' must be {self.description}.", param=param,
                                  code="invalid_identifier")
         if value:
-            scan.tokens.append((at.path or Path(None, "body", 0), value))
+            scan.tokens.append((at, value))
+
+
+class Checked:
+    """A value some enclosing node has already checked (a `Tagged` discriminator)."""
+
+    def walk(self, scan: Scan, at: At) -> None:
+        return
+
+    def settled(self, value: Any) -> bool:
+        return True
 
 
 class Model:
     """The model name: required, a string; the router refuses names it does not serve."""
+
+    def settled(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value)
 
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
@@ -383,13 +399,16 @@ class Enum(Field):
         self.values = frozenset(values)
         self.closed = closed
 
+    def settled(self, value: Any) -> bool:
+        return value is None or (isinstance(value, str) and value in self.values)
+
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         if not isinstance(value, str):
             raise at.wrong("a string")
         if value in self.values:
             return
         if self.closed:
-            param = _param(at.path)
+            param = at.param
             raise InvalidRequest(f"'{param}' must be one of {sorted(self.values)}.",
                                  param=param)
         _data_string(scan, at, value)
@@ -401,13 +420,16 @@ class Scalar(Field):
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
-    def visit(self, scan: Scan, at: At, value: Any) -> None:
+    def settled(self, value: Any) -> bool:
+        if value is None:
+            return True
         if self.kind == "boolean":
-            ok = isinstance(value, bool)
-        else:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and (
-                self.kind == "a number" or isinstance(value, int) or float(value).is_integer())
-        if not ok:
+            return isinstance(value, bool)
+        return isinstance(value, int | float) and not isinstance(value, bool) and (
+            self.kind == "a number" or isinstance(value, int) or float(value).is_integer())
+
+    def visit(self, scan: Scan, at: At, value: Any) -> None:
+        if not self.settled(value):
             raise at.wrong(self.kind if self.kind != "boolean" else "a boolean")
 
 
@@ -418,9 +440,12 @@ class Attach:
     def __init__(self, kind: str) -> None:
         self.kind = kind
 
+    def settled(self, value: Any) -> bool:
+        return value is None
+
     def walk(self, scan: Scan, at: At) -> None:
         if at.value is not None:
-            scan.attachments.append(Attachment(_param(at.path), self.kind))
+            scan.attachments.append(Attachment(at.param, self.kind))
 
 
 class Refused:
@@ -429,11 +454,21 @@ class Refused:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
+    def settled(self, value: Any) -> bool:
+        return value is None
+
     def walk(self, scan: Scan, at: At) -> None:
         if at.value is not None:
-            param = _param(at.path)
+            param = at.param
             raise InvalidRequest(f"'{param}' is not supported through this gateway: "
                                  f"{self.reason}", param=param, code="unsupported_field")
+
+
+class _Rank(dict[str, int]):
+    """Declaration order of an object's fields; unknown fields after all of them."""
+
+    def __missing__(self, key: str) -> int:
+        return len(self)
 
 
 class Obj(Field):
@@ -442,6 +477,9 @@ class Obj(Field):
     def __init__(self, fields: Mapping[str, Node], *, required: tuple[str, ...] = ()) -> None:
         self.fields = dict(fields)
         self.required = required
+        # Fields are walked in declaration order (a system prompt before the messages), so
+        # placeholders are numbered the same however a client orders its keys.
+        self._rank = _Rank({name: i for i, name in enumerate(self.fields)})
 
     def extend(self, fields: Mapping[str, Node], *, required: tuple[str, ...] | None = None,
                without: tuple[str, ...] = ()) -> Obj:
@@ -453,18 +491,19 @@ class Obj(Field):
             raise at.wrong("an object")
         for name in self.required:
             if value.get(name) is None:
-                param = str(child_path(at.path, name))
+                param = at.param_of(name)
                 raise InvalidRequest(f"'{param}' is required.", param=param)
         keys: _Keys | None = None
-        for key in list(value):
+        for key in sorted(value, key=self._rank.__getitem__) if len(value) > 1 else value:
             node = self.fields.get(key)
             if node is not None:
-                node.walk(scan, at.child(value, key))
+                if not node.settled(value[key]):
+                    node.walk(scan, at.child(value, key))
                 continue
             child = at.child(value, key)
-            scan.unknown.append(str(child.path))
+            scan.unknown.append(child.param)
             if keys is None:
-                keys = _Keys(value, at.path, at.doc)
+                keys = _Keys(value, at)
             if key:
                 scan.slots.append(KeySlot(keys, key))
             FREE.walk(scan, child)
@@ -481,10 +520,12 @@ class Arr(Field):
         if not isinstance(value, list):
             raise at.wrong("an array")
         if len(value) < self.min_items:
-            param = _param(at.path)
+            param = at.param
             raise InvalidRequest(f"'{param}' must not be empty.", param=param)
-        for i in range(len(value)):
-            self.item.walk(scan, at.child(value, i))
+        item = self.item
+        for i, element in enumerate(value):
+            if not item.settled(element):
+                item.walk(scan, at.child(value, i))
 
 
 class Map(Field):
@@ -496,7 +537,7 @@ class Map(Field):
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         if not isinstance(value, dict):
             raise at.wrong("an object")
-        keys = _Keys(value, at.path, at.doc)
+        keys = _Keys(value, at)
         for key in list(value):
             if key:
                 scan.slots.append(KeySlot(keys, key))
@@ -546,12 +587,12 @@ class Tagged(Field):
             node.walk(scan, at)
             return
         if self.closed or tag is None:
-            param = str(child_path(at.path, self.key))
+            param = at.param_of(self.key)
             allowed = ", ".join(sorted(self.variants))
             message = (f"'{param}' is required." if tag is None else
                        f"'{param}' must be one of: {allowed}.")
             raise InvalidRequest(message, param=param)
-        scan.unknown.append(str(child_path(at.path, self.key)))
+        scan.unknown.append(at.param_of(self.key))
         FREE.walk(scan, at)
 
 
@@ -560,6 +601,9 @@ class Lazy:
 
     def __init__(self, resolve: Callable[[], Node]) -> None:
         self.resolve = resolve
+
+    def settled(self, value: Any) -> bool:
+        return value is None
 
     def walk(self, scan: Scan, at: At) -> None:
         self.resolve().walk(scan, at)
@@ -586,7 +630,7 @@ class Tokens(Field):
             elif isinstance(item, list) and all(_is_int(v) for v in item):
                 ATTACH_TOKENS.walk(scan, item_at)
             elif isinstance(item, dict):
-                scan.unknown.append(str(item_at.path))
+                scan.unknown.append(item_at.param)
                 FREE.walk(scan, item_at)
             else:
                 raise item_at.wrong("a string or an array of token ids")
@@ -605,7 +649,7 @@ MODEL = Model()
 NUMBER = Scalar("a number")
 INTEGER = Scalar("an integer")
 BOOLEAN = Scalar("boolean")
-TAG = Enum()  # the discriminator itself, already checked by `Tagged`
+TAG = Checked()  # the discriminator itself, checked by the `Tagged` that chose the variant
 ATTACH_TOKENS = Attach("tokens")
 
 
@@ -613,14 +657,23 @@ def walk_body(structure: Node, body: dict[str, Any]) -> Scan:
     """Check `body` against `structure` and collect its data; raise `InvalidRequest` naming
     the first field that does not fit, or an identifier that looks like sensitive data."""
     scan = Scan()
-    holder = [body]
-    structure.walk(scan, At(holder, 0, None, None))
-    for path, value in scan.tokens:
-        found = _SCREEN.detect(value)
-        if found:
-            param = str(path)
-            raise InvalidRequest(
-                f"'{param}' looks like it holds sensitive data ({found[0].entity}); "
-                "identifiers are forwarded as they are, so the request was refused.",
-                param=param, code="sensitive_identifier")
+    structure.walk(scan, At([body], 0, None, None, named=False))
+    for at, value in scan.tokens:
+        _screen(at, value)
     return scan
+
+
+def _screen(at: At, value: str) -> None:
+    if value in _CLEAN_TOKENS:
+        _CLEAN_TOKENS.move_to_end(value)
+        return
+    found = _SCREEN.detect(value)
+    if found:
+        param = at.param
+        raise InvalidRequest(
+            f"'{param}' looks like it holds sensitive data ({found[0].entity}); identifiers "
+            "are forwarded as they are, so the request was refused.",
+            param=param, code="sensitive_identifier")
+    _CLEAN_TOKENS[value] = None
+    if len(_CLEAN_TOKENS) > CLEAN_TOKENS_KEPT:
+        _CLEAN_TOKENS.popitem(last=False)

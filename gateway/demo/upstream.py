@@ -1,6 +1,8 @@
 """A deterministic OpenAI- and Anthropic-compatible model server whose reply repeats what it
 received, so you can see exactly what left your perimeter. `GET /_demo/last` returns the last
 request body as JSON; `GET /_demo/last/headers` its headers; `GET /_demo/stats` request counts.
+Responses are stored like OpenAI's (`store` not false): readable, listable and deletable by id,
+and a request that continues one (`previous_response_id`) quotes its input in the reply.
 
 Not a model: it exists so that `make run` and the tests have an upstream that tells the truth
 about what the gateway forwarded.
@@ -34,6 +36,9 @@ class DemoState:
     last_headers: dict[str, str] = field(default_factory=dict)
     received: list[bytes] = field(default_factory=list)  # every raw body, for leak checks
     counts: Counter[str] = field(default_factory=Counter)
+    # stored Responses: id -> (response object, input items)
+    responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = field(
+        default_factory=dict)
 
 
 DEMO = web.AppKey("demo", DemoState)
@@ -47,6 +52,10 @@ def build_demo_app(chunk_delay_ms: float = 0.0, required_key: str | None = None)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_get("/v1/responses/{rid}", stored_response)
+    app.router.add_get("/v1/responses/{rid}/input_items", stored_input_items)
+    app.router.add_delete("/v1/responses/{rid}", delete_response)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_demo/last", last_body)
     app.router.add_get("/_demo/last/headers", last_headers)
@@ -279,39 +288,100 @@ def _message_item(rid: str, text: str, status: str) -> dict[str, Any]:
             "content": content}
 
 
+def _input_items(rid: str, value: Any) -> list[dict[str, Any]]:
+    """The request's input as the items `GET .../input_items` lists."""
+    if isinstance(value, str):
+        value = [{"type": "message", "role": "user", "content": value}]
+    items = []
+    for i, item in enumerate(value or []):
+        if not isinstance(item, dict):
+            continue
+        content = item.get("content")
+        if isinstance(content, str):
+            content = [{"type": "input_text", "text": content}]
+        items.append({"id": f"msg_{rid[9:]}_{i}", "type": item.get("type", "message"),
+                      "status": "completed", **item, "content": content})
+    return items
+
+
 async def responses(request: web.Request) -> web.StreamResponse:
     state, body = await _receive(request)
     user_text = _responses_input_text(body.get("input"))
     text = f"Demo model received input. Last user message: {user_text}"
+    previous = state.responses.get(str(body.get("previous_response_id")))
+    if previous is not None:
+        earlier = " ".join(_text_of(i.get("content")) for i in previous[1])
+        text = f"{text} (continuing from: {earlier})"
     rid, model = _id("resp_demo", body), body.get("model", "demo")
     tokens = _words(user_text)
+    if body.get("store") is not False:
+        state.responses[rid] = (_response_object(rid, model, text, "completed", tokens),
+                                _input_items(rid, body.get("input")))
     if not body.get("stream"):
         return web.json_response(_response_object(rid, model, text, "completed", tokens))
+    return await _sse(request, _response_events(rid, model, text, tokens),
+                      state.chunk_delay_s)
 
-    def events() -> Iterator[bytes]:
-        seq = iter(range(1_000_000))
-        item_id = f"msg_{rid[5:]}"
 
-        def event(kind: str, **fields: Any) -> bytes:
-            return _named(kind, {"type": kind, "sequence_number": next(seq), **fields})
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    state = request.app[DEMO]
+    found = state.responses.get(request.match_info["rid"])
+    if found is None:
+        return _not_found()
+    response = found[0]
+    if request.query.get("stream") == "true":
+        text = response["output"][0]["content"][0]["text"]
+        events = _response_events(response["id"], response["model"], text,
+                                  response["usage"]["input_tokens"])
+        return await _sse(request, events, state.chunk_delay_s)
+    return web.json_response(response)
 
-        yield event("response.created",
-                    response=_response_object(rid, model, "", "in_progress", tokens))
-        yield event("response.output_item.added", output_index=0,
-                    item=_message_item(rid, "", "in_progress"))
-        part = {"type": "output_text", "text": "", "annotations": []}
-        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-        yield event("response.content_part.added", **where, part=part)
-        for piece in _chunks(text):
-            yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
-        yield event("response.output_text.done", **where, text=text, logprobs=[])
-        yield event("response.content_part.done", **where, part={**part, "text": text})
-        yield event("response.output_item.done", output_index=0,
-                    item=_message_item(rid, text, "completed"))
-        yield event("response.completed",
-                    response=_response_object(rid, model, text, "completed", tokens))
 
-    return await _sse(request, events(), state.chunk_delay_s)
+async def stored_input_items(request: web.Request) -> web.Response:
+    found = request.app[DEMO].responses.get(request.match_info["rid"])
+    if found is None:
+        return _not_found()
+    items = found[1]
+    return web.json_response({"object": "list", "data": items, "has_more": False,
+                              "first_id": items[0]["id"] if items else None,
+                              "last_id": items[-1]["id"] if items else None})
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    rid = request.match_info["rid"]
+    if request.app[DEMO].responses.pop(rid, None) is None:
+        return _not_found()
+    return web.json_response({"id": rid, "object": "response", "deleted": True})
+
+
+def _not_found() -> web.Response:
+    return web.json_response({"error": {"message": "No response found with that id.",
+                                        "type": "invalid_request_error", "param": None,
+                                        "code": "not_found"}}, status=404)
+
+
+def _response_events(rid: str, model: str, text: str, tokens: int) -> Iterator[bytes]:
+    seq = iter(range(1_000_000))
+    item_id = f"msg_{rid[5:]}"
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return _named(kind, {"type": kind, "sequence_number": next(seq), **fields})
+
+    yield event("response.created",
+                response=_response_object(rid, model, "", "in_progress", tokens))
+    yield event("response.output_item.added", output_index=0,
+                item=_message_item(rid, "", "in_progress"))
+    part = {"type": "output_text", "text": "", "annotations": []}
+    where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    yield event("response.content_part.added", **where, part=part)
+    for piece in _chunks(text):
+        yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
+    yield event("response.output_text.done", **where, text=text, logprobs=[])
+    yield event("response.content_part.done", **where, part={**part, "text": text})
+    yield event("response.output_item.done", output_index=0,
+                item=_message_item(rid, text, "completed"))
+    yield event("response.completed",
+                response=_response_object(rid, model, text, "completed", tokens))
 
 
 # --- Anthropic messages ---------------------------------------------------------------------
@@ -359,6 +429,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
         yield _named("message_stop", {"type": "message_stop"})
 
     return await _sse(request, events(), state.chunk_delay_s)
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    _, body = await _receive(request)
+    history = body.get("messages") or []
+    system = body.get("system")
+    words = sum(_words(_text_of(m.get("content"))) for m in history if isinstance(m, dict))
+    return web.json_response({"input_tokens": words + _words(_text_of(system))})
 
 
 # --- introspection --------------------------------------------------------------------------

@@ -99,3 +99,91 @@ def test_whole_body_restore_escapes_json_source_fields() -> None:
     assert message["content"] == vault().restore(TEXT)
     assert json.loads(message["tool_calls"][0]["function"]["arguments"])["name"] == \
         'Ann "Nan" O\'Neil'
+
+
+# --- restore that cannot corrupt --------------------------------------------------------------
+
+JSON_DOC = '{"name": "<PERSON_1>", "contact": {"card": "<CREDIT_CARD_1>"}, "tags": ["<EMAIL_1>"]}'
+
+
+def test_go_style_escaped_upstreams_are_restored() -> None:
+    """Go's encoder (Ollama) writes '<' as \\u003c: restore works on the decoded value."""
+    body = {"choices": [{"message": {"content": "Hi <PERSON_1>"}}]}
+    raw = json.dumps(body).replace("<", "\\u003c").replace(">", "\\u003e").encode()
+    assert b"<" not in raw
+    out = json.loads(restore_body(raw, vault()))
+    assert out["choices"][0]["message"]["content"] == 'Hi Ann "Nan" O\'Neil'
+
+
+def test_placeholders_the_client_typed_stay_as_typed() -> None:
+    v = Vault(reserved=frozenset({"<EMAIL_1>", "<EMAIL_3>"}))
+    assert v.placeholder("EMAIL", "ann@example.org") == "<EMAIL_2>"
+    assert v.placeholder("EMAIL", "bob@example.org") == "<EMAIL_4>"
+    assert v.restore("<EMAIL_1> <EMAIL_2> <EMAIL_3> <EMAIL_4>") == \
+        "<EMAIL_1> ann@example.org <EMAIL_3> bob@example.org"
+
+
+def test_content_that_is_a_json_document_stays_valid_json() -> None:
+    body = {"choices": [{"message": {"content": JSON_DOC}}]}
+    out = json.loads(restore_body(json.dumps(body).encode(), vault()))
+    document = json.loads(out["choices"][0]["message"]["content"])
+    assert document == {"name": 'Ann "Nan" O\'Neil',
+                        "contact": {"card": "4111 1111 1111 1111"},
+                        "tags": ["ann@example.org"]}
+
+
+def test_prose_is_restored_unescaped() -> None:
+    body = {"choices": [{"message": {"content": "Dear <PERSON_1>, thanks."}}]}
+    out = json.loads(restore_body(json.dumps(body).encode(), vault()))
+    assert out["choices"][0]["message"]["content"] == 'Dear Ann "Nan" O\'Neil, thanks.'
+
+
+@given(st.lists(st.integers(0, 500), max_size=30), st.booleans())
+def test_streamed_json_content_stays_valid_json(cuts: list[int], asked: bool) -> None:
+    """With `response_format: json_*` (asked) or without (the content opens a JSON document),
+    a streamed JSON reply is still JSON once values with quotes are restored into it."""
+    v = vault()
+    leading = "" if asked else "  \n"
+    events = run(StreamRestore(openai.CHAT, v, json_reply=asked),
+                 chat_stream(pieces(leading + JSON_DOC, cuts), []))
+    content = "".join(e["choices"][0]["delta"].get("content") or ""  # type: ignore[index,union-attr]
+                      for e in events)
+    assert json.loads(content)["name"] == 'Ann "Nan" O\'Neil'
+
+
+def test_anthropic_citations_are_restored_streamed_and_not() -> None:
+    v = vault()
+    citation = {"type": "char_location", "cited_text": "Ann lives at <EMAIL_1>",
+                "document_index": 0, "start_char_index": 0, "end_char_index": 9}
+    raw = (b"event: content_block_delta\ndata: " + json.dumps({
+        "type": "content_block_delta", "index": 0,
+        "delta": {"type": "citations_delta", "citation": citation}}).encode() + b"\n\n")
+    events = run(StreamRestore(anthropic.MESSAGES, v), raw)
+    assert events[0]["delta"]["citation"]["cited_text"] == \
+        "Ann lives at ann@example.org"  # type: ignore[index]
+    body = {"content": [{"type": "text", "text": "<PERSON_1> does.", "citations": [citation]}]}
+    out = json.loads(restore_body(json.dumps(body).encode(), v))
+    assert out["content"][0]["citations"][0]["cited_text"] == "Ann lives at ann@example.org"
+
+
+def test_responses_deltas_of_every_kind_are_restored() -> None:
+    """Reasoning summaries, refusals and custom tool input stream as `*.delta` events too."""
+    v = vault()
+
+    def event(kind: str, **fields: object) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    where = {"item_id": "rs_1", "output_index": 0, "summary_index": 0}
+    raw = b"".join([
+        event("response.reasoning_summary_text.delta", **where, delta="About <PERS"),
+        event("response.reasoning_summary_text.delta", **where, delta="ON_1>"),
+        event("response.reasoning_summary_text.done", **where, text="About <PERSON_1>"),
+        event("response.refusal.delta", item_id="m", output_index=1, content_index=0,
+              delta="No, <EMAIL_1>."),
+    ])
+    events = run(StreamRestore(openai.RESPONSES, v), raw)
+    summary = "".join(str(e["delta"]) for e in events
+                      if e["type"] == "response.reasoning_summary_text.delta")
+    assert summary == 'About Ann "Nan" O\'Neil'
+    assert events[-2]["text"] == 'About Ann "Nan" O\'Neil'
+    assert events[-1]["delta"] == "No, ann@example.org."
