@@ -352,9 +352,10 @@ class Token(Field):
     must fit its vocabulary, and it is screened by the pattern tier: a value that looks like
     a secret or personal data is refused rather than forwarded."""
 
-    def __init__(self, vocabulary: re.Pattern[str], description: str) -> None:
+    def __init__(self, vocabulary: re.Pattern[str], description: str, label: str) -> None:
         self.vocabulary = vocabulary
         self.description = description
+        self.label = label  # in the README's field-coverage table
 
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         if not isinstance(value, str):
@@ -379,6 +380,8 @@ class Checked:
 
 class Model:
     """The model name: required, a string; the router refuses names it does not serve."""
+
+    label = "model"
 
     def settled(self, value: Any) -> bool:
         return isinstance(value, str) and bool(value)
@@ -439,6 +442,7 @@ class Attach:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.label = "attachments"
 
     def settled(self, value: Any) -> bool:
         return value is None
@@ -450,6 +454,8 @@ class Attach:
 
 class Refused:
     """A field the gateway refuses outright (it references state it cannot check)."""
+
+    label = "refused"
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -614,6 +620,8 @@ class Tokens(Field):
     or an array of such arrays. Token ids are text the gateway cannot read (it does not know
     the model's tokenizer): an attachment."""
 
+    label = "attachments"
+
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         if isinstance(value, str):
             TEXT.walk(scan, at)
@@ -642,9 +650,11 @@ def _is_int(value: Any) -> bool:
 
 TEXT = Text()
 JSON_TEXT = JsonText()
-ID = Token(IDENTIFIER, "an identifier (letters, digits, '_', '-', '.', ':'; at most 256)")
-NAME_TOKEN = Token(NAME, "a name of 1-128 letters, digits, '_', '-', '.' or ':'")
-OPAQUE_TOKEN = Token(OPAQUE, "an opaque token as the upstream issued it (base64)")
+ID = Token(IDENTIFIER, "an identifier (letters, digits, '_', '-', '.', ':'; at most 256)",
+           "identifiers")
+NAME_TOKEN = Token(NAME, "a name of 1-128 letters, digits, '_', '-', '.' or ':'", "names")
+OPAQUE_TOKEN = Token(OPAQUE, "an opaque token as the upstream issued it (base64)",
+                     "opaque tokens")
 MODEL = Model()
 NUMBER = Scalar("a number")
 INTEGER = Scalar("an integer")

@@ -232,6 +232,7 @@ def drive_every_path(w: World) -> None:
     with claude.messages.stream(model="m", max_tokens=64,
                                 messages=[{"role": "user", "content": prompt}]) as s:
         "".join(s.text_stream)
+    drive_every_field(w, oai, claude)
 
     def raw(body: bytes, path: str = "/v1/chat/completions",
             headers: dict[str, str] | None = None) -> int:
@@ -260,6 +261,38 @@ def drive_every_path(w: World) -> None:
             "messages": [{"role": "user", "content": prompt}]}) as r:
         assert "stream_interrupted" in r.read().decode()
     reload_policies(w, raw, full.encode())
+
+
+def drive_every_field(w: World, oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    """Canaries in the fields beyond message text: tools, metadata, documents, stored
+    responses read back and continued, token counting, headers, attachments."""
+    c, prompt = w.canaries, w.canaries.prompt()
+    oai.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi", "name": c.name}],
+        user=c.email, metadata={c.email: c.phone}, stop=[c.ssn],
+        tools=[{"type": "function", "function": {
+            "name": "lookup", "description": prompt,
+            "parameters": {"type": "object", "properties": {
+                "who": {"type": "string", "description": c.email, "enum": [c.name]}}}}}])
+    document = {"type": "document", "title": c.name, "context": c.email,
+                "source": {"type": "text", "media_type": "text/plain", "data": prompt}}
+    claude.messages.count_tokens(model="m", messages=[{"role": "user", "content": [document]}])
+    claude.messages.create(model="m", max_tokens=64, metadata={"user_id": c.email},
+                           messages=[{"role": "user", "content": [document]}])
+    first = oai.responses.create(model="m", input=prompt, instructions=f"For {c.name}",
+                                 metadata={"owner": c.email})
+    oai.responses.retrieve(first.id)
+    oai.responses.input_items.list(first.id)
+    second = oai.responses.create(model="m", input=f"And {c.iban}?",
+                                  previous_response_id=first.id)
+    oai.responses.delete(second.id)
+    image = {"type": "image_url", "image_url": {"url": f"https://x.test/{c.email}.png"}}
+    with pytest.raises(openai.BadRequestError):  # attachments refused by default
+        oai.chat.completions.create(model="m", messages=[{"role": "user", "content": [
+            {"type": "text", "text": prompt}, image]}])
+    with pytest.raises(anthropic.BadRequestError):  # free text in a header
+        claude.messages.create(model="m", max_tokens=8, messages=[
+            {"role": "user", "content": "hi"}], extra_headers={"anthropic-beta": c.email})
 
 
 def reload_policies(w: World, raw: Callable[[bytes], int], request: bytes) -> None:
