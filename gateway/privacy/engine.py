@@ -18,7 +18,7 @@ import hmac
 import multiprocessing
 import secrets
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import ServiceUnavailable
@@ -50,7 +50,53 @@ def _ner(texts: list[str]) -> list[list[Span]]:
     detect = getattr(_worker_ner, "detect", None)
     if detect is None:
         raise RuntimeError("NER worker has no detector")
-    return [detect(text) if text.strip() else [] for text in texts]
+    return batched(detect, texts)
+
+
+BATCH_CHARS = 2000  # short texts are joined into documents of about this size for NER
+SEPARATOR = "\n\n"
+
+
+def batched(detect: Callable[[str], list[Span]], texts: Sequence[str]) -> list[list[Span]]:
+    """`detect` over every text, short ones joined into one document per batch: a request's
+    JSON carries many tiny strings (schema keys, tool-result fields), and one NER call costs
+    about 2 ms however short its text. Spans come back to the text they fall in, clipped at
+    its edges (a span that runs across the separator into the next text is cut in two)."""
+    found: list[list[Span]] = [[] for _ in texts]
+    group: list[int] = []
+    size = 0
+    for i, text in enumerate(texts):
+        if not text.strip():
+            continue
+        if len(text) >= BATCH_CHARS:
+            found[i] = detect(text)
+            continue
+        if size + len(text) > BATCH_CHARS:
+            _detect_joined(detect, texts, group, found)
+            group, size = [], 0
+        group.append(i)
+        size += len(text) + len(SEPARATOR)
+    _detect_joined(detect, texts, group, found)
+    return found
+
+
+def _detect_joined(detect: Callable[[str], list[Span]], texts: Sequence[str],
+                   group: list[int], found: list[list[Span]]) -> None:
+    if len(group) == 1:
+        found[group[0]] = detect(texts[group[0]])
+    if len(group) <= 1:
+        return
+    starts, at = [], 0
+    for i in group:
+        starts.append(at)
+        at += len(texts[i]) + len(SEPARATOR)
+    joined = SEPARATOR.join(texts[i] for i in group)
+    for span in detect(joined):
+        for i, start in zip(group, starts, strict=True):
+            lo, hi = max(span.start, start), min(span.end, start + len(texts[i]))
+            if lo < hi and joined[lo:hi].strip():
+                found[i].append(Span(lo - start, hi - start, span.entity, span.score,
+                                     span.detector))
 
 
 @dataclass(frozen=True)

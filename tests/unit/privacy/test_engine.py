@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gateway.errors import ServiceUnavailable
-from gateway.privacy.engine import DetectionEngine, Selection, SpanCache
+from gateway.privacy.engine import BATCH_CHARS, DetectionEngine, Selection, SpanCache, batched
+from gateway.privacy.spans import Span
 
 PATTERNS = Selection(frozenset({"patterns"}))
 WITH_NER = Selection(frozenset({"patterns", "presidio"}))
@@ -65,3 +68,29 @@ async def test_close_stops_ner_workers_promptly() -> None:
     started = time.monotonic()
     await engine.close()
     assert time.monotonic() - started < 2
+
+
+class Capitalised:
+    """A stand-in NER: every run of capitalised words is a PERSON; records what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, text: str) -> list[Span]:
+        self.calls.append(text)
+        return [Span(m.start(), m.end(), "PERSON", 0.9, "fake")
+                for m in re.finditer(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)*", text)]
+
+
+def test_short_texts_are_detected_together_and_mapped_back() -> None:
+    detect = Capitalised()
+    texts = ["hello Ann", "", "plain", "Bob and Cy", "x" * BATCH_CHARS + " Dee"]
+    found = batched(detect, texts)
+    assert [[t[s.start:s.end] for s in spans] for t, spans in zip(texts, found, strict=True)] \
+        == [["Ann"], [], [], ["Bob", "Cy"], ["Dee"]]
+    assert len(detect.calls) == 2  # one batch of the short texts, the long one alone
+
+
+def test_a_span_across_the_separator_is_cut_at_each_text() -> None:
+    found = batched(lambda text: [Span(0, len(text), "PERSON", 0.9, "fake")], ["Ann", "Lee"])
+    assert [(s.start, s.end) for spans in found for s in spans] == [(0, 3), (0, 3)]
