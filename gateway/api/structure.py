@@ -21,10 +21,11 @@ gateway does not know are listed too, for policies that refuse them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -33,6 +34,7 @@ from gateway.errors import InvalidRequest
 from gateway.privacy.patterns import PatternDetector
 
 MAX_DEPTH = 64  # deeper JSON is refused: no API nests anywhere near this
+MAX_VALUES = 200_000  # separate pieces of data in one request (a 10 MiB body of short values)
 IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\-]{0,256}")
 NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 OPAQUE = re.compile(r"[A-Za-z0-9+/=_.:\-]*")
@@ -167,25 +169,48 @@ class Attachment:
     kind: str  # image | audio | file | document | tokens | data_url
 
 
-@dataclass
 class Scan:
     """Everything a walk found: data slots in walk order (which numbers the placeholders),
     attachments, unknown fields; `finish()` writes renamed keys and re-serialised JSON back."""
 
-    slots: list[Slot] = field(default_factory=list)
-    attachments: list[Attachment] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    tokens: list[tuple[At, str]] = field(default_factory=list)
-    finishers: list[Callable[[], None]] = field(default_factory=list)
+    __slots__ = ("attachments", "finishers", "labels", "slots", "tokens", "unknown")
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+        # slot index -> the key its value sits under in free-form JSON (`for_detection`)
+        self.labels: dict[int, str] = {}
+        self.attachments: list[Attachment] = []
+        self.unknown: list[str] = []
+        self.tokens: list[tuple[At, str]] = []
+        self.finishers: list[Callable[[], None]] = []
 
     def finish(self) -> None:
         for finisher in self.finishers:
             finisher()
         self.finishers.clear()
 
+    def room(self, at: At, values: int) -> None:
+        """Refuse a request whose pieces of data alone would take the detectors too long."""
+        if len(self.slots) + values > MAX_VALUES:
+            raise InvalidRequest(f"The request holds more than {MAX_VALUES} separate values "
+                                 f"to scan (at '{at.param}').", param=at.param,
+                                 code="too_many_values")
+
     @property
     def texts(self) -> list[str]:
         return [slot.text for slot in self.slots]
+
+    def for_detection(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        """The texts as detectors should read them, and where each slot's own text starts:
+        a value in free-form JSON is read after its key (`password: hunter2`, `name: Ann`),
+        because alone it has lost the context that makes it a secret or a name."""
+        if not self.labels:
+            return texts, [0] * len(texts)
+        out, offsets = list(texts), [0] * len(texts)
+        for i, label in self.labels.items():
+            prefix = f"{label}: "
+            out[i], offsets[i] = prefix + texts[i], len(prefix)
+        return out, offsets
 
 
 class At:
@@ -277,27 +302,64 @@ class Field:
         raise NotImplementedError
 
 
-def _data_string(scan: Scan, at: At, value: str, *, any_json: bool = False) -> None:
+def _label(at: At) -> str | None:
+    """The key a free-form value sits under, as context for the detectors."""
+    key = at.key
+    if isinstance(key, str) and key and isinstance(at.container, dict) and len(key) <= 64:
+        return key
+    return None
+
+
+def _data_string(scan: Scan, at: At, value: str, *, any_json: bool = False,
+                 label: str | None = None) -> None:
     """A string of data: a slot; a `data:` URL is an attachment; JSON held in the string (an
     object or array, or any JSON where the format says so) is parsed and walked as free data,
     so escapes such as \\u00e9 cannot hide a name from the detectors."""
     if not value:
         return
-    if DATA_URL.match(value):
-        scan.attachments.append(Attachment(at.param, "data_url"))
+    # Only text starting with blanks, '{', '[' or 'd' can be JSON or a data: URL.
+    if any_json or value[0] in _SPECIAL_STARTS:
+        if DATA_URL.match(value):
+            scan.attachments.append(Attachment(at.param, "data_url"))
+            return
+        _json_or_text(scan, at, value, any_json, label)
         return
-    stripped = value.lstrip()
-    if any_json or stripped[:1] in ("{", "["):
+    if label is not None:
+        scan.labels[len(scan.slots)] = label
+    scan.slots.append(ValueSlot(at.container, at.key, at.doc))
+
+
+_SPECIAL_STARTS = frozenset(" \t\r\n\f\v{[dD")
+
+
+def _json_or_text(scan: Scan, at: At, value: str, any_json: bool, label: str | None) -> None:
+    if any_json or value.lstrip()[:1] in ("{", "["):
         try:
             parsed = orjson.loads(value)
         except orjson.JSONDecodeError:
             parsed = value
         if not isinstance(parsed, str):
             doc = _Doc(parsed, at.container, at.key, at.doc)
+            # A parser keeps one of two equal keys, the model reads both: a document with
+            # duplicate keys is forwarded as scanned (re-serialised), never as written.
+            doc.dirty = isinstance(parsed, dict | list) and _has_duplicate_keys(value)
             FREE.walk(scan, At(doc.holder, 0, at, doc, named=False))
             scan.finishers.append(doc.finish)
             return
+    if label is not None:
+        scan.labels[len(scan.slots)] = label
     scan.slots.append(ValueSlot(at.container, at.key, at.doc))
+
+
+def _has_duplicate_keys(document: str) -> bool:
+    duplicated = False
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        nonlocal duplicated
+        duplicated = duplicated or len({key for key, _ in items}) != len(items)
+
+    json.loads(document, object_pairs_hook=pairs)
+    return duplicated
 
 
 class Free:
@@ -309,15 +371,20 @@ class Free:
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
         if isinstance(value, str):
-            _data_string(scan, at, value)
+            _data_string(scan, at, value, label=_label(at))
         elif isinstance(value, bool) or value is None:
             return
         elif isinstance(value, int | float):
+            label = _label(at)
+            if label is not None:
+                scan.labels[len(scan.slots)] = label
             scan.slots.append(NumberSlot(at.container, at.key, at.doc))
         elif isinstance(value, list):
+            scan.room(at, len(value))
             for i in range(len(value)):
                 self.walk(scan, at.child(value, i))
         elif isinstance(value, dict):
+            scan.room(at, 2 * len(value))
             keys = _Keys(value, at)
             for key in list(value):
                 if key:
@@ -528,6 +595,7 @@ class Arr(Field):
         if len(value) < self.min_items:
             param = at.param
             raise InvalidRequest(f"'{param}' must not be empty.", param=param)
+        scan.room(at, len(value))
         item = self.item
         for i, element in enumerate(value):
             if not item.settled(element):
@@ -543,6 +611,7 @@ class Map(Field):
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         if not isinstance(value, dict):
             raise at.wrong("an object")
+        scan.room(at, 2 * len(value))
         keys = _Keys(value, at)
         for key in list(value):
             if key:

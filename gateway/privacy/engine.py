@@ -207,9 +207,8 @@ class DetectionEngine:
 
     async def _detect(self, texts: list[str], selection: Selection) -> list[list[Span]]:
         try:
-            found: list[list[Span]] = [
-                self._patterns.detect(t) if "patterns" in selection.builtin else []
-                for t in texts]
+            found: list[list[Span]] = batched(self._patterns.detect, texts) \
+                if "patterns" in selection.builtin else [[] for _ in texts]
             for reference in selection.plugins:
                 plugin = self._plugins[reference]
                 found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts,

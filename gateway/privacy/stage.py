@@ -77,8 +77,8 @@ class PrivacyStage:
         # Scoring (embedding, encryption, the scorer's round trip) runs beside detection.
         scoring = asyncio.create_task(self._scores(texts, active, facts)) if rules else None
         try:
-            spans = await self._detect(texts, active, facts) if active.policy.scans else \
-                [[] for _ in texts]
+            spans = await self._detect(scan, texts, active, facts) if active.policy.scans \
+                else [[] for _ in texts]
         except BaseException:
             if scoring is not None:
                 scoring.cancel()
@@ -140,18 +140,29 @@ class PrivacyStage:
         facts.rule = "fail_mode.scorer=open"
         return {}
 
-    async def _detect(self, texts: list[str], active: ActivePolicy,
+    async def _detect(self, scan: Scan, texts: list[str], active: ActivePolicy,
                       facts: RequestFacts) -> list[list[Span]]:
         if not texts:
             return []
+        read, offsets = scan.for_detection(texts)
         try:
-            return await self.engine.detect(texts, active.selection)
+            found = await self.engine.detect(read, active.selection)
         except DetectorFailed:
             if active.policy.fail_mode.detector == "closed":
                 raise
-        # The policy says so explicitly: forward what the detectors did not see. Deny-list
-        # terms still apply (they need no detector).
-        log.warning("detector_failed_open", policy=active.loaded.name)
-        self._metrics.failed_open.labels("detector").inc()
-        facts.rule = "fail_mode.detector=open"
-        return [[] for _ in texts]
+            # The policy says so explicitly: forward what the detectors did not see.
+            # Deny-list terms still apply (they need no detector).
+            log.warning("detector_failed_open", policy=active.loaded.name)
+            self._metrics.failed_open.labels("detector").inc()
+            facts.rule = "fail_mode.detector=open"
+            return [[] for _ in texts]
+        return [_own(spans, offset) for spans, offset in zip(found, offsets, strict=True)]
+
+
+def _own(spans: list[Span], offset: int) -> list[Span]:
+    """Spans found in a value read after its key, moved back to the value's own offsets
+    (what falls in the key is the key's own slot's business)."""
+    if not offset:
+        return spans
+    return [Span(max(s.start, offset) - offset, s.end - offset, s.entity, s.score, s.detector)
+            for s in spans if s.end > offset]

@@ -124,6 +124,23 @@ def test_tool_arguments_stay_valid_json_with_every_key(gateway: ServerThread,
     assert json.loads(sent[2]["content"]) == {"sent_to": "<EMAIL_1>"}
 
 
+def test_secrets_and_duplicate_keys_in_tool_json_do_not_pass(gateway: ServerThread,
+                                                             demo: ServerThread) -> None:
+    """A password is a secret by its key (`password: ...`); a duplicated key cannot carry text
+    past a scan that parsed only the last one."""
+    arguments = ('{"user": "svc", "password": "Tr0ub4dor&3xyz", '
+                 f'"to": "{EMAIL}", "to": "x"}}')
+    r = post(gateway, CHAT, {"model": "test-model", "messages": [
+        *USER, {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "login", "arguments": arguments}}]}]})
+    assert r.status_code == 200, r.text
+    sent = last_sent(demo)["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert "Tr0ub4dor" not in sent
+    assert EMAIL not in sent
+    assert json.loads(sent)["to"] == "x"
+
+
 def test_placeholders_the_client_typed_come_back_as_typed(gateway: ServerThread,
                                                           demo: ServerThread) -> None:
     prompt = f"Template: Dear <EMAIL_1>, ... Fill it for {EMAIL}."

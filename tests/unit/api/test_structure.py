@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.api import anthropic, openai
-from gateway.api.structure import MAX_DEPTH, Scan, walk_body
+from gateway.api.structure import MAX_DEPTH, MAX_VALUES, Scan, walk_body
 from gateway.errors import InvalidRequest
 
 CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -187,3 +187,35 @@ def test_wrong_types_are_refused_naming_the_field(endpoint: Any, body: dict[str,
         walk_body(endpoint.structure, body)
     assert caught.value.param == param
     assert param in caught.value.message
+
+
+def test_json_with_duplicate_keys_is_forwarded_as_scanned() -> None:
+    """A parser keeps the last of two equal keys; the model reads the text, both of them."""
+    smuggled = '{"to": "ann@example.org", "to": "nobody"}'
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": smuggled}}
+    body = chat(messages=[{"role": "assistant", "tool_calls": [call]}])
+    scan = walk_body(openai.CHAT.structure, body)
+    assert "ann@example.org" not in scan.texts  # the parse kept only the last
+    rewrite(scan, {})
+    assert call["function"]["arguments"] == '{"to":"nobody"}'  # what was scanned, nothing more
+
+
+def test_free_form_values_are_read_after_their_key() -> None:
+    block = {"type": "tool_use", "id": "t", "name": "f",
+             "input": {"password": "hunter2hunter2", "n": 5, "nested": ["x"]}}
+    body = {"model": "m", "max_tokens": 5,
+            "messages": [{"role": "assistant", "content": [block]}]}
+    scan = walk_body(anthropic.MESSAGES.structure, body)
+    read, offsets = scan.for_detection(scan.texts)
+    assert "password: hunter2hunter2" in read
+    assert "n: 5" in read
+    assert "x" in read  # an array item has no key of its own
+    assert all(text[offset:] == own for text, offset, own
+               in zip(read, offsets, scan.texts, strict=True))
+
+
+def test_too_many_values_are_refused() -> None:
+    body = chat(extra=list(range(MAX_VALUES + 1)))
+    with pytest.raises(InvalidRequest, match="separate values") as caught:
+        walk_body(openai.CHAT.structure, body)
+    assert caught.value.code == "too_many_values"
