@@ -15,6 +15,7 @@ with an error (fail closed) rather than pass through unrestored.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import orjson
@@ -101,7 +102,7 @@ class Channel:
         return self._restorer.flush() if self._restorer is not None else ""
 
 
-class EventRestore:
+class EventRestore(ABC):
     """The channels of one stream and the plumbing every wire format shares; subclasses map
     their events onto channels in `on_event`."""
 
@@ -111,8 +112,9 @@ class EventRestore:
         self.channels: dict[tuple[Any, ...], Channel] = {}
         self.response_id: str | None = None  # the id a stateful API gave this reply
 
+    @abstractmethod
     def on_event(self, name: str | None, payload: dict[str, Any]) -> list[bytes]:
-        raise NotImplementedError
+        """The bytes to send for one upstream event (often more than one event: a flush)."""
 
     def on_done(self) -> list[bytes]:
         """Before `[DONE]`: anything still held (an upstream that sent no finish event)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -286,20 +287,30 @@ class Node(Protocol):
         common case skip building a position for it."""
         ...
 
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        """Handle the commonest case (a plain string of text) without building a position;
+        False: walk it."""
+        ...
 
-class Field:
+
+class Field(ABC):
     """A node for which null means absent: `visit` sees only values that are there."""
 
     def settled(self, value: Any) -> bool:
         return value is None
+
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
 
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
         if value is not None:
             self.visit(scan, at, value)
 
-    def visit(self, scan: Scan, at: At, value: Any) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def visit(self, scan: Scan, at: At, value: Any) -> None: ...
 
 
 def _label(at: At) -> str | None:
@@ -368,6 +379,10 @@ class Free:
     def settled(self, value: Any) -> bool:
         return value is None
 
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
+
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
         if isinstance(value, str):
@@ -398,6 +413,13 @@ FREE = Free()
 
 class Text(Field):
     """A declared text field: a string (or null)."""
+
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        if not isinstance(value, str) or not value or value[0] in _SPECIAL_STARTS:
+            return False
+        scan.slots.append(ValueSlot(container, key, doc))
+        return True
 
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         if not isinstance(value, str):
@@ -438,6 +460,10 @@ class Token(Field):
 class Checked:
     """A value some enclosing node has already checked (a `Tagged` discriminator)."""
 
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
+
     def walk(self, scan: Scan, at: At) -> None:
         return
 
@@ -452,6 +478,10 @@ class Model:
 
     def settled(self, value: Any) -> bool:
         return isinstance(value, str) and bool(value)
+
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
 
     def walk(self, scan: Scan, at: At) -> None:
         value = at.value
@@ -514,6 +544,10 @@ class Attach:
     def settled(self, value: Any) -> bool:
         return value is None
 
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
+
     def walk(self, scan: Scan, at: At) -> None:
         if at.value is not None:
             scan.attachments.append(Attachment(at.param, self.kind))
@@ -529,6 +563,10 @@ class Refused:
 
     def settled(self, value: Any) -> bool:
         return value is None
+
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
 
     def walk(self, scan: Scan, at: At) -> None:
         if at.value is not None:
@@ -570,7 +608,9 @@ class Obj(Field):
         for key in sorted(value, key=self._rank.__getitem__) if len(value) > 1 else value:
             node = self.fields.get(key)
             if node is not None:
-                if not node.settled(value[key]):
+                field_value = value[key]
+                if not node.settled(field_value) and \
+                        not node.quick(scan, value, key, at.doc, field_value):
                     node.walk(scan, at.child(value, key))
                 continue
             child = at.child(value, key)
@@ -598,7 +638,7 @@ class Arr(Field):
         scan.room(at, len(value))
         item = self.item
         for i, element in enumerate(value):
-            if not item.settled(element):
+            if not item.settled(element) and not item.quick(scan, value, i, at.doc, element):
                 item.walk(scan, at.child(value, i))
 
 
@@ -628,6 +668,11 @@ class OneOf(Field):
                  obj: Node | None = None, number: Node | None = None) -> None:
         self.expected = expected
         self.string, self.array, self.obj, self.number = string, array, obj, number
+
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return isinstance(value, str) and self.string is not None and \
+            self.string.quick(scan, container, key, doc, value)
 
     def visit(self, scan: Scan, at: At, value: Any) -> None:
         node = (self.string if isinstance(value, str) else
@@ -679,6 +724,10 @@ class Lazy:
 
     def settled(self, value: Any) -> bool:
         return value is None
+
+    def quick(self, scan: Scan, container: Any, key: str | int, doc: _Doc | None,
+              value: Any) -> bool:
+        return False
 
     def walk(self, scan: Scan, at: At) -> None:
         self.resolve().walk(scan, at)
