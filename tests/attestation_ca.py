@@ -1,16 +1,25 @@
-"""A test AMD: an ARK/ASK made here, VCEKs with TCB and HWID extensions, and SNP-shaped reports
-signed with them, so every branch of the verifier and of trust-level checks can be reached
-(real reports are signed by hardware keys nobody has)."""
+"""Private vendors for tests, since real evidence is signed by hardware keys nobody has: a test
+AMD (ARK, ASK and ASVK; VCEKs and VLEKs with TCB and HWID extensions; SNP-shaped reports signed
+with them), a test Intel (SGX root, PCK chain with the SGX extension, TCB signing key, TDX quotes
+with signed collateral) and a test NVIDIA (a device root and an attestation key signing
+SPDM-shaped measurements), so every branch of the verifier and of the trust-level checks can be
+reached. `Vendors` puts one of each together: the `Roots` a test hands the verifier, the key set
+of a test attestation service, and the evidence document a confidential backend answers with."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
 import os
+import ssl
 import struct
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -18,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from gateway.attestation.snp import HWID_OID, PRODUCT_OID, TCB_OIDS, AmdRoots, Tcb
+from gateway.attestation.trust_roots import Roots
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 START = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -30,63 +40,72 @@ def _name(cn: str) -> x509.Name:
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test AMD")])
 
 
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def certificate(subject: str, issuer: str, public_key: Any, signer: SigningKey, *, ca: bool,
+                extensions: dict[str, bytes] | None = None,
+                days: int = 3650) -> x509.Certificate:
+    """Valid from START; signed the way each vendor signs: RSA-PSS SHA-384 (AMD), ECDSA P-256
+    SHA-256 (Intel), ECDSA P-384 SHA-384 (NVIDIA)."""
+    builder = (x509.CertificateBuilder().subject_name(_name(subject))
+               .issuer_name(_name(issuer)).public_key(public_key)
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(START).not_valid_after(START + datetime.timedelta(days))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=False))
+    for oid, value in (extensions or {}).items():
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
+    if isinstance(signer, rsa.RSAPrivateKey):
+        return builder.sign(signer, hashes.SHA384(), rsa_padding=PSS)
+    p256 = isinstance(signer.curve, ec.SECP256R1)
+    return builder.sign(signer, hashes.SHA256() if p256 else hashes.SHA384())
+
+
 def _der_int(value: int) -> bytes:
     return bytes([0x02, 1, value]) if value < 0x80 else bytes([0x02, 2, 0, value])
+
+
+def _tcb_extensions(tcb: Tcb) -> dict[str, bytes]:
+    return {oid: _der_int(getattr(tcb, name)) for name, oid in TCB_OIDS.items()
+            if getattr(tcb, name) is not None}
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
 
 
 @dataclass
 class SnpTestCa:
     product: str = "Milan"
-    ark_key: rsa.RSAPrivateKey = field(
-        default_factory=lambda: rsa.generate_private_key(65537, 2048))
-    ask_key: rsa.RSAPrivateKey = field(
-        default_factory=lambda: rsa.generate_private_key(65537, 2048))
+    ark_key: rsa.RSAPrivateKey = field(default_factory=_rsa_key)
+    ask_key: rsa.RSAPrivateKey = field(default_factory=_rsa_key)
+    asvk_key: rsa.RSAPrivateKey = field(default_factory=_rsa_key)
 
     def __post_init__(self) -> None:
-        self.ark = self._cert(_name(f"ARK-{self.product}"), _name(f"ARK-{self.product}"),
-                              self.ark_key.public_key(), self.ark_key, ca=True)
-        self.ask = self._cert(_name(f"SEV-{self.product}"), _name(f"ARK-{self.product}"),
-                              self.ask_key.public_key(), self.ark_key, ca=True)
-        self.asvk_key = rsa.generate_private_key(65537, 2048)
-        self.asvk = self._cert(_name(f"SEV-VLEK-{self.product}"), _name(f"ARK-{self.product}"),
-                               self.asvk_key.public_key(), self.ark_key, ca=True)
+        ark = f"ARK-{self.product}"
+        self.ark = certificate(ark, ark, self.ark_key.public_key(), self.ark_key, ca=True)
+        self.ask = certificate(f"SEV-{self.product}", ark, self.ask_key.public_key(),
+                               self.ark_key, ca=True)
+        self.asvk = certificate(f"SEV-VLEK-{self.product}", ark, self.asvk_key.public_key(),
+                                self.ark_key, ca=True)
         self.roots = {self.product: AmdRoots(self.product, self.ark, self.ask, self.asvk)}
-
-    def _cert(self, subject: x509.Name, issuer: x509.Name, public_key: object,
-              signer: rsa.RSAPrivateKey, *, ca: bool,
-              extensions: dict[str, bytes] | None = None,
-              days: int = 3650) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-                   .public_key(public_key)  # type: ignore[arg-type]
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(START).not_valid_after(START + datetime.timedelta(days)))
-        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None),
-                                        critical=False)
-        for oid, value in (extensions or {}).items():
-            builder = builder.add_extension(
-                x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
-        return builder.sign(signer, hashes.SHA384(), rsa_padding=PSS)
 
     def vcek(self, tcb: Tcb, chip_id: bytes = CHIP_ID) -> tuple[ec.EllipticCurvePrivateKey,
                                                                  bytes]:
         key = ec.generate_private_key(ec.SECP384R1())
-        extensions = {oid: _der_int(getattr(tcb, name)) for name, oid in TCB_OIDS.items()
-                      if getattr(tcb, name) is not None}
-        extensions[HWID_OID] = chip_id
-        extensions[PRODUCT_OID] = b"\x16\x08" + f"{self.product}-B0".encode()[:8]
-        cert = self._cert(_name("SEV-VCEK"), _name(f"SEV-{self.product}"), key.public_key(),
-                          self.ask_key, ca=False, extensions=extensions, days=7 * 365)
+        extensions = {**_tcb_extensions(tcb), HWID_OID: chip_id,
+                      PRODUCT_OID: b"\x16\x08" + f"{self.product}-B0".encode()[:8]}
+        cert = certificate("SEV-VCEK", f"SEV-{self.product}", key.public_key(), self.ask_key,
+                           ca=False, extensions=extensions, days=7 * 365)
         return key, cert.public_bytes(serialization.Encoding.DER)
 
-
-def vlek(ca: SnpTestCa, tcb: Tcb) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
-    """A cloud provider's VLEK: certified by the ASVK, no chip id (one key for many chips)."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    extensions = {oid: _der_int(getattr(tcb, name)) for name, oid in TCB_OIDS.items()
-                  if getattr(tcb, name) is not None}
-    cert = ca._cert(_name("SEV-VLEK"), _name(f"SEV-VLEK-{ca.product}"),
-                    key.public_key(), ca.asvk_key, ca=False, extensions=extensions)
-    return key, cert.public_bytes(serialization.Encoding.DER)
+    def vlek(self, tcb: Tcb) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+        """A cloud provider's VLEK: certified by the ASVK, no chip id (one key, many chips)."""
+        key = ec.generate_private_key(ec.SECP384R1())
+        cert = certificate("SEV-VLEK", f"SEV-VLEK-{self.product}", key.public_key(),
+                           self.asvk_key, ca=False, extensions=_tcb_extensions(tcb))
+        return key, cert.public_bytes(serialization.Encoding.DER)
 
 
 def tcb_bytes(tcb: Tcb) -> bytes:
@@ -173,35 +192,20 @@ class TdxTestCa:
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
 
     def __post_init__(self) -> None:
-        self.root = self._cert("Test SGX Root CA", "Test SGX Root CA", self.root_key,
-                               self.root_key, ca=True)
+        root = "Test SGX Root CA"
+        self.root = certificate(root, root, self.root_key.public_key(), self.root_key, ca=True)
         self.pck_ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.pck_ca = self._cert("Test SGX PCK Platform CA", "Test SGX Root CA",
-                                 self.pck_ca_key, self.root_key, ca=True)
+        self.pck_ca = certificate("Test SGX PCK Platform CA", root, self.pck_ca_key.public_key(),
+                                  self.root_key, ca=True)
         self.signing_key = ec.generate_private_key(ec.SECP256R1())
-        self.signing = self._cert("Test SGX TCB Signing", "Test SGX Root CA", self.signing_key,
-                                  self.root_key, ca=False)
-
-    def _cert(self, subject: str, issuer: str, key: ec.EllipticCurvePrivateKey,
-              signer: ec.EllipticCurvePrivateKey, *, ca: bool,
-              extension: bytes | None = None) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(_name(subject))
-                   .issuer_name(_name(issuer)).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(START)
-                   .not_valid_after(START + datetime.timedelta(3650))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
-                                  critical=False))
-        if extension is not None:
-            builder = builder.add_extension(
-                x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX), extension),
-                critical=False)
-        return builder.sign(signer, hashes.SHA256())
+        self.signing = certificate("Test SGX TCB Signing", root, self.signing_key.public_key(),
+                                   self.root_key, ca=False)
 
     def pem(self, *certs: x509.Certificate) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
     def pck_crl(self) -> bytes:
-        """An empty CRL from the PCK CA, valid for a year from START."""
+        """An empty CRL from the PCK CA, valid for ten years from START."""
         crl = (x509.CertificateRevocationListBuilder().issuer_name(self.pck_ca.subject)
                .last_update(START).next_update(START + datetime.timedelta(3650))
                .sign(self.pck_ca_key, hashes.SHA256()))
@@ -235,9 +239,9 @@ class TdxTestCa:
     def quote(self, *, report_data: bytes = b"", mrtd: bytes = MRTD, td_attributes: int = 0,
               cpusvn: int = 2, rtmr1: bytes = bytes(48)) -> bytes:
         pck_key = ec.generate_private_key(ec.SECP256R1())
-        pck = self._cert("Test SGX PCK Certificate", "Test SGX PCK Platform CA", pck_key,
-                         self.pck_ca_key, ca=False,
-                         extension=sgx_extension([cpusvn] * 16, pcesvn=10))
+        pck = certificate("Test SGX PCK Certificate", "Test SGX PCK Platform CA",
+                          pck_key.public_key(), self.pck_ca_key, ca=False,
+                          extensions={SGX: sgx_extension([cpusvn] * 16, pcesvn=10)})
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         point = attestation_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
@@ -273,16 +277,10 @@ class GpuTestCa:
 
     def __post_init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP384R1())
-        self.root = self._cert("Test NVIDIA Device Identity CA", self.root_key, self.root_key)
-        self.leaf = self._cert("Test GH100 attestation key", self.key, self.root_key)
-
-    def _cert(self, subject: str, key: ec.EllipticCurvePrivateKey,
-              signer: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-        return (x509.CertificateBuilder().subject_name(_name(subject))
-                .issuer_name(_name("Test NVIDIA Device Identity CA"))
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(START).not_valid_after(START + datetime.timedelta(3650))
-                .sign(signer, hashes.SHA384()))
+        root = "Test NVIDIA Device Identity CA"
+        self.root = certificate(root, root, self.root_key.public_key(), self.root_key, ca=True)
+        self.leaf = certificate("Test GH100 attestation key", root, self.key.public_key(),
+                                self.root_key, ca=False)
 
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
@@ -297,3 +295,97 @@ class GpuTestCa:
         r, s = decode_dss_signature(self.key.sign(request + response,
                                                   ec.ECDSA(hashes.SHA384())))
         return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+
+
+# -- One of each, as the gateway meets them: roots, a token service, evidence documents.
+
+TOKEN_ISSUER = "https://attestation.test"
+DEFAULT_TCB = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
+
+
+@dataclass
+class Vendors:
+    amd: SnpTestCa = field(default_factory=SnpTestCa)
+    intel: TdxTestCa = field(default_factory=TdxTestCa)
+    nvidia: GpuTestCa = field(default_factory=GpuTestCa)
+    tcb: Tcb = DEFAULT_TCB
+    token_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+
+    def __post_init__(self) -> None:
+        self.vcek_key, self.vcek = self.amd.vcek(self.tcb)
+
+    def roots(self) -> Roots:
+        """What a test hands the verifier instead of the pinned roots."""
+        return Roots(amd=self.amd.roots, intel=self.intel.root, nvidia=self.nvidia.root)
+
+    def jwks(self) -> dict[str, Any]:
+        """The test attestation service's key set, as its JWKS URL serves it."""
+        return {"keys": [jwk(self.token_key, "k1")]}
+
+    def token(self, bound: bytes, *, now: float, key: ec.EllipticCurvePrivateKey | None = None,
+              headers: dict[str, Any] | None = None, **claims: Any) -> str:
+        """The service's verdict on this binding: ten minutes from `now` unless `claims` say."""
+        body = {"iss": TOKEN_ISSUER, "iat": int(now), "exp": int(now) + 600,
+                "eat_nonce": bound.hex(), **claims}
+        return jwt.encode(body, key or self.token_key, algorithm="ES256",
+                          headers={"kid": "k1", **(headers or {})})
+
+    def evidence(self, bound: bytes, *, kind: str = "sev-snp",
+                 measurement: bytes = MEASUREMENT, endorsed: bool = True, gpu: bool = False,
+                 tokens: tuple[str, ...] = (),
+                 next_update: str = "2030-01-01T00:00:00Z") -> dict[str, Any]:
+        """The document a confidential machine answers with, every part bound to `bound`.
+        `endorsed`: it sends its VCEK / TDX collateral (else the gateway fetches them);
+        `gpu`: with the GPU's measurements, asked with the first half of the binding."""
+        if kind == "tdx":
+            quote = self.intel.quote(report_data=bound, mrtd=measurement)
+            part: dict[str, Any] = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
+            if endorsed:
+                part["collateral"] = self.intel.collateral(next_update=next_update)
+        else:
+            report = snp_report(self.vcek_key, report_data=bound, measurement=measurement,
+                                tcb=self.tcb)
+            part = {"format": "sev-snp", "report": base64.b64encode(report).decode()}
+            if endorsed:
+                part["vcek"] = base64.b64encode(self.vcek).decode()
+        parts = [part, *({"format": "token", "token": token} for token in tokens)]
+        if gpu:
+            parts.append({"format": "nvidia-gpu",
+                          "evidence": self.nvidia.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
+                          "certificates": self.nvidia.chain_pem().decode()})
+        return {"evidence": parts}
+
+
+def jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
+    return {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": kid,
+            "alg": "ES256"}
+
+
+def self_signed(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS certificate as a TEE makes for itself (valid around now, for localhost)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def tls_context(directory: Path, name: str) -> tuple[ssl.SSLContext, bytes]:
+    """A server context presenting a fresh `self_signed` certificate (its files written to
+    `directory` as <name>.crt and <name>.key); returns the context and the certificate's DER."""
+    key, cert = self_signed(name)
+    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert.public_bytes(serialization.Encoding.DER)

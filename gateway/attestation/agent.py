@@ -6,7 +6,7 @@ that answers the gateway's evidence requests.
 For each request it computes the binding of the nonce to the TLS certificate the model server
 presents (the same file the TLS front end serves), asks the platform for a report over exactly
 those 64 bytes through the Linux configfs-tsm interface (`/sys/kernel/config/tsm/report`, the
-same for SEV-SNP and TDX), and answers with the evidence parts (gateway/attestation/verifier.py
+same for SEV-SNP and TDX), and answers with the evidence parts (gateway/attestation/evidence.py
 documents the format). Route that path of the model server's TLS origin to this agent: the
 evidence must come over the connection whose key it binds.
 """

@@ -9,9 +9,7 @@ nonce.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -29,21 +27,3 @@ def spki_sha256(certificate_der: bytes) -> bytes:
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()
-
-
-async def peer_certificate(host: str, port: int, timeout_s: float) -> bytes:
-    """The certificate the backend presents, in DER. No chain check here: a TEE's certificate
-    is usually self-signed, and trust comes from the evidence bound to its key, not from a CA."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    _, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=context, server_hostname=host), timeout_s)
-    try:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    finally:
-        writer.close()
-    if not der:
-        raise ConnectionError("backend presented no TLS certificate")
-    return bytes(der)

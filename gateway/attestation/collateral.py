@@ -1,6 +1,8 @@
-"""Endorsements and collateral the evidence does not carry, fetched from the configured AMD KDS
-and Intel PCS and kept in an on-disk cache, so a restart (or an outage of those services) does
-not stop attestation while what was fetched is still valid.
+"""Endorsements and collateral the evidence does not carry: TDX collateral from the operator's
+folder (`intel_collateral_dir`, fully offline) when there is one, else fetched from the
+configured AMD KDS and Intel PCS through the attestation transport and kept in an on-disk
+cache, so a restart (or an outage of those services) does not stop attestation while what was
+fetched is still valid.
 
 Nothing fetched here is trusted for being fetched: VCEKs and collateral are verified against the
 pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs are immutable
@@ -17,15 +19,22 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import aiohttp
-
-from gateway.attestation.errors import EvidenceError
+from gateway.attestation.errors import EvidenceError, FetchError
 from gateway.attestation.snp import SnpReport, Tcb
-from gateway.attestation.tdx import Collateral, TdxQuote, pck_fmspc
+from gateway.attestation.tdx import (
+    Collateral,
+    TdxQuote,
+    collateral_from_dir,
+    pck_ca_kind,
+    pck_fmspc,
+)
+from gateway.attestation.transport import Transport
 from gateway.settings import AttestationSettings
-from gateway.streams import BodyTooLarge, read_at_most
 
 MAX_BYTES = 1024 * 1024
+TIMEOUT_S = 15.0
+CRL_TTL_S = 3600.0  # CRLs: re-read hourly, so a revocation is seen soon
+Expiry = Callable[[bytes, float], float | None]  # (body, now) -> cached until (None: for good)
 
 
 def snp_products(report: SnpReport) -> list[str]:
@@ -38,10 +47,10 @@ def snp_products(report: SnpReport) -> list[str]:
 
 
 class CollateralStore:
-    def __init__(self, settings: AttestationSettings, session: aiohttp.ClientSession,
+    def __init__(self, settings: AttestationSettings, transport: Transport,
                  clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
-        self._session = session
+        self._transport = transport
         self._clock = clock
         self._cache = Path(settings.cache_dir) if settings.cache_dir else None
 
@@ -63,19 +72,20 @@ class CollateralStore:
         raise EvidenceError("sev-snp: AMD KDS has no VCEK for this chip and TCB")
 
     async def tdx(self, quote: TdxQuote) -> Collateral:
+        if self._settings.intel_collateral_dir:
+            return collateral_from_dir(Path(self._settings.intel_collateral_dir), quote)
         base = self._settings.intel_pcs_url
         if not base:
             raise EvidenceError("tdx: no collateral with the quote, and neither "
                                 "intel_collateral_dir nor intel_pcs_url is configured")
         fmspc = pck_fmspc(quote).hex()
-        kind = "processor" if "Processor" in quote.pck_chain[1].subject.rfc4514_string() \
-            else "platform"
         tcb = await self._required(f"{base}/tdx/certification/v4/tcb?fmspc={fmspc}",
                                    "TCB-Info-Issuer-Chain", "tcbInfo")
         identity = await self._required(f"{base}/tdx/certification/v4/qe/identity",
                                         "SGX-Enclave-Identity-Issuer-Chain", "enclaveIdentity")
-        crl = await self._required(f"{base}/sgx/certification/v4/pckcrl?ca={kind}"
-                                   "&encoding=der", "SGX-PCK-CRL-Issuer-Chain", None)
+        crl = await self._required(f"{base}/sgx/certification/v4/pckcrl?"
+                                   f"ca={pck_ca_kind(quote)}&encoding=der",
+                                   "SGX-PCK-CRL-Issuer-Chain", None)
         return Collateral(tcb[0].decode(), tcb[1], identity[0].decode(), identity[1],
                           pck_crl=crl[0])
 
@@ -87,30 +97,21 @@ class CollateralStore:
             raise EvidenceError(f"tdx: Intel PCS has no collateral at {url}")
         return found
 
-    async def _get(self, url: str, *, expires: Callable[[bytes], float | None],
+    async def _get(self, url: str, *, expires: Expiry,
                    chain_header: str | None = None) -> tuple[bytes, bytes] | None:
         """(body, issuer chain) from the cache while valid, else from the network."""
         cached = self._read_cache(url)
         if cached is not None:
             return cached
-        try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=15),
-                                         allow_redirects=False) as response:
-                if response.status == 404:
-                    return None
-                if response.status != 200:
-                    raise EvidenceError(f"collateral service answered {response.status} for "
-                                        f"{url}")
-                body = await read_at_most(response.content, MAX_BYTES)
-                chain = urllib.parse.unquote(response.headers.get(chain_header or "", "")
-                                             ).encode()
-        except BodyTooLarge:
-            raise EvidenceError(f"collateral larger than {MAX_BYTES} bytes at {url}") from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise EvidenceError(f"collateral service unreachable ({type(exc).__name__}) for "
-                                f"{url}") from None
-        self._write_cache(url, body, chain, expires(body))
-        return body, chain
+        response = await self._transport.get(url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise FetchError(f"collateral service answered {response.status} for {url}")
+        chain = urllib.parse.unquote(response.headers.get((chain_header or "").lower(), ""))
+        self._write_cache(url, response.body, chain.encode(),
+                          expires(response.body, self._clock()))
+        return response.body, chain.encode()
 
     def _path(self, url: str) -> Path | None:
         if self._cache is None:
@@ -121,13 +122,13 @@ class CollateralStore:
         path = self._path(url)
         if path is None or not path.is_file():
             return None
-        try:
+        try:  # a damaged entry is a miss: what it held is fetched again
             entry = json.loads(path.read_text())
-        except (OSError, ValueError):
+            if entry["url"] != url or (entry["expires"] and entry["expires"] < self._clock()):
+                return None
+            return bytes.fromhex(entry["body"]), bytes.fromhex(entry["chain"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        if entry.get("url") != url or (entry["expires"] and entry["expires"] < self._clock()):
-            return None
-        return bytes.fromhex(entry["body"]), bytes.fromhex(entry["chain"])
 
     def _write_cache(self, url: str, body: bytes, chain: bytes, expires: float | None) -> None:
         path = self._path(url)
@@ -140,20 +141,20 @@ class CollateralStore:
         temporary.replace(path)
 
 
-def _forever(_: bytes) -> float | None:
+def _forever(_: bytes, now: float) -> float | None:
     return None  # a VCEK certifies one chip at one TCB: it never changes
 
 
-def _an_hour(_: bytes) -> float | None:
-    return time.time() + 3600  # CRLs: re-read hourly, so a revocation is seen soon
+def _an_hour(_: bytes, now: float) -> float | None:
+    return now + CRL_TTL_S
 
 
-def _next_update(json_name: str) -> Callable[[bytes], float | None]:
-    def expires(body: bytes) -> float | None:
+def _next_update(json_name: str) -> Expiry:
+    def expires(body: bytes, now: float) -> float | None:
         try:
             next_update = json.loads(body)[json_name]["nextUpdate"]
             return datetime.fromisoformat(str(next_update).replace("Z", "+00:00")).timestamp()
         except (ValueError, KeyError, TypeError):
-            return time.time() + 3600
+            return now + CRL_TTL_S
 
     return expires

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -183,8 +184,9 @@ class VerifiedSnp:
 
 
 def verify_report(raw: bytes, endorsement_cert: bytes, *, at: datetime,
-                  roots: dict[str, AmdRoots] | None = None) -> VerifiedSnp:
-    """Chain to a pinned root, TCB and HWID bound to the certificate, report signature."""
+                  roots: Mapping[str, AmdRoots] | None = None) -> VerifiedSnp:
+    """Chain to a pinned root (the shipped ones unless `roots` says otherwise), TCB and HWID
+    bound to the certificate, report signature."""
     report = parse_report(raw)
     cert = load_certificate(endorsement_cert)
     issuer = _common_name(cert.issuer)

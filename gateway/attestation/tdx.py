@@ -172,13 +172,19 @@ def pck_fmspc(quote: TdxQuote) -> bytes:
     return fmspc
 
 
+def pck_ca_kind(quote: TdxQuote) -> str:
+    """Which PCK CA issued the platform's certificate ("processor" or "platform"): whose CRL
+    applies."""
+    issuer = quote.pck_chain[1].subject.rfc4514_string() if len(quote.pck_chain) > 1 else ""
+    return "processor" if "Processor" in issuer else "platform"
+
+
 def collateral_from_dir(folder: Path, quote: TdxQuote) -> Collateral:
     """Collateral saved from Intel PCS (or a PCCS) under the names PCS uses:
     tcb_info_<fmspc>.json (+ _chain.pem), qe_identity.json (+ _chain.pem), and optionally
     pck_crl_platform.crl / pck_crl_processor.crl and root_ca.crl (DER)."""
     fmspc = pck_fmspc(quote).hex()
-    issuer = quote.pck_chain[1].subject.rfc4514_string() if len(quote.pck_chain) > 1 else ""
-    kind = "processor" if "Processor" in issuer else "platform"
+    kind = pck_ca_kind(quote)
 
     def optional(name: str) -> bytes | None:
         path = folder / name

@@ -1,78 +1,49 @@
 """Attestation-gated routing over real TLS on loopback: two backends claim to be confidential;
 only the one whose evidence verifies, meets the policy's trust level and is bound to its own TLS
-key and this gateway's nonce ever receives data that needs that level."""
+key and this gateway's nonce ever receives data that needs that level.
+
+The gateway trusts the test AMD through `attestation.amd_roots_dir` (the operator's way to
+replace AMD roots); the TDX and GPU cases hand the test vendors' roots to the attestation
+service itself, which then attests the loopback backends over the real network."""
 
 from __future__ import annotations
 
-import base64
-import datetime
-import json
-import ssl
+import asyncio
+import contextlib
+import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import jwt
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from gateway.app import GATEWAY
 from gateway.attestation.binding import binding, spki_sha256
-from gateway.attestation.snp import Tcb
+from gateway.attestation.levels import TrustLevel
 from gateway.attestation.verifier import AttestationService
-from tests.attestation_ca import (
-    MEASUREMENT,
-    MRTD,
-    GpuTestCa,
-    SnpTestCa,
-    TdxTestCa,
-    snp_report,
-)
+from gateway.observability.metrics import Metrics
+from gateway.policy.loader import load_policy
+from gateway.settings import Settings
+from tests.attestation_ca import MEASUREMENT, MRTD, TOKEN_ISSUER, Vendors, tls_context
 from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, gateway_for, settings_for
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
-CA = SnpTestCa()
-TDX_CA = TdxTestCa()
-GPU_CA = GpuTestCa()
-ISSUER = "https://attestation.test"
-TOKEN_KEY = ec.generate_private_key(ec.SECP256R1())
-TCB = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
-VCEK_KEY, VCEK = CA.vcek(TCB)
+VENDORS = Vendors()
+CA, TDX_CA, GPU_CA = VENDORS.amd, VENDORS.intel, VENDORS.nvidia
+ISSUER = TOKEN_ISSUER
+TCB = VENDORS.tcb
+VCEK_KEY, VCEK = VENDORS.vcek_key, VENDORS.vcek
 LEVEL = "confidential-cpu"
 POLICY = {**TEST_POLICY,
           "data_classes": {"personal": {"entities": ["EMAIL"]}},
           "routing": {"personal": {"require": LEVEL}},
           "trust_levels": {LEVEL: {"max_age_s": 600, "sev-snp": {
               "measurements": [MEASUREMENT.hex()], "min_tcb": {"snp": 8}}}}}
-
-
-def tls_context(directory: Path, name: str) -> tuple[ssl.SSLContext, bytes]:
-    """A self-signed certificate, as a TEE makes for itself; returns the context and DER."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    return context, cert.public_bytes(serialization.Encoding.DER)
 
 
 @dataclass
@@ -100,28 +71,11 @@ class ConfidentialBackend:
         nonce = bytes.fromhex(request.query["nonce"])
         self.nonces.append(nonce.hex())
         bound = binding(b"\0" * 32 if self.replay else nonce, spki_sha256(self.certificate))
-        if self.kind == "tdx":
-            quote = TDX_CA.quote(report_data=bound, mrtd=self.measurement)
-            part = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
-            if self.endorsed:
-                part["collateral"] = TDX_CA.collateral()  # type: ignore[assignment]
-            return web.json_response({"evidence": [part]})
-        report = snp_report(VCEK_KEY, report_data=bound, measurement=self.measurement, tcb=TCB)
-        parts: list[dict[str, Any]] = [{
-            "format": "sev-snp", "report": base64.b64encode(report).decode()}]
-        if self.endorsed:
-            parts[0]["vcek"] = base64.b64encode(VCEK).decode()
-        if self.token_claims is not None:
-            now = int(time.time())
-            claims = {"iss": ISSUER, "iat": now, "exp": now + 600, "eat_nonce": bound.hex(),
-                      **self.token_claims}
-            parts.append({"format": "token", "token": jwt.encode(
-                claims, TOKEN_KEY, algorithm="ES256", headers={"kid": "k1"})})
-        if self.gpu:  # the agent asks the GPU with the first half of the binding as nonce
-            parts.append({"format": "nvidia-gpu",
-                          "evidence": GPU_CA.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
-                          "certificates": GPU_CA.chain_pem().decode()})
-        return web.json_response({"evidence": parts})
+        tokens = () if self.token_claims is None else (
+            VENDORS.token(bound, now=time.time(), **self.token_claims),)
+        return web.json_response(VENDORS.evidence(
+            bound, kind=self.kind, measurement=self.measurement, endorsed=self.endorsed,
+            gpu=self.gpu, tokens=tokens))
 
     async def chat(self, request: web.Request) -> web.Response:
         self.served += 1
@@ -148,19 +102,50 @@ def chat(url: str, content: str) -> httpx.Response:
         "model": "test-model", "messages": [{"role": "user", "content": content}]})
 
 
+def policy_digest(gw: ServerThread) -> str:
+    """The digest of the gateway's (only) policy: what its verdicts are keyed by."""
+    return load_policy(gw.app[GATEWAY].settings.policies.files[0]).digest
+
+
 def wait_attested(gw: ServerThread, backend: str, level: str = LEVEL) -> AttestationService:
     """Until the backend's verdict meets the level under the gateway's (only) policy."""
     service = gw.app[GATEWAY].attestation
-    digest = gw.app[GATEWAY].policies.current.policies[0].digest
+    digest = policy_digest(gw)
     wait_until(lambda: service.meets(backend, digest, (level,)))
     return service
 
 
-def wait_until(condition: Any, timeout: float = 15) -> None:
+def wait_until(condition: Callable[[], object], timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
         time.sleep(0.05)
+
+
+async def settle(condition: Callable[[], object], timeout: float = 15) -> None:
+    """`wait_until` for a test whose own event loop runs the attestation service."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+DIGEST = "sha256:test-policy"
+
+
+@contextlib.asynccontextmanager
+async def attesting(settings: Settings, rules: dict[str, Any]
+                    ) -> AsyncIterator[AttestationService]:
+    """The attestation service alone, over the real network, trusting the test vendors' roots
+    and the trust levels of `rules` (as one policy whose digest is DIGEST)."""
+    levels = [(DIGEST, name, TrustLevel.model_validate(spec))
+              for name, spec in rules["trust_levels"].items()]
+    service = AttestationService(settings, lambda: levels, Metrics(), roots=VENDORS.roots())
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
 
 
 @pytest.fixture
@@ -197,8 +182,7 @@ def test_only_the_attested_backend_receives_sensitive_data(
     assert backends["other"].served == 0  # wrong measurement
     assert backends["replay"].served == 0  # evidence not bound to this gateway's nonce
     service = gw.app[GATEWAY].attestation
-    digest = gw.app[GATEWAY].policies.current.policies[0].digest
-    assert not service.meets("other", digest, (LEVEL,))
+    assert not service.meets("other", policy_digest(gw), (LEVEL,))
     assert service.pin("replay") is None
     metrics = httpx.get(gw.url + "/metrics").text
     assert 'veil_attestations_total{backend="good",result="verified"}' in metrics
@@ -258,18 +242,14 @@ def test_key_swap_is_refused_until_re_attested(tmp_path: Path) -> None:
 TDX_LEVEL = "confidential-tdx"
 
 
-def tdx_policy(tmp_path: Path) -> tuple[dict[str, Any], Path]:
-    """Personal data only to a TD with the test MRTD; and the test Intel root, as a file."""
-    rules = {**POLICY, "routing": {"personal": {"require": TDX_LEVEL}},
-             "trust_levels": {TDX_LEVEL: {"tdx": {"mrtd": [MRTD.hex()]}}}}
-    root = tmp_path / "intel_root.pem"
-    root.write_bytes(TDX_CA.pem(TDX_CA.root))
-    return rules, root
+def tdx_policy() -> dict[str, Any]:
+    """Personal data only to a TD with the test MRTD."""
+    return {**POLICY, "routing": {"personal": {"require": TDX_LEVEL}},
+            "trust_levels": {TDX_LEVEL: {"tdx": {"mrtd": [MRTD.hex()]}}}}
 
 
-def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> None:
-    level = TDX_LEVEL
-    rules, root = tdx_policy(tmp_path)
+async def test_tdx_backend_with_the_approved_mrtd_meets_the_level(tmp_path: Path) -> None:
+    rules = tdx_policy()
     contexts = {name: tls_context(tmp_path, name) for name in ("td", "other-td")}
     backends = {"td": ConfidentialBackend(contexts["td"][1], measurement=MRTD, kind="tdx"),
                 "other-td": ConfidentialBackend(contexts["other-td"][1], measurement=bytes(48),
@@ -277,48 +257,41 @@ def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> Non
     with ServerThread(backends["td"].app(), ssl_context=contexts["td"][0]) as td, \
             ServerThread(backends["other-td"].app(), ssl_context=contexts["other-td"][0]) as ot:
         settings = settings_for([attested("other-td", ot.url), attested("td", td.url)],
-                                policy=rules, attestation={"intel_root_file": str(root)})
-        with gateway_for(settings) as gw:
-            wait_attested(gw, "td", level)
-            wait_until(lambda: backends["other-td"].nonces)
-            for _ in range(3):
-                assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
-    assert (backends["td"].served, backends["other-td"].served) == (3, 0)
+                                policy=rules)
+        async with attesting(settings, rules) as service:
+            await settle(lambda: service.meets("td", DIGEST, (TDX_LEVEL,)))
+            await settle(lambda: service.digest("other-td") is not None)
+            assert not service.meets("other-td", DIGEST, (TDX_LEVEL,))  # verified, wrong MRTD
+            pin = service.pin("td")
+    assert pin is not None
+    assert pin.fingerprint == hashlib.sha256(contexts["td"][1]).digest()
 
 
-def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> None:
+async def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> None:
     level = "confidential-gpu"
     snp = POLICY["trust_levels"][LEVEL]["sev-snp"]
     rules = {**POLICY, "routing": {"personal": {"require": level}},
              "trust_levels": {level: {"sev-snp": snp,
                                       "nvidia-gpu": {"measurements": {1: ["11" * 48]}}}}}
-    gpu_root = tmp_path / "nvidia_root.pem"
-    gpu_root.write_bytes(GPU_CA.root.public_bytes(serialization.Encoding.PEM))
     contexts = {name: tls_context(tmp_path, name) for name in ("cpu-only", "cpu-gpu")}
     backends = {"cpu-only": ConfidentialBackend(contexts["cpu-only"][1]),
                 "cpu-gpu": ConfidentialBackend(contexts["cpu-gpu"][1], gpu=True)}
     with ServerThread(backends["cpu-only"].app(), ssl_context=contexts["cpu-only"][0]) as a, \
             ServerThread(backends["cpu-gpu"].app(), ssl_context=contexts["cpu-gpu"][0]) as b:
         settings = settings_for([attested("cpu-only", a.url), attested("cpu-gpu", b.url)],
-                                policy=rules, attestation={"amd_roots_dir": roots_dir(tmp_path),
-                                                           "nvidia_root_file": str(gpu_root)})
-        with gateway_for(settings) as gw:
-            service = wait_attested(gw, "cpu-gpu", level)
-            digest = gw.app[GATEWAY].policies.current.policies[0].digest
-            wait_until(lambda: backends["cpu-only"].nonces)
-            assert not service.meets("cpu-only", digest, (level,))
-            assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
-    assert (backends["cpu-only"].served, backends["cpu-gpu"].served) == (0, 1)
+                                policy=rules)
+        async with attesting(settings, rules) as service:
+            await settle(lambda: service.meets("cpu-gpu", DIGEST, (level,)))
+            await settle(lambda: service.digest("cpu-only") is not None)
+            assert not service.meets("cpu-only", DIGEST, (level,))
 
 
 def test_attestation_service_token_with_its_claims(tmp_path: Path) -> None:
     """Keys come from the JWKS the policy names; the token must carry this gateway's binding
     and the claims the level lists."""
-    jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(TOKEN_KEY.public_key())),
-           "kid": "k1", "alg": "ES256"}
 
     async def key_set(_: web.Request) -> web.Response:
-        return web.json_response({"keys": [jwk]})
+        return web.json_response(VENDORS.jwks())
 
     jwks_app = web.Application()
     jwks_app.router.add_get("/jwks", key_set)

@@ -1,5 +1,7 @@
 """Endorsements the evidence does not carry come from the configured AMD KDS / Intel PCS,
-through an on-disk cache that outlives a restart; with neither, attestation fails closed."""
+through an on-disk cache that outlives a restart; with neither, attestation fails closed. The
+key services are loopback servers; the SNP cases run the whole gateway, the TDX case the
+attestation service with the test Intel's root handed to it."""
 
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ from aiohttp import web
 
 from tests.attestation_ca import MRTD
 from tests.integration.test_attested_routing import (
+    DIGEST,
     POLICY,
     TDX_CA,
     TDX_LEVEL,
     VCEK,
     ConfidentialBackend,
     attested,
+    attesting,
     chat,
     roots_dir,
+    settle,
     tdx_policy,
     tls_context,
     wait_attested,
@@ -103,22 +108,20 @@ def test_no_vcek_and_no_key_service_fails_closed(tmp_path: Path) -> None:
     assert backend.served == 0
 
 
-def test_tdx_collateral_is_fetched_from_pcs(tmp_path: Path) -> None:
-    level = TDX_LEVEL
-    rules, root = tdx_policy(tmp_path)
+async def test_tdx_collateral_is_fetched_from_pcs(tmp_path: Path) -> None:
+    rules = tdx_policy()
     context, certificate = tls_context(tmp_path, "td")
     backend = ConfidentialBackend(certificate, measurement=MRTD, kind="tdx", endorsed=False)
     services = FakeKeyServices()
     with ServerThread(backend.app(), ssl_context=context) as td, \
             ServerThread(services.app()) as pcs:
-        attestation = {"intel_root_file": str(root), "intel_pcs_url": pcs.url,
-                       "cache_dir": str(tmp_path / "cache")}
+        attestation = {"intel_pcs_url": pcs.url, "cache_dir": str(tmp_path / "cache")}
         settings = settings_for([attested("td", td.url)], policy=rules, attestation=attestation)
-        with gateway_for(settings) as gw:
-            service = wait_attested(gw, "td", level)
-            assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+        async with attesting(settings, rules) as service:
+            await settle(lambda: service.meets("td", DIGEST, (TDX_LEVEL,)))
             service.key_changed("td")
-            wait_attested(gw, "td", level)
+            await settle(lambda: len(backend.nonces) == 2
+                         and service.meets("td", DIGEST, (TDX_LEVEL,)))
     assert (services.hits["tcb"], services.hits["identity"]) == (1, 1)  # cached to nextUpdate
     assert services.hits["crl"] == 1  # CRLs are cached for an hour
     cached = [json.loads(p.read_text()) for p in (tmp_path / "cache").iterdir()]

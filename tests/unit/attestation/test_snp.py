@@ -200,9 +200,7 @@ def test_turin_vcek_chains_to_the_pinned_turin_root() -> None:
 
 
 def test_vlek_signed_reports_verify_and_keys_are_policy() -> None:
-    from tests.attestation_ca import vlek  # noqa: PLC0415
-
-    key, certificate = vlek(CA, TCB)
+    key, certificate = CA.vlek(TCB)
     report = snp_report(key, signing_key=1, chip_id=bytes(64))  # VLEK reports may mask chip id
     verified = verify_report(report, certificate, at=AT, roots=CA.roots)
     assert verified.key_kind == "vlek"

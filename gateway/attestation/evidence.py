@@ -1,0 +1,182 @@
+"""One backend's evidence document, parsed and verified. No network and no schedule here: it is
+given the document with the binding it must carry (this gateway's nonce and the backend's TLS
+key), the roots, the clock, and a source for the endorsements the document does not carry, and
+it answers the verified parts or raises EvidenceError.
+
+Evidence protocol (documented in the README):
+    GET <backend origin><evidence_path>?nonce=<64 hex digits>
+    200 {"evidence": [{"format": "sev-snp", "report": <base64>, "vcek": <base64 DER>},
+                      {"format": "tdx", "quote": <base64>, "collateral": {...}},
+                      {"format": "nvidia-gpu", "evidence": <hex SPDM request+response>,
+                       "certificates": <PEM chain>},
+                      {"format": "token", "token": <JWT>}]}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.attestation.errors import EvidenceError
+from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
+from gateway.attestation.snp import SnpReport, VerifiedSnp, parse_report, verify_report
+from gateway.attestation.tdx import (
+    Collateral,
+    TdxQuote,
+    VerifiedTdx,
+    collateral_from_json,
+    parse_quote,
+    verify_quote,
+)
+from gateway.attestation.trust_roots import Roots
+
+MAX_EVIDENCE_BYTES = 256 * 1024
+HARDWARE = ("sev-snp", "tdx", "nvidia-gpu")  # at most one part of each
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """An evidence document as it came from the backend, and what it must be bound to."""
+
+    body: bytes
+    binding: bytes  # the 64 bytes report_data must equal (gateway/attestation/binding.py)
+    certificate_sha256: bytes  # the certificate it was fetched over: requests are pinned to it
+
+
+class CollateralSource(Protocol):
+    """Endorsements a backend may leave out (gateway/attestation/collateral.py fetches them)."""
+
+    async def vcek(self, report: SnpReport) -> bytes: ...
+
+    async def tdx(self, quote: TdxQuote) -> Collateral: ...
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Verified parts of one backend's evidence, bound to its key and this gateway's nonce."""
+
+    snp: VerifiedSnp | None
+    tdx: VerifiedTdx | None
+    gpu: GpuEvidence | None
+    tokens: tuple[str, ...]  # checked per trust level: each level names its issuer and keys
+    expected_nonce: str  # hex binding a token's nonce claim must carry
+    certificate_sha256: bytes
+    verified_at: float
+    digest: str  # what the audit trail records
+
+    def not_after(self) -> float:
+        """The endorsement certificate's end (SNP), Intel's collateral's nextUpdate (TDX)."""
+        ends = [self.snp.not_after.timestamp()] if self.snp else []
+        ends += [self.tdx.next_update.timestamp()] if self.tdx else []
+        return min(ends, default=float("inf"))
+
+
+class EvidenceVerifier:
+    def __init__(self, roots: Roots, collateral: CollateralSource,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._roots = roots
+        self._collateral = collateral
+        self._clock = clock
+
+    async def verify(self, fetched: Fetched) -> Evidence:
+        """Every part must verify and be bound; one part that does not refuses the whole."""
+        if len(fetched.body) > MAX_EVIDENCE_BYTES:
+            raise EvidenceError(f"evidence larger than {MAX_EVIDENCE_BYTES // 1024} KiB")
+        now = self._clock()
+        at = datetime.fromtimestamp(now, UTC)
+        snp: VerifiedSnp | None = None
+        tdx: VerifiedTdx | None = None
+        gpu: GpuEvidence | None = None
+        tokens: list[str] = []
+        seen: set[str] = set()
+        for part in parse_parts(fetched.body):
+            kind = part.get("format")
+            if kind == "token" and isinstance(part.get("token"), str):
+                tokens.append(part["token"])
+                continue
+            if not isinstance(kind, str) or kind not in HARDWARE:
+                raise EvidenceError(f"unsupported evidence part {_show(kind)}")
+            if kind in seen:
+                raise EvidenceError(f"evidence has more than one {kind!r} part")
+            seen.add(kind)
+            if kind == "sev-snp":
+                snp = await self._snp(part, fetched.binding, at)
+            elif kind == "tdx":
+                tdx = await self._tdx(part, fetched.binding, at)
+            else:
+                gpu = self._gpu(part, fetched.binding, at)
+        values = {"snp": snp.values() if snp else None, "tdx": tdx.values() if tdx else None,
+                  "gpu": {str(i): v.hex() for i, v in gpu.measurements.items()} if gpu else None,
+                  "tokens": len(tokens),
+                  "certificate_sha256": fetched.certificate_sha256.hex()}
+        digest = "sha256:" + hashlib.sha256(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+                                            ).hexdigest()
+        return Evidence(snp=snp, tdx=tdx, gpu=gpu, tokens=tuple(tokens),
+                        expected_nonce=fetched.binding.hex(),
+                        certificate_sha256=fetched.certificate_sha256, verified_at=now,
+                        digest=digest)
+
+    async def _snp(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> VerifiedSnp:
+        try:
+            report = base64.b64decode(part["report"], validate=True)
+            vcek = base64.b64decode(part["vcek"], validate=True) if part.get("vcek") else None
+        except (KeyError, TypeError, binascii.Error):
+            raise EvidenceError("sev-snp evidence needs a base64 'report' (and 'vcek', unless "
+                                "the gateway fetches it from AMD KDS)") from None
+        if vcek is None:
+            vcek = await self._collateral.vcek(parse_report(report))
+        verified = verify_report(report, vcek, at=at, roots=self._roots.amd)
+        if verified.report.report_data != expected:
+            raise EvidenceError("sev-snp: report_data is not bound to this nonce and TLS key "
+                                "(a replayed report, or evidence from another machine)")
+        return verified
+
+    async def _tdx(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> VerifiedTdx:
+        try:
+            raw = base64.b64decode(part["quote"], validate=True)
+        except (KeyError, TypeError, binascii.Error):
+            raise EvidenceError("tdx evidence needs a base64 'quote'") from None
+        sent = part.get("collateral")
+        collateral = collateral_from_json(sent) if isinstance(sent, dict) \
+            else await self._collateral.tdx(parse_quote(raw))
+        verified = verify_quote(raw, collateral, at=at, root=self._roots.intel)
+        if verified.quote.report.report_data != expected:
+            raise EvidenceError("tdx: report_data is not bound to this nonce and TLS key "
+                                "(a replayed quote, or evidence from another machine)")
+        return verified
+
+    def _gpu(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> GpuEvidence:
+        try:
+            raw = bytes.fromhex(str(part["evidence"]))
+            chain = str(part["certificates"]).encode()
+        except (KeyError, ValueError):
+            raise EvidenceError("nvidia-gpu evidence needs hex 'evidence' and PEM "
+                                "'certificates'") from None
+        # The agent asks the GPU with the first 32 bytes of the binding as the SPDM nonce.
+        return verify_gpu_evidence(raw, chain, expected_nonce=expected[:32], at=at,
+                                   root=self._roots.nvidia)
+
+
+def parse_parts(body: bytes) -> list[Mapping[str, Any]]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise EvidenceError("evidence is not JSON") from None
+    parts = document.get("evidence") if isinstance(document, dict) else None
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) for p in parts):
+        raise EvidenceError("evidence must be {\"evidence\": [parts...]}")
+    return parts
+
+
+def _show(value: object) -> str:
+    """A part's format as messages show it: the backend chose it, so it is cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

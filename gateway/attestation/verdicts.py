@@ -1,0 +1,80 @@
+"""Which trust levels verified evidence meets, and until when: a pure function of the evidence,
+the levels in force, the key sets fetched so far and the time, so a policy reload re-evaluates
+without fetching anything.
+
+A level is met until the earliest of: the verification time plus the level's `max_age_s`, the
+end of the SNP endorsement certificate, the nextUpdate of Intel's collateral, and the expiry of
+the token that satisfied the level's `token` requirement. Every evidence kind the level lists
+must be present and meet it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from gateway.attestation.errors import EvidenceError
+from gateway.attestation.evidence import Evidence
+from gateway.attestation.levels import (
+    TrustLevel,
+    gpu_problems,
+    snp_problems,
+    tdx_problems,
+    token_problems,
+)
+from gateway.attestation.tokens import verify_token
+
+Levels = Sequence[tuple[str, str, TrustLevel]]  # (policy digest, level name, level)
+KeySets = Callable[[str], Mapping[str, Any] | None]  # JWKS URL -> its keys, if fetched
+
+
+def verdicts(evidence: Evidence, levels: Levels, keys: KeySets,
+             now: float) -> dict[tuple[str, str], float]:
+    """(policy digest, level name) -> until when it is met, for the levels that are."""
+    met: dict[tuple[str, str], float] = {}
+    for policy, name, level in levels:
+        until = level_met(evidence, level, keys, now)
+        if until is not None:
+            met[(policy, name)] = until
+    return met
+
+
+def key_set_urls(levels: Levels) -> set[str]:
+    """The JWKS URLs the levels name: the only places token keys are fetched from."""
+    return {level.token.jwks_url for _, _, level in levels if level.token is not None}
+
+
+def level_met(evidence: Evidence, level: TrustLevel, keys: KeySets,
+              now: float) -> float | None:
+    """Until when the evidence meets the level, or None."""
+    if not _hardware_meets(evidence, level):
+        return None
+    until = min(evidence.verified_at + level.max_age_s, evidence.not_after())
+    wanted = level.token
+    if wanted is None:
+        return until
+    jwks = keys(wanted.jwks_url)
+    if jwks is None:
+        return None
+    for token in evidence.tokens:
+        try:
+            verified = verify_token(token, jwks, issuer=wanted.issuer, now=now,
+                                    max_age_s=level.max_age_s, nonce_claim=wanted.nonce_claim,
+                                    expected_nonce=evidence.expected_nonce,
+                                    algorithms=tuple(wanted.algorithms))
+        except EvidenceError:
+            continue
+        if not token_problems(verified, wanted):
+            return min(until, verified.expires_at)
+    return None
+
+
+def _hardware_meets(evidence: Evidence, level: TrustLevel) -> bool:
+    if level.sev_snp is not None and (
+            evidence.snp is None or snp_problems(evidence.snp, level.sev_snp)):
+        return False
+    if level.tdx is not None and (
+            evidence.tdx is None or tdx_problems(evidence.tdx, level.tdx)):
+        return False
+    return level.nvidia_gpu is None or (
+        evidence.gpu is not None and not gpu_problems(evidence.gpu, level.nvidia_gpu))
