@@ -69,3 +69,10 @@ def test_gpu_evidence_is_detected_and_needs_its_chain(capsys: pytest.CaptureFixt
     code, out = run(capsys, str(evidence))
     assert code == 1
     assert "needs --chain" in out
+
+
+def test_a_level_the_policy_does_not_define_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, str(REPORT), "--vcek", str(VCEK), "--at", "2024-06-01T00:00:00Z",
+                    "--policy", str(HEALTHCARE), "--level", "confidential-nope")
+    assert code == 1
+    assert "policy has no trust level 'confidential-nope' for sev-snp evidence" in out
