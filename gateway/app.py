@@ -21,13 +21,16 @@ from gateway.fhe.semantic import SemanticScorer
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
+from gateway.inspection import Inspector
 from gateway.observability.audit import AuditTrail
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.plugins import plugin_entities
+from gateway.policy.active import PolicySet, load_policy_set
 from gateway.policy.reload import PolicyHolder, run_watcher
 from gateway.privacy.engine import DetectionEngine
-from gateway.privacy.stage import PrivacyStage
 from gateway.privacy.stored import StoredResponses
+from gateway.protect import CompiledSet, compile_set
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.router import Router
 from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
@@ -40,7 +43,7 @@ class Gateway:
     settings: Settings
     metrics: Metrics
     pool: UpstreamPool
-    policies: PolicyHolder
+    policies: PolicyHolder[CompiledSet]
     attestation: AttestationService
     router: Router
     pipeline: Pipeline
@@ -59,8 +62,9 @@ def audit_path(path: str, worker: int | None) -> str:
 
 
 def build_app(settings: Settings, *, session_factory: SessionFactory = default_session,
-              environ: Mapping[str, str] | None = None,
-              worker: int | None = None) -> web.Application:
+              environ: Mapping[str, str] | None = None, worker: int | None = None,
+              policies: PolicySet | None = None) -> web.Application:
+    """`policies`: already loaded by the preflight (else loaded here)."""
     metrics = Metrics()
     pool = UpstreamPool(settings, session_factory, environ)
     authenticator = Authenticator(settings, RateLimiter(), metrics)
@@ -68,25 +72,32 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
     hash_env = settings.privacy.hash_key_env
     engine = DetectionEngine(settings.privacy.ner_workers, log_level=settings.logging.level,
                              log_format=settings.logging.format)
-    policies = PolicyHolder(settings.policies, env[hash_env].encode() if hash_env else None,
-                            engine, metrics)
-    attestation = AttestationService(settings, functools.partial(_trust_levels, policies),
+    hash_secret = env[hash_env].encode() if hash_env else None
+
+    async def compiled(policy_set: PolicySet) -> CompiledSet:
+        ready = compile_set(policy_set, hash_secret)
+        await engine.prepare(ready.selections)  # a policy never meets a detector not ready
+        return ready
+
+    holder = PolicyHolder(settings.policies, functools.partial(
+        load_policy_set, settings.policies, hash_secret=hash_secret is not None,
+        plugin_entities=plugin_entities), compiled, metrics, initial=policies)
+    attestation = AttestationService(settings, functools.partial(_trust_levels, holder),
                                      metrics)
-    policies.on_reload.append(attestation.policies_changed)
-    router = Router(settings, attestation, metrics)
+    holder.on_reload.append(attestation.policies_changed)
+    router = Router(settings, attestation)
     semantic = SemanticScorer(settings.fhe, metrics, _remote_embedder(settings, pool,
                                                                       attestation)) \
         if settings.fhe.scorers else None
     stored = StoredResponses(settings.privacy.stored_response_ttl_s,
                              settings.privacy.stored_responses_max)
-    pipeline = Pipeline(settings, authenticator, policies,
-                        PrivacyStage(engine, metrics, semantic),
+    pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),
                         router, Forwarder(pool, metrics, attestation), metrics, stored)
     resources = Resources(pipeline)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
-    gateway = Gateway(settings, metrics, pool, policies, attestation, router, pipeline, audit)
+    gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
@@ -128,11 +139,11 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
 async def _detectors(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.policies.start()
-    semantic = gateway.pipeline.privacy.semantic
+    semantic = gateway.pipeline.inspector.semantic
     if semantic is not None:
         await semantic.start()
     yield
-    await gateway.pipeline.privacy.engine.close()
+    await gateway.pipeline.inspector.engine.close()
     if semantic is not None:
         await semantic.close()
 
@@ -146,8 +157,8 @@ def _remote_embedder(settings: Settings, pool: UpstreamPool,
                           lambda: pool.headers[name], attestation.pin, pool.session)
 
 
-def _trust_levels(policies: PolicyHolder) -> list[tuple[str, str, TrustLevel]]:
-    return [(active.digest, name, level) for active in policies.current.policies
+def _trust_levels(policies: PolicyHolder[CompiledSet]) -> list[tuple[str, str, TrustLevel]]:
+    return [(active.digest, name, level) for active in policies.policies.policies
             for name, level in active.policy.trust_levels.items()]
 
 
@@ -217,7 +228,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    ready = gateway.pool.started and gateway.pipeline.privacy.engine.ready
+    ready = gateway.pool.started and gateway.pipeline.inspector.engine.ready
     return web.json_response({"status": "ready" if ready else "starting"},
                              status=200 if ready else 503)
 

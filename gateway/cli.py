@@ -78,6 +78,8 @@ def _policy_commands(commands: Commands) -> None:
     explain = policy_commands.add_parser("explain", help="what a prompt would meet, and why")
     explain.add_argument("file")
     explain.add_argument("--prompt", required=True)
+    explain.add_argument("--score", action="append", metavar="SCORER/MODEL/LABEL=VALUE",
+                         help="a decrypted semantic score to decide with (repeatable)")
     test = policy_commands.add_parser("test", help="run example prompts against expectations")
     test.add_argument("file")
     test.add_argument("--cases", required=True)
@@ -151,11 +153,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.preflight import preflight
     from gateway.server import serve
     from gateway.settings import load_settings
 
     settings = load_settings(args.config)
-    return serve(args.config, settings, args.workers or settings.listen.workers)
+    policies = preflight(args.config, settings)
+    return serve(args.config, settings, args.workers or settings.listen.workers, policies)
 
 
 def _demo_upstream(args: argparse.Namespace) -> int:
@@ -177,16 +181,21 @@ def _attest_verify(args: argparse.Namespace) -> int:
 
     if args.attest_command == "agent":
         return _attest_agent(args)
-    from gateway.attestation.offline import as_json, verify_evidence_file
+    from gateway.attestation.offline import Wanted, as_json, verify_evidence_file
+    from gateway.plugins import plugin_entities
+    from gateway.policy.loader import load_policy
 
     at = datetime.fromisoformat(args.at) if args.at else None
     if at is not None and at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
+    wanted = None
+    if args.policy and args.level:  # attestation judges the level; the policy is ours to load
+        levels = load_policy(Path(args.policy), plugin_entities).policy.trust_levels
+        wanted = Wanted(args.level, levels.get(args.level))
     outcome = verify_evidence_file(
         Path(args.file), vcek=Path(args.vcek) if args.vcek else None,
         collateral=Path(args.collateral) if args.collateral else None,
-        chain=Path(args.chain) if args.chain else None, at=at,
-        policy=Path(args.policy) if args.policy else None, level=args.level)
+        chain=Path(args.chain) if args.chain else None, at=at, wanted=wanted)
     print(as_json(outcome) if args.json else "\n".join(outcome.lines()))
     return 0 if outcome.ok else 1
 
@@ -277,10 +286,12 @@ def _policy(args: argparse.Namespace) -> int:
         return _policy_signatures(args)
     if args.policy_command in ("explain", "test"):
         return _policy_cases(args)
+    from gateway.plugins import plugin_entities
+
     failed = False
     for file in args.files:
         try:
-            loaded = load_policy(file)
+            loaded = load_policy(file, plugin_entities)
         except ConfigError as exc:
             failed = True
             print(exc)
@@ -290,25 +301,30 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _policy_cases(args: argparse.Namespace) -> int:
-    from gateway.policy.cases import analyze, check, load_cases
+    import asyncio
+
+    from gateway.explain import analyze, check
+    from gateway.plugins import plugin_entities
+    from gateway.policy.cases import load_cases
     from gateway.policy.loader import load_policy
 
-    loaded = load_policy(args.file)
+    loaded = load_policy(args.file, plugin_entities)
     if args.policy_command == "explain":
-        analysis = analyze(loaded, args.prompt)
+        scores = dict(_score_arg(s) for s in args.score or [])
+        analysis = asyncio.run(analyze(loaded, [(args.prompt, scores, "*")]))[0]
         print(f"policy {loaded.name} ({' <- '.join(loaded.files)})")
-        for span, text in analysis.findings:
-            print(f"  found {span.entity:<13} {text!r} (by {span.detector}, score "
-                  f"{span.score:.2f})")
-        print("\n".join(analysis.decision.lines()))
-        print(f"sent upstream: {analysis.masked!r}" if analysis.masked is not None
+        for entity, text, detector, score in analysis.findings:
+            print(f"  found {entity:<13} {text!r} (by {detector}, score {score:.2f})")
+        print("\n".join(analysis.protection.decision.lines()))
+        print(f"sent upstream: {analysis.sent!r}" if analysis.sent is not None
               else "sent upstream: nothing (blocked)")
         return 0
     cases = load_cases(args.cases)
+    analyses = asyncio.run(analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases]))
     failures = 0
     print(f"{'result':<7} {'case':<48} {'expected':<34} got")
-    for case in cases:
-        ok, got = check(loaded, case)
+    for case, analysis in zip(cases, analyses, strict=True):
+        ok, got = check(analysis, case)
         failures += not ok
         expected = f"{case.expect.outcome} {case.expect.rule or '*'}"
         print(f"{'PASS' if ok else 'FAIL':<7} {case.name[:48]:<48} {expected:<34} {got}")
@@ -316,9 +332,18 @@ def _policy_cases(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _score_arg(text: str) -> tuple[str, float]:
+    key, _, value = text.partition("=")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise SystemExit(f"veil: --score wants scorer/model/label=number, got {text!r}") from None
+
+
 def _policy_signatures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from gateway.plugins import plugin_entities
     from gateway.policy import signing
     from gateway.policy.loader import load_policy
 
@@ -338,7 +363,7 @@ def _policy_signatures(args: argparse.Namespace) -> int:
     failed = False
     for file in args.files:
         try:
-            signing.verify_chain(load_policy(file).files, public_key)
+            signing.verify_chain(load_policy(file, plugin_entities).files, public_key)
             print(f"ok: {file}")
         except signing.SignatureError as exc:
             failed = True

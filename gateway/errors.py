@@ -119,3 +119,38 @@ class UpstreamTimeout(GatewayError):
     status = 504
     error_type = "upstream_timeout"
     default_code = "upstream_timeout"
+
+
+class PolicyBlocked(InvalidRequest):
+    """400 naming the rule and the entity types found (never the values)."""
+
+    default_code = "sensitive_data_blocked"
+
+    def __init__(self, rule: str, entities: list[str]) -> None:
+        found = f": it contains {', '.join(entities)}" if entities else ""
+        super().__init__(f"Request blocked by policy (rule {rule}){found}.")
+        self.rule = rule
+
+
+class NoPolicyApplies(PermissionDenied):
+    default_code = "no_policy"
+
+    def __init__(self) -> None:
+        super().__init__("No policy applies to this tenant, route and model; the request was "
+                         "not forwarded.")
+
+
+class DetectorFailed(ServiceUnavailable):
+    """Nothing is forwarded that was not fully scanned (unless the policy fails open)."""
+
+    default_code = "detector_failed"
+
+    def __init__(self) -> None:
+        super().__init__("A detector failed; the request was not forwarded.")
+
+
+class ScorerFailed(ServiceUnavailable):
+    default_code = "scorer_failed"
+
+    def __init__(self) -> None:
+        super().__init__("The semantic scorer failed; the request was not forwarded.")

@@ -17,13 +17,14 @@ from gateway.errors import InvalidRequest, RequestTimeout
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
-from gateway.observability.facts import FACTS
+from gateway.inspection import Inspector, Reading
+from gateway.observability.facts import FACTS, Routed
 from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.policy.reload import PolicyHolder
-from gateway.privacy.stage import PrivacyStage
 from gateway.privacy.stored import StoredResponse, StoredResponses
 from gateway.privacy.vault import Vault
+from gateway.protect import CompiledSet, admit, protect
 from gateway.proxy.forward import Forwarder
 from gateway.proxy.relay import relay_body, relay_stream
 from gateway.proxy.router import Router
@@ -34,8 +35,8 @@ from gateway.settings import BackendSettings, Settings
 class Pipeline:
     settings: Settings
     authenticator: Authenticator
-    policies: PolicyHolder
-    privacy: PrivacyStage
+    policies: PolicyHolder[CompiledSet]
+    inspector: Inspector
     router: Router
     forwarder: Forwarder
     metrics: Metrics
@@ -48,7 +49,7 @@ class Pipeline:
         # ingress: who is calling (and within their rate), bounded body, strict JSON, the
         # declared structure (types, vocabularies, every piece of data found), vetted headers
         caller = self.authenticator.admit(request)
-        facts.tenant = caller.tenant
+        facts.admitted(caller.tenant)
         raw = await self._body(request)
         api_request = endpoint.parse(decode_json_object(raw), request.headers,
                                      frozenset(self.settings.privacy.allowed_betas))
@@ -59,36 +60,47 @@ class Pipeline:
         continued = self._continued(api_request, caller.tenant)
         if continued is not None:
             backends = _holding(backends, continued)
-        facts.model, facts.stream = api_request.model, api_request.stream
+        facts.parsed(api_request.model, api_request.stream)
         facts.stage("ingress")
 
         # policy: taken once, so a reload never changes the rules under this request
-        active = self.policies.current.select(caller.tenant, endpoint.name, api_request.model)
-        facts.policy = active.digest
+        compiled = self.policies.current.select(caller.tenant, endpoint.name, api_request.model)
+        facts.chose(compiled.digest)
+        scan = api_request.scan
+        attachments = admit(scan.attachments, scan.unknown, compiled.policy)
 
-        # detect + decide: all data the request carries, rewritten before anything leaves
-        vault, decision = await self.privacy.protect(
-            api_request, active, caller.tenant, facts,
-            continued.entries if continued is not None else ())
-        backends, failed_open = self.router.trusted(backends, decision.requires, active)
-        if failed_open:
-            facts.rule = "fail_mode.evidence=open"
+        # inspect, then protect: findings and scores gathered first, the decision pure
+        texts = scan.texts if compiled.scans else []
+        detections, scores = await self.inspector.inspect(
+            Reading(*scan.for_detection(texts)), compiled)
+        facts.stage("detect")
+        protection = protect(texts, compiled, detections, scores, tenant=caller.tenant,
+                             seed=continued.entries if continued is not None else (),
+                             attachments=attachments)
+        facts.protected(protection.facts())
+        if protection.blocked:
+            raise protection.refusal()
+        scan.write(protection.texts or ())
+        facts.stage("mask")
+        backends, failed_open = self.router.trusted(backends, protection.decision.requires,
+                                                    compiled)
 
         # upstream: the gateway's own credentials; fail over before the first byte
         payload = orjson.dumps(api_request.body)
         reply = await self.forwarder.open(api_request, backends, payload, request_id)
-        facts.backend = reply.backend.name
-        facts.attestation = self.router.attestation_digest(reply.backend.name)
+        facts.sent(Routed(reply.backend.name, self.router.attestation_digest(reply.backend.name),
+                          failed_open))
         facts.stage("upstream")
         bind_request_fields(model=api_request.model, stream=api_request.stream,
                             backend=reply.backend.name)
 
         # restore: placeholders -> original values, in the body or event by event
-        response, response_id = await self.relay(request, api_request, reply.response, vault,
-                                                 stamp={POLICY_HEADER: active.digest})
+        response, response_id = await self.relay(request, api_request, reply.response,
+                                                 protection.vault,
+                                                 stamp={POLICY_HEADER: compiled.digest})
         if response_id is not None and _stores(api_request) and response.status == 200:
             self.stored.remember(response_id, caller.tenant, reply.backend.name,
-                                 vault.entries())
+                                 protection.vault.entries())
         facts.stage("relay")
         return response
 

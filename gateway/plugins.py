@@ -16,12 +16,18 @@ from gateway.privacy.spans import Detector, Span
 GROUP = "veil.detectors"
 
 
-class PluginError(Exception):
-    """A named plugin could not be found, loaded or does not implement the contract."""
+class PluginError(LookupError):
+    """A named plugin could not be found, loaded or does not implement the contract (a
+    LookupError, which is what the policy loader expects of `plugin_entities`)."""
 
 
 def available() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+def plugin_entities(reference: str) -> frozenset[str]:
+    """The entity types a plugin declares (it is loaded, so a broken one is found now)."""
+    return load_detector(reference).entities
 
 
 def load_detector(reference: str) -> Detector:

@@ -21,7 +21,7 @@ from gateway.api.headers import forwarded_headers
 from gateway.api.structure import IDENTIFIER
 from gateway.errors import InvalidRequest, NotFound
 from gateway.ingress.middleware import REQUEST_ID
-from gateway.observability.facts import FACTS
+from gateway.observability.facts import FACTS, Routed
 from gateway.pipeline import Pipeline
 from gateway.privacy.stored import StoredResponse
 from gateway.privacy.vault import Vault
@@ -42,7 +42,7 @@ class Resources:
     async def model(self, request: web.Request) -> web.Response:
         """One model, if this caller may use it; the same 404 as a model that does not exist."""
         caller = self.pipeline.authenticator.admit(request)
-        request[FACTS].tenant = caller.tenant
+        request[FACTS].admitted(caller.tenant)
         model = request.match_info["model_id"]
         if model not in self.pipeline.router.visible_models(caller):
             raise NotFound("The requested model does not exist or you do not have access to it.",
@@ -69,7 +69,7 @@ class Resources:
         pipeline = self.pipeline
         caller = pipeline.authenticator.admit(request)
         facts = request[FACTS]
-        facts.tenant, facts.stream = caller.tenant, stream
+        facts.admitted(caller.tenant)
         response_id = request.match_info["response_id"]
         stored = self._owned(response_id, caller.tenant)
         headers = forwarded_headers("openai", request.headers,
@@ -79,8 +79,7 @@ class Resources:
         backend = pipeline.settings.backend(stored.backend)
         reply = await pipeline.forwarder.open(api_request, [backend], None, request[REQUEST_ID],
                                               method=method, path=path)
-        facts.backend = backend.name
-        facts.attestation = pipeline.router.attestation_digest(backend.name)
+        facts.sent(Routed(backend.name, pipeline.router.attestation_digest(backend.name)))
         response, _ = await pipeline.relay(request, api_request, reply.response,
                                            Vault(entries=stored.entries))
         return response

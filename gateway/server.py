@@ -13,6 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.observability.logging import get_logger
+from gateway.policy.active import PolicySet
 from gateway.settings import Settings
 
 log = get_logger("veil.server")
@@ -42,7 +43,7 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
 
 
 def run_worker(config_path: str, settings: Settings, reuse_port: bool,
-               worker: int | None = None) -> None:
+               worker: int | None = None, policies: PolicySet | None = None) -> None:
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
 
@@ -57,7 +58,8 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
         log.info("listening", host=settings.listen.host, port=port, pid=os.getpid(),
                  config=config_path)
 
-    main = serve_app(build_app(settings, worker=worker), settings.listen.host,
+    main = serve_app(build_app(settings, worker=worker, policies=policies),
+                     settings.listen.host,
                      settings.listen.port,
                      reuse_port=reuse_port, max_header_bytes=settings.limits.max_header_bytes,
                      on_started=started)
@@ -69,9 +71,12 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
         uvloop.run(main)
 
 
-def serve(config_path: str, settings: Settings, workers: int) -> int:
+def serve(config_path: str, settings: Settings, workers: int,
+          policies: PolicySet | None = None) -> int:
+    """`policies`: as the preflight loaded them; a single worker serves with them, several
+    each load their own (a process of its own)."""
     if workers == 1:
-        run_worker(config_path, settings, reuse_port=False)
+        run_worker(config_path, settings, reuse_port=False, policies=policies)
         return 0
     # Metrics from every worker are aggregated through files in this directory; it must be
     # set before prometheus_client is imported by any worker.

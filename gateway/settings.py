@@ -165,15 +165,13 @@ class AuditSettings(Strict):
 
 
 class AttestationSettings(Strict):
-    # Folder of AMD roots (amd_<product>.pem: ASK then ARK) replacing the ones shipped with
-    # the package; for private test roots and for root rotation ahead of a release.
+    # Folder of AMD roots (amd_<product>.pem: ASK then ARK; amd_<product>_vlek.pem: ASVK then
+    # ARK) replacing the ones shipped with the package: for an operator to rotate roots or add
+    # a VLEK chain ahead of a release. (Tests pass their private roots to the service instead.)
     amd_roots_dir: str | None = None
     # Intel collateral saved from PCS (tcb_info_<fmspc>.json, qe_identity.json, chains, CRLs),
     # for TDX backends that send only their quote: fully offline verification.
     intel_collateral_dir: str | None = None
-    # Replaces the pinned Intel SGX Root CA (for private test roots only).
-    intel_root_file: str | None = None
-    nvidia_root_file: str | None = None  # replaces the pinned NVIDIA device root (tests only)
     # Where to fetch what evidence does not carry (VCEKs; TDX TCB Info, QE Identity, CRLs),
     # cached on disk; null: never fetch.
     amd_kds_url: str | None = "https://kdsintf.amd.com"
@@ -263,40 +261,16 @@ class Settings(Strict):
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, override from the environment, validate; raise `ConfigError` listing every issue."""
+    """Read, override from the environment, validate; raise `ConfigError` listing every issue.
+    Parses and validates only: the policies, plugins and keys the settings name are read by
+    `gateway.preflight`, which `veil serve` runs."""
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigIssue(doc.file, None, "", "top level must be a mapping")])
     _apply_env_overrides(doc, os.environ if environ is None else environ)
     settings = validate(doc, Settings)
-    env = os.environ if environ is None else environ
-    _check_credentials(doc, settings, env)
-    _check_policies(settings, env)
-    _check_fhe_keys(doc, settings, env)
+    _check_credentials(doc, settings, os.environ if environ is None else environ)
     return settings
-
-
-def _check_fhe_keys(doc: YamlDocument, settings: Settings, environ: Mapping[str, str]) -> None:
-    """With scorers configured, the sealed secret key must open now, not on the first request."""
-    fhe = settings.fhe
-    if not fhe.scorers:
-        return
-    from gateway.fhe.keys import CustodyError, KeyStore  # noqa: PLC0415 (heavy: SEAL)
-
-    try:
-        KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file,
-                      dict(environ)).load()
-    except CustodyError as exc:
-        raise ConfigError([ConfigIssue(doc.file, doc.position(("fhe",)), "fhe",
-                                       str(exc))]) from None
-
-
-def _check_policies(settings: Settings, environ: Mapping[str, str]) -> None:
-    """Refuse to start on a policy that would not load: every error, with file and line."""
-    from gateway.policy.active import load_policy_set  # noqa: PLC0415 (avoids a cycle)
-
-    hash_env = settings.privacy.hash_key_env
-    load_policy_set(settings.policies, environ[hash_env].encode() if hash_env else None)
 
 
 def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:

@@ -25,7 +25,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -189,6 +189,14 @@ class Scan:
         for finisher in self.finishers:
             finisher()
         self.finishers.clear()
+
+    def write(self, texts: Sequence[str]) -> None:
+        """Put the rewritten texts into their places (only those that changed), then rename
+        keys and re-serialise JSON held in strings."""
+        for slot, text in zip(self.slots, texts, strict=False):
+            if text != slot.text:
+                slot.set(text)
+        self.finish()
 
     def room(self, at: At, values: int) -> None:
         """Refuse a request whose pieces of data alone would take the detectors too long."""

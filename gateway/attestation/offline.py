@@ -1,6 +1,7 @@
 """`veil attest verify`: verify evidence from files, offline, and say why it is or is not
 trusted. The format is detected from the content; the exit code is 0 only when the evidence
-verifies (and, with --policy and --level, meets that trust level)."""
+verifies (and, with --policy and --level, meets that trust level). Loading the policy is the
+CLI's business: this module is handed the level, so attestation depends on no policy code."""
 
 from __future__ import annotations
 
@@ -15,7 +16,16 @@ from gateway.attestation.levels import TrustLevel, gpu_problems, snp_problems, t
 from gateway.attestation.nvidia import verify_gpu_evidence
 from gateway.attestation.snp import REPORT_SIZE, verify_report
 from gateway.attestation.tdx import collateral_from_dir, parse_quote, verify_quote
-from gateway.policy.loader import load_policy
+from gateway.attestation.trust_roots import Roots
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """The trust level asked for, by name, and what the policy defines under it (None: the
+    policy has no level of that name)."""
+
+    name: str
+    level: TrustLevel | None
 
 
 @dataclass
@@ -31,18 +41,19 @@ class Outcome:
 
 
 def verify_evidence_file(path: Path, *, vcek: Path | None, collateral: Path | None,
-                         chain: Path | None, at: datetime | None, policy: Path | None,
-                         level: str | None) -> Outcome:
+                         chain: Path | None, at: datetime | None, wanted: Wanted | None = None,
+                         roots: Roots | None = None) -> Outcome:
     raw = path.read_bytes()
     when = at or datetime.now(UTC)
+    roots = roots or Roots.pinned()
     if raw[:4].lower() in (b"11e0", b"12e0"):  # SPDM GET_MEASUREMENTS, as hex text
-        return _gpu(raw, chain, when, policy, level)
+        return _gpu(raw, chain, when, wanted, roots)
     if is_tdx_quote(raw):
-        return _tdx(raw, collateral, when, policy, level)
+        return _tdx(raw, collateral, when, wanted, roots)
     if len(raw) != REPORT_SIZE:
         return Outcome(False, reasons=[f"unrecognised evidence ({len(raw)} bytes): expected an "
                                        f"SEV-SNP report ({REPORT_SIZE} bytes) or a TDX quote"])
-    return _snp(raw, vcek, when, policy, level)
+    return _snp(raw, vcek, when, wanted, roots)
 
 
 def is_tdx_quote(raw: bytes) -> bool:
@@ -50,76 +61,74 @@ def is_tdx_quote(raw: bytes) -> bool:
         b"\x81\x00\x00\x00"
 
 
-def _tdx(raw: bytes, collateral: Path | None, when: datetime, policy: Path | None,
-         level: str | None) -> Outcome:
+def _tdx(raw: bytes, collateral: Path | None, when: datetime, wanted: Wanted | None,
+         roots: Roots) -> Outcome:
     if collateral is None:
         return Outcome(False, reasons=["a TDX quote needs --collateral DIR (TCB Info, QE "
                                        "Identity, chains and CRLs saved from Intel PCS)"])
     try:
-        verified = verify_quote(raw, collateral_from_dir(collateral, parse_quote(raw)), at=when)
+        verified = verify_quote(raw, collateral_from_dir(collateral, parse_quote(raw)), at=when,
+                                root=roots.intel)
     except EvidenceError as exc:
         return Outcome(False, reasons=[str(exc)])
 
-    def problems(wanted: TrustLevel) -> list[str] | None:
-        return tdx_problems(verified, wanted.tdx) if wanted.tdx else None
+    def problems(level: TrustLevel) -> list[str] | None:
+        return tdx_problems(verified, level.tdx) if level.tdx else None
 
-    return _judged(dict(verified.values()), verified.quote.report.report_data, when,
-                   policy=policy, level=level, problems=problems)
+    return _judged(dict(verified.values()), verified.quote.report.report_data, when, wanted,
+                   problems)
 
 
-def _gpu(raw: bytes, chain: Path | None, when: datetime, policy: Path | None,
-         level: str | None) -> Outcome:
+def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
+         roots: Roots) -> Outcome:
     if chain is None:
         return Outcome(False, reasons=["NVIDIA GPU evidence needs --chain (the device "
                                        "certificate chain, PEM)"])
     try:
         evidence = verify_gpu_evidence(bytes.fromhex(raw.decode().strip()), chain.read_bytes(),
-                                       expected_nonce=None, at=when)
+                                       expected_nonce=None, at=when, root=roots.nvidia)
     except (EvidenceError, ValueError) as exc:
         return Outcome(False, reasons=[str(exc) if isinstance(exc, EvidenceError)
                                        else "nvidia-gpu: evidence is not hex"])
 
-    def problems(wanted: TrustLevel) -> list[str] | None:
-        return gpu_problems(evidence, wanted.nvidia_gpu) if wanted.nvidia_gpu else None
+    def problems(level: TrustLevel) -> list[str] | None:
+        return gpu_problems(evidence, level.nvidia_gpu) if level.nvidia_gpu else None
 
     values: dict[str, object] = {"format": "nvidia-gpu", **{
         f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())}}
-    return _judged(values, evidence.requester_nonce, when, policy=policy, level=level,
-                   problems=problems)
+    return _judged(values, evidence.requester_nonce, when, wanted, problems)
 
 
-def _snp(raw: bytes, vcek: Path | None, when: datetime, policy: Path | None,
-         level: str | None) -> Outcome:
+def _snp(raw: bytes, vcek: Path | None, when: datetime, wanted: Wanted | None,
+         roots: Roots) -> Outcome:
     if vcek is None:
         return Outcome(False, reasons=["an SEV-SNP report needs --vcek (its endorsement key "
                                        "certificate, from AMD's KDS)"])
     try:
-        verified = verify_report(raw, vcek.read_bytes(), at=when)
+        verified = verify_report(raw, vcek.read_bytes(), at=when, roots=roots.amd)
     except EvidenceError as exc:
         return Outcome(False, reasons=[str(exc)])
 
-    def problems(wanted: TrustLevel) -> list[str] | None:
-        return snp_problems(verified, wanted.sev_snp) if wanted.sev_snp else None
+    def problems(level: TrustLevel) -> list[str] | None:
+        return snp_problems(verified, level.sev_snp) if level.sev_snp else None
 
-    return _judged(dict(verified.values()), verified.report.report_data, when,
-                   policy=policy, level=level, problems=problems)
+    return _judged(dict(verified.values()), verified.report.report_data, when, wanted,
+                   problems)
 
 
-def _judged(values: dict[str, object], report_data: bytes, when: datetime, *,
-            policy: Path | None, level: str | None,
-            problems: Callable[[TrustLevel], list[str] | None]) -> Outcome:
-    """Verified evidence, and when asked, whether it meets a policy's trust level."""
+def _judged(values: dict[str, object], report_data: bytes, when: datetime,
+            wanted: Wanted | None, problems: Callable[[TrustLevel], list[str] | None]) -> Outcome:
+    """Verified evidence, and when asked, whether it meets the trust level."""
     outcome = Outcome(True, {**values, "report_data": report_data.hex(),
                              "verified_at": when.isoformat()})
-    if policy is None or level is None:
+    if wanted is None:
         return outcome
-    wanted = load_policy(policy).policy.trust_levels.get(level)
-    found = problems(wanted) if wanted is not None else None
+    found = problems(wanted.level) if wanted.level is not None else None
     if found is None:
-        return Outcome(False, outcome.values, [f"policy has no trust level {level!r} for "
+        return Outcome(False, outcome.values, [f"policy has no trust level {wanted.name!r} for "
                                                f"{values['format']} evidence"])
     outcome.reasons, outcome.ok = found, not found
-    outcome.values["trust_level"] = f"{level}: {'met' if outcome.ok else 'not met'}"
+    outcome.values["trust_level"] = f"{wanted.name}: {'met' if outcome.ok else 'not met'}"
     return outcome
 
 

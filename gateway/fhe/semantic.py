@@ -9,7 +9,7 @@ use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import numpy as np
@@ -26,12 +26,24 @@ from gateway.settings import FheSettings
 MAX_TEXT_CHARS = 20_000  # the embedding sees at most 256 tokens anyway
 
 
+SessionFactory = Callable[[], aiohttp.ClientSession]
+
+
+def default_session() -> aiohttp.ClientSession:
+    # trust_env off: proxy variables in the environment must not redirect scorer traffic.
+    return aiohttp.ClientSession(trust_env=False)
+
+
 class SemanticScorer:
+    """`session_factory`: the one seam for scorer traffic (tests hand in their own)."""
+
     def __init__(self, settings: FheSettings, metrics: Metrics,
-                 remote: RemoteEmbedder | None = None) -> None:
+                 remote: RemoteEmbedder | None = None,
+                 session_factory: SessionFactory = default_session) -> None:
         self._settings = settings
         self._metrics = metrics
         self._remote = remote
+        self._session_factory = session_factory
         self._store = KeyStore.open(settings.keys_dir, settings.master_key_env,
                                     settings.master_key_file) if settings.scorers else None
         self._embedder: Embedder | None = None
@@ -48,7 +60,7 @@ class SemanticScorer:
             return
         if self._remote is None:
             self._embedder = await asyncio.to_thread(Embedder)
-        self._session = aiohttp.ClientSession(trust_env=False)
+        self._session = self._session_factory()
         self._current_keys()
 
     async def close(self) -> None:

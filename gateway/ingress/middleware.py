@@ -122,7 +122,7 @@ def request_context(*, metrics: Metrics, settings: Settings,
         metrics.in_flight_now += 1
         try:
             if metrics.in_flight_now > max_in_flight:
-                response = error_response(OVERLOADED, request, request_id)
+                response = _refused(facts, OVERLOADED, request, request_id)
             else:
                 response = await handler(request)
         except GatewayError as exc:
@@ -142,6 +142,7 @@ def request_context(*, metrics: Metrics, settings: Settings,
                 response.headers[POLICY_HEADER] = facts.policy
         elapsed = time.perf_counter() - started
         metrics.request_answered(route, response.status, elapsed)
+        metrics.outcome(facts)
         stages = facts.stage_seconds()
         metrics.stages(stages)
         if audit is not None and route in AUDITED_ROUTES:
@@ -155,7 +156,5 @@ def request_context(*, metrics: Metrics, settings: Settings,
 
 def _refused(facts: RequestFacts, error: GatewayError, request: web.Request,
              request_id: str) -> web.Response:
-    if facts.decision == "forwarded":
-        facts.decision = "refused" if error.status < 500 else "failed"
-    facts.rule = facts.rule or error.code
+    facts.ended_with(error.code, error.status)
     return error_response(error, request, request_id)

@@ -8,7 +8,8 @@ the next file's first record points at the last line of the previous one, so the
 rotations: `veil audit verify audit.jsonl.2 audit.jsonl.1 audit.jsonl` checks it whole.
 
 What it cannot show on its own: records cut from the very end (nothing follows them). Ship the
-file to write-once storage if that matters; the last `seq` is also in the gateway's own log.
+file to write-once storage if that matters; the last `seq` is also in the gateway's own log
+(`audit_trail_closed`, and `audit_trail_opened` with the next one).
 
 Records hold facts about a request (who, which route and model, which policy, what kinds of
 data were found and how many, what was decided and why, where it went, how long each stage
@@ -28,7 +29,10 @@ from typing import Any
 
 import orjson
 
+from gateway.observability.logging import get_logger
+
 GENESIS = "0" * 64
+log = get_logger("veil.audit")
 
 
 def _canonical(record: Mapping[str, Any]) -> bytes:
@@ -124,9 +128,13 @@ class AuditTrail:
     def open(self) -> None:
         path, key_file, key_env, max_bytes, keep = self._args
         self.log = AuditLog(path, load_key(key_file, key_env), max_bytes=max_bytes, keep=keep)
+        log.info("audit_trail_opened", path=str(self.log.path), next_seq=self.log.last_seq + 1)
 
     def close(self) -> None:
+        """The last `seq` goes to the gateway's own log: records cut from the end of the file
+        leave no trace in it, but this line says where it ended."""
         if self.log is not None:
+            log.info("audit_trail_closed", path=str(self.log.path), last_seq=self.log.last_seq)
             self.log.close()
             self.log = None
 

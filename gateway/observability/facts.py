@@ -1,16 +1,45 @@
-"""What the audit record and the metrics say about one request, filled in stage by stage.
+"""What the audit record and the metrics say about one request: the typed outcome of each stage,
+each set exactly once, and the record built once from them when the request ends.
 
 Only facts: names from config (tenant, model, backend), entity types and counts, the decision
-and the rule behind it, timings. Never a value from the request or the reply.
+and the rule behind it, every fail-open that happened, timings. Never a value from the request
+or the reply.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What the protect stage made of the request (from `gateway.protect.Protection`)."""
+
+    outcome: str  # forward | block
+    rule: str
+    data_classes: tuple[str, ...] = ()
+    entities: Mapping[str, int] = field(default_factory=dict)  # type -> findings
+    masked: Mapping[str, int] = field(default_factory=dict)  # type -> findings rewritten
+    detectors: tuple[str, ...] = ()  # detectors whose findings were acted on
+    scores: Mapping[str, float] | None = None  # decrypted semantic scores (numbers)
+    attachments: Mapping[str, int] = field(default_factory=dict)  # kind -> sent unscanned
+    failed_open: tuple[str, ...] = ()  # detector, scorer
+
+
+@dataclass(frozen=True)
+class Routed:
+    backend: str
+    attestation: str | None  # digest of the chosen backend's verified evidence
+    failed_open: bool = False  # no backend met the trust level; the policy sent it anyway
+
+
+class FactAlreadySet(RuntimeError):
+    """A stage recorded its outcome twice: a bug, so the record cannot say two things."""
 
 
 @dataclass(slots=True)
@@ -18,20 +47,40 @@ class RequestFacts:
     route: str
     tenant: str | None = None
     model: str | None = None
-    backend: str | None = None
-    attestation: str | None = None  # digest of the chosen backend's verified evidence
     stream: bool = False
     policy: str | None = None  # digest of the policy that decided
-    data_classes: tuple[str, ...] = ()
-    semantic: dict[str, float] | None = None  # decrypted scores (numbers, not content)
-    entities: dict[str, int] = field(default_factory=dict)  # entity type -> findings
-    detectors: set[str] = field(default_factory=set)
-    attachments: dict[str, int] = field(default_factory=dict)  # kind -> forwarded unscanned
-    decision: str = "forwarded"
-    rule: str | None = None
+    decided: Decided | None = None
+    routed: Routed | None = None
+    refusal: str | None = None  # the error code the request ended with, if it did
+    status_class: str | None = None  # refused (4xx) | failed (5xx)
     # (stage, perf_counter at its end), starting with the request's start; turned into
     # durations only when read, which keeps marking a stage to one clock read.
     marks: list[tuple[str, float]] = field(default_factory=lambda: [("", time.perf_counter())])
+
+    def admitted(self, tenant: str) -> None:
+        self._once("tenant", tenant)
+
+    def parsed(self, model: str, stream: bool) -> None:
+        self._once("model", model)
+        self.stream = stream
+
+    def chose(self, policy_digest: str) -> None:
+        self._once("policy", policy_digest)
+
+    def protected(self, decided: Decided) -> None:
+        self._once("decided", decided)
+
+    def sent(self, routed: Routed) -> None:
+        self._once("routed", routed)
+
+    def ended_with(self, code: str, status: int) -> None:
+        self._once("refusal", code)
+        self.status_class = "refused" if status < 500 else "failed"
+
+    def _once(self, name: str, value: Any) -> None:
+        if getattr(self, name) is not None:
+            raise FactAlreadySet(f"request fact {name!r} set twice")
+        setattr(self, name, value)
 
     def stage(self, name: str) -> None:
         """Close the stage that ran since the previous mark."""
@@ -41,17 +90,38 @@ class RequestFacts:
         marks = self.marks
         return {name: end - marks[i][1] for i, (name, end) in enumerate(marks[1:])}
 
+    @property
+    def decision(self) -> str:
+        """forwarded | blocked | refused | failed."""
+        if self.decided is not None and self.decided.outcome == "block":
+            return "blocked"
+        return self.status_class or "forwarded"
+
+    @property
+    def failed_open(self) -> tuple[str, ...]:
+        kinds = self.decided.failed_open if self.decided is not None else ()
+        return kinds + (("evidence",) if self.routed is not None and self.routed.failed_open
+                        else ())
+
     def record(self, request_id: str, status: int, total_ms: float,
                stage_seconds: dict[str, float]) -> dict[str, Any]:
         """The audit record; `stage_seconds` as computed once for the metrics too."""
+        decided, routed = self.decided, self.routed
         return {
             "request_id": request_id, "tenant": self.tenant, "route": self.route,
             "model": self.model, "stream": self.stream, "policy": self.policy,
-            "detectors": sorted(self.detectors), "entities": dict(sorted(self.entities.items())),
-            "data_classes": list(self.data_classes), "semantic": self.semantic,
-            "attachments_unscanned": dict(sorted(self.attachments.items())),
-            "decision": self.decision, "rule": self.rule,
-            "backend": self.backend, "attestation": self.attestation, "status": status,
+            "detectors": list(decided.detectors) if decided else [],
+            "entities": dict(sorted(decided.entities.items())) if decided else {},
+            "data_classes": list(decided.data_classes) if decided else [],
+            "semantic": dict(decided.scores) if decided and decided.scores else None,
+            "attachments_unscanned": dict(sorted(decided.attachments.items()))
+            if decided else {},
+            "decision": self.decision,
+            "rule": decided.rule if decided else self.refusal,
+            "error": self.refusal,
+            "failed_open": list(self.failed_open),
+            "backend": routed.backend if routed else None,
+            "attestation": routed.attestation if routed else None, "status": status,
             "latency_ms": {**{name: round(seconds * 1000, 3)
                                 for name, seconds in stage_seconds.items()},
                              "total": round(total_ms, 3)},

@@ -28,6 +28,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.observability.facts import RequestFacts
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -69,8 +71,10 @@ class HistogramTally:
     def sync(self) -> None:
         """Add the tallies to the child's bucket and sum values: prometheus_client has no
         public call that adds many observations at once, so this reaches into the child's
-        `_buckets` and `_sum` (the same value objects observe() increments; a test renders
-        both ways and compares)."""
+        `_buckets` and `_sum` (the same value objects observe() increments). That layout is
+        prometheus_client's own: pyproject pins the minor versions it was checked against,
+        and tests/unit/observability/test_metrics.py renders both ways and compares, so an
+        upgrade that changes it fails the tests instead of the counts."""
         counts, total = self._counts, self._sum
         if not any(counts):
             return
@@ -149,6 +153,18 @@ class Metrics:
     def request_answered(self, route: str, status: int, seconds: float) -> None:
         self._counter(self.requests, route, str(status)).pending += 1
         self._histogram(self.request_seconds, route).observe(seconds)
+
+    def outcome(self, facts: RequestFacts) -> None:
+        """What the request's outcome adds: values masked by type, the blocking rule, every
+        fail-open; counted once, from the same facts the audit record is built from."""
+        decided = facts.decided
+        if decided is not None:
+            for entity, count in decided.masked.items():
+                self._counter(self.entities, entity).pending += count
+            if decided.outcome == "block":
+                self._counter(self.blocked, decided.rule).pending += 1
+        for dependency in facts.failed_open:
+            self._counter(self.failed_open, dependency).pending += 1
 
     def sync(self) -> None:
         """Move the request path's tallies into prometheus_client."""

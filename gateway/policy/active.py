@@ -12,28 +12,18 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.errors import PermissionDenied
+from gateway.errors import NoPolicyApplies
 from gateway.policy.evaluate import Decision, Facts, applies, evaluate
-from gateway.policy.loader import LoadedPolicy, load_policy
+from gateway.policy.loader import LoadedPolicy, PluginEntities, load_policy
 from gateway.policy.schema import Policy
 from gateway.policy.signing import SignatureError, load_public_key, verify_chain
-from gateway.privacy.engine import Selection
-from gateway.privacy.masker import Masker
 from gateway.settings import PolicySettings
 from gateway.yamlsource import ConfigError, ConfigIssue
-
-
-class NoPolicyApplies(PermissionDenied):
-    def __init__(self) -> None:
-        super().__init__("No policy applies to this tenant, route and model; the request was "
-                         "not forwarded.", code="no_policy")
 
 
 @dataclass(frozen=True)
 class ActivePolicy:
     loaded: LoadedPolicy
-    masker: Masker
-    selection: Selection
     clean: Decision  # the decision when nothing is found: most requests, computed once
 
     @property
@@ -55,24 +45,22 @@ class PolicySet:
                 return active
         raise NoPolicyApplies
 
-    @property
-    def selections(self) -> list[Selection]:
-        return [p.selection for p in self.policies]
-
     def describe(self) -> list[dict[str, str]]:
         return [{"name": p.loaded.name, "file": p.loaded.files[0], "digest": p.digest}
                 for p in self.policies]
 
 
-def load_policy_set(settings: PolicySettings, hash_secret: bytes | None) -> PolicySet:
+def load_policy_set(settings: PolicySettings, *, hash_secret: bool = False,
+                    plugin_entities: PluginEntities | None = None) -> PolicySet:
     """Load, validate and (when required) verify every configured policy; raise `ConfigError`
-    listing every problem in every file."""
+    listing every problem in every file. `hash_secret`: whether the gateway has the secret the
+    `hash` action needs."""
     public_key = _public_key(settings)
     issues: list[ConfigIssue] = []
     active: list[ActivePolicy] = []
     for file in settings.files:
         try:
-            loaded = load_policy(file)
+            loaded = load_policy(file, plugin_entities)
             if public_key is not None:
                 verify_chain(loaded.files, public_key)
         except ConfigError as exc:
@@ -84,15 +72,11 @@ def load_policy_set(settings: PolicySettings, hash_secret: bytes | None) -> Poli
         except OSError as exc:
             issues.append(ConfigIssue(file, None, "", f"cannot read: {exc.strerror}"))
             continue
-        if hash_secret is None and _uses_hash(loaded.policy):
+        if not hash_secret and _uses_hash(loaded.policy):
             issues.append(ConfigIssue(file, None, "actions", "the hash action needs a secret: "
                                       "set privacy.hash_key_env in the gateway config"))
             continue
-        policy = loaded.policy
-        active.append(ActivePolicy(
-            loaded, Masker(policy, hash_secret),
-            Selection(frozenset(policy.detectors.builtin), tuple(policy.detectors.plugins)),
-            evaluate(loaded, Facts("", "", "", {}))))
+        active.append(ActivePolicy(loaded, evaluate(loaded, Facts("", "", "", {}))))
     if issues:
         raise ConfigError(issues)
     return PolicySet(tuple(active))

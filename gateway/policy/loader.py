@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway.plugins import PluginError, load_detector
 from gateway.policy.schema import BUILTIN_ENTITIES, Policy
 from gateway.yamlsource import (
     ConfigError,
@@ -28,6 +28,11 @@ from gateway.yamlsource import (
     load_yaml,
     validate,
 )
+
+# The entity types a detector plugin declares, by reference (entry-point name or
+# `module:Class`); raises LookupError, with a message, for a plugin it cannot load. Passed in,
+# so that the policy format knows nothing of how detectors are loaded.
+PluginEntities = Callable[[str], frozenset[str]]
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,10 @@ class LoadedPolicy:
         return self.policy.name
 
 
-def load_policy(path: str | Path) -> LoadedPolicy:
+def load_policy(path: str | Path, plugin_entities: PluginEntities | None = None
+                ) -> LoadedPolicy:
+    """Load and check a policy file and the bases it extends. Without `plugin_entities`, a
+    policy that names plugins is an error (its entity types could not be checked)."""
     chain = _chain(Path(path))
     issues: list[ConfigIssue] = []
     for doc in chain:
@@ -56,7 +64,7 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         merged = _merge(merged, doc.data)
     merged.pop("extends", None)
     policy = Policy.model_validate(merged)
-    issues = _cross_checks(policy, chain)
+    issues = _cross_checks(policy, chain, plugin_entities)
     if issues:
         raise ConfigError(issues)
     digest = "sha256:" + hashlib.sha256(
@@ -107,13 +115,19 @@ def _where(chain: list[YamlDocument], path: KeyPath) -> tuple[str, Any]:
     return chain[0].file, None
 
 
-def _cross_checks(policy: Policy, chain: list[YamlDocument]) -> list[ConfigIssue]:
+def _unchecked(reference: str) -> frozenset[str]:
+    raise LookupError(f"plugin {reference!r} cannot be checked here (no detector plugins "
+                      "loaded)")
+
+
+def _cross_checks(policy: Policy, chain: list[YamlDocument],
+                  plugin_entities: PluginEntities | None) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     entities = set(BUILTIN_ENTITIES) | set(policy.detectors.deny_list)
     for i, reference in enumerate(policy.detectors.plugins):
         try:
-            entities |= load_detector(reference).entities
-        except PluginError as exc:
+            entities |= (plugin_entities or _unchecked)(reference)
+        except LookupError as exc:
             file, position = _where(chain, ("detectors", "plugins", i))
             issues.append(ConfigIssue(file, position, f"detectors.plugins[{i}]", str(exc)))
 

@@ -10,53 +10,64 @@ keep the set they started with (they hold a reference to it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
-from gateway.plugins import PluginError
-from gateway.policy.active import PolicySet, fingerprint, load_policy_set, watched_files
-from gateway.privacy.engine import DetectionEngine
+from gateway.policy.active import PolicySet, fingerprint, watched_files
 from gateway.settings import PolicySettings
 from gateway.yamlsource import ConfigError
 
 log = get_logger("veil.policy")
+Compiled = TypeVar("Compiled")
 
 
-class PolicyHolder:
-    def __init__(self, settings: PolicySettings, hash_secret: bytes | None,
-                 engine: DetectionEngine, metrics: Metrics) -> None:
+class PolicyHolder(Generic[Compiled]):
+    """The policies in force. `load` reads and checks the files (raises `ConfigError`);
+    `compile` turns a loaded set into what requests use (in the gateway: maskers, and their
+    detectors made ready) and may refuse it (a plugin that does not load: `LookupError`)."""
+
+    def __init__(self, settings: PolicySettings, load: Callable[[], PolicySet],
+                 compile: Callable[[PolicySet], Awaitable[Compiled]],
+                 metrics: Metrics, initial: PolicySet | None = None) -> None:
         self._settings = settings
-        self._hash_secret = hash_secret
-        self._engine = engine
+        self._load = load
+        self._compile = compile
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self._shown: set[tuple[str, str]] = set()
         self.on_reload: list[Callable[[], None]] = []  # e.g. re-evaluate attestation verdicts
-        self.current = load_policy_set(settings, hash_secret)  # at start, errors are fatal
-        self._seen = fingerprint(watched_files(settings, self.current))
-        self._published(self.current)
+        self.policies = load() if initial is None else initial  # at start, errors are fatal
+        self._current: Compiled | None = None
+        self._seen = fingerprint(watched_files(settings, self.policies))
+        self._published(self.policies)
+
+    @property
+    def current(self) -> Compiled:
+        if self._current is None:
+            raise RuntimeError("policies are not compiled yet (start() has not run)")
+        return self._current
 
     async def start(self) -> None:
-        """Ready every detector the starting policies name (the NER pool may take seconds)."""
-        await self._engine.prepare(self.current.selections)
+        """Compile the starting set (the NER pool, if a policy needs it, may take seconds)."""
+        self._current = await self._compile(self.policies)
 
     async def reload(self, reason: str) -> bool:
-        """Load, verify and prepare a new set; swap it in only if all of that succeeded."""
+        """Load, verify and compile a new set; swap it in only if all of that succeeded."""
         async with self._lock:
-            files = watched_files(self._settings, self.current)
+            files = watched_files(self._settings, self.policies)
             self._seen = fingerprint(files)
             try:
-                candidate = await asyncio.to_thread(load_policy_set, self._settings,
-                                                    self._hash_secret)
-                await self._engine.prepare(candidate.selections)
+                candidate = await asyncio.to_thread(self._load)
+                compiled = await self._compile(candidate)
             except ConfigError as exc:
                 self._failed(reason, [str(issue) for issue in exc.issues])
                 return False
-            except PluginError as exc:
+            except LookupError as exc:
                 self._failed(reason, [str(exc)])
                 return False
-            self.current = candidate
+            self.policies, self._current = candidate, compiled
             for listener in self.on_reload:
                 listener()
             self._seen = fingerprint(watched_files(self._settings, candidate))
@@ -73,14 +84,14 @@ class PolicyHolder:
             return
         while True:
             await asyncio.sleep(interval)
-            now = fingerprint(watched_files(self._settings, self.current))
+            now = fingerprint(watched_files(self._settings, self.policies))
             if now != self._seen:
                 await self.reload("file_changed")
 
     def _failed(self, reason: str, errors: list[str]) -> None:
         self._metrics.policy_reloads.labels("error").inc()
         log.error("policy_reload_failed", reason=reason, errors=errors,
-                  kept=[p["digest"] for p in self.current.describe()])
+                  kept=[p["digest"] for p in self.policies.describe()])
 
     def _published(self, policies: PolicySet) -> None:
         """1 for each policy in force, 0 for those it replaced (a gauge per digest lets a
@@ -92,7 +103,7 @@ class PolicyHolder:
             self._metrics.policy_active.labels(name, digest).set(1)
 
 
-async def run_watcher(holder: PolicyHolder) -> None:
+async def run_watcher(holder: PolicyHolder[Any]) -> None:
     """The watch loop as a task that survives its own bugs: a crash is logged, not fatal."""
     while True:
         try:

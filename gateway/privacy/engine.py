@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import multiprocessing
+import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.errors import ServiceUnavailable
+from gateway.errors import DetectorFailed
 from gateway.observability.logging import get_logger
 from gateway.plugins import load_detector
 from gateway.privacy.patterns import PatternDetector
@@ -32,11 +35,13 @@ log = get_logger("veil.privacy")
 _worker_ner: object = None
 
 
-def _init_worker(log_level: str, log_format: str) -> None:
+def _init_worker(log_level: str, log_format: str, pids: Any) -> None:
     """Runs in each worker process: spaCy and Presidio are imported there, never in the
     gateway's own process, which stays small and quick to start. Their log lines go through
-    the same redacting chain as the gateway's."""
+    the same redacting chain as the gateway's. The worker says who it is first, so that
+    `close()` can stop it even while it is still loading the model."""
     global _worker_ner  # noqa: PLW0603 (one detector per worker process, loaded once)
+    pids.put(os.getpid())
     from gateway.observability.logging import configure_logging  # noqa: PLC0415
     from gateway.privacy.presidio import PresidioDetector  # noqa: PLC0415
 
@@ -154,6 +159,9 @@ class DetectionEngine:
         self._plugins: dict[str, Detector] = {}
         self._workers = ner_workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pids: Any = None  # the workers' pids, as they report them
+        self._warm_up: asyncio.Future[list[list[list[Span]]]] | None = None
+        self._ner_ready = False
         self._needs_ner = False
         self.cache = cache or SpanCache()
 
@@ -167,32 +175,44 @@ class DetectionEngine:
             await self._start_ner()
 
     async def _start_ner(self) -> None:
-        if self._pool is not None:
-            return
-        pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=self._log)
-        # Load the model in every worker before reporting ready.
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*[loop.run_in_executor(pool, _ner, ["warm up"])
-                               for _ in range(self._workers)])
-        self._pool = pool
+        """Start the pool (once) and load the model in every worker before reporting ready;
+        the pool is kept from the start, so that `close()` can stop workers still loading."""
+        if self._warm_up is None:
+            context = multiprocessing.get_context("spawn")
+            self._pids = context.SimpleQueue()
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self._workers, mp_context=context,
+                initializer=_init_worker, initargs=(*self._log, self._pids))
+            loop = asyncio.get_running_loop()
+            self._warm_up = asyncio.gather(*[loop.run_in_executor(self._pool, _ner, ["warm up"])
+                                             for _ in range(self._workers)])
+        await asyncio.shield(self._warm_up)
+        self._ner_ready = True
 
     async def close(self) -> None:
         """Stop the NER workers now: a worker still loading its model cannot be interrupted
-        any other way, and shutdown must not wait for it."""
+        any other way, and shutdown must not wait for it. Workers are found among this
+        process's live children by the pids they reported (never a pid that was reused)."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        processes = list(getattr(pool, "_processes", {}).values())
+        self._ner_ready = False
+        warm_up, self._warm_up = self._warm_up, None
+        if warm_up is not None and not warm_up.done():
+            warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # cancelled above
+                await warm_up
         pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            if process.is_alive():
+        ours: set[int] = set()
+        while self._pids is not None and not self._pids.empty():
+            ours.add(self._pids.get())
+        for process in multiprocessing.active_children():
+            if process.pid in ours:
                 process.terminate()
 
     @property
     def ready(self) -> bool:
-        return not self._needs_ner or self._pool is not None
+        return not self._needs_ner or self._ner_ready
 
     async def detect(self, texts: list[str], selection: Selection) -> list[list[Span]]:
         keys = [self.cache.key(t, selection.tag) for t in texts]
@@ -223,15 +243,8 @@ class DetectionEngine:
         return found
 
     async def _ner(self, texts: list[str]) -> list[list[Span]]:
-        if self._pool is None:
+        if self._pool is None or not self._ner_ready:
             raise RuntimeError("NER pool is not running")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, _ner, texts)
 
-
-class DetectorFailed(ServiceUnavailable):
-    """503: nothing is forwarded that was not fully scanned (unless the policy fails open)."""
-
-    def __init__(self) -> None:
-        super().__init__("A detector failed; the request was not forwarded.",
-                         code="detector_failed")

@@ -13,15 +13,34 @@ import hashlib
 import hmac
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import InvalidRequest
-from gateway.policy.schema import Policy
 from gateway.privacy.spans import Span
 from gateway.privacy.vault import Vault
 
 NAME_PART_SCORE = 0.55  # below NER's own labels, so a part that NER calls an ORG stays one
+Action = str  # pseudonymize | redact | hash | block | allow (the policy format checks them)
+
+
+@dataclass(frozen=True)
+class MaskingRules:
+    """What a policy says about findings, as the masker needs it (built from a policy by
+    `gateway.protect`; this package knows nothing of the policy format)."""
+
+    default_threshold: float = 0.5
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    default_action: Action = "pseudonymize"
+    actions: Mapping[str, Action] = field(default_factory=dict)
+    allow_list: tuple[str, ...] = ()
+    deny_list: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def threshold(self, entity: str) -> float:
+        return self.thresholds.get(entity, self.default_threshold)
+
+    def action(self, entity: str) -> Action:
+        return self.actions.get(entity, self.default_action)
 
 
 @dataclass
@@ -33,26 +52,29 @@ class MaskResult:
 
 
 class Masker:
-    def __init__(self, policy: Policy, hash_secret: bytes | None = None) -> None:
-        self._policy = policy
+    def __init__(self, rules: MaskingRules, hash_secret: bytes | None = None) -> None:
+        self._rules = rules
         self._hash_secret = hash_secret
-        self._allow = {term.casefold() for term in policy.detectors.allow_list}
+        self._allow = {term.casefold() for term in rules.allow_list}
         self._deny = [(entity, re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE))
-                      for entity, terms in policy.detectors.deny_list.items() for term in terms]
+                      for entity, terms in rules.deny_list.items() for term in terms]
 
     def findings(self, text: str, spans: Sequence[Span],
                  names: Sequence[str] = ()) -> list[Span]:
         """Thresholds, allow- and deny-lists, name parts seen elsewhere in the conversation,
         then overlaps (higher score, then longer, wins)."""
         candidates = [s for s in spans
-                      if s.score >= self._policy.threshold(s.entity)
+                      if s.score >= self._rules.threshold(s.entity)
                       and text[s.start:s.end].strip().casefold() not in self._allow]
         candidates += [Span(m.start(), m.end(), entity, 1.0, "deny_list")
                        for entity, regex in self._deny for m in regex.finditer(text)]
         candidates += self._name_parts(text, [*names, *(text[s.start:s.end] for s in candidates
                                                         if s.entity == "PERSON")])
         kept: list[Span] = []
-        for span in sorted(candidates, key=lambda s: (-s.score, s.start - s.end)):
+        # Highest score first, then the longest, then position and name: a total order, so
+        # the result never depends on which detector happened to report first.
+        for span in sorted(candidates, key=lambda s: (-s.score, s.start - s.end, s.start,
+                                                      s.entity, s.detector)):
             if not any(span.overlaps(k) for k in kept):
                 kept.append(span)
         return sorted(kept, key=lambda s: s.start)
@@ -62,7 +84,7 @@ class Masker:
         parts = {part for name in names for part in (name, *name.split())
                  if len(part) >= 3 and part[0].isupper()
                  and part.casefold() not in self._allow}
-        if not parts or self._policy.threshold("PERSON") > NAME_PART_SCORE:
+        if not parts or self._rules.threshold("PERSON") > NAME_PART_SCORE:
             return []
         alternatives = "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True))
         return [Span(m.start(), m.end(), "PERSON", NAME_PART_SCORE, "name_parts")
@@ -72,7 +94,7 @@ class Masker:
                               spans: Sequence[Sequence[Span]]) -> list[list[Span]]:
         """Findings per text; a name found in one message is a finding in every other."""
         names = [t[s.start:s.end] for t, found in zip(texts, spans, strict=True) for s in found
-                 if s.entity == "PERSON" and s.score >= self._policy.threshold("PERSON")]
+                 if s.entity == "PERSON" and s.score >= self._rules.threshold("PERSON")]
         return [self.findings(t, s, names) for t, s in zip(texts, spans, strict=True)]
 
     def rewrite(self, texts: Sequence[str], findings: Sequence[Sequence[Span]],
@@ -92,7 +114,7 @@ class Masker:
         out: list[str] = []
         last = 0
         for span in found:
-            action = self._policy.action(span.entity)
+            action = self._rules.action(span.entity)
             if action == "block":  # the decision refuses first; this is the backstop
                 raise InvalidRequest("Request blocked by policy.", code="sensitive_data_blocked")
             if action == "allow":

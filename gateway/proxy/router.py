@@ -3,24 +3,33 @@ backend must speak the endpoint's wire format. Order is the order given in confi
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from gateway.api import ApiRequest
 from gateway.attestation.verifier import AttestationService
 from gateway.errors import NotFound, ServiceUnavailable
 from gateway.ingress.auth import Caller
 from gateway.observability.logging import get_logger
-from gateway.observability.metrics import Metrics
-from gateway.policy.active import ActivePolicy
+from gateway.policy.schema import Policy
 from gateway.settings import BackendSettings, Settings
 
 log = get_logger("veil.route")
 
 
+class Chosen(Protocol):
+    """The policy a request is decided by, as routing needs it."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def digest(self) -> str: ...
+
+
 class Router:
-    def __init__(self, settings: Settings, attestation: AttestationService,
-                 metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, attestation: AttestationService) -> None:
         self._settings = settings
         self._attestation = attestation
-        self._metrics = metrics
         self._backends = {b.name: b for b in settings.backends}
 
     def candidates(self, request: ApiRequest, caller: Caller) -> list[BackendSettings]:
@@ -37,7 +46,7 @@ class Router:
         return backends
 
     def trusted(self, backends: list[BackendSettings], requires: tuple[str, ...],
-                active: ActivePolicy) -> tuple[list[BackendSettings], bool]:
+                active: Chosen) -> tuple[list[BackendSettings], bool]:
         """The backends whose current, verified attestation meets every trust level the policy
         requires for this request's data and for the backend itself (`backends.<name>.require`),
         and whether that failed open. None -> refused here, never sent anywhere, unless the
@@ -52,7 +61,6 @@ class Router:
             return trusted, False
         if active.policy.fail_mode.evidence == "open":
             log.warning("attestation_failed_open", levels=list(requires))
-            self._metrics.failed_open.labels("evidence").inc()
             return backends, True
         needed = ", ".join(requires) or "their own required levels"
         raise ServiceUnavailable(

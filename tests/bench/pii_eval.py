@@ -26,6 +26,7 @@ from gateway.policy.schema import Policy
 from gateway.privacy.masker import Masker
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.presidio import PresidioDetector, model_path
+from gateway.protect import masking_rules
 
 DATASET = Path(__file__).parents[3] / "shared/pii-eval/synth_dataset_v2.json"
 GOLD_MAP = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD",
@@ -69,7 +70,7 @@ def score(gold: list[Spans], unscored: list[list[tuple[int, int]]],
 
 def veil_predict(texts: list[str]) -> tuple[list[Spans], float]:
     patterns, ner = PatternDetector(), PresidioDetector()
-    masker = Masker(Policy(version=1, name="eval"))
+    masker = Masker(masking_rules(Policy(version=1, name="eval")))
     ner.detect("warm up")
     started = time.perf_counter()
     out = []

@@ -149,6 +149,42 @@ def test_protected_topic_is_blocked_and_others_pass(world: World, demo: Demo) ->
     assert 'veil_scorer_duration_seconds_count{scorer="vendor"}' in metrics
 
 
+SEMANTIC_CASES = {"cases": [
+    {"name": "deal talk is blocked",
+     "prompt": "Can you draft a term sheet for acquiring Globex Corp?",
+     "scores": {"vendor/topics/m-and-a": 0.8, "vendor/topics/layoffs": 0.2},
+     "expect": {"outcome": "block", "rule": "semantic.no-deals"}},
+    {"name": "layoffs are a confidential topic, not a block",
+     "prompt": "Prepare the workforce reduction announcement for next month",
+     "scores": {"vendor/topics/m-and-a": 0.2, "vendor/topics/layoffs": 0.8},
+     "expect": {"outcome": "forward", "rule": "default"}},
+    {"name": "bread is fine",
+     "prompt": "What is a good recipe for sourdough bread?",
+     "scores": {"vendor/topics/m-and-a": 0.1, "vendor/topics/layoffs": 0.1},
+     "expect": {"outcome": "forward", "rule": "default"}},
+]}
+
+
+def test_policy_cases_with_scores_decide_as_the_gateway_does(
+        world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same cases both ways: `veil policy test` with the scores the cases give, and the
+    running gateway with the scores the encrypted scorer computes."""
+    from gateway.cli import main  # noqa: PLC0415
+
+    policy_file = world.gateway.app[GATEWAY].settings.policies.files[0]
+    cases_file = tmp_path / "semantic.cases.yaml"
+    cases_file.write_text(yaml.safe_dump(SEMANTIC_CASES))
+    assert main(["policy", "test", policy_file, "--cases", str(cases_file)]) == 0, \
+        capsys.readouterr().out
+    for case in SEMANTIC_CASES["cases"]:
+        r = chat(world.gateway.url, case["prompt"])
+        if case["expect"]["outcome"] == "block":
+            assert r.status_code == 400, (case["name"], r.text)
+            assert case["expect"]["rule"] in r.json()["error"]["message"]
+        else:
+            assert r.status_code == 200, (case["name"], r.text)
+
+
 def test_scorer_only_ever_receives_evaluation_keys_and_ciphertexts(world: World) -> None:
     chat(world.gateway.url, "Plan the workforce reduction announcement")
     chat(world.gateway.url, "Tell me about the history of Rome")

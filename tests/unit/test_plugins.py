@@ -6,6 +6,7 @@ import pytest
 
 from gateway.errors import ServiceUnavailable
 from gateway.plugins import PluginError, load_detector
+from gateway.preflight import preflight
 from gateway.privacy.engine import DetectionEngine, Selection
 from gateway.settings import load_settings
 from gateway.yamlsource import ConfigError
@@ -73,6 +74,6 @@ def test_unknown_plugin_in_policy_names_file_and_line(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"policies: {{files: [{policy}]}}\nbackends: []\nmodels: {{}}\n")
     with pytest.raises(ConfigError) as info:
-        load_settings(config, {})
+        preflight(config, load_settings(config, {}), {})
     assert f"{policy}:4:13: detectors.plugins[0]: unknown detector plugin 'employe_id'" \
         in str(info.value)

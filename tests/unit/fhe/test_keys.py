@@ -70,6 +70,8 @@ def test_evaluation_keys_hold_no_secret(store: KeyStore) -> None:
 
 
 def test_serve_refuses_to_start_without_an_openable_key(tmp_path: Path) -> None:
+    from gateway.cli import main  # noqa: PLC0415
+    from gateway.preflight import preflight  # noqa: PLC0415
     from gateway.settings import load_settings  # noqa: PLC0415
     from gateway.yamlsource import ConfigError  # noqa: PLC0415
 
@@ -84,13 +86,15 @@ policies: {{files: ["{tmp_path / 'policy.yaml'}"]}}
 backends: []
 models: {{}}
 """)
+    settings = load_settings(config, {})  # parses and validates only: no key is read
     with pytest.raises(ConfigError, match=r"config.yaml:\d+:\d+: fhe: cannot read the FHE"):
-        load_settings(config, {})
+        preflight(config, settings, {})
     (tmp_path / "missing.key").write_text("cd" * 32)
     with pytest.raises(ConfigError, match="run `veil keys init`"):
-        load_settings(config, {})
-    KeyStore.open(str(tmp_path / "keys"), None, str(tmp_path / "missing.key"), {}).init()
-    assert load_settings(config, {}).fhe.scorers
+        preflight(config, settings, {})
+    # `veil keys init` with this very config: the command the error asks for must work
+    assert main(["keys", "init", "--config", str(config)]) == 0
+    assert preflight(config, settings, {}).policies
 
 
 def test_unsealed_key_material_never_touches_a_filesystem() -> None:

@@ -88,3 +88,20 @@ def test_cli_reports_a_missing_key_cleanly(tmp_path: Path) -> None:
     write(tmp_path / "a.jsonl", 1).close()
     assert main(["audit", "verify", str(tmp_path / "a.jsonl"),
                  "--key-file", str(tmp_path / "missing.key")]) == 2
+
+
+def test_the_last_seq_is_in_the_gateways_own_log(tmp_path: Path) -> None:
+    """Records cut from the end leave no trace in the file; the log says where it ended."""
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    from gateway.observability.audit import AuditTrail  # noqa: PLC0415
+
+    (tmp_path / "k").write_text("k" * 32)
+    trail = AuditTrail(tmp_path / "a.jsonl", str(tmp_path / "k"), None, 1 << 20, 3)
+    with capture_logs() as logs:
+        trail.open()
+        for i in range(3):
+            trail.append({"n": i})
+        trail.close()
+    assert [(e["event"], e.get("next_seq", e.get("last_seq"))) for e in logs] == \
+        [("audit_trail_opened", 0), ("audit_trail_closed", 2)]

@@ -134,7 +134,12 @@ def test_plugin_entities_are_known(tmp_path: Path) -> None:
     text = GOOD.replace("detectors:\n", "detectors:\n  plugins: [employee_id]\n").replace(
         "  CODENAME: redact", "  EMPLOYEE_ID: block")
     (tmp_path / "p.yaml").write_text(text)
-    assert load_policy(tmp_path / "p.yaml").policy.actions["EMPLOYEE_ID"] == "block"
+    plugins = {"employee_id": frozenset({"EMPLOYEE_ID"})}
+    loaded = load_policy(tmp_path / "p.yaml", plugins.__getitem__)
+    assert loaded.policy.actions["EMPLOYEE_ID"] == "block"
+    # the policy format knows plugins only through what it is handed
+    with pytest.raises(ConfigError, match=r"plugins\[0\]: plugin 'employee_id' cannot be"):
+        load_policy(tmp_path / "p.yaml")
 
 
 @pytest.mark.parametrize("name", ["default", "healthcare", "finance", "engineering"])

@@ -8,8 +8,9 @@ from pathlib import Path
 import yaml
 
 from gateway.observability.metrics import Metrics
+from gateway.plugins import plugin_entities
+from gateway.policy.active import PolicySet, load_policy_set
 from gateway.policy.reload import PolicyHolder
-from gateway.privacy.engine import DetectionEngine
 from gateway.settings import PolicySettings
 
 
@@ -23,16 +24,31 @@ def reloads(metrics: Metrics, result: str) -> float:
     return value or 0.0
 
 
-def holder_for(path: Path, interval: float = 0) -> tuple[PolicyHolder, Metrics]:
+async def as_is(policies: PolicySet) -> PolicySet:
+    """The policy layer's holder on its own: the set is what requests use."""
+    return policies
+
+
+async def started(settings: PolicySettings, metrics: Metrics) -> PolicyHolder[PolicySet]:
+    def load() -> PolicySet:
+        return load_policy_set(settings, plugin_entities=plugin_entities)
+
+    holder = PolicyHolder(settings, load, as_is, metrics)
+    await holder.start()
+    return holder
+
+
+async def holder_for(path: Path, interval: float = 0
+                     ) -> tuple[PolicyHolder[PolicySet], Metrics]:
     metrics = Metrics()
     settings = PolicySettings(files=[str(path)], watch_interval_s=interval)
-    return PolicyHolder(settings, None, DetectionEngine(), metrics), metrics
+    return await started(settings, metrics), metrics
 
 
 async def test_valid_edit_replaces_and_broken_edit_keeps(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     write(path)
-    holder, metrics = holder_for(path)
+    holder, metrics = await holder_for(path)
     first = holder.current
     write(path, actions={"EMAIL": "redact"})
     assert await holder.reload("test")
@@ -55,7 +71,7 @@ async def test_valid_edit_replaces_and_broken_edit_keeps(tmp_path: Path) -> None
 async def test_unknown_plugin_on_reload_keeps_old(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     write(path)
-    holder, _ = holder_for(path)
+    holder, _ = await holder_for(path)
     before = holder.current
     write(path, detectors={"builtin": ["patterns"], "plugins": ["no_such_plugin"]})
     assert not await holder.reload("test")
@@ -65,7 +81,7 @@ async def test_unknown_plugin_on_reload_keeps_old(tmp_path: Path) -> None:
 async def test_watcher_picks_up_a_change(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     write(path)
-    holder, metrics = holder_for(path, interval=0.05)
+    holder, metrics = await holder_for(path, interval=0.05)
     before = holder.current
     watcher = asyncio.create_task(holder.watch())
     try:
@@ -90,7 +106,7 @@ async def test_signed_policies_reload_only_when_the_new_file_verifies(tmp_path: 
     sign(path, private)
     settings = PolicySettings(files=[str(path)], require_signed_policies=True,
                               public_key_file=str(public), watch_interval_s=0)
-    holder = PolicyHolder(settings, None, DetectionEngine(), Metrics())
+    holder = await started(settings, Metrics())
     before = holder.current
     write(path, default_action="allow")  # edited, not re-signed: a weakening nobody approved
     assert not await holder.reload("test")

@@ -94,3 +94,28 @@ def test_short_texts_are_detected_together_and_mapped_back() -> None:
 def test_a_span_across_the_separator_is_cut_at_each_text() -> None:
     found = batched(lambda text: [Span(0, len(text), "PERSON", 0.9, "fake")], ["Ann", "Lee"])
     assert [(s.start, s.end) for spans in found for s in spans] == [(0, 3), (0, 3)]
+
+
+async def test_close_stops_workers_still_loading_the_model() -> None:
+    """Shutdown must not wait for a worker loading spaCy, nor leave it behind."""
+    import asyncio  # noqa: PLC0415
+    import multiprocessing  # noqa: PLC0415
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    engine = DetectionEngine(ner_workers=2)
+    starting = asyncio.create_task(engine.prepare([WITH_NER]))
+    for _ in range(100):
+        if {p.pid for p in multiprocessing.active_children()} - before:
+            break
+        await asyncio.sleep(0.05)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await engine.close()
+    for _ in range(100):
+        left = {p.pid for p in multiprocessing.active_children()} - before
+        if not left:
+            break
+        await asyncio.sleep(0.05)
+    assert not left
+    assert not engine.ready

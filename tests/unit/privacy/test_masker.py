@@ -6,19 +6,20 @@ import pytest
 
 from gateway.errors import InvalidRequest
 from gateway.policy.schema import Detectors, Policy
-from gateway.privacy.masker import Masker
+from gateway.privacy.masker import Masker, MaskingRules
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.spans import Span
+from gateway.protect import masking_rules
 
 
-def rules(**fields: Any) -> Policy:
-    return Policy(version=1, name="t", **fields)
+def rules(**fields: Any) -> MaskingRules:
+    return masking_rules(Policy(version=1, name="t", **fields))
 
 
 TEXT = "Mail jane@example.com, card 4111 1111 1111 1111, again jane@example.com"
 
 
-def mask(settings: Policy, texts: list[str], tenant: str = "t",
+def mask(settings: MaskingRules, texts: list[str], tenant: str = "t",
          secret: bytes | None = b"0123456789abcdef") -> list[str]:
     detector = PatternDetector()
     return Masker(settings, secret).mask(texts, [detector.detect(t) for t in texts], tenant).texts

@@ -1,0 +1,46 @@
+"""What `veil serve` checks before it starts serving, so that a gateway that would fail on its
+first request refuses to start instead: every policy loads and verifies (with the plugins it
+names), and the sealed CKKS secret key opens. `load_settings` only parses and validates;
+everything that reads other files or keys happens here, with errors positioned in the config
+file like its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.fhe.keys import CustodyError, KeyStore
+from gateway.plugins import plugin_entities
+from gateway.policy.active import PolicySet, load_policy_set
+from gateway.settings import Settings
+from gateway.yamlsource import ConfigError, ConfigIssue, load_yaml
+
+
+def preflight(config_path: str | Path, settings: Settings,
+              environ: Mapping[str, str] | None = None) -> PolicySet:
+    """Raise `ConfigError` listing what would stop the gateway; return the policies loaded,
+    for the process that goes on to serve with them."""
+    env = os.environ if environ is None else environ
+    hash_env = settings.privacy.hash_key_env
+    policies = load_policy_set(settings.policies, hash_secret=bool(hash_env and env.get(hash_env)),
+                               plugin_entities=plugin_entities)
+    _open_fhe_key(config_path, settings, env)
+    return policies
+
+
+def _open_fhe_key(config_path: str | Path, settings: Settings,
+                  environ: Mapping[str, str]) -> None:
+    """With scorers configured, the sealed secret key must open now, not on the first
+    request."""
+    fhe = settings.fhe
+    if not fhe.scorers:
+        return
+    try:
+        KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file,
+                      dict(environ)).load()
+    except CustodyError as exc:
+        doc = load_yaml(config_path)
+        raise ConfigError([ConfigIssue(doc.file, doc.position(("fhe",)), "fhe",
+                                       str(exc))]) from None
