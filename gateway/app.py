@@ -15,9 +15,13 @@ from aiohttp import web
 
 from gateway.api import ENDPOINTS
 from gateway.attestation.levels import TrustLevel
+from gateway.attestation.transport import Transport
+from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verifier import AttestationService
 from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
+from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
+from gateway.fhe.semantic import default_session as default_scorer_session
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
@@ -61,12 +65,24 @@ def audit_path(path: str, worker: int | None) -> str:
     return f"{stem}.w{worker}.{suffix}" if dot else f"{path}.w{worker}"
 
 
-def build_app(settings: Settings, *, session_factory: SessionFactory = default_session,
+@dataclass(frozen=True)
+class Outbound:
+    """Every way out of the gateway, each one seam that tests (or an operator's own
+    networking) can replace: model traffic (one session per backend), attestation (evidence,
+    key sets, AMD KDS, Intel PCS, and the trusted roots they are judged by), the scorer."""
+
+    model_sessions: SessionFactory = default_session
+    attestation: Transport | None = None  # None: the network
+    attestation_roots: Roots | None = None  # None: the roots pinned in the package
+    scorer_session: ScorerSessionFactory = default_scorer_session
+
+
+def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
               environ: Mapping[str, str] | None = None, worker: int | None = None,
               policies: PolicySet | None = None) -> web.Application:
     """`policies`: already loaded by the preflight (else loaded here)."""
     metrics = Metrics()
-    pool = UpstreamPool(settings, session_factory, environ)
+    pool = UpstreamPool(settings, outbound.model_sessions, environ)
     authenticator = Authenticator(settings, RateLimiter(), metrics)
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
@@ -83,12 +99,13 @@ def build_app(settings: Settings, *, session_factory: SessionFactory = default_s
         load_policy_set, settings.policies, hash_secret=hash_secret is not None,
         plugin_entities=plugin_entities), compiled, metrics, initial=policies)
     attestation = AttestationService(settings, functools.partial(_trust_levels, holder),
-                                     metrics)
+                                     metrics, transport=outbound.attestation,
+                                     roots=outbound.attestation_roots)
     holder.on_reload.append(attestation.policies_changed)
     router = Router(settings, attestation)
-    semantic = SemanticScorer(settings.fhe, metrics, _remote_embedder(settings, pool,
-                                                                      attestation)) \
-        if settings.fhe.scorers else None
+    semantic = SemanticScorer(settings.fhe, metrics,
+                              _remote_embedder(settings, pool, attestation),
+                              outbound.scorer_session) if settings.fhe.scorers else None
     stored = StoredResponses(settings.privacy.stored_response_ttl_s,
                              settings.privacy.stored_responses_max)
     pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),

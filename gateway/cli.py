@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TypeAlias
 
-from gateway.yamlsource import ConfigError
+from gateway.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +213,8 @@ def _attest_agent(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from gateway.fhe.keys import CustodyError, KeyStore
+    from gateway.errors import CustodyError
+    from gateway.fhe.keys import KeyStore
     from gateway.settings import load_settings
 
     fhe = load_settings(args.config).fhe
@@ -343,6 +344,7 @@ def _score_arg(text: str) -> tuple[str, float]:
 def _policy_signatures(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from gateway.errors import SignatureError
     from gateway.plugins import plugin_entities
     from gateway.policy import signing
     from gateway.policy.loader import load_policy
@@ -357,7 +359,7 @@ def _policy_signatures(args: argparse.Namespace) -> int:
                 print(f"signed: {signing.sign(Path(file), Path(args.key))}")
             return 0
         public_key = signing.load_public_key(Path(args.pubkey))
-    except (OSError, ValueError, signing.SignatureError) as exc:
+    except (OSError, ValueError, SignatureError) as exc:
         print(f"veil: {exc}", file=sys.stderr)
         return 2
     failed = False
@@ -365,7 +367,7 @@ def _policy_signatures(args: argparse.Namespace) -> int:
         try:
             signing.verify_chain(load_policy(file, plugin_entities).files, public_key)
             print(f"ok: {file}")
-        except signing.SignatureError as exc:
+        except SignatureError as exc:
             failed = True
             print(f"FAILED: {exc}")
     return 1 if failed else 0

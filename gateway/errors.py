@@ -1,27 +1,70 @@
-"""The gateway's own errors, each mapped to exactly one client-facing answer.
+"""Every exception the gateway defines, in one tree. The client-facing ones (`GatewayError`)
+map each to exactly one answer: the OpenAI error envelope with a status, a type and a code.
+The others never reach a client as they are; the tree says what each becomes.
 
-    GatewayError                      500 api_error
-    ├── InvalidRequest                400 invalid_request_error   (names the field, never the value)
-    ├── AuthenticationFailed          401 authentication_error
-    ├── PermissionDenied              403 permission_error        (no policy applies)
-    ├── NotFound                      404 invalid_request_error   (unknown URL, unknown model)
-    ├── MethodNotAllowed              405 invalid_request_error
-    ├── RequestTimeout                408 invalid_request_error   (body not received in time)
-    ├── PayloadTooLarge               413 invalid_request_error
-    ├── RateLimited                   429 rate_limit_error        (carries Retry-After)
-    ├── UpstreamFailed                502 upstream_error          (every backend refused or broke)
-    ├── ServiceUnavailable            503 service_unavailable
-    └── UpstreamTimeout               504 upstream_timeout
+    VeilError
+    ├── GatewayError                   500 api_error              (the envelope; request id)
+    │   ├── InvalidRequest             400 invalid_request_error  (names the field, never the value)
+    │   │   └── PolicyBlocked          400 sensitive_data_blocked (names the rule and types)
+    │   ├── AuthenticationFailed       401 authentication_error
+    │   ├── PermissionDenied           403 permission_error
+    │   │   └── NoPolicyApplies        403 no_policy
+    │   ├── NotFound                   404 invalid_request_error  (unknown URL, model, response)
+    │   ├── MethodNotAllowed           405 invalid_request_error
+    │   ├── RequestTimeout             408 invalid_request_error  (body not received in time)
+    │   ├── PayloadTooLarge            413 invalid_request_error
+    │   ├── RateLimited                429 rate_limit_error       (carries Retry-After)
+    │   ├── UpstreamFailed             502 upstream_error         (every backend refused or broke)
+    │   ├── ServiceUnavailable         503 service_unavailable
+    │   │   ├── Overloaded             503 overloaded             (carries Retry-After)
+    │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
+    │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
+    │   │   └── NoAttestedBackend      503 no_attested_backend    (unless it fails open)
+    │   └── UpstreamTimeout            504 upstream_timeout
+    ├── ConfigError                    a config, policy or cases file is wrong: start-up (or a
+    │                                  reload) is refused, listing every issue with file:line
+    ├── PluginError (LookupError)      a detector plugin does not load or breaks its contract:
+    │                                  a ConfigError when loading, DetectorFailed in a request
+    ├── SignatureError                 a policy's .sig is missing or wrong: a ConfigError
+    ├── EvidenceError                  a backend's evidence does not verify: no verdict, so the
+    │   └── FetchError                 backend gets nothing that needs a trust level
+    │                                  (NoAttestedBackend); FetchError: a remote party (the
+    │                                  backend, a key set, AMD KDS, Intel PCS) could not be
+    │                                  reached, presented another certificate, or sent too much.
+    │                                  Their messages name what failed and the values measured:
+    │                                  evidence is public by design, never a secret
+    ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
+    │                                  start (`veil serve`'s preflight)
+    ├── ScorerError                    the scorer failed or answered what we will not decrypt:
+    │                                  ScorerFailed (or, failing open, no scores)
+    ├── CiphertextError (ValueError)   bytes that are not an expected ciphertext: refused before
+    │                                  decryption (a ScorerError at the gateway, 400 at a scorer)
+    ├── MissingKeys                    a scorer's keys lack a model's rotations: the scorer's 409,
+    │                                  so the gateway re-sends keys
+    ├── EmbeddingModelError            the pinned embedding model is missing or altered: start-up
+    │   (RuntimeError)                 refused
+    ├── StreamError                    an upstream stream cannot be relayed safely: the client's
+    │   ├── SSEError                   stream ends with an error event (stream_interrupted)
+    │   └── StreamFormatError
+    ├── BodyTooLarge                   a bounded read went past its limit: PayloadTooLarge (a
+    │                                  request) or UpstreamFailed (a reply)
+    └── FactAlreadySet (RuntimeError)  a stage recorded its outcome twice: a bug, 500
 
 Messages are written for the client and for logs alike, so they never contain request content.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 
-class GatewayError(Exception):
+class VeilError(Exception):
+    """The root of every exception the gateway defines."""
+
+
+class GatewayError(VeilError):
     """Base of every error the gateway answers with its own envelope."""
 
     status: ClassVar[int] = 500
@@ -140,6 +183,14 @@ class NoPolicyApplies(PermissionDenied):
                          "not forwarded.")
 
 
+class Overloaded(ServiceUnavailable):
+    default_code = "overloaded"
+
+    def __init__(self) -> None:
+        super().__init__("The gateway is at its concurrency limit; retry shortly.",
+                         headers={"Retry-After": "1"})
+
+
 class DetectorFailed(ServiceUnavailable):
     """Nothing is forwarded that was not fully scanned (unless the policy fails open)."""
 
@@ -154,3 +205,100 @@ class ScorerFailed(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("The semantic scorer failed; the request was not forwarded.")
+
+
+class NoAttestedBackend(ServiceUnavailable):
+    default_code = "no_attested_backend"
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(f"The policy requires trust level {needed} and no backend for this "
+                         "model has attested to it; the request was not forwarded.")
+
+
+# --- never a client's answer as they are ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Position:
+    line: int  # 1-based
+    column: int  # 1-based
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    position: Position | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.position:
+            where += f":{self.position.line}:{self.position.column}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(VeilError):
+    """One or more problems in a YAML file; `str()` lists them all, one per line."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class PluginError(VeilError, LookupError):
+    """A named plugin could not be found, loaded or does not implement the contract (a
+    LookupError, which is what the policy loader expects of `plugin_entities`)."""
+
+
+class SignatureError(VeilError):
+    """A policy file is unsigned, its signature is malformed, or it does not verify."""
+
+
+class EvidenceError(VeilError):
+    """The evidence is malformed, does not verify, or does not meet the trust level."""
+
+
+class FetchError(EvidenceError):
+    """Something the verification needs could not be fetched."""
+
+
+class CustodyError(VeilError):
+    """No key, a wrong master key, or a sealed file that was tampered with."""
+
+
+class ScorerError(VeilError):
+    """The scorer could not be reached, refused, or answered something we will not decrypt."""
+
+
+class CiphertextError(VeilError, ValueError):
+    """Bytes that are not a ciphertext this protocol expects: refused before decryption."""
+
+
+class MissingKeys(VeilError):
+    """The epoch's keys lack a rotation this model needs (a model deployed after they came)."""
+
+
+class EmbeddingModelError(VeilError, RuntimeError):
+    """The pinned model or tokenizer is missing or not the file we pinned."""
+
+
+class StreamError(VeilError):
+    """An upstream stream the gateway cannot relay safely."""
+
+
+class SSEError(StreamError):
+    """The upstream stream is not valid SSE (an event grew past the limit)."""
+
+
+class StreamFormatError(StreamError):
+    """An upstream event this gateway cannot restore safely."""
+
+
+class BodyTooLarge(VeilError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+
+
+class FactAlreadySet(VeilError, RuntimeError):
+    """A stage recorded its outcome twice: a bug, so the record cannot say two things."""

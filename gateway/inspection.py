@@ -13,8 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.errors import DetectorFailed, ScorerFailed
-from gateway.fhe.client import ScorerError
+from gateway.errors import DetectorFailed, ScorerError, ScorerFailed
 from gateway.fhe.semantic import SemanticScorer
 from gateway.observability.logging import get_logger
 from gateway.privacy.engine import DetectionEngine

@@ -11,14 +11,10 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from gateway.errors import PluginError
 from gateway.privacy.spans import Detector, Span
 
 GROUP = "veil.detectors"
-
-
-class PluginError(LookupError):
-    """A named plugin could not be found, loaded or does not implement the contract (a
-    LookupError, which is what the policy loader expects of `plugin_entities`)."""
 
 
 def available() -> list[str]:

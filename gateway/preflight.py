@@ -11,11 +11,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.fhe.keys import CustodyError, KeyStore
+from gateway.errors import ConfigError, ConfigIssue, CustodyError
+from gateway.fhe.keys import KeyStore
 from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
 from gateway.settings import Settings
-from gateway.yamlsource import ConfigError, ConfigIssue, load_yaml
+from gateway.yamlsource import load_yaml
 
 
 def preflight(config_path: str | Path, settings: Settings,

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.yamlsource import ConfigError, ConfigIssue, YamlDocument, load_yaml, validate
+from gateway.errors import ConfigError, ConfigIssue
+from gateway.yamlsource import YamlDocument, load_yaml, validate
 
 WireFormat = Literal["openai", "anthropic"]
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")

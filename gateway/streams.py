@@ -5,11 +5,7 @@ from __future__ import annotations
 
 from aiohttp import StreamReader
 
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"body larger than {limit} bytes")
-        self.limit = limit
+from gateway.errors import BodyTooLarge
 
 
 async def read_at_most(stream: StreamReader, limit: int) -> bytes:

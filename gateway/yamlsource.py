@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,36 +17,10 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
+from gateway.errors import ConfigError, ConfigIssue, Position
+
 KeyPath = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
-
-
-@dataclass(frozen=True)
-class Position:
-    line: int  # 1-based
-    column: int  # 1-based
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    file: str
-    position: Position | None
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file
-        if self.position:
-            where += f":{self.position.line}:{self.position.column}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """One or more problems in a YAML file; `str()` lists them all, one per line."""
-
-    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
-        self.issues = list(issues)
-        super().__init__("\n".join(str(i) for i in self.issues))
 
 
 @dataclass

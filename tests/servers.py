@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import Outbound, build_app
 from gateway.ingress.auth import hash_api_key
 from gateway.settings import Settings
 
@@ -99,9 +99,11 @@ def backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str,
             "read_timeout_s": 5, **extra}
 
 
-def gateway_for(settings: Settings, environ: dict[str, str] | None = None) -> ServerThread:
+def gateway_for(settings: Settings, environ: dict[str, str] | None = None,
+                outbound: Outbound | None = None) -> ServerThread:
+    """The gateway on loopback; `outbound`: seams handed in (say, a test CA's roots)."""
     environ = {"DEMO_KEY": UPSTREAM_SECRET} if environ is None else environ
-    return ServerThread(build_app(settings, environ=environ))
+    return ServerThread(build_app(settings, environ=environ, outbound=outbound or Outbound()))
 
 
 def demo_backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str, Any]:

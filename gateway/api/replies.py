@@ -22,14 +22,11 @@ import orjson
 
 from gateway.api.endpoint import Endpoint
 from gateway.api.sse import SSEEvent
+from gateway.errors import StreamFormatError
 from gateway.privacy.restorer import StreamRestorer, json_escape
 from gateway.privacy.vault import Vault
 
 JSON_SOURCE_KEYS = frozenset({"arguments", "partial_json"})
-
-
-class StreamFormatError(Exception):
-    """An upstream event this gateway cannot restore safely."""
 
 
 def is_json_document(text: str) -> bool:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class SSEError(Exception):
-    """The upstream stream is not valid SSE (an event grew past the limit)."""
+from gateway.errors import SSEError
 
 
 @dataclass(frozen=True)

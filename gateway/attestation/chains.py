@@ -10,7 +10,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from gateway.attestation.errors import EvidenceError
+from gateway.errors import EvidenceError
 
 
 def verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime, *,

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from gateway.attestation.errors import EvidenceError, FetchError
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
     Collateral,
@@ -29,6 +28,7 @@ from gateway.attestation.tdx import (
     pck_fmspc,
 )
 from gateway.attestation.transport import Transport
+from gateway.errors import EvidenceError, FetchError
 from gateway.settings import AttestationSettings
 
 MAX_BYTES = 1024 * 1024

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
 from gateway.attestation.snp import SnpReport, VerifiedSnp, parse_report, verify_report
 from gateway.attestation.tdx import (
@@ -37,6 +36,7 @@ from gateway.attestation.tdx import (
     verify_quote,
 )
 from gateway.attestation.trust_roots import Roots
+from gateway.errors import EvidenceError
 
 MAX_EVIDENCE_BYTES = 256 * 1024
 HARDWARE = ("sev-snp", "tdx", "nvidia-gpu")  # at most one part of each

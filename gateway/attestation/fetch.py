@@ -10,9 +10,9 @@ import secrets
 from urllib.parse import urlsplit
 
 from gateway.attestation.binding import binding, spki_sha256
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.evidence import MAX_EVIDENCE_BYTES, Fetched
 from gateway.attestation.transport import Transport
+from gateway.errors import EvidenceError
 from gateway.settings import BackendSettings
 
 NONCE_BYTES = 32

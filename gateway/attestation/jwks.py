@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from gateway.attestation.errors import FetchError
 from gateway.attestation.transport import Transport
+from gateway.errors import FetchError
 from gateway.observability.logging import get_logger
 
 log = get_logger("veil.attestation")

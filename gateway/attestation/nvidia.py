@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.attestation.chains import verify_chain
-from gateway.attestation.errors import EvidenceError
+from gateway.errors import EvidenceError
 
 REQUEST_SIZE = 37
 GET_MEASUREMENTS, MEASUREMENTS = 0xE0, 0x60

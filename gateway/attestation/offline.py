@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.levels import TrustLevel, gpu_problems, snp_problems, tdx_problems
 from gateway.attestation.nvidia import verify_gpu_evidence
 from gateway.attestation.snp import REPORT_SIZE, verify_report
 from gateway.attestation.tdx import collateral_from_dir, parse_quote, verify_quote
 from gateway.attestation.trust_roots import Roots
+from gateway.errors import EvidenceError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.attestation.chains import common_name as _common_name
 from gateway.attestation.chains import verify_chain
-from gateway.attestation.errors import EvidenceError
+from gateway.errors import EvidenceError
 
 REPORT_SIZE = 0x4A0
 SIGNED_END = 0x2A0

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.attestation.chains import verify_chain
-from gateway.attestation.errors import EvidenceError
+from gateway.errors import EvidenceError
 
 HEADER_SIZE = 48
 BODY_V4_SIZE = 584

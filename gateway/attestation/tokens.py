@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 
-from gateway.attestation.errors import EvidenceError
+from gateway.errors import EvidenceError
 
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
                       "ES512", "EdDSA")

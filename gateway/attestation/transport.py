@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.attestation.errors import FetchError
-from gateway.streams import BodyTooLarge, read_at_most
+from gateway.errors import BodyTooLarge, FetchError
+from gateway.streams import read_at_most
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.evidence import Evidence
 from gateway.attestation.levels import (
     TrustLevel,
@@ -23,6 +22,7 @@ from gateway.attestation.levels import (
     token_problems,
 )
 from gateway.attestation.tokens import verify_token
+from gateway.errors import EvidenceError
 
 Levels = Sequence[tuple[str, str, TrustLevel]]  # (policy digest, level name, level)
 KeySets = Callable[[str], Mapping[str, Any] | None]  # JWKS URL -> its keys, if fetched

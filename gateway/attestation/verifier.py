@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from gateway.attestation.collateral import CollateralStore
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.evidence import Evidence, EvidenceVerifier
 from gateway.attestation.fetch import EvidenceFetcher
 from gateway.attestation.jwks import JwksCache
@@ -32,6 +31,7 @@ from gateway.attestation.levels import TrustLevel
 from gateway.attestation.transport import NetworkTransport, Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verdicts import key_set_urls, verdicts
+from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.settings import BackendSettings, Settings

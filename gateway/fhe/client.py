@@ -21,18 +21,15 @@ import numpy.typing as npt
 import orjson
 import tenseal.sealapi as seal
 
+from gateway.errors import BodyTooLarge, CiphertextError, ScorerError
 from gateway.fhe.keys import FheKeys
 from gateway.fhe.packing import INPUT_DIM, Layout, layout_for, query, read_scores
-from gateway.fhe.seal import SCALE, CiphertextError, checked_ciphertext, to_bytes
-from gateway.streams import BodyTooLarge, read_at_most
+from gateway.fhe.seal import SCALE, checked_ciphertext, to_bytes
+from gateway.streams import read_at_most
 
 MAX_REPLY_BYTES = 8 * 1024 * 1024
 COSINE_SLACK = 0.05  # CKKS error is ~1e-6; anything past this is not a cosine
 MAX_LOGIT = 1e4
-
-
-class ScorerError(Exception):
-    """The scorer could not be reached, refused, or answered something we will not decrypt."""
 
 
 @dataclass(frozen=True)

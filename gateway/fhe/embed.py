@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from gateway.errors import EmbeddingModelError
+
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MAX_TOKENS = 256  # MiniLM was trained on 128-token inputs; longer text is truncated
 DIMENSION = 384
-
-
-class EmbeddingModelError(RuntimeError):
-    """The pinned model or tokenizer is missing or not the file we pinned."""
 
 
 def _package_file(package: str, relative: str) -> Path:

@@ -23,11 +23,8 @@ import tenseal.sealapi as seal
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.errors import CustodyError
 from gateway.fhe.seal import galois_element, load, new_context, to_bytes
-
-
-class CustodyError(Exception):
-    """No key, a wrong master key, or a sealed file that was tampered with."""
 
 
 @dataclass

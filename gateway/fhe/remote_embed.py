@@ -11,10 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from gateway.fhe.client import ScorerError
+from gateway.errors import BodyTooLarge, ScorerError
 from gateway.fhe.embed import DIMENSION
 from gateway.settings import BackendSettings
-from gateway.streams import BodyTooLarge, read_at_most
+from gateway.streams import read_at_most
 
 MAX_BYTES = 1024 * 1024
 

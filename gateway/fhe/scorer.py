@@ -27,17 +27,11 @@ from typing import Any
 import tenseal.sealapi as seal
 from aiohttp import web
 
+from gateway.errors import BodyTooLarge, CiphertextError, MissingKeys
 from gateway.fhe.scoring import CompiledModel, ModelFile, compile_model, evaluate, load_model
-from gateway.fhe.seal import (
-    CiphertextError,
-    checked_ciphertext,
-    galois_element,
-    load,
-    new_context,
-    to_bytes,
-)
+from gateway.fhe.seal import checked_ciphertext, galois_element, load, new_context, to_bytes
 from gateway.observability.logging import get_logger
-from gateway.streams import BodyTooLarge, read_at_most
+from gateway.streams import read_at_most
 
 log = get_logger("veil.scorer")
 KEY_ID = re.compile(r"^fhe-[0-9A-Za-z-]{1,64}$")
@@ -69,10 +63,6 @@ def _init_worker(models_dir: str, keys_dir: str) -> None:
     _worker.update(context=context, evaluator=seal.Evaluator(context), keys_dir=Path(keys_dir),
                    keys={}, models={name: compile_model(model, context)
                                     for name, model in load_models(Path(models_dir)).items()})
-
-
-class MissingKeys(Exception):
-    """The epoch's keys lack a rotation this model needs (a model deployed after they came)."""
 
 
 def _score(model: str, key_id: str, query: bytes) -> list[bytes]:

@@ -28,6 +28,8 @@ from typing import Any
 import tenseal.sealapi as seal
 import zstandard
 
+from gateway.errors import CiphertextError
+
 POLY_DEGREE = 8192
 COEFF_BITS = [60, 40, 60]
 SCALE = 2.0 ** 40
@@ -35,10 +37,6 @@ SEAL_MAGIC = 0xA15E
 HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compression, -, size
 COMPRESSION_NONE, COMPRESSION_ZSTD = 0, 2
 MAX_CIPHERTEXT_BYTES = 300 * 1024
-
-
-class CiphertextError(ValueError):
-    """Bytes that are not a ciphertext this protocol expects: refused before decryption."""
 
 
 def parameters() -> seal.EncryptionParameters:

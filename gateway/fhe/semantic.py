@@ -15,7 +15,8 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from gateway.fhe.client import ScorerClient, ScorerError
+from gateway.errors import ScorerError
+from gateway.fhe.client import ScorerClient
 from gateway.fhe.embed import Embedder
 from gateway.fhe.keys import FheKeys, KeyStore
 from gateway.fhe.remote_embed import RemoteEmbedder

@@ -18,8 +18,8 @@ from gateway.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
-    ServiceUnavailable,
 )
 from gateway.observability.audit import AuditTrail
 from gateway.observability.facts import FACTS, RequestFacts
@@ -41,8 +41,7 @@ CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {
     "models", "model", "responses_retrieve", "responses_input_items", "responses_delete",
     "unmatched"})
-OVERLOADED = ServiceUnavailable("The gateway is at its concurrency limit; retry shortly.",
-                                code="overloaded", headers={"Retry-After": "1"})
+OVERLOADED = Overloaded()
 
 
 _ID_SCREEN = PatternDetector()

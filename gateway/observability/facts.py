@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import FactAlreadySet
+
 
 @dataclass(frozen=True)
 class Decided:
@@ -36,10 +38,6 @@ class Routed:
     backend: str
     attestation: str | None  # digest of the chosen backend's verified evidence
     failed_open: bool = False  # no backend met the trust level; the policy sent it anyway
-
-
-class FactAlreadySet(RuntimeError):
-    """A stage recorded its outcome twice: a bug, so the record cannot say two things."""
 
 
 @dataclass(slots=True)

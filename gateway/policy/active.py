@@ -12,13 +12,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.errors import NoPolicyApplies
+from gateway.errors import ConfigError, ConfigIssue, NoPolicyApplies, SignatureError
 from gateway.policy.evaluate import Decision, Facts, applies, evaluate
 from gateway.policy.loader import LoadedPolicy, PluginEntities, load_policy
 from gateway.policy.schema import Policy
-from gateway.policy.signing import SignatureError, load_public_key, verify_chain
+from gateway.policy.signing import load_public_key, verify_chain
 from gateway.settings import PolicySettings
-from gateway.yamlsource import ConfigError, ConfigIssue
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,9 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import ConfigError, ConfigIssue
 from gateway.policy.schema import BUILTIN_ENTITIES, Policy
-from gateway.yamlsource import (
-    ConfigError,
-    ConfigIssue,
-    KeyPath,
-    YamlDocument,
-    dotted,
-    load_yaml,
-    validate,
-)
+from gateway.yamlsource import KeyPath, YamlDocument, dotted, load_yaml, validate
 
 # The entity types a detector plugin declares, by reference (entry-point name or
 # `module:Class`); raises LookupError, with a message, for a plugin it cannot load. Passed in,

@@ -13,11 +13,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from gateway.errors import ConfigError
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.policy.active import PolicySet, fingerprint, watched_files
 from gateway.settings import PolicySettings
-from gateway.yamlsource import ConfigError
 
 log = get_logger("veil.policy")
 Compiled = TypeVar("Compiled")

@@ -13,11 +13,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.errors import SignatureError
+
 SUFFIX = ".sig"
-
-
-class SignatureError(Exception):
-    """A policy file is unsigned, its signature is malformed, or it does not verify."""
 
 
 def generate(private_path: Path, public_path: Path) -> None:

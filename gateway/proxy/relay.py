@@ -16,11 +16,10 @@ import aiohttp
 from aiohttp import web
 
 from gateway.api import ApiRequest
-from gateway.api.replies import StreamFormatError
-from gateway.api.sse import SSEDecoder, SSEError, SSEEvent
-from gateway.errors import UpstreamFailed
+from gateway.api.sse import SSEDecoder, SSEEvent
+from gateway.errors import BodyTooLarge, SSEError, StreamFormatError, UpstreamFailed
 from gateway.observability.logging import get_logger
-from gateway.streams import BodyTooLarge, read_at_most
+from gateway.streams import read_at_most
 
 log = get_logger("veil.relay")
 

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from gateway.api import ApiRequest
 from gateway.attestation.verifier import AttestationService
-from gateway.errors import NotFound, ServiceUnavailable
+from gateway.errors import NoAttestedBackend, NotFound
 from gateway.ingress.auth import Caller
 from gateway.observability.logging import get_logger
 from gateway.policy.schema import Policy
@@ -62,10 +62,7 @@ class Router:
         if active.policy.fail_mode.evidence == "open":
             log.warning("attestation_failed_open", levels=list(requires))
             return backends, True
-        needed = ", ".join(requires) or "their own required levels"
-        raise ServiceUnavailable(
-            f"The policy requires trust level {needed} and no backend for this model has "
-            "attested to it; the request was not forwarded.", code="no_attested_backend")
+        raise NoAttestedBackend(", ".join(requires) or "their own required levels")
 
     def attestation_digest(self, backend: str) -> str | None:
         return self._attestation.digest(backend)

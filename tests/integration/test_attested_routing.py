@@ -3,16 +3,15 @@ only the one whose evidence verifies, meets the policy's trust level and is boun
 key and this gateway's nonce ever receives data that needs that level.
 
 The gateway trusts the test AMD through `attestation.amd_roots_dir` (the operator's way to
-replace AMD roots); the TDX and GPU cases hand the test vendors' roots to the attestation
-service itself, which then attests the loopback backends over the real network."""
+replace AMD roots); the TDX and GPU cases hand the test vendors' roots in through the gateway's
+outbound seam (`Outbound(attestation_roots=...)`), and it attests the loopback backends over
+the real network."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,10 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from gateway.app import GATEWAY
+from gateway.app import GATEWAY, Outbound
 from gateway.attestation.binding import binding, spki_sha256
-from gateway.attestation.levels import TrustLevel
 from gateway.attestation.verifier import AttestationService
-from gateway.observability.metrics import Metrics
 from gateway.policy.loader import load_policy
-from gateway.settings import Settings
 from tests.attestation_ca import MEASUREMENT, MRTD, TOKEN_ISSUER, Vendors, tls_context
 from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, gateway_for, settings_for
 
@@ -120,32 +116,6 @@ def wait_until(condition: Callable[[], object], timeout: float = 15) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
         time.sleep(0.05)
-
-
-async def settle(condition: Callable[[], object], timeout: float = 15) -> None:
-    """`wait_until` for a test whose own event loop runs the attestation service."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
-
-DIGEST = "sha256:test-policy"
-
-
-@contextlib.asynccontextmanager
-async def attesting(settings: Settings, rules: dict[str, Any]
-                    ) -> AsyncIterator[AttestationService]:
-    """The attestation service alone, over the real network, trusting the test vendors' roots
-    and the trust levels of `rules` (as one policy whose digest is DIGEST)."""
-    levels = [(DIGEST, name, TrustLevel.model_validate(spec))
-              for name, spec in rules["trust_levels"].items()]
-    service = AttestationService(settings, lambda: levels, Metrics(), roots=VENDORS.roots())
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.close()
 
 
 @pytest.fixture
@@ -248,7 +218,8 @@ def tdx_policy() -> dict[str, Any]:
             "trust_levels": {TDX_LEVEL: {"tdx": {"mrtd": [MRTD.hex()]}}}}
 
 
-async def test_tdx_backend_with_the_approved_mrtd_meets_the_level(tmp_path: Path) -> None:
+def test_tdx_backend_with_the_approved_mrtd_gets_the_data(tmp_path: Path) -> None:
+    """The whole gateway, trusting the test Intel root handed in through its outbound seam."""
     rules = tdx_policy()
     contexts = {name: tls_context(tmp_path, name) for name in ("td", "other-td")}
     backends = {"td": ConfidentialBackend(contexts["td"][1], measurement=MRTD, kind="tdx"),
@@ -258,16 +229,20 @@ async def test_tdx_backend_with_the_approved_mrtd_meets_the_level(tmp_path: Path
             ServerThread(backends["other-td"].app(), ssl_context=contexts["other-td"][0]) as ot:
         settings = settings_for([attested("other-td", ot.url), attested("td", td.url)],
                                 policy=rules)
-        async with attesting(settings, rules) as service:
-            await settle(lambda: service.meets("td", DIGEST, (TDX_LEVEL,)))
-            await settle(lambda: service.digest("other-td") is not None)
-            assert not service.meets("other-td", DIGEST, (TDX_LEVEL,))  # verified, wrong MRTD
+        with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
+            wait_attested(gw, "td", TDX_LEVEL)
+            wait_until(lambda: backends["other-td"].nonces)
+            service = gw.app[GATEWAY].attestation
+            assert not service.meets("other-td", policy_digest(gw), (TDX_LEVEL,))
             pin = service.pin("td")
+            for _ in range(3):
+                assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+    assert (backends["td"].served, backends["other-td"].served) == (3, 0)
     assert pin is not None
     assert pin.fingerprint == hashlib.sha256(contexts["td"][1]).digest()
 
 
-async def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> None:
+def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> None:
     level = "confidential-gpu"
     snp = POLICY["trust_levels"][LEVEL]["sev-snp"]
     rules = {**POLICY, "routing": {"personal": {"require": level}},
@@ -280,10 +255,14 @@ async def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path)
             ServerThread(backends["cpu-gpu"].app(), ssl_context=contexts["cpu-gpu"][0]) as b:
         settings = settings_for([attested("cpu-only", a.url), attested("cpu-gpu", b.url)],
                                 policy=rules)
-        async with attesting(settings, rules) as service:
-            await settle(lambda: service.meets("cpu-gpu", DIGEST, (level,)))
-            await settle(lambda: service.digest("cpu-only") is not None)
-            assert not service.meets("cpu-only", DIGEST, (level,))
+        with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
+            wait_attested(gw, "cpu-gpu", level)
+            wait_until(lambda: backends["cpu-only"].nonces)
+            assert not gw.app[GATEWAY].attestation.meets("cpu-only", policy_digest(gw),
+                                                         (level,))
+            for _ in range(2):
+                assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
+    assert (backends["cpu-gpu"].served, backends["cpu-only"].served) == (2, 0)
 
 
 def test_attestation_service_token_with_its_claims(tmp_path: Path) -> None:

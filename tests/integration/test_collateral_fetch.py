@@ -12,19 +12,19 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.app import Outbound
 from tests.attestation_ca import MRTD
 from tests.integration.test_attested_routing import (
-    DIGEST,
     POLICY,
     TDX_CA,
     TDX_LEVEL,
     VCEK,
+    VENDORS,
     ConfidentialBackend,
     attested,
-    attesting,
     chat,
+    policy_digest,
     roots_dir,
-    settle,
     tdx_policy,
     tls_context,
     wait_attested,
@@ -108,7 +108,7 @@ def test_no_vcek_and_no_key_service_fails_closed(tmp_path: Path) -> None:
     assert backend.served == 0
 
 
-async def test_tdx_collateral_is_fetched_from_pcs(tmp_path: Path) -> None:
+def test_tdx_collateral_is_fetched_from_pcs(tmp_path: Path) -> None:
     rules = tdx_policy()
     context, certificate = tls_context(tmp_path, "td")
     backend = ConfidentialBackend(certificate, measurement=MRTD, kind="tdx", endorsed=False)
@@ -117,11 +117,11 @@ async def test_tdx_collateral_is_fetched_from_pcs(tmp_path: Path) -> None:
             ServerThread(services.app()) as pcs:
         attestation = {"intel_pcs_url": pcs.url, "cache_dir": str(tmp_path / "cache")}
         settings = settings_for([attested("td", td.url)], policy=rules, attestation=attestation)
-        async with attesting(settings, rules) as service:
-            await settle(lambda: service.meets("td", DIGEST, (TDX_LEVEL,)))
+        with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
+            service = wait_attested(gw, "td", TDX_LEVEL)
             service.key_changed("td")
-            await settle(lambda: len(backend.nonces) == 2
-                         and service.meets("td", DIGEST, (TDX_LEVEL,)))
+            wait_until(lambda: len(backend.nonces) == 2
+                       and service.meets("td", policy_digest(gw), (TDX_LEVEL,)))
     assert (services.hits["tcb"], services.hits["identity"]) == (1, 1)  # cached to nextUpdate
     assert services.hits["crl"] == 1  # CRLs are cached for an hour
     cached = [json.loads(p.read_text()) for p in (tmp_path / "cache").iterdir()]

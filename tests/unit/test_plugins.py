@@ -4,12 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ServiceUnavailable
-from gateway.plugins import PluginError, load_detector
+from gateway.errors import ConfigError, PluginError, ServiceUnavailable
+from gateway.plugins import load_detector
 from gateway.preflight import preflight
 from gateway.privacy.engine import DetectionEngine, Selection
 from gateway.settings import load_settings
-from gateway.yamlsource import ConfigError
 
 
 class Raising:

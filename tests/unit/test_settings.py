@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import ConfigError
 from gateway.ingress.auth import hash_api_key
 from gateway.settings import load_settings
-from gateway.yamlsource import ConfigError
 
 DEFAULT_POLICY = Path(__file__).parents[2] / "policies" / "default.yaml"
 GOOD = f"""\

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.api.sse import SSEDecoder, SSEError, SSEEvent
+from gateway.api.sse import SSEDecoder, SSEEvent
+from gateway.errors import SSEError
 
 STREAM = (b'data: {"a": 1}\n\n'
           b"event: content_block_delta\ndata: {\"b\": 2}\n\n"

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.evidence import MAX_EVIDENCE_BYTES, EvidenceVerifier, Fetched
 from gateway.attestation.snp import SnpReport
 from gateway.attestation.tdx import Collateral, TdxQuote, collateral_from_dir, parse_quote
 from gateway.attestation.trust_roots import Roots
+from gateway.errors import EvidenceError
 from tests.attestation_ca import Vendors
 
 DATA = Path(__file__).parents[2] / "data" / "attestation"

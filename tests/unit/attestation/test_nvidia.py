@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.levels import GpuRequirements, gpu_problems
 from gateway.attestation.nvidia import verify_gpu_evidence
+from gateway.errors import EvidenceError
 from tests.attestation_ca import GpuTestCa
 
 DATA = Path(__file__).parents[2] / "data" / "attestation" / "nvidia"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.levels import SnpRequirements, snp_problems
 from gateway.attestation.snp import Tcb, amd_roots, parse_report, verify_report
+from gateway.errors import EvidenceError
 from tests.attestation_ca import MEASUREMENT, SnpTestCa, snp_report
 
 DATA = Path(__file__).parents[2] / "data" / "attestation"

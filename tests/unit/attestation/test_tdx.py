@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.levels import TdxRequirements, tdx_problems
 from gateway.attestation.tdx import (
     Collateral,
@@ -19,6 +18,7 @@ from gateway.attestation.tdx import (
     verify_quote,
     verify_quote_signatures,
 )
+from gateway.errors import EvidenceError
 from tests.attestation_ca import MRTD, TdxTestCa
 
 DATA = Path(__file__).parents[2] / "data" / "attestation" / "tdx"

@@ -10,9 +10,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.attestation.errors import EvidenceError
 from gateway.attestation.levels import TokenRequirements, token_problems
 from gateway.attestation.tokens import verify_token
+from gateway.errors import EvidenceError
 
 ISSUER = "https://nras.example"
 NOW = 1_800_000_000.0

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.attestation.errors import FetchError
 from gateway.attestation.transport import NetworkTransport
+from gateway.errors import FetchError
 from tests.attestation_ca import tls_context
 from tests.servers import ServerThread
 

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.attestation.binding import binding, spki_sha256
-from gateway.attestation.errors import FetchError
 from gateway.attestation.evidence import MAX_EVIDENCE_BYTES
 from gateway.attestation.levels import TrustLevel
 from gateway.attestation.transport import Response
 from gateway.attestation.verifier import AttestationService
+from gateway.errors import FetchError
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
 from tests.attestation_ca import MEASUREMENT, MRTD, TOKEN_ISSUER, Vendors, jwk, self_signed

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import tenseal.sealapi as seal
 
-from gateway.fhe.keys import CustodyError, KeyStore
+from gateway.errors import CustodyError
+from gateway.fhe.keys import KeyStore
 from gateway.fhe.seal import load, new_context, to_bytes
 
 
@@ -71,9 +72,9 @@ def test_evaluation_keys_hold_no_secret(store: KeyStore) -> None:
 
 def test_serve_refuses_to_start_without_an_openable_key(tmp_path: Path) -> None:
     from gateway.cli import main  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
     from gateway.preflight import preflight  # noqa: PLC0415
     from gateway.settings import load_settings  # noqa: PLC0415
-    from gateway.yamlsource import ConfigError  # noqa: PLC0415
 
     (tmp_path / "policy.yaml").write_text("version: 1\nname: p\n")
     config = tmp_path / "config.yaml"

@@ -16,10 +16,11 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.fhe.client import ModelInfo, ScorerClient, ScorerError
+from gateway.errors import CiphertextError, ScorerError
+from gateway.fhe.client import ModelInfo, ScorerClient
 from gateway.fhe.keys import FheKeys, KeyStore
 from gateway.fhe.packing import layout_for
-from gateway.fhe.seal import HEADER, SCALE, CiphertextError, checked_ciphertext, to_bytes
+from gateway.fhe.seal import HEADER, SCALE, checked_ciphertext, to_bytes
 
 
 def reply_level(keys: FheKeys) -> Any:

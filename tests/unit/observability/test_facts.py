@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.observability.facts import Decided, FactAlreadySet, RequestFacts, Routed
+from gateway.errors import FactAlreadySet
+from gateway.observability.facts import Decided, RequestFacts, Routed
 
 
 def test_a_fact_cannot_be_written_twice() -> None:

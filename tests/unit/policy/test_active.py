@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.errors import NoPolicyApplies
+from gateway.errors import ConfigError, NoPolicyApplies
 from gateway.policy.active import load_policy_set
 from gateway.policy.signing import generate, sign
 from gateway.settings import PolicySettings
-from gateway.yamlsource import ConfigError
 
 
 def policy_file(directory: Path, name: str, **fields: object) -> str:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.errors import ConfigError
 from gateway.policy.cases import load_cases
-from gateway.yamlsource import ConfigError
 
 POLICIES = Path(__file__).parents[3] / "policies"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from gateway.errors import ConfigError
 from gateway.policy.loader import load_policy
 from gateway.policy.schema import Policy
-from gateway.yamlsource import ConfigError
 
 ROOT = Path(__file__).parents[3]
 GOOD = """\
