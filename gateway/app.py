@@ -86,8 +86,13 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     authenticator = Authenticator(settings, RateLimiter(), metrics)
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
-    engine = DetectionEngine(settings.privacy.ner_workers, log_level=settings.logging.level,
-                             log_format=settings.logging.format)
+    privacy = settings.privacy
+    engine = DetectionEngine(
+        None if privacy.ner_workers == "auto" else privacy.ner_workers,
+        log_level=settings.logging.level, log_format=settings.logging.format,
+        ner_start_timeout_s=privacy.ner_start_timeout_s,
+        ner_max_rss_mb=privacy.ner_worker_max_rss_mb,
+        on_restart=lambda reason: metrics.ner_restarts.labels(reason).inc())
     hash_secret = env[hash_env].encode() if hash_env else None
 
     async def compiled(policy_set: PolicySet) -> CompiledSet:

@@ -18,6 +18,7 @@ The others never reach a client as they are; the tree says what each becomes.
     │   ├── ServiceUnavailable         503 service_unavailable
     │   │   ├── Overloaded             503 overloaded             (carries Retry-After)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
+    │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
     │   │   └── NoAttestedBackend      503 no_attested_backend    (unless it fails open)
     │   └── UpstreamTimeout            504 upstream_timeout
@@ -43,6 +44,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │                                  so the gateway re-sends keys
     ├── EmbeddingModelError            the pinned embedding model is missing or altered: start-up
     │   (RuntimeError)                 refused
+    ├── WorkerStartFailed              NER workers did not become ready (in time): start-up
+    │                                  refused, with the reason logged
     ├── StreamError                    an upstream stream cannot be relayed safely: the client's
     │   ├── SSEError                   stream ends with an error event (stream_interrupted)
     │   └── StreamFormatError
@@ -200,6 +203,14 @@ class DetectorFailed(ServiceUnavailable):
         super().__init__("A detector failed; the request was not forwarded.")
 
 
+class DetectionTimedOut(DetectorFailed):
+    default_code = "detection_timeout"
+
+    def __init__(self, limit_s: float) -> None:
+        ServiceUnavailable.__init__(self, f"Detection took longer than the policy allows "
+                                          f"({limit_s:g} s); the request was not forwarded.")
+
+
 class ScorerFailed(ServiceUnavailable):
     default_code = "scorer_failed"
 
@@ -280,6 +291,10 @@ class MissingKeys(VeilError):
 
 class EmbeddingModelError(VeilError, RuntimeError):
     """The pinned model or tokenizer is missing or not the file we pinned."""
+
+
+class WorkerStartFailed(VeilError):
+    """NER workers did not become ready, or not within their start time."""
 
 
 class StreamError(VeilError):

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.errors import DetectorFailed, ScorerError, ScorerFailed
+from gateway.errors import DetectionTimedOut, DetectorFailed, ScorerError, ScorerFailed
 from gateway.fhe.semantic import SemanticScorer
 from gateway.observability.logging import get_logger
 from gateway.privacy.engine import DetectionEngine
@@ -62,17 +62,23 @@ class Inspector:
         plugins, NER)."""
         if not reading.texts or not compiled.policy.scans:
             return Detections([[] for _ in reading.texts])
+        limit = compiled.policy.detectors.time_limit_s
         try:
-            found = await self.engine.detect(list(reading.texts), compiled.selection)
-        except DetectorFailed:
+            async with asyncio.timeout(limit):
+                found = await self.engine.detect(list(reading.texts), compiled.selection)
+        except (DetectorFailed, TimeoutError) as exc:
+            failure = exc if isinstance(exc, DetectorFailed) else DetectionTimedOut(limit)
             if compiled.policy.fail_mode.detector == "closed":
-                raise
+                log.warning("detection_refused", policy=compiled.loaded.name,
+                            code=failure.code)
+                raise failure from None
             # The policy says so explicitly: forward what the detectors did not see.
             # Deny-list terms still apply (they need no detector).
-            log.warning("detector_failed_open", policy=compiled.loaded.name)
+            log.warning("detector_failed_open", policy=compiled.loaded.name, code=failure.code)
             return Detections([[] for _ in reading.texts], failed_open=True)
         return Detections([_own(spans, offset) for spans, offset
-                           in zip(found, reading.offsets, strict=True)])
+                           in zip(found.spans, reading.offsets, strict=True)],
+                          cpu_seconds=found.cpu_seconds)
 
     async def _scores(self, texts: list[str], compiled: CompiledPolicy) -> Scores:
         if self.semantic is None:

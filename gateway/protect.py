@@ -96,6 +96,7 @@ def compile_set(policies: PolicySet, hash_secret: bytes | None) -> CompiledSet:
 class Detections:
     spans: Sequence[Sequence[Span]]  # per text
     failed_open: bool = False  # a detector failed and the policy forwards anyway
+    cpu_seconds: float = 0.0  # what detection cost (here and in the NER workers)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Protection:
     scores: Mapping[str, float]
     failed_open: tuple[str, ...]  # every fail-open that happened: detector, scorer
     attachments: Mapping[str, int]  # kind -> forwarded unscanned
+    detection_cpu_s: float = 0.0
 
     @property
     def blocked(self) -> bool:
@@ -128,7 +130,8 @@ class Protection:
             data_classes=self.decision.data_classes, entities=dict(self.found),
             masked=dict(self.masked), detectors=tuple(sorted(self.detectors)),
             scores={k: round(v, 3) for k, v in self.scores.items()} if self.scores else None,
-            attachments=dict(self.attachments), failed_open=self.failed_open)
+            attachments=dict(self.attachments), failed_open=self.failed_open,
+            detection_cpu_s=self.detection_cpu_s)
 
     def refusal(self) -> PolicyBlocked:
         return PolicyBlocked(self.decision.rule, sorted(self.found))
@@ -177,4 +180,4 @@ def protect(texts: Sequence[str], compiled: CompiledPolicy, detections: Detectio
         masked=dict(result.counts) if result else {},
         detectors=frozenset(result.detectors) if result else frozenset(),
         scores=dict(scores.values), failed_open=failed_open,
-        attachments=dict(attachments or {}))
+        attachments=dict(attachments or {}), detection_cpu_s=detections.cpu_seconds)

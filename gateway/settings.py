@@ -121,7 +121,10 @@ class BackendSettings(Strict):
 class PrivacySettings(Strict):
     """How detection runs; what is detected and what happens to it is the policies' business."""
 
-    ner_workers: Annotated[int, Field(ge=1, le=64)] = 1  # processes running spaCy NER
+    # Processes running spaCy NER beside the event loop; "auto": one per core.
+    ner_workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    ner_start_timeout_s: Annotated[float, Field(gt=0)] = 120.0  # ready by then, or refuse
+    ner_worker_max_rss_mb: Annotated[int, Field(ge=256)] = 1536  # recycled past this
     hash_key_env: str | None = None  # the secret behind the `hash` action (per-tenant HMAC)
     # Beta names forwarded in `anthropic-beta` / `OpenAI-Beta` beyond the ones Veil knows.
     allowed_betas: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_=.-]{0,99}$")]] = \

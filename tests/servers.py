@@ -88,6 +88,7 @@ def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | 
         "backends": backends,
         "models": models or {"test-model": names, "other-model": names},
         "logging": {"level": "debug"},
+        "privacy": {"ner_workers": 1},  # one each: the suite runs many gateways at once
         "policies": {"files": [write_policy(policy or TEST_POLICY)], "watch_interval_s": 0},
     }
     data.update(overrides)

@@ -31,6 +31,7 @@ class Decided:
     scores: Mapping[str, float] | None = None  # decrypted semantic scores (numbers)
     attachments: Mapping[str, int] = field(default_factory=dict)  # kind -> sent unscanned
     failed_open: tuple[str, ...] = ()  # detector, scorer
+    detection_cpu_s: float = 0.0  # CPU the detectors spent on this request
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class RequestFacts:
             "rule": decided.rule if decided else self.refusal,
             "error": self.refusal,
             "failed_open": list(self.failed_open),
+            "detection_cpu_ms": round(decided.detection_cpu_s * 1000, 3) if decided else 0.0,
             "backend": routed.backend if routed else None,
             "attestation": routed.attestation if routed else None, "status": status,
             "latency_ms": {**{name: round(seconds * 1000, 3)

@@ -112,6 +112,13 @@ class Metrics:
                                 ["entity"], registry=r)
         self.rate_limited = Counter("veil_rate_limited_total", "Requests refused with 429.",
                                     ["tenant"], registry=r)
+        self.detection_cpu = Histogram("veil_detection_cpu_seconds",
+                                       "CPU the detectors spent on a request (the gateway's "
+                                       "and its NER workers'), by route.", ["route"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.ner_restarts = Counter("veil_ner_worker_restarts_total",
+                                    "NER workers replaced, by reason (died, memory, timeout).",
+                                    ["reason"], registry=r)
         self.failed_open = Counter("veil_failed_open_total",
                                    "Requests forwarded despite a failed dependency, because the "
                                    "policy says fail_mode: open.", ["dependency"], registry=r)
@@ -159,6 +166,9 @@ class Metrics:
         fail-open; counted once, from the same facts the audit record is built from."""
         decided = facts.decided
         if decided is not None:
+            if decided.detection_cpu_s:
+                self._histogram(self.detection_cpu, facts.route).observe(
+                    decided.detection_cpu_s)
             for entity, count in decided.masked.items():
                 self._counter(self.entities, entity).pending += count
             if decided.outcome == "block":

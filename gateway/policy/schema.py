@@ -56,6 +56,9 @@ class Detectors(Strict):
     allow_list: list[str] = Field(default_factory=list)
     deny_list: dict[Annotated[str, Field(pattern=ENTITY_NAME)], list[str]] = Field(
         default_factory=dict)
+    # A request's detection taking longer is refused (503 detection_timeout), or, with
+    # fail_mode.detector: open, forwarded as if nothing was found.
+    time_limit_s: Annotated[float, Field(gt=0, le=600)] = 10.0
 
 
 class DataClass(Strict):

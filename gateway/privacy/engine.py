@@ -1,107 +1,46 @@
 """Run the configured detectors over a request's texts.
 
-The pattern tier runs inline (microseconds). NER runs in a process pool, so the event loop
-keeps relaying other streams while a large prompt is analysed. Any detector failure fails the
-request closed: nothing is forwarded that was not fully scanned.
+The pattern tier (linear in its input) runs inline for small inputs and in a thread above
+`INLINE_CHARS`, so a big prompt never holds the event loop for long; plugins likewise. NER runs
+in worker processes (`gateway.privacy.ner_pool`), batched across requests. Any detector failure
+fails the request closed: nothing is forwarded that was not fully scanned. The work a request
+cost is measured (CPU seconds, here and in the NER workers).
 
 Results are cached per text, keyed by an HMAC under a key that lives only in this process, so
 a chat pays only for its newest message; the cache holds offsets and types, never text, and its
-keys cannot be turned back into text.
+keys cannot be turned back into text. It is bounded by entries and by spans held.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import hashlib
 import hmac
-import multiprocessing
 import os
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.errors import DetectorFailed
 from gateway.observability.logging import get_logger
 from gateway.plugins import load_detector
+from gateway.privacy.batching import batched
+from gateway.privacy.ner_pool import NerPool
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.spans import Detector, Span
 
 log = get_logger("veil.privacy")
-
-_worker_ner: object = None
-
-
-def _init_worker(log_level: str, log_format: str, pids: Any) -> None:
-    """Runs in each worker process: spaCy and Presidio are imported there, never in the
-    gateway's own process, which stays small and quick to start. Their log lines go through
-    the same redacting chain as the gateway's. The worker says who it is first, so that
-    `close()` can stop it even while it is still loading the model."""
-    global _worker_ner  # noqa: PLW0603 (one detector per worker process, loaded once)
-    pids.put(os.getpid())
-    from gateway.observability.logging import configure_logging  # noqa: PLC0415
-    from gateway.privacy.presidio import PresidioDetector  # noqa: PLC0415
-
-    configure_logging(log_level, log_format)
-
-    _worker_ner = PresidioDetector()
-    _worker_ner.detect("warm up")
+INLINE_CHARS = 16 * 1024  # more than this goes to a thread, off the event loop
+CACHED_TEXT_CHARS = 64 * 1024  # longer texts are not cached (rarely repeated, costly to hold)
+CACHED_SPANS = 200_000
 
 
-def _ner(texts: list[str]) -> list[list[Span]]:
-    detect = getattr(_worker_ner, "detect", None)
-    if detect is None:
-        raise RuntimeError("NER worker has no detector")
-    return batched(detect, texts)
-
-
-BATCH_CHARS = 2000  # short texts are joined into documents of about this size for NER
-SEPARATOR = "\n\n"
-
-
-def batched(detect: Callable[[str], list[Span]], texts: Sequence[str]) -> list[list[Span]]:
-    """`detect` over every text, short ones joined into one document per batch: a request's
-    JSON carries many tiny strings (schema keys, tool-result fields), and one NER call costs
-    about 2 ms however short its text. Spans come back to the text they fall in, clipped at
-    its edges (a span that runs across the separator into the next text is cut in two)."""
-    found: list[list[Span]] = [[] for _ in texts]
-    group: list[int] = []
-    size = 0
-    for i, text in enumerate(texts):
-        if not text.strip():
-            continue
-        if len(text) >= BATCH_CHARS:
-            found[i] = detect(text)
-            continue
-        if size + len(text) > BATCH_CHARS:
-            _detect_joined(detect, texts, group, found)
-            group, size = [], 0
-        group.append(i)
-        size += len(text) + len(SEPARATOR)
-    _detect_joined(detect, texts, group, found)
-    return found
-
-
-def _detect_joined(detect: Callable[[str], list[Span]], texts: Sequence[str],
-                   group: list[int], found: list[list[Span]]) -> None:
-    if len(group) == 1:
-        found[group[0]] = detect(texts[group[0]])
-    if len(group) <= 1:
-        return
-    starts, at = [], 0
-    for i in group:
-        starts.append(at)
-        at += len(texts[i]) + len(SEPARATOR)
-    joined = SEPARATOR.join(texts[i] for i in group)
-    for span in detect(joined):
-        for i, start in zip(group, starts, strict=True):
-            lo, hi = max(span.start, start), min(span.end, start + len(texts[i]))
-            if lo < hi and joined[lo:hi].strip():
-                found[i].append(Span(lo - start, hi - start, span.entity, span.score,
-                                     span.detector))
+@dataclass(frozen=True)
+class Found:
+    spans: list[list[Span]]  # per text
+    cpu_seconds: float  # spent on this request, here and in the NER workers
 
 
 @dataclass(frozen=True)
@@ -120,9 +59,11 @@ class Selection:
 class SpanCache:
     """Least-recently-used map from HMAC(detectors, text) to the spans found in it."""
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 4096, max_spans: int = CACHED_SPANS) -> None:
         self._key = secrets.token_bytes(32)
         self._capacity = capacity
+        self._max_spans = max_spans
+        self._spans = 0
         self._entries: OrderedDict[bytes, list[Span]] = OrderedDict()
         self.hits = self.misses = 0
 
@@ -141,110 +82,100 @@ class SpanCache:
         return found
 
     def put(self, key: bytes, spans: list[Span]) -> None:
+        previous = self._entries.pop(key, None)
+        self._spans -= len(previous) if previous is not None else 0
         self._entries[key] = spans
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
+        self._spans += len(spans)
+        while self._entries and (len(self._entries) > self._capacity
+                                 or self._spans > self._max_spans):
+            _, dropped = self._entries.popitem(last=False)
+            self._spans -= len(dropped)
 
 
 class DetectionEngine:
     """One per worker, shared by every policy: each request names the detectors its policy
     runs. `prepare` is called before a policy takes effect, so a policy never meets a detector
-    that is not loaded (a plugin) or not running (the NER pool)."""
+    that is not loaded (a plugin) or not running (the NER workers)."""
 
-    def __init__(self, ner_workers: int = 1, *, cache: SpanCache | None = None,
-                 log_level: str = "info", log_format: str = "json") -> None:
-        self._log = (log_level, log_format)
+    def __init__(self, ner_workers: int | None = None, *, cache: SpanCache | None = None,
+                 log_level: str = "info", log_format: str = "json",
+                 ner_start_timeout_s: float = 120.0, ner_max_rss_mb: int = 1536,
+                 on_restart: Callable[[str], None] = lambda reason: None) -> None:
         self._patterns = PatternDetector()
         self._plugins: dict[str, Detector] = {}
-        self._workers = ner_workers
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._pids: Any = None  # the workers' pids, as they report them
-        self._warm_up: asyncio.Future[list[list[list[Span]]]] | None = None
-        self._ner_ready = False
+        self._pool = NerPool(ner_workers or os.cpu_count() or 1, log_level=log_level,
+                             log_format=log_format, start_timeout_s=ner_start_timeout_s,
+                             max_rss_bytes=ner_max_rss_mb * 1024 * 1024, on_restart=on_restart)
         self._needs_ner = False
+        self._starting: asyncio.Future[None] | None = None
         self.cache = cache or SpanCache()
 
     async def prepare(self, selections: Sequence[Selection]) -> None:
-        """Load plugins and start NER as the selections need (raises PluginError)."""
+        """Load plugins and start NER as the selections need (raises PluginError,
+        WorkerStartFailed)."""
         for reference in sorted({p for s in selections for p in s.plugins}):
             if reference not in self._plugins:
                 self._plugins[reference] = load_detector(reference)
         if any("presidio" in s.builtin for s in selections):
             self._needs_ner = True
-            await self._start_ner()
-
-    async def _start_ner(self) -> None:
-        """Start the pool (once) and load the model in every worker before reporting ready;
-        the pool is kept from the start, so that `close()` can stop workers still loading."""
-        if self._warm_up is None:
-            context = multiprocessing.get_context("spawn")
-            self._pids = context.SimpleQueue()
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self._workers, mp_context=context,
-                initializer=_init_worker, initargs=(*self._log, self._pids))
-            loop = asyncio.get_running_loop()
-            self._warm_up = asyncio.gather(*[loop.run_in_executor(self._pool, _ner, ["warm up"])
-                                             for _ in range(self._workers)])
-        await asyncio.shield(self._warm_up)
-        self._ner_ready = True
+            if self._starting is None:
+                self._starting = asyncio.ensure_future(self._pool.start())
+            await asyncio.shield(self._starting)
 
     async def close(self) -> None:
-        """Stop the NER workers now: a worker still loading its model cannot be interrupted
-        any other way, and shutdown must not wait for it. Workers are found among this
-        process's live children by the pids they reported (never a pid that was reused)."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        self._ner_ready = False
-        warm_up, self._warm_up = self._warm_up, None
-        if warm_up is not None and not warm_up.done():
-            warm_up.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # cancelled above
-                await warm_up
-        pool.shutdown(wait=False, cancel_futures=True)
-        ours: set[int] = set()
-        while self._pids is not None and not self._pids.empty():
-            ours.add(self._pids.get())
-        for process in multiprocessing.active_children():
-            if process.pid in ours:
-                process.terminate()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        await self._pool.close()
 
     @property
     def ready(self) -> bool:
-        return not self._needs_ner or self._ner_ready
+        """Whether every detector a policy may name can run now (false while no NER worker is
+        alive)."""
+        return not self._needs_ner or self._pool.ready
 
-    async def detect(self, texts: list[str], selection: Selection) -> list[list[Span]]:
+    @property
+    def ner_workers(self) -> int:
+        return self._pool.size
+
+    async def detect(self, texts: list[str], selection: Selection) -> Found:
         keys = [self.cache.key(t, selection.tag) for t in texts]
         found = [self.cache.get(k) for k in keys]
         missing = [i for i, spans in enumerate(found) if spans is None]
+        cpu = 0.0
         if missing:
-            fresh = await self._detect([texts[i] for i in missing], selection)
+            fresh, cpu = await self._detect([texts[i] for i in missing], selection)
             for i, spans in zip(missing, fresh, strict=True):
                 found[i] = spans
-                self.cache.put(keys[i], spans)
-        return [spans or [] for spans in found]
+                if len(texts[i]) <= CACHED_TEXT_CHARS:
+                    self.cache.put(keys[i], spans)
+        return Found([spans or [] for spans in found], cpu)
 
-    async def _detect(self, texts: list[str], selection: Selection) -> list[list[Span]]:
+    async def _detect(self, texts: list[str], selection: Selection
+                      ) -> tuple[list[list[Span]], float]:
         try:
-            found: list[list[Span]] = batched(self._patterns.detect, texts) \
-                if "patterns" in selection.builtin else [[] for _ in texts]
-            for reference in selection.plugins:
-                plugin = self._plugins[reference]
-                found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts,
-                                                                         strict=True)]
+            if sum(len(t) for t in texts) <= INLINE_CHARS:
+                found, cpu = self._local(texts, selection)
+            else:  # off the event loop: the loop keeps relaying streams meanwhile
+                found, cpu = await asyncio.to_thread(self._local, texts, selection)
             if "presidio" in selection.builtin and any(t.strip() for t in texts):
-                ner = await self._ner(texts)
+                ner, ner_cpu = await self._pool.detect(texts)
                 found = [[*a, *b] for a, b in zip(found, ner, strict=True)]
+                cpu += ner_cpu
+        except DetectorFailed:
+            raise  # the NER pool refused (no worker alive, or the worker died): logged there
         except Exception as exc:
             # Type only: a detector's exception message may quote the text it was given.
             log.error("detector_failed", error_type=type(exc).__name__)  # noqa: TRY400
             raise DetectorFailed from None
-        return found
+        return found, cpu
 
-    async def _ner(self, texts: list[str]) -> list[list[Span]]:
-        if self._pool is None or not self._ner_ready:
-            raise RuntimeError("NER pool is not running")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _ner, texts)
-
+    def _local(self, texts: list[str], selection: Selection
+               ) -> tuple[list[list[Span]], float]:
+        """The pattern tier and plugins, in this process; with the CPU time they took."""
+        started = time.thread_time()
+        found: list[list[Span]] = batched(self._patterns.detect, texts) \
+            if "patterns" in selection.builtin else [[] for _ in texts]
+        for reference in selection.plugins:
+            plugin = self._plugins[reference]
+            found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts, strict=True)]
+        return found, time.thread_time() - started

@@ -13,11 +13,11 @@ import hashlib
 import hmac
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import InvalidRequest
-from gateway.privacy.spans import Span
+from gateway.privacy.spans import Span, non_overlapping
 from gateway.privacy.vault import Vault
 
 NAME_PART_SCORE = 0.55  # below NER's own labels, so a part that NER calls an ORG stays one
@@ -43,6 +43,51 @@ class MaskingRules:
         return self.actions.get(entity, self.default_action)
 
 
+WORD_RUN = re.compile(r"\w+")
+
+
+class NameParts:
+    """The names found in a conversation and each of their parts, found again wherever they
+    recur ("Faina D. Yefremova" found once: a later bare "Yefremova" must not leak). Looked up
+    by the word a part starts with, at each word of the text: linear in the text, however many
+    names there are."""
+
+    __slots__ = ("_by_first_word", "_parts")
+
+    def __init__(self, by_first_word: dict[str, tuple[str, ...]] | None = None) -> None:
+        self._by_first_word = by_first_word or {}
+        self._parts = {p for found in self._by_first_word.values() for p in found}
+
+    def including(self, names: Iterable[str], allow: set[str]) -> NameParts:
+        parts = {part for name in names for part in (name, *name.split())
+                 if len(part) >= 3 and part[0].isupper() and part.casefold() not in allow}
+        if parts <= self._parts:
+            return self
+        index = {word: list(found) for word, found in self._by_first_word.items()}
+        for part in parts:
+            first = WORD_RUN.match(part)
+            if first is not None:
+                index.setdefault(first.group(), []).append(part)
+        return NameParts({w: tuple(sorted(set(p), key=len, reverse=True))
+                          for w, p in index.items()})
+
+    def find(self, text: str) -> list[Span]:
+        if not self._by_first_word:
+            return []
+        found = []
+        for word in WORD_RUN.finditer(text):
+            start = word.start()
+            if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
+                continue
+            for part in self._by_first_word.get(word.group(), ()):
+                end = start + len(part)
+                if text.startswith(part, start) and (end == len(text) or not (
+                        text[end].isalnum() or text[end] == "_")):
+                    found.append(Span(start, end, "PERSON", NAME_PART_SCORE, "name_parts"))
+                    break
+        return found
+
+
 @dataclass
 class MaskResult:
     texts: list[str]
@@ -60,7 +105,7 @@ class Masker:
                       for entity, terms in rules.deny_list.items() for term in terms]
 
     def findings(self, text: str, spans: Sequence[Span],
-                 names: Sequence[str] = ()) -> list[Span]:
+                 names: NameParts | None = None) -> list[Span]:
         """Thresholds, allow- and deny-lists, name parts seen elsewhere in the conversation,
         then overlaps (higher score, then longer, wins)."""
         candidates = [s for s in spans
@@ -68,34 +113,24 @@ class Masker:
                       and text[s.start:s.end].strip().casefold() not in self._allow]
         candidates += [Span(m.start(), m.end(), entity, 1.0, "deny_list")
                        for entity, regex in self._deny for m in regex.finditer(text)]
-        candidates += self._name_parts(text, [*names, *(text[s.start:s.end] for s in candidates
-                                                        if s.entity == "PERSON")])
-        kept: list[Span] = []
+        found_here = [text[s.start:s.end] for s in candidates if s.entity == "PERSON"]
+        if names is not None or found_here:
+            parts = (names or NameParts()).including(found_here, self._allow)
+            if self._rules.threshold("PERSON") <= NAME_PART_SCORE:
+                candidates += parts.find(text)
         # Highest score first, then the longest, then position and name: a total order, so
         # the result never depends on which detector happened to report first.
-        for span in sorted(candidates, key=lambda s: (-s.score, s.start - s.end, s.start,
-                                                      s.entity, s.detector)):
-            if not any(span.overlaps(k) for k in kept):
-                kept.append(span)
-        return sorted(kept, key=lambda s: s.start)
-
-    def _name_parts(self, text: str, names: Sequence[str]) -> list[Span]:
-        """Once "Faina D. Yefremova" is a finding, a later bare "Yefremova" must not leak."""
-        parts = {part for name in names for part in (name, *name.split())
-                 if len(part) >= 3 and part[0].isupper()
-                 and part.casefold() not in self._allow}
-        if not parts or self._rules.threshold("PERSON") > NAME_PART_SCORE:
-            return []
-        alternatives = "|".join(re.escape(p) for p in sorted(parts, key=len, reverse=True))
-        return [Span(m.start(), m.end(), "PERSON", NAME_PART_SCORE, "name_parts")
-                for m in re.finditer(rf"(?<!\w)(?:{alternatives})(?!\w)", text)]
+        candidates.sort(key=lambda s: (-s.score, s.start - s.end, s.start, s.entity,
+                                       s.detector))
+        return non_overlapping(candidates, len(text))
 
     def conversation_findings(self, texts: Sequence[str],
                               spans: Sequence[Sequence[Span]]) -> list[list[Span]]:
         """Findings per text; a name found in one message is a finding in every other."""
         names = [t[s.start:s.end] for t, found in zip(texts, spans, strict=True) for s in found
                  if s.entity == "PERSON" and s.score >= self._rules.threshold("PERSON")]
-        return [self.findings(t, s, names) for t, s in zip(texts, spans, strict=True)]
+        parts = NameParts().including(names, self._allow)
+        return [self.findings(t, s, parts) for t, s in zip(texts, spans, strict=True)]
 
     def rewrite(self, texts: Sequence[str], findings: Sequence[Sequence[Span]],
                 tenant: str, vault: Vault | None = None) -> MaskResult:

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterator
 
-from gateway.privacy.spans import Span
+from gateway.privacy.spans import Span, non_overlapping
 
 Validator = Callable[[str], bool]
 
@@ -76,40 +76,51 @@ def _secret(regex: str, *triggers: str) -> tuple[re.Pattern[str], tuple[str, ...
     return re.compile(regex), triggers
 
 
+# Every pattern is linear in its input: a match can only start where its run of characters
+# starts (a lookbehind on the run's own class), runs are possessive (`++`, `{n,}+`: nothing to
+# backtrack into), and the PEM block and `password=` assignments are found by anchored scans
+# (below) instead of a lazy `[\s\S]+?` or overlapping matches. tests/unit/privacy/
+# test_patterns_linear.py checks that doubling a hostile input at most doubles the work.
+B64URL = "A-Za-z0-9_-"
 SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
-    # PEM private keys (RSA, EC, OPENSSH, ENCRYPTED, PKCS#8), whole block
-    _secret(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]+?"
-            r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----", "private key-----"),
     _secret(r"\b(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA)[0-9A-Z]{16}\b",  # AWS access key id
             "akia", "asia", "abia", "acca", "aida", "aroa"),
-    _secret(r"(?i:aws_?secret_?access_?key|secret_?access_?key)[\"']?\s*[:=]\s*[\"']?"
+    _secret(r"(?i:aws_?secret_?access_?key|secret_?access_?key)[\"']?\s*+[:=]\s*+[\"']?"
             r"(?P<v>[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])", "access"),
-    _secret(r"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{32,}", "sk-ant-"),  # Anthropic
-    _secret(r"\bsk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{32,}", "sk-"),  # OpenAI
-    _secret(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b", "_live_", "_test_"),  # Stripe
-    _secret(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bgithub_pat_[A-Za-z0-9_]{60,}\b",  # GitHub
+    _secret(rf"(?<![{B64URL}])sk-ant-(?:api|admin)\d{{2}}-[{B64URL}]{{32,}}+", "sk-ant-"),
+    _secret(rf"(?<![{B64URL}])sk-(?:proj-|svcacct-|admin-|None-)?[{B64URL}]{{32,}}+",
+            "sk-"),  # OpenAI
+    _secret(r"(?<![A-Za-z0-9_])(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}+\b",
+            "_live_", "_test_"),  # Stripe
+    _secret(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,}+\b"
+            r"|(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{60,}+\b",  # GitHub
             "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-    _secret(r"\bglpat-[A-Za-z0-9_-]{20}\b", "glpat-"),  # GitLab
-    _secret(r"\bxox[abposr]-[A-Za-z0-9-]{10,}", "xox"),  # Slack tokens
-    _secret(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,}", "hooks.slack.com"),
-    _secret(r"\bAIza[0-9A-Za-z_-]{35}\b", "aiza"),  # Google API key
-    _secret(r"\bhf_[A-Za-z0-9]{30,}\b", "hf_"),  # Hugging Face
-    _secret(r"\bnpm_[A-Za-z0-9]{36}\b", "npm_"),  # npm
-    _secret(r"(?i:AccountKey|SharedAccessKey)=(?P<v>[A-Za-z0-9+/]{40,}={0,2})",  # Azure
+    _secret(rf"(?<![{B64URL}])glpat-[{B64URL}]{{20}}\b", "glpat-"),  # GitLab
+    _secret(r"(?<![A-Za-z0-9-])xox[abposr]-[A-Za-z0-9-]{10,}+", "xox"),  # Slack tokens
+    _secret(r"https://hooks\.slack\.com/services/[A-Za-z0-9/]{20,}+", "hooks.slack.com"),
+    _secret(rf"(?<![{B64URL}])AIza[{B64URL}]{{35}}\b", "aiza"),  # Google API key
+    _secret(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}+\b", "hf_"),  # Hugging Face
+    _secret(r"(?<![A-Za-z0-9_])npm_[A-Za-z0-9]{36}\b", "npm_"),  # npm
+    _secret(r"(?i:AccountKey|SharedAccessKey)=(?P<v>[A-Za-z0-9+/]{40,}+={0,2})",  # Azure
             "accountkey=", "sharedaccesskey="),
-    _secret(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}", "eyj"),  # JWT
+    _secret(rf"(?<![{B64URL}])eyJ[{B64URL}]{{8,}}+\.eyJ[{B64URL}]{{8,}}+\.[{B64URL}]{{16,}}+",
+            "eyj"),  # JWT
     # password inside a connection URL: scheme://user:PASSWORD@host
-    _secret(r"\b[a-zA-Z][a-zA-Z0-9+.-]{1,20}://[^\s:/@]{1,64}:(?P<v>[^\s@/]{1,128})@[\w.-]+",
-            "://"),
+    _secret(r"(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{1,20}+://[^\s:/@]{1,64}+:"
+            r"(?P<v>[^\s@/]{1,128}+)@[\w.-]++", "://"),
 )
+# PEM private keys (RSA, EC, OPENSSH, ENCRYPTED, PKCS#8): a BEGIN header, then the next END
+# header; found by str.find, so a thousand BEGINs without an END cost one scan, not a thousand.
+PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]+ ){0,4}PRIVATE KEY-----")
+PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ ){0,4}PRIVATE KEY-----")
 
 # password=..., "api_key": "..." and the like: anchored where a keyword occurs (str.find).
 SECRET_KEYWORDS = ("password", "passwd", "pwd", "passphrase", "secret", "api_key", "api-key",
                    "apikey", "access_token", "access-token", "accesstoken", "auth_token",
                    "auth-token", "authtoken")
 ASSIGNED_SECRET = re.compile(
-    rf"(?i:(?:{'|'.join(re.escape(k) for k in SECRET_KEYWORDS)})[\"']?\s*[:=]\s*[\"']?)"
-    r"(?P<v>[^\s\"',;]{8,})")
+    rf"(?i:(?:{'|'.join(re.escape(k) for k in SECRET_KEYWORDS)})[\"']?\s*+[:=]\s*+[\"']?)"
+    r"(?P<v>[^\s\"',;]{8,}+)")
 
 
 def _word_starts(lowered: str, words: tuple[str, ...]) -> list[int]:
@@ -151,10 +162,34 @@ NUMERIC: tuple[tuple[str, re.Pattern[str], float, Validator], ...] = (
 )
 
 
+def _pem_blocks(text: str) -> Iterator[Match]:
+    at = 0
+    while (begin := PEM_BEGIN.search(text, at)) is not None:
+        end = _pem_end(text, begin.end())
+        if end is None:
+            return  # no END after this BEGIN: none after any later BEGIN either
+        yield begin.start(), end, "SECRET", 0.95
+        at = end
+
+
+def _pem_end(text: str, at: int) -> int | None:
+    while (found := text.find("-----END ", at)) != -1:
+        if m := PEM_END.match(text, found):
+            return m.end()
+        at = found + 1
+    return None
+
+
 def _secrets(text: str) -> Iterator[Match]:
     lowered = text.lower()
-    for at in _word_starts(lowered, SECRET_KEYWORDS):
+    if "private key-----" in lowered:
+        yield from _pem_blocks(text)
+    consumed = 0  # `password=password=...`: a keyword inside a value already found is not
+    for at in _word_starts(lowered, SECRET_KEYWORDS):  # another start
+        if at < consumed:
+            continue
         if m := ASSIGNED_SECRET.match(text, at):
+            consumed = m.end("v")
             yield m.start("v"), m.end("v"), "SECRET", 0.95
     for regex, triggers in SECRETS:
         if any(t in lowered for t in triggers):
@@ -260,11 +295,6 @@ class PatternDetector:
                           "PHONE", "PERSON"})
 
     def detect(self, text: str) -> list[Span]:
-        spans: list[Span] = []
-        for family in (_secrets, _words, _numbers, _names):
-            for start, end, entity, score in family(text):
-                span = Span(start, end, entity, score, self.name)
-                if not any(span.overlaps(s) for s in spans):
-                    spans.append(span)
-        spans.sort(key=lambda s: s.start)
-        return spans
+        return non_overlapping((Span(start, end, entity, score, self.name)
+                                for family in (_secrets, _words, _numbers, _names)
+                                for start, end, entity, score in family(text)), len(text))

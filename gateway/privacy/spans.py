@@ -6,6 +6,7 @@ worker process. Third-party plugins implement exactly this and nothing more.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -26,6 +27,22 @@ class Span:
 
     def overlaps(self, other: Span) -> bool:
         return self.start < other.end and other.start < self.end
+
+
+def non_overlapping(spans: Iterable[Span], length: int) -> list[Span]:
+    """The spans, taken in the order given (priority first), that overlap none taken before;
+    sorted by position. Marks covered positions in a bytearray, so that thousands of findings
+    cost their total length, not their number squared."""
+    covered = bytearray(length)
+    kept: list[Span] = []
+    for span in spans:
+        end = min(span.end, length)
+        if span.start >= end or covered.find(1, span.start, end) != -1:
+            continue
+        covered[span.start:end] = b"\x01" * (end - span.start)
+        kept.append(span)
+    kept.sort(key=lambda s: s.start)
+    return kept
 
 
 @runtime_checkable

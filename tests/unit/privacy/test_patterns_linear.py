@@ -1,0 +1,115 @@
+"""Every pattern is linear in its input: doubling a hostile input at most doubles the work.
+
+Measured as the best of several timings at n and 2n characters (a quadratic pattern gives a
+ratio near 4, a linear one near 2); a ratio under 3 in any of three tries passes, so a noisy
+machine cannot fail a linear pattern, and a quadratic one cannot pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from gateway.privacy.masker import Masker, MaskingRules
+from gateway.privacy.patterns import PatternDetector
+from gateway.privacy.spans import Span
+
+N = 60_000
+detector = PatternDetector()
+
+
+def repeat(unit: str) -> Callable[[int], str]:
+    return lambda n: (unit * (n // len(unit) + 1))[:n]
+
+
+HOSTILE: dict[str, Callable[[int], str]] = {
+    "pem headers without an end": repeat("-----BEGIN RSA PRIVATE KEY-----\n"),
+    "pem ends that are not private keys": lambda n: "-----BEGIN PRIVATE KEY-----" + repeat(
+        "-----END CERTIFICATE-----")(n),
+    "password= chains": repeat("password="),
+    "api_key: chains": repeat("api_key: "),
+    "keywords before long blanks": repeat("secret" + " " * 40),
+    "aws secret keys": repeat("aws_secret_access_key="),
+    "openai key prefixes": repeat("sk-"),
+    "anthropic key prefixes": repeat("sk-ant-api01-"),
+    "stripe key prefixes": repeat("sk_live_"),
+    "github tokens": repeat("ghp_"),
+    "github fine-grained": repeat("github_pat_"),
+    "gitlab": repeat("glpat-"),
+    "slack": repeat("xoxb-"),
+    "slack hooks": repeat("https://hooks.slack.com/services/"),
+    "google": repeat("AIza"),
+    "hugging face": repeat("hf_"),
+    "npm": repeat("npm_"),
+    "azure": repeat("AccountKey="),
+    "jwt fragments": repeat("eyJ"),
+    "jwt first parts": repeat("eyJabcdefghijk."),
+    "connection urls": repeat("a://b:"),
+    "emails without domains": repeat("a@"),
+    "domains without an end": lambda n: "x@" + repeat("a.")(n),
+    "long local parts": repeat("a" * 200 + "@"),
+    "iban groups": repeat("GB00 ABCD "),
+    "ipv6 colons": repeat("a:"),
+    "ipv6 double colons": repeat("::"),
+    "spaced digits": repeat("1 "),
+    "dashed digits": repeat("1-"),
+    "dotted digits": repeat("1.1."),
+    "name cues": repeat("Dear "),
+    "by and names": repeat("by Ann Lee "),
+    "distinct names after cues": lambda n: "".join(
+        f"Dear {chr(65 + i % 26)}{i:06d}x Smith. " for i in range(n // 22))[:n],
+}
+
+
+def best_seconds(fn: Callable[[str], object], text: str, tries: int = 3) -> float:
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        fn(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def ratio(fn: Callable[[str], object], make: Callable[[int], str]) -> float:
+    return best_seconds(fn, make(2 * N)) / best_seconds(fn, make(N))
+
+
+def assert_linear(fn: Callable[[str], object], make: Callable[[int], str]) -> None:
+    ratios = []
+    for _ in range(3):
+        ratios.append(ratio(fn, make))
+        if ratios[-1] < 3:
+            return
+    pytest.fail(f"doubling the input multiplied the time by {min(ratios):.1f}")
+
+
+@pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE.keys())
+def test_each_pattern_is_linear_on_hostile_input(make: Callable[[int], str]) -> None:
+    assert_linear(detector.detect, make)
+
+
+def test_name_parts_are_linear_in_the_number_of_names() -> None:
+    """A chat of many messages, each with a distinct name: every name is looked for in every
+    message, by word lookup rather than one alternation per message."""
+    masker = Masker(MaskingRules())
+
+    def run(length: int) -> object:
+        texts = [f"Message from Person{i:06d} Surname{i:06d} about the order"
+                 for i in range(length // 200)]
+        spans = [[Span(13, 40, "PERSON", 0.9, "ner")] for _ in texts]
+        return masker.conversation_findings(texts, spans)
+
+    assert_linear(lambda text: run(len(text)), lambda n: "x" * n)
+
+
+def test_overlapping_findings_are_linear() -> None:
+    masker = Masker(MaskingRules())
+
+    def run(n: int) -> object:
+        text = "x" * n
+        spans = [Span(i, i + 5, "PERSON", 0.9, "ner") for i in range(0, n - 5, 2)]
+        return masker.findings(text, spans)
+
+    assert_linear(lambda text: run(len(text)), lambda n: "x" * n)
