@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,6 +22,7 @@ from gateway.inspection import Inspector, Reading
 from gateway.observability.facts import FACTS, Routed
 from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
+from gateway.offload import off_loop_if_big
 from gateway.policy.reload import PolicyHolder
 from gateway.privacy.stored import StoredResponse, StoredResponses
 from gateway.privacy.vault import Vault
@@ -51,8 +53,8 @@ class Pipeline:
         caller = self.authenticator.admit(request)
         facts.admitted(caller.tenant)
         raw = await self._body(request)
-        api_request = endpoint.parse(decode_json_object(raw), request.headers,
-                                     frozenset(self.settings.privacy.allowed_betas))
+        api_request = await off_loop_if_big(len(raw), self._parse, endpoint, raw,
+                                            request.headers)
 
         # route: backends the tenant may use for this model, in configured order (a
         # continued stored response: only the backend that holds it)
@@ -74,19 +76,18 @@ class Pipeline:
         detections, scores = await self.inspector.inspect(
             Reading(*scan.for_detection(texts)), compiled)
         facts.stage("detect")
-        protection = protect(texts, compiled, detections, scores, tenant=caller.tenant,
-                             seed=continued.entries if continued is not None else (),
-                             attachments=attachments)
+        protection = await off_loop_if_big(
+            len(raw), protect, texts, compiled, detections, scores, tenant=caller.tenant,
+            seed=continued.entries if continued is not None else (), attachments=attachments)
         facts.protected(protection.facts())
         if protection.blocked:
             raise protection.refusal()
-        scan.write(protection.texts or ())
+        payload = await off_loop_if_big(len(raw), _written, api_request, protection.texts)
         facts.stage("mask")
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
                                                     compiled)
 
         # upstream: the gateway's own credentials; fail over before the first byte
-        payload = orjson.dumps(api_request.body)
         reply = await self.forwarder.open(api_request, backends, payload, request_id)
         facts.sent(Routed(reply.backend.name, self.router.attestation_digest(reply.backend.name),
                           failed_open))
@@ -124,6 +125,11 @@ class Pipeline:
         body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform)
         return body, _reply_id(body.body) if endpoint.keeps_state else None
 
+    def _parse(self, endpoint: Endpoint, raw: bytes, headers: Mapping[str, str]
+               ) -> ApiRequest:
+        return endpoint.parse(decode_json_object(raw), headers,
+                              frozenset(self.settings.privacy.allowed_betas))
+
     def _continued(self, api_request: ApiRequest, tenant: str) -> StoredResponse | None:
         """The stored response this request continues (`previous_response_id`), which must
         be this tenant's; its mapping seeds this request's placeholders."""
@@ -147,6 +153,12 @@ class Pipeline:
                 return await read_body(request, limits.max_body_bytes)
         except TimeoutError:
             raise RequestTimeout("Request body was not received in time.") from None
+
+
+def _written(api_request: ApiRequest, texts: Sequence[str] | None) -> bytes:
+    """The body to forward: the masked texts written back into it, serialized."""
+    api_request.scan.write(texts or ())
+    return orjson.dumps(api_request.body)
 
 
 def _holding(backends: list[BackendSettings], stored: StoredResponse) -> list[BackendSettings]:

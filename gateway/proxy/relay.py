@@ -19,6 +19,7 @@ from gateway.api import ApiRequest
 from gateway.api.sse import SSEDecoder, SSEEvent
 from gateway.errors import BodyTooLarge, SSEError, StreamFormatError, UpstreamFailed
 from gateway.observability.logging import get_logger
+from gateway.offload import off_loop_if_big
 from gateway.streams import read_at_most
 
 log = get_logger("veil.relay")
@@ -44,7 +45,7 @@ async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
         raise
     upstream.release()  # fully read: the connection goes back to the pool
     if transform is not None:
-        body = transform(body)
+        body = await off_loop_if_big(len(body), transform, body)
     # (X-Request-ID and the policy digest are added by the request middleware.)
     return web.Response(status=upstream.status, body=body, headers=_client_headers(upstream))
 
