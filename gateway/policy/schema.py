@@ -58,7 +58,7 @@ class Detectors(Strict):
         default_factory=dict)
     # A request's detection taking longer is refused (503 detection_timeout), or, with
     # fail_mode.detector: open, forwarded as if nothing was found.
-    time_limit_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    time_limit_s: Annotated[float, Field(gt=0, le=600)] = 30.0
 
 
 class DataClass(Strict):

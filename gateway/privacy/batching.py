@@ -19,7 +19,7 @@ from gateway.privacy.spans import Span
 BATCH_CHARS = 2000
 SEPARATOR = "\n\n"
 CHUNK_CHARS = 100_000
-CHUNK_OVERLAP = 1_000  # longer than any name, place or organisation
+CHUNK_OVERLAP = 200  # longer than any name, place or organisation, and their context
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,9 @@ class Document:
     parts: tuple[Part, ...]
 
 
-def documents(texts: Sequence[str], chunk: int | None = None) -> list[Document]:
+def documents(texts: Sequence[str], chunk: int | None = None,
+              batch: int = BATCH_CHARS) -> list[Document]:
+    """Short texts joined up to `batch` characters, texts longer than `chunk` windowed."""
     out: list[Document] = []
     group: list[int] = []
     size = 0
@@ -57,10 +59,10 @@ def documents(texts: Sequence[str], chunk: int | None = None) -> list[Document]:
             continue
         if chunk is not None and len(text) > chunk:
             out.extend(_windows(i, text, chunk))
-        elif len(text) >= BATCH_CHARS:
+        elif len(text) >= batch:
             out.append(Document(text, (Part(i, 0, len(text), 0, clip=True),)))
         else:
-            if size + len(text) > BATCH_CHARS:
+            if size + len(text) > batch:
                 flush()
             group.append(i)
             size += len(text) + len(SEPARATOR)

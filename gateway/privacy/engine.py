@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 from gateway.errors import DetectorFailed
 from gateway.observability.logging import get_logger
+from gateway.offload import off_loop_if_big
 from gateway.plugins import load_detector
-from gateway.privacy.batching import batched
+from gateway.privacy.batching import BATCH_CHARS, CHUNK_CHARS, assign, batched, documents
 from gateway.privacy.ner_pool import NerPool
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.spans import Detector, Span
@@ -153,24 +154,39 @@ class DetectionEngine:
     async def _detect(self, texts: list[str], selection: Selection
                       ) -> tuple[list[list[Span]], float]:
         try:
-            if sum(len(t) for t in texts) <= INLINE_CHARS:
-                found, cpu = self._local(texts, selection)
-            else:  # off the event loop: the loop keeps relaying streams meanwhile
-                found, cpu = await asyncio.to_thread(self._local, texts, selection)
-            if "presidio" in selection.builtin and any(t.strip() for t in texts):
-                ner, ner_cpu = await self._pool.detect(texts)
-                found = [[*a, *b] for a, b in zip(found, ner, strict=True)]
-                cpu += ner_cpu
+            if "presidio" not in selection.builtin or not any(t.strip() for t in texts):
+                return await self._local(texts, selection)
+            # NER first, so its job is queued while the pattern tier runs here
+            (ner, ner_cpu), (found, cpu) = await asyncio.gather(
+                self._ner(texts), self._local(texts, selection))
         except DetectorFailed:
             raise  # the NER pool refused (no worker alive, or the worker died): logged there
         except Exception as exc:
             # Type only: a detector's exception message may quote the text it was given.
             log.error("detector_failed", error_type=type(exc).__name__)  # noqa: TRY400
             raise DetectorFailed from None
-        return found, cpu
+        return [[*a, *b] for a, b in zip(found, ner, strict=True)], cpu + ner_cpu
 
-    def _local(self, texts: list[str], selection: Selection
-               ) -> tuple[list[list[Span]], float]:
+    async def _ner(self, texts: list[str]) -> tuple[list[list[Span]], float]:
+        """Documents go to the pool: texts joined, long ones chunked, and the whole cut into
+        as many parts as the pool shares it among."""
+        total = sum(len(t) for t in texts)
+        shares = self._pool.shares(total)
+        part = total // shares + total // (10 * shares) + 1  # cuts fall back to a space
+        docs = await off_loop_if_big(total, documents, texts, chunk=min(CHUNK_CHARS, part),
+                                     batch=min(BATCH_CHARS, part))
+        per_doc, cpu = await self._pool.detect([d.text for d in docs], shares)
+        return await off_loop_if_big(total, assign, docs, per_doc, len(texts)), cpu
+
+    async def _local(self, texts: list[str], selection: Selection
+                     ) -> tuple[list[list[Span]], float]:
+        if sum(len(t) for t in texts) <= INLINE_CHARS:
+            return self._in_process(texts, selection)
+        # off the event loop: the loop keeps relaying streams meanwhile
+        return await asyncio.to_thread(self._in_process, texts, selection)
+
+    def _in_process(self, texts: list[str], selection: Selection
+                    ) -> tuple[list[list[Span]], float]:
         """The pattern tier and plugins, in this process; with the CPU time they took."""
         started = time.thread_time()
         found: list[list[Span]] = batched(self._patterns.detect, texts) \

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import struct
 import sys
 from collections import deque
@@ -28,20 +29,26 @@ import orjson
 
 from gateway.errors import DetectorFailed, WorkerStartFailed
 from gateway.observability.logging import get_logger
+from gateway.offload import off_loop_if_big
 from gateway.privacy.spans import Span
 
 log = get_logger("veil.ner")
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 BATCH_TEXTS = 512
-BATCH_CHARS = 64_000
+BATCH_CHARS = 64_000  # requests waiting together share one batch up to this size
+SHARE_CHARS = 100_000  # a request bigger than this is shared out among all the workers
+IDLE_SHARE_CHARS = 1_500  # one bigger than this is shared out among the idle workers
+ABANDONED_KILL_CHARS = 50_000  # about a second of NER: less is left to finish than killed
+# A worker is one core's worth of work: a BLAS thread pool in each would oversubscribe cores.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass
 class Job:
     texts: list[str]
-    future: asyncio.Future[tuple[list[list[Span]], float]]
+    future: asyncio.Future[tuple[list[Any], float]]  # the answer as it came, and CPU
     size: int
 
 
@@ -102,8 +109,27 @@ class NerPool:
             self._adopt(worker)
         self._started = True
 
-    async def detect(self, texts: Sequence[str]) -> tuple[list[list[Span]], float]:
-        """Spans per text, and the CPU seconds the worker spent on them."""
+    def shares(self, chars: int) -> int:
+        """Into how many parts to cut a request of `chars` characters: one per idle worker
+        when several are idle (a request alone then takes a fraction of the time; under load
+        nothing is idle and nothing is cut, which would only add work), and a big request
+        among all the workers even under load."""
+        by_size = min(len(self._workers), -(-chars // SHARE_CHARS))
+        by_idle = len(self._idle) if not self._queue and chars > IDLE_SHARE_CHARS else 1
+        return max(1, by_size, by_idle)
+
+    async def detect(self, texts: Sequence[str], shares: int = 1
+                     ) -> tuple[list[list[Span]], float]:
+        """Spans per text, and the CPU seconds the workers spent on them; the texts are cut
+        into `shares` consecutive groups of about equal characters, one job each."""
+        shares = min(shares, len(texts))
+        if shares <= 1:
+            return await self._job(texts)
+        groups = _split(texts, shares)
+        parts = await asyncio.gather(*[self._job(group) for group in groups])
+        return [spans for found, _ in parts for spans in found], sum(cpu for _, cpu in parts)
+
+    async def _job(self, texts: Sequence[str]) -> tuple[list[list[Span]], float]:
         if not self.ready:
             raise DetectorFailed
         job = Job(list(texts), asyncio.get_running_loop().create_future(),
@@ -111,10 +137,11 @@ class NerPool:
         self._queue.append(job)
         self._dispatch()
         try:
-            return await job.future
+            answer, cpu = await job.future
         except asyncio.CancelledError:
             self._abandon(job)
             raise
+        return await off_loop_if_big(job.size, _spans, answer), cpu
 
     async def close(self) -> None:
         self._closing = True
@@ -135,7 +162,8 @@ class NerPool:
     async def _spawn(self) -> Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.privacy.ner_worker", *self._args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **ONE_THREAD})
         self._spawning.add(process)
         worker = Worker(process)
         try:
@@ -269,13 +297,16 @@ class NerPool:
             stdin.write(HEADER.pack(len(body)) + body)
 
     def _abandon(self, job: Job) -> None:
-        """The request gave up (its time limit): drop it from the queue; a worker busy only
-        with abandoned requests is killed, so that it does not keep the pool waiting."""
+        """The request gave up (its time limit, or its client went away): drop it from the
+        queue. A worker busy only with abandoned requests is killed if their work is big, so
+        that it does not keep the pool waiting; a small batch is left to finish, which costs
+        less than starting a worker again (seconds, while loading spaCy)."""
         if job in self._queue:
             self._queue.remove(job)
             return
         for worker in list(self._workers):
-            if job in worker.inflight and all(j.future.done() for j in worker.inflight):
+            if job in worker.inflight and all(j.future.done() for j in worker.inflight) \
+                    and sum(j.size for j in worker.inflight) > ABANDONED_KILL_CHARS:
                 self._end(worker, "timeout")
 
     def _background(self, coroutine: Any) -> None:
@@ -294,7 +325,9 @@ async def _read(process: asyncio.subprocess.Process) -> Any:
 
 
 def _deliver(jobs: list[Job], spans: list[Any], cpu: float) -> None:
-    """Each job its spans, and its share of the CPU (by characters)."""
+    """Each job its share of the answer, as it came (turned into spans by whoever waits for
+    it, so that a big answer is not converted on the event loop), and its share of the CPU (by
+    characters)."""
     total = sum(job.size for job in jobs) or 1
     at = 0
     for job in jobs:
@@ -302,16 +335,32 @@ def _deliver(jobs: list[Job], spans: list[Any], cpu: float) -> None:
         at += len(job.texts)
         if job.future.done():
             continue
-        try:
-            found = [[Span(int(s), int(e), str(kind), float(score), "presidio")
-                      for s, e, kind, score in per_text] for per_text in mine]
-        except (TypeError, ValueError):
+        if len(mine) != len(job.texts):
             _fail(job)
             continue
-        if len(found) != len(job.texts):
-            _fail(job)
-            continue
-        job.future.set_result((found, cpu * job.size / total))
+        job.future.set_result((mine, cpu * job.size / total))
+
+
+def _spans(answer: list[Any]) -> list[list[Span]]:
+    """The worker's `[start, end, entity, score]` lists as spans; DetectorFailed if they are
+    not that."""
+    try:
+        return [[Span(int(s), int(e), str(kind), float(score), "presidio")
+                 for s, e, kind, score in per_text] for per_text in answer]
+    except (TypeError, ValueError):
+        raise DetectorFailed from None
+
+
+def _split(texts: Sequence[str], shares: int) -> list[list[str]]:
+    """Consecutive groups of about equal characters (order kept, so results line up): each
+    text goes to the share its middle falls in."""
+    total = sum(len(t) for t in texts) or 1
+    groups: list[list[str]] = [[] for _ in range(shares)]
+    at = 0
+    for text in texts:
+        groups[min(shares - 1, int((at + len(text) / 2) * shares / total))].append(text)
+        at += len(text)
+    return [group for group in groups if group]
 
 
 def _fail(job: Job) -> None:

@@ -8,10 +8,9 @@ standard input and output: frames of a 4-byte big-endian length and a JSON docum
     worker -> gateway   {"spans": [[[start, end, entity, score], ...], ...], "cpu": s, "rss": b}
                         or {"error": "<exception type>"}   (never the message: it may quote text)
 
-Short texts are joined into documents of about 2,000 characters and documents go through
-spaCy's `pipe` together, so a batch of many requests costs far less than their sum; a text
-longer than spaCy's comfortable size is cut into overlapping chunks, and a span in the overlap
-is kept once. The worker reads until its input closes, so it ends with the gateway process,
+The gateway sends documents (short texts joined, long ones chunked: `gateway.privacy.batching`);
+they go through spaCy's `pipe` together, so a batch of many requests costs far less than their
+sum. The worker reads until its input closes, so it ends with the gateway process,
 however that ends: it can never be left behind.
 """
 
@@ -27,7 +26,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from gateway.privacy.batching import CHUNK_CHARS, batched_many
+from gateway.privacy.batching import batched_many
 from gateway.privacy.spans import Span
 
 HEADER = struct.Struct(">I")
@@ -50,11 +49,15 @@ def write_frame(stream: BinaryIO, document: Any) -> None:
     stream.flush()
 
 
+WORKER_NICENESS = 10
+SAFETY_CHUNK = 500_000  # the gateway sends documents of ~100 KB; spaCy refuses 1,000,000
+
+
 def analyse(detect_many: Callable[[Sequence[str]], list[list[Span]]],
             texts: Sequence[str]) -> list[list[Span]]:
-    """Every text: short ones joined, long ones chunked, all the documents through NER at
-    once."""
-    return batched_many(detect_many, texts, chunk=CHUNK_CHARS)
+    """Every text: short ones joined, any still too long for spaCy chunked, all the documents
+    through NER at once."""
+    return batched_many(detect_many, texts, chunk=SAFETY_CHUNK)
 
 
 def rss_bytes() -> int:
@@ -92,6 +95,9 @@ def main() -> None:
     from gateway.privacy.presidio import PresidioDetector  # noqa: PLC0415
 
     configure_logging(args.log_level, args.log_format)
+    # Below the gateway's event loop: a busy core then still answers `/healthz` and relays
+    # streams at once, and NER takes whatever CPU is left (all of it, under load).
+    os.nice(WORKER_NICENESS)
     detector = PresidioDetector()
     detector.detect("warm up")
     serve(sys.stdin.buffer, protocol, detector.detect_many)

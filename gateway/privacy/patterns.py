@@ -243,20 +243,21 @@ STRONG_CUES = ("name", "i am", "i'm", "dear", "mr", "mrs", "ms", "mx", "miss", "
 BY_NAME = re.compile(rf"(?i:\bby\b):?[ \t]+(?P<v>{_WORD}(?:[ \t]+{_WORD}){{1,2}})")
 
 
-def _cue_matches(text: str) -> Iterator[re.Match[str]]:
-    """Each cue occurrence, found with str.find (C speed), then the name pattern anchored
-    there: one regex attempt per cue instead of an alternation tried at every position."""
+def _cue_starts(text: str) -> Iterator[tuple[int, re.Pattern[str]]]:
+    """Each cue occurrence, found with str.find (C speed), in order, with the name pattern to
+    anchor there: one regex attempt per cue instead of an alternation tried everywhere."""
     lowered = text.lower()
-    for at in _word_starts(lowered, NAME_CUES):
-        if m := NAME_AFTER_CUE.match(text, at):
-            yield m
-    for at in _word_starts(lowered, ("by",)):
-        if m := BY_NAME.match(text, at):
-            yield m
+    starts = [(at, NAME_AFTER_CUE) for at in _word_starts(lowered, NAME_CUES)]
+    starts += [(at, BY_NAME) for at in _word_starts(lowered, ("by",))]
+    starts.sort(key=lambda start: start[0])
+    return iter(starts)
 
 
 def _names(text: str) -> Iterator[Match]:
-    for m in _cue_matches(text):
+    consumed = 0  # "Dear Dear Dear ...": a cue inside a name already found starts nothing new
+    for at, pattern in _cue_starts(text):
+        if at < consumed or not (m := pattern.match(text, at)):
+            continue
         words = []
         for word in WORD.finditer(m.group("v")):
             bare = word.group().rstrip(".")
@@ -265,10 +266,11 @@ def _names(text: str) -> Iterator[Match]:
             words.append(word)
         while words and len(words[-1].group().rstrip(".")) == 1:  # no trailing initial
             words.pop()
-        if not words or (m.re is BY_NAME and len(words) < 2):
+        if not words or (pattern is BY_NAME and len(words) < 2):
             continue
         start = m.start("v")
         end = start + words[-1].start() + len(words[-1].group().rstrip("."))
+        consumed = end
         cue = text[m.start():start].casefold()
         yield start, end, "PERSON", 0.9 if any(c in cue for c in STRONG_CUES) else 0.6
 

@@ -87,6 +87,20 @@ async def test_a_batch_nobody_waits_for_stops_its_worker(
     await settle(lambda: ner.ready)
 
 
+async def test_a_small_batch_nobody_waits_for_is_left_to_finish(
+        pool: tuple[NerPool, Counter[str]]) -> None:
+    # a client that disconnects mid-request: killing the worker would cost seconds of restart
+    ner, restarts = pool
+    (pid,) = ner.pids
+    request = asyncio.ensure_future(ner.detect(["Angela Merkel visited Paris. " * 100]))
+    await asyncio.sleep(0.01)
+    request.cancel()
+    spans, _ = await ner.detect(["Emmanuel Macron wrote."])  # served by the same worker
+    assert ("PERSON", "Emmanuel Macron") in entities("Emmanuel Macron wrote.", spans[0])
+    assert ner.pids == [pid]
+    assert not restarts
+
+
 async def test_a_worker_past_its_memory_limit_is_recycled() -> None:
     restarts: Counter[str] = Counter()
     ner = NerPool(1, max_rss_bytes=1, on_restart=lambda reason: restarts.update([reason]))
@@ -133,3 +147,57 @@ async def test_a_worker_that_cannot_start_fails_start_up_with_a_reason() -> None
     with pytest.raises(Exception, match="not ready within"):
         await ner.start()
     assert not ner.ready
+
+
+async def test_a_big_request_is_shared_out_among_the_workers() -> None:
+    ner = NerPool(2)
+    await ner.start()
+    try:
+        texts = [f"Angela Merkel met Emmanuel Macron in Paris, note {i}. " + "filler " * 3_000
+                 for i in range(12)]  # ~250 KB: past SHARE_CHARS, so both workers take a part
+        groups: list[int] = []
+        original = ner._job
+
+        async def job(group: list[str]) -> tuple[list[list[object]], float]:
+            groups.append(len(group))
+            return await original(group)  # type: ignore[return-value]
+
+        ner._job = job  # type: ignore[method-assign]
+        shares = ner.shares(sum(len(t) for t in texts))
+        assert shares == 2
+        spans, cpu = await ner.detect(texts, shares)
+        assert len(groups) == 2  # one part per worker
+        assert sum(groups) == len(texts)
+        assert len(spans) == len(texts)  # results line up with the texts, in order
+        for text, found in zip(texts, spans, strict=True):
+            assert ("PERSON", "Angela Merkel") in entities(text, found)
+        assert cpu > 0
+    finally:
+        await ner.close()
+
+
+def test_split_keeps_order_and_balances_characters() -> None:
+    from gateway.privacy.ner_pool import _split  # noqa: PLC0415
+
+    texts = [str(i) * (i + 1) for i in range(40)]
+    groups = _split(texts, 3)
+    assert len(groups) == 3
+    assert [t for g in groups for t in g] == texts
+    sizes = [sum(map(len, g)) for g in groups]
+    assert max(sizes) < 2 * (sum(sizes) / 3)
+    assert _split(["one"], 2) == [["one"]]
+
+
+async def test_a_request_is_cut_among_idle_workers_only() -> None:
+    ner = NerPool(2)
+    await ner.start()
+    try:
+        assert ner.shares(1_000) == 1  # too small to be worth a cut
+        assert ner.shares(2_000) == 2  # both workers idle: half each
+        busy = asyncio.ensure_future(ner.detect(["Angela Merkel. " * 2_000] * 3))
+        await asyncio.sleep(0)  # queued and dispatched: no worker idle, so no cut
+        assert ner.shares(2_000) == 1
+        assert ner.shares(300_000) == 2  # a big one is shared out even under load
+        await busy
+    finally:
+        await ner.close()
