@@ -44,7 +44,7 @@ REPLY = {"id": "x", "object": "chat.completion", "created": 0, "model": "bench",
 async def chat(request):
     await request.read()
     return web.json_response(REPLY)
-app = web.Application()
+app = web.Application(client_max_size=64 * 1024 * 1024)
 app.router.add_post("/v1/chat/completions", chat)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
             loop=uvloop.new_event_loop())
@@ -67,7 +67,7 @@ async def proxy(request):
         payload = await upstream.read()
         return web.Response(body=payload, status=upstream.status,
                             content_type=upstream.content_type)
-app = web.Application()
+app = web.Application(client_max_size=64 * 1024 * 1024)
 app.cleanup_ctx.append(session_ctx)
 app.router.add_post("/v1/chat/completions", proxy)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None,
