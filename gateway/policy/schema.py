@@ -31,8 +31,13 @@ Action = Literal["pseudonymize", "redact", "hash", "block", "allow"]
 FailMode = Literal["open", "closed"]
 BuiltinDetector = Literal["patterns", "presidio"]
 BUILTIN_DETECTORS: tuple[BuiltinDetector, ...] = ("patterns", "presidio")
-BUILTIN_ENTITIES = frozenset({"EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS",
-                              "SECRET", "PERSON", "LOCATION", "ORGANIZATION"})
+# What the built-in detectors find (tests/unit/privacy/test_identifiers.py keeps this equal to
+# the detectors' own declarations; policy/ does not import privacy/).
+BUILTIN_ENTITIES = frozenset({
+    "EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS", "SECRET", "PERSON",
+    "LOCATION", "ORGANIZATION", "ADDRESS", "DATE_OF_BIRTH", "UK_NINO", "UK_NHS", "DE_TAX_ID",
+    "FR_NIR", "NL_BSN", "ES_DNI", "IT_FISCAL_CODE", "IN_AADHAAR", "IN_PAN", "BR_CPF", "PASSPORT",
+    "DRIVING_LICENCE", "UK_DRIVING_LICENCE", "BANK_ACCOUNT", "MEDICAL_RECORD", "CUSTOMER_ID"})
 ENTITY_NAME = r"^[A-Z][A-Z0-9_]*[A-Z0-9]$"
 NAME = r"^[a-z][a-z0-9-]*$"
 

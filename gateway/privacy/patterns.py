@@ -9,6 +9,8 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterator
 
+from gateway.privacy.addresses import addresses
+from gateway.privacy.identifiers import IDENTIFIERS, anywhere, in_context
 from gateway.privacy.spans import Span, non_overlapping
 
 Validator = Callable[[str], bool]
@@ -134,17 +136,24 @@ def _word_starts(lowered: str, words: tuple[str, ...]) -> list[int]:
             at = lowered.find(word, at + 1)
     return sorted(starts)
 
+# ASCII boundaries, not \w: an address written straight after Chinese or Thai text ("请联系
+# john@example.com谢谢") has a letter of another script on each side.
 EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])")
+    r"(?<![A-Za-z0-9\u00c0-\u024f._%+-])[A-Za-z0-9\u00c0-\u024f][A-Za-z0-9\u00c0-\u024f._%+-]"
+    r"{0,63}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}"
+    r"(?![A-Za-z0-9_-])")
 IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}"
                   r"(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
 IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}"
                   r"(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?:%[\w.]+)?(?![\w:])")
 
 # Digit families run only inside numeric regions: one cheap pass finds them all.
-NUMERIC_REGION = re.compile(r"[+(]?\d[\d\s().+\-x]{4,}\d(?:\s*ext\.?\s*\d+)?")
-CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){11,18}\d(?![\d-])")
+NUMERIC_REGION = re.compile(r"[+(]?\d[\d\s().+\-/x]{4,}\d(?:\s*ext\.?\s*\d+)?")
+# Groups separated by a space, two, a hyphen, a dot or a slash ("4111.1111.1111.1111").
+CARD = re.compile(r"(?<![\d-])(?:\d(?:[ ./-] ?)?){11,18}\d(?![\d-])")
+# A Polish account number written without its country code (NRB: 26 digits), checked as the
+# IBAN it is.
+NRB = re.compile(r"(?<![\d-])\d{2}(?: ?\d{4}){6}(?![\d-])")
 SSN = re.compile(r"(?<![\d-])\d{3}[- ]\d{2}[- ]\d{4}(?![\d-])")
 IPV4 = re.compile(r"(?<![\w.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d)")
 PHONE = re.compile(
@@ -154,7 +163,12 @@ PHONE = re.compile(
 Match = tuple[int, int, str, float]
 
 # (entity, expression, score, validator), in priority order within the numeric regions
+def valid_nrb(candidate: str) -> bool:
+    return valid_iban("PL" + candidate.replace(" ", ""))
+
+
 NUMERIC: tuple[tuple[str, re.Pattern[str], float, Validator], ...] = (
+    ("IBAN", NRB, 0.95, valid_nrb),
     ("CREDIT_CARD", CARD, 1.0, valid_card),
     ("US_SSN", SSN, 0.95, valid_ssn),
     ("IP_ADDRESS", IPV4, 0.95, valid_ip),
@@ -294,9 +308,10 @@ class PatternDetector:
 
     name = "patterns"
     entities = frozenset({"SECRET", "EMAIL", "IBAN", "IP_ADDRESS", "CREDIT_CARD", "US_SSN",
-                          "PHONE", "PERSON"})
+                          "PHONE", "PERSON", "ADDRESS", *IDENTIFIERS})
 
     def detect(self, text: str) -> list[Span]:
         return non_overlapping((Span(start, end, entity, score, self.name)
-                                for family in (_secrets, _words, _numbers, _names)
+                                for family in (_secrets, _words, anywhere, in_context,
+                                               addresses, _numbers, _names)
                                 for start, end, entity, score in family(text)), len(text))
