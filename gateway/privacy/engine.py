@@ -29,6 +29,7 @@ from gateway.offload import off_loop_if_big
 from gateway.plugins import load_detector
 from gateway.privacy.batching import BATCH_CHARS, CHUNK_CHARS, assign, batched, documents
 from gateway.privacy.ner_pool import NerPool
+from gateway.privacy.normalize import Reading, reading
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.spans import Detector, Span
 
@@ -36,6 +37,7 @@ log = get_logger("veil.privacy")
 INLINE_CHARS = 16 * 1024  # more than this goes to a thread, off the event loop
 CACHED_TEXT_CHARS = 64 * 1024  # longer texts are not cached (rarely repeated, costly to hold)
 CACHED_SPANS = 200_000
+SPLIT_WINDOW = 128  # characters each side of the join between two texts read as one
 
 
 @dataclass(frozen=True)
@@ -149,10 +151,49 @@ class DetectionEngine:
                 found[i] = spans
                 if len(texts[i]) <= CACHED_TEXT_CHARS:
                     self.cache.put(keys[i], spans)
-        return Found([spans or [] for spans in found], cpu)
+        per_text = [spans or [] for spans in found]
+        if "patterns" in selection.builtin and len(texts) > 1:
+            per_text = await off_loop_if_big(sum(len(t) for t in texts), self._across, texts,
+                                             per_text)
+        return Found(per_text, cpu)
+
+    def _across(self, texts: list[str], found: list[list[Span]]) -> list[list[Span]]:
+        """Values split between one text and the next ("john.doe" in one content part,
+        "@example.com" in the next; a card across two messages): the pattern tier reads the
+        end of each text joined to the start of the next, and a value across the join becomes
+        a span on each side. Texts keep their own spans (cached, never changed in place)."""
+        out = [list(spans) for spans in found]
+        for i in range(len(texts) - 1):
+            left, right = texts[i][-SPLIT_WINDOW:], texts[i + 1][:SPLIT_WINDOW]
+            if not left.strip() or not right.strip():
+                continue
+            read = reading(left + right)
+            offset = len(texts[i]) - len(left)
+            for span in (read.original(s) for s in self._patterns.detect(read.text)):
+                if not span.start < len(left) < span.end:
+                    continue
+                mine = Span(offset + span.start, len(texts[i]), span.entity, span.score,
+                            "across")
+                theirs = Span(0, span.end - len(left), span.entity, span.score, "across")
+                # A value either text holds whole is not split: "a@example.org." + "Also"
+                # reads as the domain example.org.also, which is no one's address.
+                if not (_seen(mine, found[i]) or _seen(theirs, found[i + 1])):
+                    out[i].append(mine)
+                    out[i + 1].append(theirs)
+        return out
 
     async def _detect(self, texts: list[str], selection: Selection
                       ) -> tuple[list[list[Span]], float]:
+        """Every detector reads the texts' reading form (`normalize`); what they find is
+        mapped back onto the characters the client sent."""
+        total = sum(len(t) for t in texts)
+        readings = await off_loop_if_big(total, _readings, texts)
+        found, cpu = await self._detect_read([r.text for r in readings], selection)
+        return [[r.original(s) for s in spans] if r.edits else spans
+                for r, spans in zip(readings, found, strict=True)], cpu
+
+    async def _detect_read(self, texts: list[str], selection: Selection
+                           ) -> tuple[list[list[Span]], float]:
         try:
             if "presidio" not in selection.builtin or not any(t.strip() for t in texts):
                 return await self._local(texts, selection)
@@ -195,3 +236,11 @@ class DetectionEngine:
             plugin = self._plugins[reference]
             found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts, strict=True)]
         return found, time.thread_time() - started
+
+
+def _readings(texts: list[str]) -> list[Reading]:
+    return [reading(t) for t in texts]
+
+
+def _seen(span: Span, found: list[Span]) -> bool:
+    return any(s.entity == span.entity and s.overlaps(span) for s in found)

@@ -44,23 +44,46 @@ class MaskingRules:
 
 
 WORD_RUN = re.compile(r"\w+")
+POSSESSIVE = re.compile(r"['\u2019]s?$")
+# Words that are also names: "Will Grant" found once makes "Will" and "GRANT" findings
+# elsewhere, but not the lowercase "will" or "grant" of ordinary prose.
+COMMON_WORDS = frozenset("""
+    will may mark bill grant rose hope june april august joy faith grace art dawn summer
+    autumn winter sky ray gene jack frank earl rich miles wade lane bay bell king young white
+    brown green black gray grey hill wood woods stone hall long short price page cook baker
+    miller carter hunter fisher mason cooper turner walker bishop pope dean chase crystal amber
+    jewel iris lily violet ivy daisy holly olive hazel ruby pearl ginger penny sandy rusty
+    don drew pat sue van guy nick rob chuck major sterling noble love wolf fox lamb bird swan
+    crane north west east south day night case field ford little small strong best good man
+    said bush rice cross park street banks marsh booth brook brooks foster gross hart house
+    keys knight lord march more moss oak porter post power reed rock sharp shepherd snow spring
+    steel sweet tower tucker walls ward waters webb wells wise worth york paris china jordan
+    austin chance christian destiny felicity harmony heather honey justice liberty melody
+    misty robin sunny trinity angel august cliff dale glen heath hunter rod sonny bobby
+    """.split())  # noqa: SIM905 (a word list reads best as words)
+
+
+def _part(name: str) -> str:
+    """A name as a part to look for again: without a possessive ("Ana's" is Ana)."""
+    return POSSESSIVE.sub("", name)
 
 
 class NameParts:
     """The names found in a conversation and each of their parts, found again wherever they
-    recur ("Faina D. Yefremova" found once: a later bare "Yefremova" must not leak). Looked up
-    by the word a part starts with, at each word of the text: linear in the text, however many
-    names there are."""
+    recur, in any case ("Faina D. Yefremova" found once: a later bare "Yefremova", "YEFREMOVA"
+    or "yefremova's" must not leak). Looked up by the case-folded word a part starts with, at
+    each word of the text: linear in the text, however many names there are."""
 
     __slots__ = ("_by_first_word", "_parts")
 
     def __init__(self, by_first_word: dict[str, tuple[str, ...]] | None = None) -> None:
-        self._by_first_word = by_first_word or {}
+        self._by_first_word = by_first_word or {}  # folded first word -> folded parts
         self._parts = {p for found in self._by_first_word.values() for p in found}
 
     def including(self, names: Iterable[str], allow: set[str]) -> NameParts:
-        parts = {part for name in names for part in (name, *name.split())
-                 if len(part) >= 3 and part[0].isupper() and part.casefold() not in allow}
+        parts = {_part(part).casefold() for name in names for part in (name, *name.split())
+                 if len(_part(part)) >= 3 and part[0].isupper()
+                 and _part(part).casefold() not in allow}
         if parts <= self._parts:
             return self
         index = {word: list(found) for word, found in self._by_first_word.items()}
@@ -79,10 +102,12 @@ class NameParts:
             start = word.start()
             if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
                 continue
-            for part in self._by_first_word.get(word.group(), ()):
+            for part in self._by_first_word.get(word.group().casefold(), ()):
                 end = start + len(part)
-                if text.startswith(part, start) and (end == len(text) or not (
-                        text[end].isalnum() or text[end] == "_")):
+                seen = text[start:end]
+                if seen.casefold() == part and (end == len(text) or not (
+                        text[end].isalnum() or text[end] == "_")) and not (
+                        seen.islower() and part in COMMON_WORDS):
                     found.append(Span(start, end, "PERSON", NAME_PART_SCORE, "name_parts"))
                     break
         return found

@@ -78,7 +78,19 @@ def test_name_parts_seen_anywhere_are_masked_everywhere() -> None:
     spans = [[Span(8, 26, "PERSON", 0.85, "ner")], []]
     texts = ["Meeting Faina D. Yefremova today", "Ask Yefremova, or Faina, not faina"]
     out = Masker(rules()).mask(texts, spans, "t").texts
-    assert out == ["Meeting <PERSON_1> today", "Ask <PERSON_2>, or <PERSON_3>, not faina"]
+    assert out == ["Meeting <PERSON_1> today", "Ask <PERSON_2>, or <PERSON_3>, not <PERSON_4>"]
+
+
+def test_name_parts_in_any_case_and_possessive_but_not_common_words() -> None:
+    texts = ["Contract for Will Grant-Oyelaran's team", "WILL GRANT-OYELARAN and grant-oyelaran"
+             " agreed; will grant access. Will's dog"]
+    out = Masker(rules()).mask(texts, [[Span(13, 36, "PERSON", 0.85, "ner")], []], "t").texts
+    assert "Will" not in out[0]
+    assert "Grant" not in out[0]
+    assert "OYELARAN" not in out[1]
+    assert "oyelaran" not in out[1]
+    assert "will grant access" in out[1]  # the lowercase words are not the name
+    assert "Will's dog" not in out[1]
 
 
 def test_cue_names_from_the_pattern_tier() -> None:
