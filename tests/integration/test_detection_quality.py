@@ -83,7 +83,7 @@ def stack() -> Iterator[tuple[ServerThread, ServerThread]]:
         settings = settings_for(
             [demo_backend("o", demo.url), demo_backend("a", demo.url, "anthropic")],
             policy={"version": 1, "name": "quality",
-                    "detectors": {"builtin": ["patterns", "presidio"]}})
+                    "detectors": {"builtin": ["patterns", "presidio", "gazetteer"]}})
         with gateway_for(settings) as gw:
             yield gw, demo
 
@@ -182,3 +182,16 @@ def test_anthropic_stream_restores_an_evasion(stack: tuple[ServerThread, ServerT
             {"role": "user", "content": f"mail {written} now"}]) as s:
         reply = "".join(s.text_stream)
     assert_hidden_and_restored(demo, reply, written, written)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_names_and_places_from_the_gazetteer(stack: tuple[ServerThread, ServerThread],
+                                             stream: bool) -> None:
+    gw, demo = stack
+    prompt = ("Thaddeus had given his keys to the team; invite adam, kristina and caleb. "
+              "We met in Poznań and then flew to KĘDZIERZYN-KOŹLE.")
+    reply = chat(gw, [{"role": "user", "content": prompt}], stream)
+    seen = upstream_text(demo)
+    for value in ("Thaddeus", "kristina", "caleb", "Poznań", "KĘDZIERZYN"):
+        assert value not in seen
+    assert prompt in reply

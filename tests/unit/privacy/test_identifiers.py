@@ -112,3 +112,12 @@ def test_policies_know_every_type_the_builtin_detectors_find() -> None:
     from gateway.privacy.presidio import PresidioDetector  # noqa: PLC0415
 
     assert PatternDetector.entities | PresidioDetector.entities == BUILTIN_ENTITIES
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("my name is borna jerković but everyone calls me B", [("borna jerković", "PERSON")]),
+    ("the file name is config.yaml", []),
+    ("My name is not important", []),
+])
+def test_lowercase_names_after_my_name_is(text: str, names: list[tuple[str, str]]) -> None:
+    assert [f for f in found(text) if f[1] == "PERSON"] == names
