@@ -29,7 +29,8 @@ Match = tuple[int, int, str, float]
 CAP = r"[A-ZÀ-ÞĀ-Ž][\w'\u2019.-]{0,30}+"
 CONNECT = (r"(?:de|du|des|la|le|l'|d'|del|della|delle|dei|di|do|da|dos|das|van|von|der|den|"
            r"het|am|an|of|the|y|e|al|el)")
-NAME_WORD = rf"(?:{CAP}|{CONNECT})"
+ORDINAL = r"\d{1,3}(?:st|nd|rd|th)\b"  # "7th Street", "2nd Main Road"
+NAME_WORD = rf"(?:{CAP}|{CONNECT}|{ORDINAL})"
 EN_TYPES = (r"(?i:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|"
             r"place|pl|terrace|close|crescent|gardens|grove|square|sq|parkway|pkwy|highway|hwy|"
             r"circle|cir|mews|row|walk|rise|trail|plaza|marg|nagar|colony|layout|salai|"
@@ -45,14 +46,26 @@ FRENCH = re.compile(
 TYPE_FIRST = re.compile(
     rf"(?<!\w)(?:Calle|C/|Avenida|Avda\.?|Av\.|Plaza|Paseo|Camino|Carrer|Carretera|Ronda|"
     rf"Travesía|Via|Viale|Piazza|Piazzale|Corso|Largo|Vicolo|Strada|Rua|Travessa|Alameda|"
-    rf"Praça|Rodovia|Estrada)[ \t]*(?:{NAME_WORD}[ \t]*){{1,5}}?,?[ \t]*"
+    rf"Praça|Rodovia|Estrada|Rue|Chaussée|ul\.|al\.|pl\.|Am|Im|An der|In der|Auf der|"
+    rf"Auf dem|Zum|Zur)[ \t]*(?:{NAME_WORD}[ \t]*){{1,5}}?,?[ \t]*"
     rf"(?:n[º°o]\.?|n\.º|núm\.?|num\.?)?[ \t]*\d{{1,5}}[A-Za-z]?(?![\d])"
-    rf"(?:[ \t]*[-/,][ \t]*\d{{1,4}}[º°]?[A-Za-z]?(?![\d]))?")
+    rf"(?:[ \t]*[-/,][ \t]*\d{{1,4}}[º°ª]?[A-Za-z]?(?![\d]))?")
 SUFFIX = re.compile(
     r"(?<![\w-])[A-ZÄÖÜ][\w'-]{0,30}?[ \t-]?(?i:straße|strasse|str\.|weg|gasse|platz|allee|"
     r"ring|damm|ufer|chaussee|pfad|steig|straat|laan|plein|gracht|kade|dijk|singel|hof|"
     r"markt|dreef|gatan|gata|vägen|vagen|veien|vej|gade|katu|tie|polku)[ \t]+\d{1,3}(?!\d)"
-    r"[ \t]?[a-zA-Z]?\b")
+    r"(?:/\d{1,4})?[ \t]?[a-zA-Z]?\b")
+# A house, plot or door number first, the street on the lines after it ("No. 17, 4th Street",
+# "Plot 22, Road No. 12, Banjara Hills"), as Indian addresses are written.
+HOUSE_FIRST = re.compile(r"(?<![\w-])(?:No|Plot|House|Door|Flat(?:[ \t]+No)?|Block|Shop)\.?"
+                         r"[ \t]*\d{1,5}[A-Za-z]?(?:/\d{1,4})?(?=[ \t]*,)")
+# Korean, romanised: "21 Teheran-ro 52-gil"
+KOREAN = re.compile(r"(?<![\w-])\d{1,4}(?:-\d{1,4})?[ \t]+[A-Z][a-z]+-(?:ro|gil|daero)\b"
+                    r"(?:[ \t]+\d{1,4}(?:-gil)?)?")
+# Chinese: city and district, then a road, street or lane and a number with 号, floor, room
+CHINESE = re.compile(r"(?:[\u4e00-\u9fff]{2,4}?(?:省|市))?(?:[\u4e00-\u9fff]{2,4}?(?:区|县|镇))?"
+                     r"[\u4e00-\u9fff]{1,8}?(?:路|街|道|巷|胡同)[\u4e00-\u9fff]{0,4}?\d{1,5}号"
+                     r"(?:\d{1,3}(?:楼|层|室|单元))*")
 # A flat or suite on its own ("Apt. 117", "Suite 464"): the part of an address that names one
 # household in a building.
 UNIT_ALONE = re.compile(r"(?<![\w-])(?:Apt|Apartment|Suite|Ste|Flat|Unit)\.?[ \t]*#?\d{1,5}"
@@ -73,16 +86,25 @@ WEAK_POSTCODES = (
     re.compile(rf"(?<![\w-])\d{{5}}[ \t]+{CAP}(?:[ \t-]{CAP}){{0,2}}"),  # DE FR ES IT
     re.compile(rf"(?<![\w-])\d{{4}}[ \t]?[A-Z]{{2}}(?![A-Za-z0-9])(?:[ \t]+{CAP})?"),  # NL
     re.compile(r"(?<![\w-])\d{5}-\d{3}(?!\d)"),  # BR CEP
+    re.compile(rf"(?<![\w-])\d{{4}}[ \t]+{CAP}(?:[ \t-]{CAP}){{0,2}}"),  # BE AT CH DK NO AU
+    re.compile(rf"(?<![\w-])\d{{2}}-\d{{3}}[ \t]+{CAP}"),  # PL
     re.compile(rf"(?<![\w-]){CAP},?[ \t]+\d{{3}}-\d{{4}}(?![\d-])"),  # JP, after its city
     re.compile(rf"(?<![\w-]){CAP}[ \t]*[-\u2013,]?[ \t]*[1-9]\d{{2}} ?\d{{3}}(?![\d-]| \d)"),  # IN
 )
-STREETS = (NUMBER_FIRST, FRENCH, TYPE_FIRST, SUFFIX, JAPANESE, UNIT_ALONE)
+STREETS = (NUMBER_FIRST, FRENCH, TYPE_FIRST, SUFFIX, JAPANESE, KOREAN, CHINESE, HOUSE_FIRST,
+           UNIT_ALONE)
 # What may follow a street line, each on the same line after a comma or on the next line: a
 # unit, a city or region or country (capitalised words, or upper case), a postcode; up to four.
-_PLACE = rf"(?:{CAP}|[A-Z]{{2,}})"
-_LINE = (rf"(?:(?:Apt|Apartment|Suite|Ste|Flat|Unit|Floor)\.?[ \t]*#?[\w-]{{1,6}}|"
-         rf"{_PLACE}(?:[ \t]+{_PLACE}){{0,3}}(?:[ \t]+\d{{4,6}})?|\d{{4,6}})")
-TAIL = re.compile(rf"(?:[ \t]*[,\n][ \t]*\n?[ \t]*{_LINE}){{0,4}}")
+_PLACE = rf"(?:{CAP}|[A-Z]{{2,}}|{ORDINAL}|{CONNECT}(?=[ \t]+[A-Z]))"
+_UNIT_WORD = (r"(?i:apt|apto|apartment|apartamento|suite|ste|flat|unit|floor|piso|planta|"
+              r"puerta|escalera|esc|izquierda|izda|derecha|dcha|andar|bloco|bloque|sala|étage|"
+              r"stiege|tür|top|room|building|bldg|tower|wing)\b\.?(?:[ \t]*(?:no\.?)?[ \t]*"
+              r"#?[\w-]{1,6}+)?")
+_LINE = (rf"(?:{_UNIT_WORD}|\d{{1,4}}[º°ª][ \t]*(?:{_UNIT_WORD})?|"
+         rf"{_PLACE}(?:[ \t]+(?:{_PLACE}|No\.?[ \t]*\d{{1,5}}|\d{{4,6}})){{0,4}}|\d{{4,6}}"
+         rf"|\d{{2}}-\d{{3}}|\d{{5}}-\d{{3}})")
+TAIL = re.compile(rf"(?:[ \t]*(?:[,\n]|[ \t]-[ \t])[ \t]*\n?[ \t]*{_LINE}"
+                  rf"|[ \t]+{_UNIT_WORD}){{0,5}}")
 ADDRESS_WORDS = ("address", "adresse", "anschrift", "dirección", "direccion", "indirizzo",
                  "endereço", "endereco", "adres", "domicilio", "residing at", "resides at",
                  "lives at", "living at", "ship to", "deliver to", "located at", "mailing",

@@ -41,6 +41,24 @@ NOT_PEOPLE = frozenset({
     "august", "september", "october", "november", "december", "the", "you", "her", "his",
     "all", "any", "one", "see", "say", "new", "our", "can", "did", "not", "yet", "way"})
 MIN_FIRST_NAME = 3  # "My", "An", "In", "So" are in the census list
+# The last word of a company, an institution or a firm's legal form: a capitalised run that
+# ends in one is an ORGANIZATION ("Civic Impulse LLC", "Climate Corporation", "St Mary's
+# Hospital").
+ORG_ENDINGS = frozenset({
+    "inc", "inc.", "incorporated", "ltd", "ltd.", "limited", "llc", "llp", "plc", "corp",
+    "corp.", "corporation", "co.", "company", "gmbh", "ag", "kg", "se", "sa", "s.a.", "sas",
+    "sarl", "srl", "s.r.l.", "spa", "s.p.a.", "bv", "b.v.", "nv", "n.v.", "oy", "ab", "as",
+    "a/s", "pty", "group", "holdings", "partners", "associates", "bank", "university",
+    "hospital", "clinic", "institute", "foundation", "trust", "agency", "technologies",
+    "systems", "solutions", "labs", "laboratories", "consulting", "services", "industries",
+    "insurance", "capital", "ventures", "pharmaceuticals", "motors", "airlines"})
+LEADING = frozenset({"the", "a", "an", "our", "your", "their", "this", "that", "at", "from"})
+GENERIC = LEADING | ORG_ENDINGS | frozenset({
+    "support", "customer", "customers", "contact", "data", "team", "global", "national",
+    "international", "general", "central", "local", "first", "new", "united", "american",
+    "european", "digital", "financial", "health", "medical", "public", "private", "it", "hr",
+    "legal", "sales", "marketing", "tech", "technology", "software", "cloud", "security",
+    "management", "business", "community", "children's", "city", "state", "county", "royal"})
 NOT_PLACES = frozenset({"of", "nice", "reading", "mobile", "split", "mesa", "surprise",
                         "independence", "enterprise", "paradise", "victoria", "orange",
                         "university", "college", "union", "hospital", "police", "sale",
@@ -92,7 +110,7 @@ def _places(data: importlib.resources.abc.Traversable) -> dict[str, int]:
 
 class GazetteerDetector:
     name = "gazetteer"
-    entities = frozenset({"PERSON", "LOCATION"})
+    entities = frozenset({"PERSON", "LOCATION", "ORGANIZATION"})
 
     def __init__(self) -> None:
         self._first, self._last, self._places = _lists()
@@ -114,11 +132,14 @@ class GazetteerDetector:
                 and folded not in COMMON_WORDS and folded not in NOT_PEOPLE)
 
     def _in_run(self, text: str, offset: int, run: str) -> list[Span]:
-        words = [(offset + w.start(), offset + w.end(), w.group().rstrip(".,"))
-                 for w in WORD.finditer(run)]
+        words = [(offset + w.start(), offset + w.end(), w.group().rstrip(",")) for w in
+                 WORD.finditer(run)]
+        words = [(start, end, word if word.casefold() in ORG_ENDINGS else word.rstrip("."))
+                 for start, end, word in words]
         found, i = [], 0
         while i < len(words):
-            taken = self._person(words, i) or self._place(text, words, i)
+            taken = (self._organisation(words, i) or self._person(words, i)
+                     or self._place(text, words, i))
             if taken is None:
                 i += 1
                 continue
@@ -128,7 +149,27 @@ class GazetteerDetector:
             i = end
         return found
 
+    @staticmethod
+    def _organisation(words: list[tuple[int, int, str]], i: int
+                      ) -> tuple[int, str, float] | None:
+        """From word i to an organisation ending at most five words on, if a word between
+        is a name rather than a generic word ("The Bank", "Contact Support Services" are
+        not organisations)."""
+        if i and words[i - 1][2].casefold() not in LEADING:
+            return None  # only from the start of a run (or after "The")
+        for j in range(i + 1, min(len(words), i + 6)):
+            if words[j][2].casefold() in ORG_ENDINGS:
+                named = [w[2].casefold() for w in words[i:j]]
+                if any(w not in GENERIC and w not in COMMON_WORDS for w in named):
+                    return j + 1, "ORGANIZATION", 0.7
+                return None
+        return None
+
     def _person(self, words: list[tuple[int, int, str]], i: int) -> tuple[int, str, float] | None:
+        double = words[i][2].split("-")
+        if len(double) == 2 and all(part.casefold() in self._last for part in double) and all(
+                part[:1].isupper() for part in double):
+            return i + 1, "PERSON", 0.7  # a double-barrelled surname ("Evans-Bonilla")
         if not self._first_name(words[i][2]):
             return None
         j = i + 1

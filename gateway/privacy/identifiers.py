@@ -168,6 +168,7 @@ _CODE = r"(?=[A-Z0-9-]{0,20}\d)[A-Z0-9][A-Z0-9-]{3,19}+"
 _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
           r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?")
 _DATE = (rf"(?i:\d{{1,2}}[./-]\d{{1,2}}[./-]\d{{2,4}}|\d{{4}}[./-]\d{{1,2}}[./-]\d{{1,2}}"
+         rf"|\d{{1,2}}[ -]?{_MONTH}[ -]?\d{{4}}"
          rf"|\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH},? \d{{4}}"
          rf"|{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?,? \d{{4}})")
 IN_CONTEXT: tuple[tuple[str, tuple[str, ...], re.Pattern[str], object], ...] = (
@@ -188,7 +189,8 @@ IN_CONTEXT: tuple[tuple[str, tuple[str, ...], re.Pattern[str], object], ...] = (
                          "licence number", "license number", "führerschein",
                          "permis de conduire", "carnet de conducir", "patente"),
      re.compile(rf"(?i:{_CODE})"), _always),
-    ("DATE_OF_BIRTH", ("date of birth", "dob", "d.o.b", "born", "birthday", "birth date",
+    ("DATE_OF_BIRTH", ("date of birth", "dob", "d.o.b", "born", "birthday", "birth date", "geb.",
+                       "nato a", "nata a", "nata il", "née", "né", "of birth",
                        "birthdate", "geboren", "geburtsdatum", "né le", "née le", "date de "
                        "naissance", "fecha de nacimiento", "nacido el", "nacida el",
                        "data di nascita", "nato il", "nata il", "geboortedatum",
@@ -201,17 +203,26 @@ IN_CONTEXT: tuple[tuple[str, tuple[str, ...], re.Pattern[str], object], ...] = (
      re.compile(_NUMBER), _always),
     ("MEDICAL_RECORD", ("mrn", "medical record", "patient id", "patient number",
                         "patient no", "hospital number", "chart number", "health record",
-                        "record number"), re.compile(rf"(?i:{_CODE})"), _always),
+                        "record number", "hospital no", "fallnummer", "patientennummer",
+                        "patiëntnummer", "patientnummer", "uhid", "cartella clinica",
+                        "numéro de dossier", "historia clínica", "prontuário", "nhi"),
+     re.compile(rf"(?i:{_CODE})"), _always),
     ("CUSTOMER_ID", ("customer id", "customer number", "customer no", "customer #",
                      "client id", "client number", "member id", "membership number",
                      "member number", "policy number", "policy no", "account id",
-                     "employee id", "employee number", "user id", "subscriber id"),
+                     "employee id", "employee number", "user id", "subscriber id",
+                     "customer_id", "client_id", "member_id", "kundennummer", "kunden-nr",
+                     "numer klienta", "numéro client", "numéro de client", "número de cliente",
+                     "klantnummer", "codice cliente", "loyalty number", "partner number"),
      re.compile(rf"(?i:{_CODE})"), _always),
 )
 IDENTIFIERS = frozenset({e for e, *_ in ANYWHERE} | {e for e, *_ in IN_CONTEXT})
 # Between a naming word and its value: "no.", "number", "#", ":", "is", "of" and spaces.
-GAP = re.compile(r"(?i:[\s:#=.)(-]|\b(?:no|nr|num|number|is|id|was|on|the|of|am|le|el|il|em)\b)"
-                 r"{0,6}+")
+# Between a naming word and its value: separators and quotes ("customer_id":"C-1"), and up to
+# a few words ("SSN as", "no. of the patient", "nata a Torino il", "do titular"); bounded, and
+# never a word in capitals, which is where a code starts.
+GAP = re.compile(r"(?:[\s:#=.)(/\"'-]++|(?i:id|no|nr|num|nº)\b|[a-zà-ÿ]{1,12}+\b"
+                 r"|[A-Z][a-zà-ÿ]{1,15}+\b){0,8}+")
 
 
 def anywhere(text: str) -> Iterator[Match]:

@@ -63,6 +63,11 @@ COMMON_WORDS = frozenset("""
     """.split())  # noqa: SIM905 (a word list reads best as words)
 
 
+# Particles of names found in lower case ("de Vries"): never parts on their own.
+PARTICLES = frozenset({"van", "von", "der", "den", "del", "della", "des", "das", "dos", "ten",
+                       "ter", "bin", "ibn", "binti", "abu", "ben"})
+
+
 def _part(name: str) -> str:
     """A name as a part to look for again: without a possessive ("Ana's" is Ana)."""
     return POSSESSIVE.sub("", name)
@@ -82,7 +87,8 @@ class NameParts:
 
     def including(self, names: Iterable[str], allow: set[str]) -> NameParts:
         parts = {_part(part).casefold() for name in names for part in (name, *name.split())
-                 if len(_part(part)) >= 3 and part[0].isupper()
+                 if len(_part(part)) >= 3 and (part[0].isupper() or (
+                     part.isalpha() and part.casefold() not in PARTICLES))
                  and _part(part).casefold() not in allow}
         if parts <= self._parts:
             return self

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from gateway.privacy.addresses import addresses
 from gateway.privacy.identifiers import IDENTIFIERS, anywhere, in_context
 from gateway.privacy.masker import COMMON_WORDS
+from gateway.privacy.scripts import names_in_other_scripts
 from gateway.privacy.spans import Span, non_overlapping
 
 Validator = Callable[[str], bool]
@@ -109,7 +110,7 @@ SECRETS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
     _secret(rf"(?<![{B64URL}])eyJ[{B64URL}]{{8,}}+\.eyJ[{B64URL}]{{8,}}+\.[{B64URL}]{{16,}}+",
             "eyj"),  # JWT
     # password inside a connection URL: scheme://user:PASSWORD@host
-    _secret(r"(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{1,20}+://[^\s:/@]{1,64}+:"
+    _secret(r"(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{1,20}+://[^\s:/@]{0,64}+:"
             r"(?P<v>[^\s@/]{1,128}+)@[\w.-]++", "://"),
 )
 # PEM private keys (RSA, EC, OPENSSH, ENCRYPTED, PKCS#8): a BEGIN header, then the next END
@@ -120,10 +121,19 @@ PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ ){0,4}PRIVATE KEY-----")
 # password=..., "api_key": "..." and the like: anchored where a keyword occurs (str.find).
 SECRET_KEYWORDS = ("password", "passwd", "pwd", "passphrase", "secret", "api_key", "api-key",
                    "apikey", "access_token", "access-token", "accesstoken", "auth_token",
-                   "auth-token", "authtoken")
+                   "auth-token", "authtoken", "pass", "passwort", "mot de passe", "contraseña",
+                   "senha", "wachtwoord", "hasło", "haslo", "parola", "kennwort", "salasana",
+                   "lösenord", "adgangskode", "passord")
 ASSIGNED_SECRET = re.compile(
-    rf"(?i:(?:{'|'.join(re.escape(k) for k in SECRET_KEYWORDS)})[\"']?\s*+[:=]\s*+[\"']?)"
-    r"(?P<v>[^\s\"',;]{8,}+)")
+    rf"(?i:(?P<k>{'|'.join(re.escape(k) for k in SECRET_KEYWORDS)})[\"']?(?P<sep>\s*+[:=]|"
+    r"(?:[ \t]+(?:is|ist|est|es|é|:))?[ \t]+)\s*+[\"']?)(?P<v>[^\s\"',;]{8,}+)")
+
+
+def _looks_secret(value: str) -> bool:
+    """After a password word with no `=` or `:` ("Passwort Kessler!2024bau"), or after the
+    short "pass", only what looks made up counts: a digit or a symbol beside letters, so
+    "password protection" and "pass: everything" are prose."""
+    return any(ch.isdigit() for ch in value) or not value.isalpha()
 
 
 def _word_starts(lowered: str, words: tuple[str, ...]) -> list[int]:
@@ -157,8 +167,8 @@ CARD = re.compile(r"(?<![\d-])(?:\d(?:[ ./-] ?)?){11,18}\d(?![\d-])")
 NRB = re.compile(r"(?<![\d-])\d{2}(?: ?\d{4}){6}(?![\d-])")
 SSN = re.compile(r"(?<![\d-])\d{3}[- ]\d{2}[- ]\d{4}(?![\d-])")
 IPV4 = re.compile(r"(?<![\w.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?!\w|\.\d)")
-PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{1,5}(?:[\s.-]?\d{2,5}){0,5}"
+PHONE = re.compile(  # on one line: a status code and a timestamp below it are not a number
+    r"(?<![\w+])(?:\+\d{1,3}[ \t.-]?)?(?:\(\d{1,4}\)[ \t.-]?)?\d{1,5}(?:[ \t.-]?\d{2,5}){0,5}"
     r"(?:\s*(?:x|ext\.?)\s*\d{1,6})?(?![\w])")
 
 Match = tuple[int, int, str, float]
@@ -203,7 +213,9 @@ def _secrets(text: str) -> Iterator[Match]:
     for at in _word_starts(lowered, SECRET_KEYWORDS):  # another start
         if at < consumed:
             continue
-        if m := ASSIGNED_SECRET.match(text, at):
+        if (m := ASSIGNED_SECRET.match(text, at)) and (_looks_secret(m.group("v")) or (
+                m.group("sep").strip() and (m.group("k").casefold() != "pass"
+                                            or text[at - 1:at] in ("_", "-", ".")))):
             consumed = m.end("v")
             yield m.start("v"), m.end("v"), "SECRET", 0.95
     for regex, triggers in SECRETS:
@@ -237,11 +249,24 @@ NAME_CUES = (
     "hi", "hello", "hey", "sincerely", "regards", "mr", "mrs", "ms", "mx", "miss", "dr", "prof",
     "sir", "patient", "customer", "client", "employee", "colleague", "manager", "wife",
     "husband", "son", "daughter", "kid", "child", "mother", "father", "mom", "dad", "brother",
-    "sister", "friend", "partner", "boss",
+    "sister", "friend", "partner", "boss", "name", "witness", "passenger", "guest", "tenant",
+    "requester", "applicant",
+    # other languages: "Meu nome é", "Frau", "Monsieur", "Sr.", "Beste mevrouw", …
+    "nome", "nom", "nombre", "naam", "meu nome é", "mi nombre es", "me llamo", "je m'appelle",
+    "ich heiße", "mein name ist", "mijn naam is", "mi chiamo", "frau", "herr", "monsieur",
+    "madame", "mademoiselle", "mme", "mlle", "sr", "sra", "srta", "señor", "señora", "don",
+    "doña", "dott", "dott.ssa", "signor", "signora", "sig", "sig.ra", "mevrouw", "meneer",
+    "dhr", "mevr", "pan", "pani", "cliente", "paciente", "paziente", "patientin", "kunde",
+    "kundin", "mitarbeiter", "medewerker", "empleado", "cordialement", "saludos", "grüße",
+    "groeten", "cumprimentos", "atenciosamente", "distinti saluti",
 )
+# After these a name may be written in lower case ("my name is borna jerković").
+LOWERCASE_CUES = ("my name", "real name", "his name", "her name", "their name", "nome é",
+                  "nombre es", "me llamo", "je m'appelle", "ich heiße", "mein name",
+                  "mijn naam", "mi chiamo")
 # Anchored at a cue found by str.find: the cue (whole word), optional "." or ",", the name.
 NAME_AFTER_CUE = re.compile(
-    rf"(?i:(?:{'|'.join(re.escape(c) for c in NAME_CUES)})\b)\.?,?[ \t]+"
+    rf"(?i:(?:{'|'.join(re.escape(c) for c in NAME_CUES)})\b)\.?[,:]?[ \t]+"
     rf"(?P<v>{_WORD}(?:[ \t]+{_WORD}){{0,2}})")
 WORD = re.compile(r"\S+")
 NOT_NAMES = frozenset({
@@ -253,7 +278,11 @@ NOT_NAMES = frozenset({
     "but", "because", "although", "though", "however", "also", "too", "now", "then", "if",
     "when", "as", "was", "has", "had", "will", "would", "can", "could", "please", "thanks",
 })
-STRONG_CUES = ("name", "i am", "i'm", "dear", "mr", "mrs", "ms", "mx", "miss", "dr", "prof")
+TITLES = frozenset({"mr", "mrs", "ms", "mx", "miss", "dr", "prof", "sir", "herr", "frau",
+                    "mme", "monsieur", "madame"})
+STRONG_CUES = ("name", "i am", "i'm", "dear", "mr", "mrs", "ms", "mx", "miss", "dr", "prof",
+               "nome", "nombre", "naam", "frau", "herr", "monsieur", "madame", "mme", "sr",
+               "señor", "señora", "signor", "signora", "mevrouw", "meneer")
 
 
 # A weak cue: "by" + at least two capitalised words ("a song by Szabina Gelencsér").
@@ -276,10 +305,13 @@ def _names(text: str) -> Iterator[Match]:
         if at < consumed or not (m := pattern.match(text, at)):
             continue
         # "my name is borna jerković": after a cue that says a name follows, case is no sign
-        lowercase_ok = "my name" in text[m.start():m.start("v")].casefold()
-        words = []
+        cue = text[m.start():m.start("v")].casefold()
+        lowercase_ok = any(c in cue for c in LOWERCASE_CUES)
+        words: list[re.Match[str]] = []
         for word in WORD.finditer(m.group("v")):
             bare = word.group().rstrip(".")
+            if not words and bare.casefold() in TITLES:
+                break  # "Dear Mr. Lee": the title is a cue of its own, found next
             if bare.casefold() in NOT_NAMES or not (bare[:1].isupper() or (
                     lowercase_ok and bare.casefold() not in COMMON_WORDS)):
                 break
@@ -293,6 +325,26 @@ def _names(text: str) -> Iterator[Match]:
         consumed = end
         cue = text[m.start():start].casefold()
         yield start, end, "PERSON", 0.9 if any(c in cue for c in STRONG_CUES) else 0.6
+
+
+# A speaker in a pasted chat log: "[09:33] marco: ..." or "Anja Wolf 10:08: ...", at a line's
+# start; a role ("User", "Agent") is not a name.
+_HANDLE = r"[^\W\d_][\w.'\u2019-]{1,20}+"
+SPEAKER = re.compile(
+    rf"(?m)^(?:\[[^\]\n]{{1,25}}\][ \t]*(?P<a>{_HANDLE}(?:[ \t]{_HANDLE})?):[ \t]"
+    rf"|(?P<b>{_HANDLE}(?:[ \t]{_HANDLE})?)[ \t]+\d{{1,2}}:\d{{2}}(?::\d{{2}})?:[ \t])")
+ROLES = frozenset({"user", "agent", "assistant", "system", "bot", "customer", "support",
+                   "admin", "moderator", "mod", "me", "you", "operator", "caller", "client",
+                   "host", "guest", "staff", "team", "helpdesk", "service", "ai", "human"})
+
+
+def _speakers(text: str) -> Iterator[Match]:
+    if "\n" not in text and ":" not in text:
+        return
+    for m in SPEAKER.finditer(text):
+        group = "a" if m.group("a") else "b"
+        if m.group(group).casefold().split()[0] not in ROLES:
+            yield m.start(group), m.end(group), "PERSON", 0.85
 
 
 def _numbers(text: str) -> Iterator[Match]:
@@ -319,5 +371,6 @@ class PatternDetector:
     def detect(self, text: str) -> list[Span]:
         return non_overlapping((Span(start, end, entity, score, self.name)
                                 for family in (_secrets, _words, anywhere, in_context,
-                                               addresses, _numbers, _names)
+                                               addresses, _numbers, _speakers, _names,
+                                               names_in_other_scripts)
                                 for start, end, entity, score in family(text)), len(text))

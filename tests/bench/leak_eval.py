@@ -4,8 +4,9 @@ model received is read back from the demo server. Beside it, in the same run, st
 (every predefined recognizer, the same spaCy model, threshold 0.3) masks the same prompts.
 
     kept          per type, the share of values none of whose words (two characters or more)
-                  reaches the model, in any case; every occurrence counts
-    over-masking  the share of the prompt's other words that the model did not receive
+                  reached the model at any occurrence of the value (what the model received
+                  is aligned with the prompt, character by character)
+    over-masking  the share of the prompt's other words that did not reach the model
 
 Data: tests/bench/data/work_prompts.json, realistic work prompts (support tickets, HR letters,
 CRM exports, configs with credentials, medical notes, multilingual mail, chat logs) written for
@@ -17,6 +18,7 @@ Run: .venv/bin/python tests/bench/leak_eval.py [--shared] [--limit N]
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -38,6 +40,7 @@ SHARED_TYPES = {"EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "GPE": "LOCAT
                 "STREET_ADDRESS": "ADDRESS", "IBAN_CODE": "IBAN", "US_DRIVER_LICENSE":
                 "DRIVING_LICENCE"}
 WORDS = re.compile(r"\w{2,}")
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>|\[REDACTED:[A-Z0-9_]+\]|\[[A-Z0-9_]+:[0-9a-f]+\]")
 
 Record = tuple[str, list[tuple[str, str]]]  # text, [(type, value)]
 
@@ -84,27 +87,49 @@ def presidio_masker() -> object:
     return mask
 
 
+def survived(text: str, seen: str) -> bytearray:
+    """Which characters of `text` reached the model in place: the received text aligned with
+    the prompt (placeholders and masks replace spans; everything else is copied)."""
+    kept = bytearray(len(text))
+    seen = PLACEHOLDER.sub("\uffff", seen)  # a placeholder's letters are not the prompt's
+    matcher = difflib.SequenceMatcher(None, text, seen, autojunk=False)
+    for block in matcher.get_matching_blocks():
+        kept[block.a:block.a + block.size] = b"\x01" * block.size
+    return kept
+
+
 def score(records: list[Record], received: list[str]
           ) -> tuple[dict[str, tuple[int, int]], float]:
-    """Per type (kept, total); and the share of other words lost."""
+    """Per type (kept, total): a value is kept when no word of it (two characters or more)
+    reached the model at any of its occurrences; and the share of the prompt's other words
+    that did not reach it."""
     kept: Counter[str] = Counter()
     total: Counter[str] = Counter()
     lost = plain = 0
     for (text, values), seen in zip(records, received, strict=True):
-        seen_words = Counter(w.casefold() for w in WORDS.findall(seen))
-        pii_words: set[str] = set()
+        arrived = survived(text, seen)
+        pii = bytearray(len(text))
         for kind, value in values:
-            words = {w.casefold() for w in WORDS.findall(value)}
             total[kind] += 1
-            kept[kind] += not words & seen_words.keys()
-            pii_words |= words
-        other = Counter(w.casefold() for w in WORDS.findall(text))
-        for word, count in other.items():
-            if word in pii_words:
-                continue
-            plain += count
-            lost += max(0, count - seen_words.get(word, 0))
+            leaked = False
+            for at in occurrences(text, value):
+                pii[at:at + len(value)] = b"\x01" * len(value)
+                leaked = leaked or any(arrived.find(0, at + w.start(), at + w.end()) == -1
+                                       for w in WORDS.finditer(value))
+            kept[kind] += not leaked
+        for w in WORDS.finditer(text):
+            if pii.find(1, w.start(), w.end()) == -1:
+                plain += 1
+                lost += arrived.find(0, w.start(), w.end()) != -1
     return {k: (kept[k], total[k]) for k in total}, lost / plain if plain else 0.0
+
+
+def occurrences(text: str, value: str) -> list[int]:
+    found, at = [], text.find(value)
+    while at != -1:
+        found.append(at)
+        at = text.find(value, at + 1)
+    return found
 
 
 def main() -> int:

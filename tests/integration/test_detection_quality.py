@@ -66,6 +66,10 @@ TYPES = {
     "UK address": "221B Baker Street, London NW1 6XE",
     "German address": "Hauptstraße 5, 10115 Berlin",
     "Dutch address": "Keizersgracht 123, 1015 CJ Amsterdam",
+    "Chinese name": "我叫王伟",
+    "Korean name": "저는 김민준입니다",
+    "Cyrillic name": "Клиент Иван Петров",
+    "Arabic name": "السيد محمد العلي",
 }
 TYPE_SECRET = {"UK NINO": "AB 12 34 56 C", "NHS number": "943 476 5919",
                "Steuer-ID": "86095742719", "French NIR": "006 084 91", "Dutch BSN": "111222333",
@@ -74,7 +78,8 @@ TYPE_SECRET = {"UK NINO": "AB 12 34 56 C", "NHS number": "943 476 5919",
                "passport": "533401372", "date of birth": "12/03/1985",
                "bank account": "12345678", "medical record": "00123456",
                "US address": "Pennsylvania", "UK address": "Baker", "German address": "Haupt",
-               "Dutch address": "Keizersgracht"}
+               "Dutch address": "Keizersgracht", "Chinese name": "王伟",
+               "Korean name": "김민준", "Cyrillic name": "Петров", "Arabic name": "محمد"}
 
 
 @pytest.fixture(scope="module")

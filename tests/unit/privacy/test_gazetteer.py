@@ -29,6 +29,10 @@ def found(text: str) -> list[tuple[str, str]]:
     ("shipping to KĘDZIERZYN-KOŹLE next week", "KĘDZIERZYN-KOŹLE", "LOCATION"),
     ("flights to New York and Rio de Janeiro", "New York", "LOCATION"),
     ("the Portugal team", "Portugal", "LOCATION"),
+    ("We work with Civic Impulse LLC now", "Civic Impulse LLC", "ORGANIZATION"),
+    ("Climate Corporation agreed", "Climate Corporation", "ORGANIZATION"),
+    ("invoice from Aunt Bertha Inc. today", "Aunt Bertha Inc.", "ORGANIZATION"),
+    ("Ask Evans-Bonilla about it", "Evans-Bonilla", "PERSON"),
 ])
 def test_found(text: str, value: str, entity: str) -> None:
     assert (value, entity) in found(text)
@@ -39,6 +43,7 @@ def test_found(text: str, value: str, entity: str) -> None:
     "We deploy Ruby and Julia services to the University cluster.",
     "adam",  # one lowercase word is not a list of names
     "the cat, the dog and the bird",
+    "The Bank is closed. Contact Support Services today.",
 ])
 def test_ordinary_words_are_not_names_or_places(text: str) -> None:
     assert found(text) == []

@@ -121,3 +121,42 @@ def test_policies_know_every_type_the_builtin_detectors_find() -> None:
 ])
 def test_lowercase_names_after_my_name_is(text: str, names: list[tuple[str, str]]) -> None:
     assert [f for f in found(text) if f[1] == "PERSON"] == names
+
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("REDIS_URL=redis://:q7VmZ2pL9sWx@cache:6379", "q7VmZ2pL9sWx"),
+    ('SMTP_PASS = "vX4#nq8LzR2w"', "vX4#nq8LzR2w"),
+    ("DB_PASS=abcdefghij", "abcdefghij"),
+    ("Passwort Kessler!2024bau bitte", "Kessler!2024bau"),
+    ("mot de passe : Soleil#2024", "Soleil#2024"),
+])
+def test_more_ways_to_write_a_password(text: str, secret: str) -> None:
+    assert (secret, "SECRET") in found(text)
+
+
+@pytest.mark.parametrize("text", ["the password protection is on", "you pass: everything fine"])
+def test_password_words_in_prose_are_not_secrets(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(("text", "address"), [
+    ("Flat 504, Sai Krupa Apartments, 14th Cross Road, Indiranagar, Bengaluru 560038 ok",
+     "Flat 504, Sai Krupa Apartments, 14th Cross Road, Indiranagar, Bengaluru 560038"),
+    ("Plot 22, Road No. 12, Banjara Hills, Hyderabad 500034.",
+     "Plot 22, Road No. 12, Banjara Hills, Hyderabad 500034"),
+    ("Office: 21 Teheran-ro 52-gil, Gangnam-gu, Seoul 06212",
+     "21 Teheran-ro 52-gil, Gangnam-gu, Seoul 06212"),
+    ("上海市浦东新区世纪大道88号26楼", "上海市浦东新区世纪大道88号26楼"),
+    ("Am Wiesengrund 7, 24113 Kiel", "Am Wiesengrund 7, 24113 Kiel"),
+    ("ul. Mokotowska 41/7, 00-551 Warszawa", "ul. Mokotowska 41/7, 00-551 Warszawa"),
+    ("Mariahilfer Straße 101/14, 1060 Wien", "Mariahilfer Straße 101/14, 1060 Wien"),
+    ("Rue Haute 139, 1000 Bruxelles", "Rue Haute 139, 1000 Bruxelles"),
+    ("Avenida de la Constitución 34, 2º izquierda, 41004 Sevilla",
+     "Avenida de la Constitución 34, 2º izquierda, 41004 Sevilla"),
+    ("Rua Augusta, 1508, apto 72, Consolação, São Paulo - SP, 01304-001",
+     "Rua Augusta, 1508, apto 72, Consolação, São Paulo - SP, 01304-001"),
+    ("2210 NW 7th Street, Apt 5, Miami, FL 33125", "2210 NW 7th Street, Apt 5, Miami, FL 33125"),
+])
+def test_more_address_formats_found_whole(text: str, address: str) -> None:
+    assert (address, "ADDRESS") in found(text)
