@@ -36,7 +36,9 @@ bench: $(DEV)
 	$(BIN)/python tests/bench/proxy_overhead.py      # needs wrk (apt-get install wrk)
 	$(BIN)/python tests/bench/proxy_instructions.py  # needs valgrind (apt-get install valgrind)
 	$(BIN)/python tests/bench/pii_eval.py
+	$(BIN)/python tests/bench/leak_eval.py --shared
 	$(BIN)/python tests/bench/detection_latency.py
+	$(BIN)/python tests/bench/detection_throughput.py  # needs wrk
 	$(BIN)/python tests/bench/stream_ttft.py
 	$(BIN)/python tests/bench/attestation_speed.py
 	$(BIN)/python tests/bench/fhe_scoring.py

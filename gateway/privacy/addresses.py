@@ -27,6 +27,8 @@ from collections.abc import Iterator
 
 Match = tuple[int, int, str, float]
 CAP = r"[A-ZÀ-ÞĀ-Ž][\w'\u2019.-]{0,30}+"
+# CAP at a word's start, written letter first so the engine can skip ahead to capitals
+CAP_FIRST = r"[A-ZÀ-ÞĀ-Ž](?<![\w-][A-ZÀ-ÞĀ-Ž])[\w'\u2019.-]{0,30}+"
 CONNECT = (r"(?:de|du|des|la|le|l'|d'|del|della|delle|dei|di|do|da|dos|das|van|von|der|den|"
            r"het|am|an|of|the|y|e|al|el)")
 ORDINAL = r"\d{1,3}(?:st|nd|rd|th)\b"  # "7th Street", "2nd Main Road"
@@ -37,10 +39,10 @@ EN_TYPES = (r"(?i:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|c
             r"chowk|vihar|enclave|crossing)\b\.?")
 UNIT = r"(?:,?[ \t]*(?i:apt|apartment|suite|ste|unit|flat|floor|room|#)\.?[ \t]*[\w-]{1,6})?"
 NUMBER_FIRST = re.compile(
-    rf"(?<![\w/-])\d{{1,5}}[A-Za-z]?(?:[-/]\d{{1,4}}[A-Za-z]?)?,?[ \t]+"
+    rf"[0-9](?<![\w/-][0-9])\d{{0,4}}[A-Za-z]?(?:[-/]\d{{1,4}}[A-Za-z]?)?,?[ \t]+"
     rf"(?:{NAME_WORD}[ \t]+){{1,4}}?{EN_TYPES}(?:[ \t]+(?:NW|NE|SW|SE|N|S|E|W)\b)?{UNIT}")
 FRENCH = re.compile(
-    rf"(?<![\w/-])\d{{1,4}}(?:[ \t]?(?:bis|ter|quater|[A-Za-z])\b)?,?[ \t]+"
+    rf"[0-9](?<![\w/-][0-9])\d{{0,3}}(?:[ \t]?(?:bis|ter|quater|[A-Za-z])\b)?,?[ \t]+"
     rf"(?i:rue|avenue|av\.|boulevard|bd|place|all[ée]e|impasse|quai|chemin|route|cours|"
     rf"passage)[ \t]+(?:{NAME_WORD}[ \t]*){{1,5}}")
 TYPE_FIRST = re.compile(
@@ -51,16 +53,17 @@ TYPE_FIRST = re.compile(
     rf"(?:n[º°o]\.?|n\.º|núm\.?|num\.?)?[ \t]*\d{{1,5}}[A-Za-z]?(?![\d])"
     rf"(?:[ \t]*[-/,][ \t]*\d{{1,4}}[º°ª]?[A-Za-z]?(?![\d]))?")
 SUFFIX = re.compile(
-    r"(?<![\w-])[A-ZÄÖÜ][\w'-]{0,30}?[ \t-]?(?i:straße|strasse|str\.|weg|gasse|platz|allee|"
+    r"[A-ZÄÖÜ](?<![\w-][A-ZÄÖÜ])[\w'-]{0,30}?[ \t-]?(?i:straße|strasse|str\.|weg|gasse|platz|allee|"
     r"ring|damm|ufer|chaussee|pfad|steig|straat|laan|plein|gracht|kade|dijk|singel|hof|"
     r"markt|dreef|gatan|gata|vägen|vagen|veien|vej|gade|katu|tie|polku)[ \t]+\d{1,3}(?!\d)"
     r"(?:/\d{1,4})?[ \t]?[a-zA-Z]?\b")
 # A house, plot or door number first, the street on the lines after it ("No. 17, 4th Street",
 # "Plot 22, Road No. 12, Banjara Hills"), as Indian addresses are written.
-HOUSE_FIRST = re.compile(r"(?<![\w-])(?:No|Plot|House|Door|Flat(?:[ \t]+No)?|Block|Shop)\.?"
-                         r"[ \t]*\d{1,5}[A-Za-z]?(?:/\d{1,4})?(?=[ \t]*,)")
+HOUSE_FIRST = re.compile(r"[NPHDFBS](?<![\w-][NPHDFBS])"
+                         r"(?:o|lot|ouse|oor|lat(?:[ \t]+No)?|lock|hop)\.?[ \t]*\d{1,5}[A-Za-z]?"
+                         r"(?:/\d{1,4})?(?=[ \t]*,)")
 # Korean, romanised: "21 Teheran-ro 52-gil"
-KOREAN = re.compile(r"(?<![\w-])\d{1,4}(?:-\d{1,4})?[ \t]+[A-Z][a-z]+-(?:ro|gil|daero)\b"
+KOREAN = re.compile(r"[0-9](?<![\w-][0-9])\d{0,3}(?:-\d{1,4})?[ \t]+[A-Z][a-z]+-(?:ro|gil|daero)\b"
                     r"(?:[ \t]+\d{1,4}(?:-gil)?)?")
 # Chinese: city and district, then a road, street or lane and a number with 号, floor, room
 CHINESE = re.compile(r"(?:[\u4e00-\u9fff]{2,4}?(?:省|市))?(?:[\u4e00-\u9fff]{2,4}?(?:区|县|镇))?"
@@ -68,28 +71,32 @@ CHINESE = re.compile(r"(?:[\u4e00-\u9fff]{2,4}?(?:省|市))?(?:[\u4e00-\u9fff]{2
                      r"(?:\d{1,3}(?:楼|层|室|单元))*")
 # A flat or suite on its own ("Apt. 117", "Suite 464"): the part of an address that names one
 # household in a building.
-UNIT_ALONE = re.compile(r"(?<![\w-])(?:Apt|Apartment|Suite|Ste|Flat|Unit)\.?[ \t]*#?\d{1,5}"
+UNIT_ALONE = re.compile(r"[ASFU](?<![\w-][ASFU])(?:pt|partment|uite|te|lat|nit)\.?[ \t]*#?\d{1,5}"
                         r"[A-Za-z]?(?![\w-])")
 JAPANESE = re.compile(
-    rf"(?<![\w-])\d{{1,4}}-\d{{1,4}}(?:-\d{{1,4}})?[ \t]+{CAP}"
+    rf"[0-9](?<![\w-][0-9])\d{{0,3}}-\d{{1,4}}(?:-\d{{1,4}})?[ \t]+{CAP}"
     rf"(?:,?[ \t]*{CAP}-(?i:ku|shi|gun|cho|machi)\b)?")
 US_STATES = ("AL|AK|AZ|AR|CA|CO|CT|DE|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|"
              "NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|DC|PR")
 STRONG_POSTCODES = (
-    re.compile(r"(?<![A-Za-z0-9])[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2}"
+    re.compile(r"[A-PR-UWYZ](?<![A-Za-z0-9][A-PR-UWYZ])[A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2}"
                r"(?![A-Za-z0-9])"),  # UK
-    re.compile(rf"(?<![\w-])(?:{CAP}[ \t]+){{0,2}}{CAP},[ \t]*(?:{US_STATES})[ \t]+\d{{5}}"
-               r"(?:-\d{4})?(?!\d)"),  # US
+    US_CITY_STATE_ZIP := re.compile(rf"(?<![\w-])(?:{CAP}[ \t]+){{0,2}}{CAP},[ \t]*"
+                                    rf"(?:{US_STATES})[ \t]+\d{{5}}(?:-\d{{4}})?(?!\d)"),
     re.compile(r"〒[ \t]?\d{3}-\d{4}(?!\d)"),  # Japanese, with its mark
 )
 WEAK_POSTCODES = (
-    re.compile(rf"(?<![\w-])\d{{5}}[ \t]+{CAP}(?:[ \t-]{CAP}){{0,2}}"),  # DE FR ES IT
-    re.compile(rf"(?<![\w-])\d{{4}}[ \t]?[A-Z]{{2}}(?![A-Za-z0-9])(?:[ \t]+{CAP})?"),  # NL
-    re.compile(r"(?<![\w-])\d{5}-\d{3}(?!\d)"),  # BR CEP
-    re.compile(rf"(?<![\w-])\d{{4}}[ \t]+{CAP}(?:[ \t-]{CAP}){{0,2}}"),  # BE AT CH DK NO AU
-    re.compile(rf"(?<![\w-])\d{{2}}-\d{{3}}[ \t]+{CAP}"),  # PL
-    re.compile(rf"(?<![\w-]){CAP},?[ \t]+\d{{3}}-\d{{4}}(?![\d-])"),  # JP, after its city
-    re.compile(rf"(?<![\w-]){CAP}[ \t]*[-\u2013,]?[ \t]*[1-9]\d{{2}} ?\d{{3}}(?![\d-]| \d)"),  # IN
+    re.compile(rf"[0-9](?<![\w-][0-9])\d{{4}}[ \t]+{CAP}(?:[ \t-]{CAP}){{0,2}}"),  # DE FR ES IT
+    # NL
+    re.compile(rf"[0-9](?<![\w-][0-9])\d{{3}}[ \t]?[A-Z]{{2}}(?![A-Za-z0-9])(?:[ \t]+{CAP})?"),
+    re.compile(r"[0-9](?<![\w-][0-9])\d{4}-\d{3}(?!\d)"),  # BR CEP
+    # BE AT CH DK NO AU
+    re.compile(rf"[0-9](?<![\w-][0-9])\d{{3}}[ \t]+{CAP}(?:[ \t-]{CAP}){{0,2}}"),
+    re.compile(rf"[0-9](?<![\w-][0-9])\d{{1}}-\d{{3}}[ \t]+{CAP}"),  # PL
+    # Japanese and Indian, after their city
+    JAPANESE_POSTCODE := re.compile(rf"{CAP_FIRST},?[ \t]+\d{{3}}-\d{{4}}(?![\d-])"),
+    INDIAN_PIN := re.compile(rf"{CAP_FIRST}[ \t]*[-\u2013,]?[ \t]*[1-9]\d{{2}} ?\d{{3}}"
+                             r"(?![\d-]| \d)"),
 )
 STREETS = (NUMBER_FIRST, FRENCH, TYPE_FIRST, SUFFIX, JAPANESE, KOREAN, CHINESE, HOUSE_FIRST,
            UNIT_ALONE)
@@ -112,18 +119,81 @@ ADDRESS_WORDS = ("address", "adresse", "anschrift", "dirección", "direccion", "
                  "code postal", "código postal", "cap ", "住所")
 NEAR = 80  # a weak postcode within this many characters after a street line or address word
 _SEPARATORS = r"[ \t,;\n\u2013-]"
+DIGIT = re.compile(r"\d")
 JOINABLE = re.compile(rf"{_SEPARATORS}{{0,6}}(?:(?:{CAP}|{CONNECT}){_SEPARATORS}{{1,6}}){{0,3}}")
 
 
+# The literal each street form cannot do without (lower case), so a form runs only on a
+# text that has one: most prompts have no "rue", no "-ro", no 号.
+NEEDS: dict[re.Pattern[str], tuple[str, ...]] = {
+    FRENCH: ("rue", "av", "bd", "place", "allée", "allee", "impasse", "quai", "chemin",
+             "route", "cours", "passage"),
+    JAPANESE: ("-",), KOREAN: ("-ro", "-gil", "-daero"), CHINESE: ("号",),
+    HOUSE_FIRST: ("no", "plot", "house", "door", "flat", "block", "shop"),
+    UNIT_ALONE: ("apt", "apartment", "suite", "ste", "flat", "unit"),
+}
+
+
+# And what the postcodes and type-first streets cannot do without, as a cheap expression that
+# starts with a literal or a digit (the engine skips ahead to those at C speed).
+PRECHECK: dict[re.Pattern[str], re.Pattern[str]] = {
+    US_CITY_STATE_ZIP: re.compile(r",[ \t]*[A-Z]{2}[ \t]+[0-9]{5}"),
+    JAPANESE_POSTCODE: re.compile(r"[0-9]{3}-[0-9]{4}"),
+    INDIAN_PIN: re.compile(r"[0-9]{3} ?[0-9]{3}"),
+    TYPE_FIRST: re.compile("|".join(re.escape(w) for w in (
+        "Calle", "C/", "Av", "Plaza", "Paseo", "Camino", "Carrer", "Carretera", "Ronda",
+        "Travesía", "Via", "Piazza", "Corso", "Largo", "Vicolo", "Strada", "Rua", "Travessa",
+        "Alameda", "Praça", "Rodovia", "Estrada", "Rue", "Chaussée", "ul.", "al.", "pl.", "Am ",
+        "Im ", "An der", "In der", "Auf d", "Zum", "Zur"))),
+}
+
+
+def _runs(regex: re.Pattern[str], text: str, lowered: str) -> bool:
+    needs = NEEDS.get(regex)
+    if needs is not None and not any(word in lowered for word in needs):
+        return False
+    precheck = PRECHECK.get(regex)
+    return precheck is None or precheck.search(text) is not None
+
+
+SUFFIX_WORDS = ("straße", "strasse", "str.", "weg", "gasse", "platz", "allee", "ring", "damm",
+                "ufer", "chaussee", "pfad", "steig", "straat", "laan", "plein", "gracht", "kade",
+                "dijk", "singel", "hof", "markt", "dreef", "gatan", "gata", "vägen", "vagen",
+                "veien", "vej", "gade", "katu", "tie", "polku")
+NUMBER_AFTER = re.compile(r"[ \t]+[0-9]")
+
+
+def _suffixed(text: str, lowered: str) -> Iterator[re.Match[str]]:
+    """SUFFIX where a suffix word is followed by a house number, found by str.find and
+    matched in a window there (tried at every capital, the expression costs 10x more)."""
+    starts: set[int] = set()
+    for word in SUFFIX_WORDS:
+        at = lowered.find(word)
+        while at != -1:
+            end = at + len(word)
+            if NUMBER_AFTER.match(text, end):
+                starts.add(max(0, at - 34))
+            at = lowered.find(word, end)
+    for window in sorted(starts):
+        m = SUFFIX.search(text, window, window + 80)
+        if m is not None:
+            yield m
+
+
 def addresses(text: str) -> Iterator[Match]:
-    if not any("0" <= ch <= "9" for ch in text):
+    if DIGIT.search(text) is None:
         return
-    found = sorted((m.start(), _tail(text, m.end())) for regex in STREETS
-                   for m in regex.finditer(text))
-    found += [(m.start(), m.end()) for regex in STRONG_POSTCODES for m in regex.finditer(text)]
-    anchors = [at for span in found for at in span] + _address_words(text.lower())
+    lowered = text.lower()
+    found = sorted({(m.start(), _tail(text, m.end())) for m in _suffixed(text, lowered)} | {
+        (m.start(), _tail(text, m.end())) for regex in STREETS
+        if regex is not SUFFIX and _runs(regex, text, lowered) for m in regex.finditer(text)})
+    found += [(m.start(), m.end()) for regex in STRONG_POSTCODES
+              if _runs(regex, text, lowered) for m in regex.finditer(text)]
+    anchors = [at for span in found for at in span] + _address_words(lowered)
     anchors.sort()
     for regex in WEAK_POSTCODES:
+        if not anchors or not _runs(regex, text, lowered):
+            continue  # a weak postcode counts only near a street or an address word
         for m in regex.finditer(text):
             if _near_before(anchors, m.start()):
                 found.append((m.start(), m.end()))

@@ -37,8 +37,24 @@ SPACES = frozenset(chr(c) for c in range(0x10000)
                    if unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp") and c != 0x20)
 # What may need rewriting: any non-ASCII run, a percent-escape, a numeric character reference.
 SPECIAL = re.compile(r"[^\x00-\x7f]+|%[0-9A-Fa-f]{2}|&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});")
+
+
+def _char_class(chars: frozenset[str]) -> str:
+    """A character class of ranges (a class of hundreds of single characters, astral ones
+    among them, makes the regex engine slow on every character it tries)."""
+    codes = sorted(ord(ch) for ch in chars)
+    ranges: list[tuple[int, int]] = []
+    for code in codes:
+        if ranges and code == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                   for a, b in ranges)
+
+
 NEEDS_WORK = re.compile(
-    f"[{''.join(re.escape(ch) for ch in sorted(INVISIBLE))}]|%[0-9A-Fa-f]{{2}}|&#")
+    f"[{_char_class(INVISIBLE)}{_char_class(SPACES)}]|%[0-9A-Fa-f]{{2}}|&#")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +97,7 @@ class Reading:
 def reading(text: str) -> Reading:
     """The reading form of `text` (the text itself when nothing needs rewriting)."""
     if (text.isascii() and "%" not in text and "&#" not in text) or (
-            unicodedata.is_normalized("NFKC", text) and not _has_spaces(text)
-            and NEEDS_WORK.search(text) is None):
+            unicodedata.is_normalized("NFKC", text) and NEEDS_WORK.search(text) is None):
         return Reading(text)
     pieces: list[str] = []
     edits: list[tuple[int, int, int, int]] = []
@@ -99,10 +114,6 @@ def reading(text: str) -> Reading:
             copied = at + size
     pieces.append(text[copied:])
     return Reading("".join(pieces), tuple(edits), tuple(edit[0] for edit in edits))
-
-
-def _has_spaces(text: str) -> bool:
-    return any(ch in SPACES for ch in text) if not text.isascii() else False
 
 
 def _rewrites(m: re.Match[str]) -> list[tuple[int, int, str]]:
