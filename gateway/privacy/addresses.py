@@ -126,17 +126,18 @@ JOINABLE = re.compile(rf"{_SEPARATORS}{{0,6}}(?:(?:{CAP}|{CONNECT}){_SEPARATORS}
 # The literal each street form cannot do without (lower case), so a form runs only on a
 # text that has one: most prompts have no "rue", no "-ro", no 号.
 NEEDS: dict[re.Pattern[str], tuple[str, ...]] = {
-    FRENCH: ("rue", "av", "bd", "place", "allée", "allee", "impasse", "quai", "chemin",
-             "route", "cours", "passage"),
-    JAPANESE: ("-",), KOREAN: ("-ro", "-gil", "-daero"), CHINESE: ("号",),
-    HOUSE_FIRST: ("no", "plot", "house", "door", "flat", "block", "shop"),
-    UNIT_ALONE: ("apt", "apartment", "suite", "ste", "flat", "unit"),
+    FRENCH: ("rue ", "avenue ", "av. ", "bd ", "boulevard ", "place ", "allée ", "allee ",
+             "impasse ", "quai ", "chemin ", "route ", "cours ", "passage "),
+    KOREAN: ("-ro", "-gil", "-daero"), CHINESE: ("号",),
 }
 
 
 # And what the postcodes and type-first streets cannot do without, as a cheap expression that
 # starts with a literal or a digit (the engine skips ahead to those at C speed).
 PRECHECK: dict[re.Pattern[str], re.Pattern[str]] = {
+    JAPANESE: re.compile(r"[0-9]-[0-9]{1,4}(?:-[0-9]{1,4})?[ \t]+[A-Z]"),
+    HOUSE_FIRST: re.compile(r"(?:No|Plot|House|Door|Flat|Block|Shop)\.?[ \t]*[0-9]"),
+    UNIT_ALONE: re.compile(r"(?:Apt|Apartment|Suite|Ste|Flat|Unit)\.?[ \t]*#?[0-9]"),
     US_CITY_STATE_ZIP: re.compile(r",[ \t]*[A-Z]{2}[ \t]+[0-9]{5}"),
     JAPANESE_POSTCODE: re.compile(r"[0-9]{3}-[0-9]{4}"),
     INDIAN_PIN: re.compile(r"[0-9]{3} ?[0-9]{3}"),

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from gateway.privacy.words import lacks_first_word
+
 Match = tuple[int, int, str, float]
 CONTEXT_WINDOW = 48  # characters before a value in which a naming word counts
 
@@ -251,6 +253,8 @@ def in_context(text: str) -> Iterator[Match]:
     lowered = text.lower()
     for entity, words, regex, check in IN_CONTEXT:
         for word in words:
+            if lacks_first_word(lowered, word):
+                continue
             at = lowered.find(word)
             while at != -1:
                 after = at + len(word)

@@ -14,6 +14,7 @@ from gateway.privacy.identifiers import IDENTIFIERS, anywhere, in_context
 from gateway.privacy.masker import COMMON_WORDS
 from gateway.privacy.scripts import names_in_other_scripts
 from gateway.privacy.spans import Span, non_overlapping
+from gateway.privacy.words import lacks_first_word
 
 Validator = Callable[[str], bool]
 
@@ -137,9 +138,12 @@ def _looks_secret(value: str) -> bool:
 
 
 def _word_starts(lowered: str, words: tuple[str, ...]) -> list[int]:
-    """Where any of `words` starts a word, found by str.find (C speed, no regex)."""
+    """Where any of `words` starts a word, found by str.find (C speed, no regex); a phrase
+    whose first word the text does not have is not looked for at all."""
     starts: set[int] = set()
     for word in words:
+        if lacks_first_word(lowered, word):
+            continue
         at = lowered.find(word)
         while at != -1:
             if at == 0 or not lowered[at - 1].isalnum():

@@ -107,8 +107,9 @@ class PresidioDetector:
                                                                   batch_size=PIPE_BATCH):
             results = analyzer.analyze(text=text, language="en", entities=entities,
                                        nlp_artifacts=artifacts)
+            foreign = not_english(text)
             out.append([span for r in results if r.end > r.start
-                        and (span := _tidied(text, Span(
+                        and (span := _tidied(text, foreign, Span(
                             r.start, r.end, "PERSON" if r.entity_type == "ORGANIZATION"
                             and _person_not_org(text[r.start:r.end]) else r.entity_type,
                             float(r.score), self.name))) is not None])
@@ -120,21 +121,51 @@ TITLES = frozenset({"mr", "mrs", "ms", "mx", "miss", "dr", "prof", "sir", "herr"
                     "dott.ssa", "sig", "sig.ra", "dhr", "mevr", "pan", "pani"})
 
 
-def _tidied(text: str, span: Span) -> Span | None:
+# Words that mark a text as written in another language (none of them an English word).
+FOREIGN_WORDS = frozenset("""
+    der die das und ist nicht ich sie wir mit für auf dem des ein eine einen von im bitte sehr
+    wird wurde auch nach bei oder le les et est pas je vous nous avec pour sur une du au aux
+    cette dans qui los las yo usted con para por una del que muy het een niet ik wij voor van
+    dat il lo gli è non io lei per della che di você uma não em się nie jest że od po jak
+    """.split())  # noqa: SIM905 (a word list reads best as words)
+ENGLISH_WORDS = frozenset("""
+    the and is are not you we with for on of to an in that this it be have was will would
+    can please our your from at by as or if but
+    """.split())  # noqa: SIM905
+WORDS = re.compile(r"[^\W\d_]+")
+
+
+def not_english(text: str) -> bool:
+    """Whether most function words of the text are another language's: there the English
+    model calls capitalised nouns ("Bitte", "Wohnung", "Betreff") names."""
+    foreign = english = 0
+    for word in WORDS.finditer(text):
+        folded = word.group().casefold()
+        foreign += folded in FOREIGN_WORDS
+        english += folded in ENGLISH_WORDS
+    return foreign >= 5 and foreign > 2 * english
+
+
+def _tidied(text: str, foreign: bool, span: Span) -> Span | None:
     """What the small English model gets wrong in a way a rule can see: a name does not run
-    onto the next line ("Arjun Mehta\nMobile"), a title is not part of it ("Herr Demir"), and
-    a finding without a capital letter is prose of another language ("de receptie van ons"),
-    where one with a particle is a name ("de Vries")."""
+    onto the next line ("Arjun Mehta\nMobile"), a title is not part of it ("Herr Demir"), a
+    finding without a capital letter is prose of another language ("de receptie van ons"),
+    where one with a particle is a name ("de Vries"); and in a text of another language a
+    single capitalised word is a noun far more often than a name (names there are found by
+    their cues, the gazetteer and their other occurrences)."""
     start, end = span.start, span.end
     line_end = text.find("\n", start, end)
     if line_end != -1:
         end = line_end
     first = TITLE_WORD.match(text, start, end)
-    if span.entity == "PERSON" and first and first.group(1).casefold() in TITLES:
+    titled = span.entity == "PERSON" and first is not None and first.group(1).casefold() in TITLES
+    if titled and first is not None:
         start = first.end()
     value = text[start:end].rstrip(" ,.;:")
     if not any(word[:1].isupper() for word in value.split()):
         return None  # no capital at all: prose of another language, not a name
+    if foreign and not titled and span.entity in ("PERSON", "ORGANIZATION") and " " not in value:
+        return None
     return Span(start, start + len(value), span.entity, span.score, span.detector)
 
 
