@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.api import ENDPOINTS
 from gateway.attestation.levels import TrustLevel
@@ -27,6 +27,7 @@ from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.inspection import Inspector
 from gateway.observability.audit import AuditTrail
+from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.plugins import plugin_entities
@@ -40,6 +41,8 @@ from gateway.proxy.router import Router
 from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
 from gateway.resources import Resources, model_object
 from gateway.settings import Settings
+
+log = get_logger("veil.server")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,9 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_page, name="metrics")
+    app.on_response_prepare.append(_server_header)
+    app.on_shutdown.append(_stopping)
+    app.cleanup_ctx.append(_stopped)
     app.cleanup_ctx.append(_metrics_sync)
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_detectors)
@@ -147,6 +153,21 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_attestation)
     app.cleanup_ctx.append(_audit_trail)
     return app
+
+
+async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+    """Our name only: aiohttp's default names Python's and its own versions, which tell an
+    attacker which advisories to try."""
+    response.headers[hdrs.SERVER] = "veil"
+
+
+async def _stopping(_: web.Application) -> None:
+    log.info("stopping")  # no new connections from here; requests in flight finish
+
+
+async def _stopped(_: web.Application) -> AsyncIterator[None]:
+    yield
+    log.info("stopped")  # the last line a worker writes: every resource is closed
 
 
 async def _audit_trail(app: web.Application) -> AsyncIterator[None]:

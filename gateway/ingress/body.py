@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.api.structure import MAX_DEPTH as MAX_NESTING
 from gateway.errors import InvalidRequest, PayloadTooLarge
 
 READ_CHUNK = 64 * 1024
@@ -42,7 +43,25 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise _decode_error(raw, exc) from None
     if not isinstance(data, dict):
         raise InvalidRequest("Request body must be a JSON object.", code="invalid_json")
+    if raw.count(b"{") + raw.count(b"[") > MAX_NESTING and _deeper_than(data, MAX_NESTING):
+        raise InvalidRequest(f"Request body nests deeper than {MAX_NESTING} levels.",
+                             code="too_deep")
     return data
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether any value sits more than `limit` containers deep, found without recursion
+    (the parser accepts 1,024 levels; re-serialising and walking such a body would fail
+    later, as a 500, after work was spent on it)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
 
 
 def _decode_error(raw: bytes, exc: orjson.JSONDecodeError) -> InvalidRequest:

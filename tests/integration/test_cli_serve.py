@@ -96,6 +96,8 @@ def test_workers_share_the_port_and_metrics(served: tuple[str, subprocess.Popen[
     assert len(pids) == 2
     served_by = {line["pid"] for line in lines if line["event"] == "request"}
     assert served_by == pids  # 40 fresh connections: both workers took some
+    for event in ("stopping", "stopped"):  # each worker says it is going, then that it went
+        assert {line["pid"] for line in lines if line["event"] == event} == pids
 
 
 def test_sighup_reloads_every_worker(served: tuple[str, subprocess.Popen[str]],

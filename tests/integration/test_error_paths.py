@@ -198,3 +198,50 @@ def test_secret_looking_request_id_is_replaced(gateway: ServerThread) -> None:
     r = post(gateway, {"model": "test-model", "messages": [{"role": "user", "content": "x"}]},
              headers={**AUTH, "X-Request-ID": key})
     assert r.headers["X-Request-ID"].startswith("req_")
+
+
+def nested(depth: int) -> str:
+    """JSON text `depth` containers deep (objects and arrays in turn), written out directly:
+    Python's own encoder gives up near 1,000 levels."""
+    opening = "".join('{"k":' if i % 2 == 0 else "[" for i in range(depth))
+    closing = "".join("}" if i % 2 == 0 else "]" for i in reversed(range(depth)))
+    return opening + '"x"' + closing
+
+
+@pytest.mark.parametrize("depth", [65, 256, 1000])
+@pytest.mark.parametrize("place", ["metadata", "tool_parameters", "unknown_field",
+                                   "response_format"])
+def test_deep_nesting_is_refused_at_parse_time_naming_the_limit(
+        gateway: ServerThread, place: str, depth: int) -> None:
+    deep = nested(depth)
+    where = {
+        "metadata": f'"metadata": {{"k": {deep}}}',
+        "tool_parameters": f'"tools": [{{"type": "function", "function": {{"name": "f", '
+                           f'"parameters": {deep}}}}}]',
+        "response_format": f'"response_format": {{"type": "json_schema", "json_schema": '
+                           f'{{"name": "s", "schema": {deep}}}}}',
+        "unknown_field": f'"extra_thing": {deep}',
+    }[place]
+    raw = ('{"model": "test-model", "messages": [{"role": "user", "content": "hi"}], '
+           + where + "}")
+    r = post(gateway, raw.encode())
+    error = assert_envelope(r, 400, "too_deep")
+    assert "64 levels" in str(error["message"])
+
+
+def test_nesting_within_the_limit_is_accepted(gateway: ServerThread) -> None:
+    raw = ('{"model": "test-model", "messages": [{"role": "user", "content": "hi"}], '
+           f'"metadata": {{"k": "v"}}, "extra_thing": {nested(40)}}}')
+    assert post(gateway, raw.encode()).status_code == 200
+
+
+def test_server_header_names_no_versions(gateway: ServerThread) -> None:
+    answers = [httpx.get(gateway.url + "/healthz"), httpx.get(gateway.url + "/nope"),
+               post(gateway, b"{bad"), post(gateway, {"model": "test-model", "messages": [
+                   {"role": "user", "content": "hi"}]})]
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", headers=AUTH, json={
+            "model": "test-model", "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as streamed:
+        answers.append(streamed)
+    for answer in answers:
+        assert answer.headers["Server"] == "veil"
