@@ -13,6 +13,7 @@ The others never reach a client as they are; the tree says what each becomes.
     │   ├── MethodNotAllowed           405 invalid_request_error
     │   ├── RequestTimeout             408 invalid_request_error  (body not received in time)
     │   ├── PayloadTooLarge            413 invalid_request_error
+    │   ├── UnsupportedMediaType       415 invalid_request_error  (a body that is not JSON)
     │   ├── RateLimited                429 rate_limit_error       (carries Retry-After)
     │   ├── UpstreamFailed             502 upstream_error         (every backend refused or broke)
     │   ├── ServiceUnavailable         503 service_unavailable
@@ -142,6 +143,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     error_type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
 
 
 class RateLimited(GatewayError):

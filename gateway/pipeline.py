@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.api import ApiRequest, Endpoint
 from gateway.api.replies import StreamRestore, restore_body
-from gateway.errors import InvalidRequest, RequestTimeout
+from gateway.errors import InvalidRequest, RequestTimeout, UnsupportedMediaType
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
@@ -52,6 +52,7 @@ class Pipeline:
         # declared structure (types, vocabularies, every piece of data found), vetted headers
         caller = self.authenticator.admit(request)
         facts.admitted(caller.tenant)
+        _require_json(request)
         raw = await self._body(request)
         api_request = await off_loop_if_big(len(raw), self._parse, endpoint, raw,
                                             request.headers)
@@ -172,6 +173,15 @@ def _holding(backends: list[BackendSettings], stored: StoredResponse) -> list[Ba
 
 def _stores(api_request: ApiRequest) -> bool:
     return api_request.endpoint.keeps_state and api_request.body.get("store") is not False
+
+
+def _require_json(request: web.Request) -> None:
+    """Every body this gateway reads is JSON: one sent as something else (a form, plain text,
+    nothing) was not meant for it, or is meant to slip past a parser that trusts the type."""
+    kind = request.content_type  # aiohttp: application/octet-stream when none was sent
+    if kind != "application/json" and not (kind.startswith("application/")
+                                            and kind.endswith("+json")):
+        raise UnsupportedMediaType("Content-Type must be application/json.")
 
 
 def _reply_id(body: object) -> str | None:

@@ -42,7 +42,7 @@ def test_missing_and_wrong_key_401(gateway: ServerThread) -> None:
 
 def test_x_api_key_header_is_accepted(gateway: ServerThread) -> None:
     r = post(gateway, {"model": "test-model", "messages": [{"role": "user", "content": "a"}]},
-             headers={"x-api-key": TEST_KEY})
+             headers={"x-api-key": TEST_KEY, "Content-Type": "application/json"})
     assert r.status_code == 200
 
 
@@ -245,3 +245,24 @@ def test_server_header_names_no_versions(gateway: ServerThread) -> None:
         answers.append(streamed)
     for answer in answers:
         assert answer.headers["Server"] == "veil"
+
+
+CHAT = {"model": "test-model", "messages": [{"role": "user", "content": CANARY}]}
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain",
+                                          "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonp"])
+def test_a_body_not_declared_json_is_415(gateway: ServerThread, content_type: str | None
+                                         ) -> None:
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    assert_envelope(post(gateway, CHAT, headers=headers), 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON", "application/vnd.api+json"])
+def test_json_content_types_are_accepted(gateway: ServerThread, content_type: str) -> None:
+    headers = {"Authorization": f"Bearer {TEST_KEY}", "Content-Type": content_type}
+    assert post(gateway, CHAT, headers=headers).status_code == 200
