@@ -13,11 +13,18 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from gateway.api import ApiRequest
 from gateway.api.sse import SSEDecoder, SSEEvent
-from gateway.errors import BodyTooLarge, SSEError, StreamFormatError, UpstreamFailed
+from gateway.errors import (
+    BodyTooLarge,
+    SSEError,
+    StreamFormatError,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from gateway.observability.logging import get_logger
 from gateway.offload import off_loop_if_big
 from gateway.streams import read_at_most
@@ -33,10 +40,14 @@ def _client_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
 
 async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
                      transform: Callable[[bytes], bytes] | None = None) -> web.Response:
-    """Read the whole upstream body (bounded), transform it (restore), answer with it."""
+    """Read the whole upstream body (bounded), check that a successful one is JSON,
+    transform it (restore), answer with it."""
     try:
         body = await _read_bounded(upstream, limit)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except TimeoutError as exc:  # before ClientError: aiohttp's read timeout is both
+        upstream.close()
+        raise UpstreamTimeout("Upstream stopped sending the response (read timeout).") from exc
+    except aiohttp.ClientError as exc:
         upstream.close()
         raise UpstreamFailed("Upstream connection broke while sending the response.",
                              code="upstream_interrupted") from exc
@@ -44,10 +55,22 @@ async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
         upstream.close()
         raise
     upstream.release()  # fully read: the connection goes back to the pool
+    if upstream.status < 300 and not await off_loop_if_big(len(body), _is_json, body):
+        # A cut-short or garbled reply would reach the client as a 200 it cannot parse.
+        raise UpstreamFailed("Upstream sent a reply that is not valid JSON (it may have been "
+                             "cut short).", code="upstream_invalid_reply")
     if transform is not None:
         body = await off_loop_if_big(len(body), transform, body)
     # (X-Request-ID and the policy digest are added by the request middleware.)
     return web.Response(status=upstream.status, body=body, headers=_client_headers(upstream))
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -41,6 +41,14 @@ class FaultyUpstream:
         if self.mode == "slow":
             await asyncio.sleep(self.delay)
             return web.json_response({"late": True})
+        if self.mode in ("truncated_json", "stall_body"):
+            reply = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await reply.prepare(request)
+            await reply.write(b'{"id": "chatcmpl-1", "object": "chat.completion", "choi')
+            if self.mode == "stall_body":
+                await asyncio.sleep(self.delay)  # headers sent, the body stops coming
+            await reply.write_eof()  # a complete HTTP message holding half a JSON document
+            return reply
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(sse(CHUNK))

@@ -137,3 +137,27 @@ def test_client_disconnect_cancels_upstream() -> None:
             next(lines)
         # the client hung up; the gateway must close the upstream connection promptly
         assert endless.disconnected.wait(5)
+
+
+def test_truncated_json_reply_is_502_not_a_200_the_client_cannot_parse() -> None:
+    truncated = FaultyUpstream("truncated_json")
+    with ServerThread(truncated.app()) as bad:
+        with gateway_for(settings_for([backend("cut", bad.url)])) as gw:
+            r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.status_code == 502
+    error = r.json()["error"]
+    assert error["code"] == "upstream_invalid_reply"
+    assert error["request_id"] == r.headers["X-Request-ID"]
+    assert "chatcmpl" not in r.text  # the broken reply itself is not passed on
+
+
+def test_body_that_stops_coming_is_504_not_a_broken_connection() -> None:
+    stalling = FaultyUpstream("stall_body", delay=3)
+    with ServerThread(stalling.app()) as bad:
+        settings = settings_for([backend("stall", bad.url, read_timeout_s=0.3)])
+        with gateway_for(settings) as gw:
+            started = time.monotonic()
+            r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.status_code == 504
+    assert r.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 2.5
