@@ -141,9 +141,9 @@ def test_client_disconnect_cancels_upstream() -> None:
 
 def test_truncated_json_reply_is_502_not_a_200_the_client_cannot_parse() -> None:
     truncated = FaultyUpstream("truncated_json")
-    with ServerThread(truncated.app()) as bad:
-        with gateway_for(settings_for([backend("cut", bad.url)])) as gw:
-            r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
+    with ServerThread(truncated.app()) as bad, \
+            gateway_for(settings_for([backend("cut", bad.url)])) as gw:
+        r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert r.status_code == 502
     error = r.json()["error"]
     assert error["code"] == "upstream_invalid_reply"
