@@ -25,6 +25,8 @@ import bisect
 import re
 from collections.abc import Iterator
 
+from gateway.privacy.words import lowered as lower
+
 Match = tuple[int, int, str, float]
 CAP = r"[A-ZÀ-ÞĀ-Ž][\w'\u2019.-]{0,30}+"
 # CAP at a word's start, written letter first so the engine can skip ahead to capitals
@@ -184,7 +186,7 @@ def _suffixed(text: str, lowered: str) -> Iterator[re.Match[str]]:
 def addresses(text: str) -> Iterator[Match]:
     if DIGIT.search(text) is None:
         return
-    lowered = text.lower()
+    lowered = lower(text)
     found = sorted({(m.start(), _tail(text, m.end())) for m in _suffixed(text, lowered)} | {
         (m.start(), _tail(text, m.end())) for regex in STREETS
         if regex is not SUFFIX and _runs(regex, text, lowered) for m in regex.finditer(text)})

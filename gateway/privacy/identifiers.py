@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 
 from gateway.privacy.words import lacks_first_word
+from gateway.privacy.words import lowered as lower
 
 Match = tuple[int, int, str, float]
 CONTEXT_WINDOW = 48  # characters before a value in which a naming word counts
@@ -250,7 +251,7 @@ def anywhere(text: str) -> Iterator[Match]:
 def in_context(text: str) -> Iterator[Match]:
     """Values right after a word that names them ("DOB: 12/03/1985", "MRN 00123456"): each
     naming word found by str.find, one bounded match there."""
-    lowered = text.lower()
+    lowered = lower(text)
     for entity, words, regex, check in IN_CONTEXT:
         for word in words:
             if lacks_first_word(lowered, word):

@@ -15,6 +15,7 @@ from gateway.privacy.masker import COMMON_WORDS
 from gateway.privacy.scripts import names_in_other_scripts
 from gateway.privacy.spans import Span, non_overlapping
 from gateway.privacy.words import lacks_first_word
+from gateway.privacy.words import lowered as lower
 
 Validator = Callable[[str], bool]
 
@@ -210,7 +211,7 @@ def _pem_end(text: str, at: int) -> int | None:
 
 
 def _secrets(text: str) -> Iterator[Match]:
-    lowered = text.lower()
+    lowered = lower(text)
     if "private key-----" in lowered:
         yield from _pem_blocks(text)
     consumed = 0  # `password=password=...`: a keyword inside a value already found is not
@@ -296,7 +297,7 @@ BY_NAME = re.compile(rf"(?i:\bby\b):?[ \t]+(?P<v>{_WORD}(?:[ \t]+{_WORD}){{1,2}}
 def _cue_starts(text: str) -> Iterator[tuple[int, re.Pattern[str]]]:
     """Each cue occurrence, found with str.find (C speed), in order, with the name pattern to
     anchor there: one regex attempt per cue instead of an alternation tried everywhere."""
-    lowered = text.lower()
+    lowered = lower(text)
     starts = [(at, NAME_AFTER_CUE) for at in _word_starts(lowered, NAME_CUES)]
     starts += [(at, BY_NAME) for at in _word_starts(lowered, ("by",))]
     starts.sort(key=lambda start: start[0])

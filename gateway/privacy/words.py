@@ -1,6 +1,6 @@
-"""The words of a text, computed once per text however many pattern families ask: a family
-looks for a naming word or a cue only when the text has its first word, which spares most of
-the `str.find` scans on a text that has none of them."""
+"""A text lower-cased and its words, computed once per text however many pattern families
+ask: a family looks for a naming word or a cue only when the text has its first word, which
+spares most of the `str.find` scans on a text that has none of them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import re
 from functools import lru_cache
 
 LETTER_RUN = re.compile(r"[^\W\d_]+")
+
+
+@lru_cache(maxsize=8)
+def lowered(text: str) -> str:
+    """The same string object for every family, so it is lowered and hashed once."""
+    return text.lower()
 
 
 @lru_cache(maxsize=8)
