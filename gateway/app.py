@@ -36,9 +36,14 @@ from gateway.policy.reload import PolicyHolder, run_watcher
 from gateway.privacy.engine import DetectionEngine
 from gateway.privacy.stored import StoredResponses
 from gateway.protect import CompiledSet, compile_set
+from gateway.proxy.balance import Balancer
+from gateway.proxy.budget import RetryBudget
 from gateway.proxy.forward import Forwarder
+from gateway.proxy.health import Health
+from gateway.proxy.probe import run_probes
 from gateway.proxy.router import Router
 from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
+from gateway.readiness import readiness
 from gateway.resources import Resources, model_object
 from gateway.settings import Settings
 
@@ -116,8 +121,14 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                               outbound.scorer_session) if settings.fhe.scorers else None
     stored = StoredResponses(settings.privacy.stored_response_ttl_s,
                              settings.privacy.stored_responses_max)
+    health = Health([b.name for b in settings.backends], settings.routing, metrics)
+    routing = settings.routing
+    forwarder = Forwarder(pool, metrics, attestation, health=health,
+                          balancer=Balancer(routing, health),
+                          budget=RetryBudget(routing.retry_budget_ratio,
+                                             routing.retry_budget_min_per_s))
     pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),
-                        router, Forwarder(pool, metrics, attestation), metrics, stored)
+                        router, forwarder, metrics, stored)
     resources = Resources(pipeline)
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
@@ -151,6 +162,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_detectors)
     app.cleanup_ctx.append(_policy_reloads)
     app.cleanup_ctx.append(_attestation)
+    app.cleanup_ctx.append(_health_probes)
     app.cleanup_ctx.append(_audit_trail)
     return app
 
@@ -213,6 +225,16 @@ async def _attestation(app: web.Application) -> AsyncIterator[None]:
     await service.close()
 
 
+async def _health_probes(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    task = asyncio.create_task(run_probes(gateway.settings.backends, gateway.pool,
+                                          gateway.attestation, gateway.pipeline.forwarder.health))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
     """Reload on SIGHUP (where this loop may own signals: the main thread) and on change."""
     policies = app[GATEWAY].policies
@@ -271,9 +293,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    ready = gateway.pool.started and gateway.pipeline.inspector.engine.ready
-    return web.json_response({"status": "ready" if ready else "starting"},
-                             status=200 if ready else 503)
+    detail = readiness(gateway.settings, gateway.pool, gateway.pipeline.inspector.engine,
+                       gateway.policies, gateway.pipeline.forwarder.health)
+    return web.json_response(detail, status=200 if detail["status"] == "ready" else 503)
 
 
 async def metrics_page(request: web.Request) -> web.Response:

@@ -15,12 +15,18 @@ The others never reach a client as they are; the tree says what each becomes.
     │   ├── PayloadTooLarge            413 invalid_request_error
     │   ├── UnsupportedMediaType       415 invalid_request_error  (a body that is not JSON)
     │   ├── RateLimited                429 rate_limit_error       (carries Retry-After)
+    │   │   └── UpstreamRateLimited    429 upstream_rate_limited  (every backend said 429)
+    │   ├── UpstreamRefused            4xx upstream_refused       (the backend's own 4xx, its
+    │   │                                                         words restored for the client)
     │   ├── UpstreamFailed             502 upstream_error         (every backend refused or broke)
     │   ├── ServiceUnavailable         503 service_unavailable
     │   │   ├── Overloaded             503 overloaded             (carries Retry-After)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
     │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
+    │   │   ├── UpstreamBusy           503 upstream_busy          (every backend resting on its
+    │   │   │                                                     Retry-After, or cut off by the
+    │   │   │                                                     retry budget)
     │   │   └── NoAttestedBackend      503 no_attested_backend    (unless it fails open)
     │   └── UpstreamTimeout            504 upstream_timeout
     ├── ConfigError                    a config, policy or cases file is wrong: start-up (or a
@@ -56,10 +62,14 @@ The others never reach a client as they are; the tree says what each becomes.
     └── FactAlreadySet (RuntimeError)  a stage recorded its outcome twice: a bug, 500
 
 Messages are written for the client and for logs alike, so they never contain request content.
+The one exception is an upstream's own words (`UpstreamRefused`, and the last backend's words
+in `UpstreamFailed`), restored for the client like any reply: they go into the client's answer
+only, never into a log line or the audit trail (which record the code).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -72,7 +82,7 @@ class VeilError(Exception):
 class GatewayError(VeilError):
     """Base of every error the gateway answers with its own envelope."""
 
-    status: ClassVar[int] = 500
+    status: int = 500  # a class's answer; UpstreamRefused's instances carry the backend's
     error_type: ClassVar[str] = "api_error"
     default_code: ClassVar[str] = "internal_error"
 
@@ -157,6 +167,29 @@ class RateLimited(GatewayError):
     default_code = "rate_limit_exceeded"
 
 
+class UpstreamRateLimited(RateLimited):
+    default_code = "upstream_rate_limited"
+
+    def __init__(self, wait_s: float) -> None:
+        seconds = max(1, math.ceil(wait_s))
+        super().__init__(f"Every backend for this model is rate limited; retry after {seconds} s.",
+                         headers={"Retry-After": str(seconds)})
+
+
+class UpstreamRefused(GatewayError):
+    """A backend refused the request itself (a 4xx other than 401/403/429): another backend
+    would too, so it is not retried. The status is the backend's."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    default_code = "upstream_refused"
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.status = status
+
+
 class UpstreamFailed(GatewayError):
     status = 502
     error_type = "upstream_error"
@@ -224,6 +257,14 @@ class ScorerFailed(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("The semantic scorer failed; the request was not forwarded.")
+
+
+class UpstreamBusy(ServiceUnavailable):
+    default_code = "upstream_busy"
+
+    def __init__(self, message: str, wait_s: float | None = None) -> None:
+        headers = {"Retry-After": str(max(1, math.ceil(wait_s)))} if wait_s is not None else {}
+        super().__init__(message, headers=headers)
 
 
 class NoAttestedBackend(ServiceUnavailable):

@@ -14,7 +14,13 @@ from aiohttp import web
 
 from gateway.api import ApiRequest, Endpoint
 from gateway.api.replies import StreamRestore, restore_body
-from gateway.errors import InvalidRequest, RequestTimeout, UnsupportedMediaType
+from gateway.errors import (
+    InvalidRequest,
+    RequestTimeout,
+    UnsupportedMediaType,
+    UpstreamFailed,
+    UpstreamTimeout,
+)
 from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
@@ -27,7 +33,7 @@ from gateway.policy.reload import PolicyHolder
 from gateway.privacy.stored import StoredResponse, StoredResponses
 from gateway.privacy.vault import Vault
 from gateway.protect import CompiledSet, admit, protect
-from gateway.proxy.forward import Forwarder
+from gateway.proxy.forward import Forwarder, UpstreamReply
 from gateway.proxy.relay import relay_body, relay_stream
 from gateway.proxy.router import Router
 from gateway.settings import BackendSettings, Settings
@@ -89,7 +95,8 @@ class Pipeline:
                                                     compiled)
 
         # upstream: the gateway's own credentials; fail over before the first byte
-        reply = await self.forwarder.open(api_request, backends, payload, request_id)
+        reply = await self.forwarder.open(api_request, backends, payload, request_id,
+                                          restore=protection.vault.restore)
         facts.sent(Routed(reply.backend.name, self.router.attestation_digest(reply.backend.name),
                           failed_open))
         facts.stage("upstream")
@@ -97,8 +104,7 @@ class Pipeline:
                             backend=reply.backend.name)
 
         # restore: placeholders -> original values, in the body or event by event
-        response, response_id = await self.relay(request, api_request, reply.response,
-                                                 protection.vault,
+        response, response_id = await self.relay(request, api_request, reply, protection.vault,
                                                  stamp={POLICY_HEADER: compiled.digest})
         if response_id is not None and _stores(api_request) and response.status == 200:
             self.stored.remember(response_id, caller.tenant, reply.backend.name,
@@ -106,11 +112,27 @@ class Pipeline:
         facts.stage("relay")
         return response
 
-    async def relay(self, request: web.Request, api_request: ApiRequest,
-                    upstream: aiohttp.ClientResponse, vault: Vault,
-                    stamp: dict[str, str] | None = None) -> tuple[web.StreamResponse, str | None]:
+    async def relay(self, request: web.Request, api_request: ApiRequest, reply: UpstreamReply,
+                    vault: Vault, stamp: dict[str, str] | None = None
+                    ) -> tuple[web.StreamResponse, str | None]:
         """Relay the upstream's answer restored with `vault`; also the id a stateful API gave
-        it (Responses), so it can be read back and continued."""
+        it (Responses), so it can be read back and continued. A reply that breaks while it is
+        read counts against its backend's health; a client that goes away does not."""
+        ok: bool | None = None
+        try:
+            relayed = await self._relay(request, api_request, reply.response, vault, stamp)
+        except (UpstreamFailed, UpstreamTimeout):
+            ok = False
+            raise
+        else:
+            ok = True
+        finally:
+            self.forwarder.finished(reply, ok)
+        return relayed
+
+    async def _relay(self, request: web.Request, api_request: ApiRequest,
+                     upstream: aiohttp.ClientResponse, vault: Vault,
+                     stamp: dict[str, str] | None) -> tuple[web.StreamResponse, str | None]:
         endpoint = api_request.endpoint
         restoring = len(vault) > 0 and endpoint.restores_reply
         observing = restoring or endpoint.keeps_state

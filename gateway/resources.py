@@ -77,11 +77,11 @@ class Resources:
         api_request = ApiRequest(openai.RESPONSES, "", stream, {}, headers=headers)
         path = f"/v1/responses/{response_id}{suffix}" + (f"?{urlencode(query)}" if query else "")
         backend = pipeline.settings.backend(stored.backend)
+        vault = Vault(entries=stored.entries)
         reply = await pipeline.forwarder.open(api_request, [backend], None, request[REQUEST_ID],
-                                              method=method, path=path)
+                                              method=method, path=path, restore=vault.restore)
         facts.sent(Routed(backend.name, pipeline.router.attestation_digest(backend.name)))
-        response, _ = await pipeline.relay(request, api_request, reply.response,
-                                           Vault(entries=stored.entries))
+        response, _ = await pipeline.relay(request, api_request, reply, vault)
         return response
 
     def _owned(self, response_id: str, tenant: str) -> StoredResponse:

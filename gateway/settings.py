@@ -86,6 +86,23 @@ class BackendAttestation(Strict):
     timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
 
+class HealthCheck(Strict):
+    """An active probe: GET `path` on the backend every `interval_s`; a failed probe ejects the
+    backend until one succeeds. Off by default: passive health (real requests) needs no
+    traffic of its own, and some upstreams bill or rate-limit every call."""
+
+    path: str = "/health"
+    interval_s: Annotated[float, Field(ge=0.1)] = 10.0
+    timeout_s: Annotated[float, Field(gt=0)] = 2.0
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not re.match(r"^/[A-Za-z0-9._~/-]*$", value):
+            raise ValueError("must be a path starting with '/', without query or fragment")
+        return value
+
+
 class BackendSettings(Strict):
     name: str
     url: str
@@ -94,6 +111,8 @@ class BackendSettings(Strict):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     pool_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1  # share of traffic (weighted, least_busy)
+    health_check: HealthCheck | None = None
     attestation: BackendAttestation | None = None
 
     @model_validator(mode="after")
@@ -116,6 +135,27 @@ class BackendSettings(Strict):
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
             raise ValueError("must be an http:// or https:// URL without query or fragment")
         return value.rstrip("/")
+
+
+class RoutingSettings(Strict):
+    """How a model's backends share its traffic and when one is left alone.
+
+    `balance`: `ordered` tries them in the order `models` lists them (a primary and its
+    fallbacks); `weighted` spreads requests at random in proportion to `weight`; `least_busy`
+    picks the one with the fewest requests in flight per unit of weight.
+    A backend failing `eject_after_failures` times in a row (connection errors, timeouts, 5xx)
+    is skipped for `eject_for_s`, then tried again: one more failure ejects it again. A 429 or
+    a 503 with `Retry-After` leaves it alone for that long (at most `max_retry_after_s`).
+    Failover draws on a retry budget: retries may add `retry_budget_ratio` of the requests
+    (plus `retry_budget_min_per_s`), so an outage cannot multiply the load on what is left.
+    """
+
+    balance: Literal["ordered", "weighted", "least_busy"] = "ordered"
+    eject_after_failures: Annotated[int, Field(ge=1)] = 5
+    eject_for_s: Annotated[float, Field(gt=0)] = 30.0
+    max_retry_after_s: Annotated[float, Field(gt=0)] = 60.0
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2
+    retry_budget_min_per_s: Annotated[float, Field(ge=0)] = 10.0
 
 
 class PrivacySettings(Strict):
@@ -226,6 +266,7 @@ class Settings(Strict):
     attestation: AttestationSettings = AttestationSettings()
     fhe: FheSettings = FheSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
+    routing: RoutingSettings = RoutingSettings()
     privacy: PrivacySettings = PrivacySettings()
     policies: PolicySettings
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)

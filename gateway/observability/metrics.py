@@ -133,6 +133,16 @@ class Metrics:
                                       "old policies stay in force).", ["result"], registry=r)
         self.policy_active = Gauge("veil_policy_active", "1 for each policy in force.",
                                    ["policy", "digest"], registry=r, multiprocess_mode="livemax")
+        self.backend_up = Gauge("veil_backend_up",
+                                "0 while a backend is ejected (failures in a row, or a failed "
+                                "probe), 1 otherwise.", ["backend"], registry=r,
+                                multiprocess_mode="livemin")
+        self.ejections = Counter("veil_backend_ejections_total",
+                                 "Backends ejected for failing too many times in a row.",
+                                 ["backend"], registry=r)
+        self.retries = Counter("veil_upstream_retries_total",
+                               "Failover attempts on another backend, by outcome (retried | "
+                               "budget_exhausted).", ["outcome"], registry=r)
         self.in_flight_now = 0  # requests being handled, kept by the request middleware
         self._counters: dict[tuple[Any, tuple[str, ...]], CounterTally] = {}
         self._histograms: dict[tuple[Any, tuple[str, ...]], HistogramTally] = {}

@@ -49,6 +49,11 @@ class PolicyHolder(Generic[Compiled]):
             raise RuntimeError("policies are not compiled yet (start() has not run)")
         return self._current
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the policies in force are ready for requests (start() has run)."""
+        return self._current is not None
+
     async def start(self) -> None:
         """Compile the starting set (the NER pool, if a policy needs it, may take seconds)."""
         self._current = await self._compile(self.policies)

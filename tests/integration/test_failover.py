@@ -57,7 +57,9 @@ def test_4xx_is_returned_not_failed_over(demo_server: ServerThread) -> None:
         with gateway_for(settings) as gw:
             r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert r.status_code == 400
-    assert r.json()["error"]["message"] == "upstream says no"
+    assert r.json()["error"]["message"] == \
+        "Backend 'bad' refused the request (HTTP 400): upstream says no"
+    assert refusing.requests == 1
 
 
 def test_timeout_fails_over(demo_server: ServerThread) -> None:
