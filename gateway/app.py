@@ -26,6 +26,7 @@ from gateway.ingress.auth import Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.inspection import Inspector
+from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -137,7 +138,8 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
-        middlewares=[request_context(metrics=metrics, settings=settings, audit=audit)],
+        middlewares=[request_context(metrics=metrics, settings=settings, audit=audit,
+                                     memory=MemoryReturn())],
     )
     app[GATEWAY] = gateway
     for endpoint in ENDPOINTS:

@@ -60,6 +60,7 @@ class Pipeline:
         facts.admitted(caller.tenant)
         _require_json(request)
         raw = await self._body(request)
+        facts.body_bytes = len(raw)
         api_request = await off_loop_if_big(len(raw), self._parse, endpoint, raw,
                                             request.headers)
 

@@ -21,6 +21,7 @@ from gateway.errors import (
     Overloaded,
     PayloadTooLarge,
 )
+from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
 from gateway.observability.facts import FACTS, RequestFacts
 from gateway.observability.logging import (
@@ -102,8 +103,8 @@ def _where(exc: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
-def request_context(*, metrics: Metrics, settings: Settings,
-                    audit: AuditTrail | None) -> Middleware:
+def request_context(*, metrics: Metrics, settings: Settings, audit: AuditTrail | None,
+                    memory: MemoryReturn | None = None) -> Middleware:
     """Request id, error envelope, concurrency limit, metrics, the access log and the audit
     record, in one place: one middleware keeps the coroutine chain every I/O wake-up resumes
     short."""
@@ -148,6 +149,8 @@ def request_context(*, metrics: Metrics, settings: Settings,
             audit.append(facts.record(request_id, response.status, elapsed * 1000, stages))
         access_logger().info("request", method=request.method, route=route,
                              status=response.status, duration_ms=round(elapsed * 1000, 2))
+        if memory is not None:
+            memory.after(facts.body_bytes)
         return response
 
     return middleware

@@ -52,6 +52,7 @@ class RequestFacts:
     routed: Routed | None = None
     refusal: str | None = None  # the error code the request ended with, if it did
     status_class: str | None = None  # refused (4xx) | failed (5xx)
+    body_bytes: int = 0  # of the request body, once read
     # (stage, perf_counter at its end), starting with the request's start; turned into
     # durations only when read, which keeps marking a stage to one clock read.
     marks: list[tuple[str, float]] = field(default_factory=lambda: [("", time.perf_counter())])
