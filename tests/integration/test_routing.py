@@ -221,3 +221,12 @@ def test_readyz_is_503_with_detail_when_a_model_has_no_usable_backend() -> None:
         # ejected, yet still tried when nothing else is left: better than refusing outright
         assert chat(gw).status_code == 502
     assert down.requests == 2
+
+
+def test_a_malformed_field_is_the_gateways_400_and_reaches_no_backend() -> None:
+    a, b = FaultyUpstream("status", status=500), FaultyUpstream("status", status=500)
+    with gateway({"a": a, "b": b}) as gw:
+        r = chat(gw, {**CHAT, "tools": "x"})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "tools"
+    assert (a.requests, b.requests) == (0, 0)
