@@ -34,7 +34,7 @@ from gateway.privacy.stored import StoredResponse, StoredResponses
 from gateway.privacy.vault import Vault
 from gateway.protect import CompiledSet, admit, protect
 from gateway.proxy.forward import Forwarder, UpstreamReply
-from gateway.proxy.relay import relay_body, relay_stream
+from gateway.proxy.relay import STREAM_BROKE, relay_body, relay_stream
 from gateway.proxy.router import Router
 from gateway.settings import BackendSettings, Settings
 
@@ -126,7 +126,7 @@ class Pipeline:
             ok = False
             raise
         else:
-            ok = True
+            ok = STREAM_BROKE not in relayed[0]
         finally:
             self.forwarder.finished(reply, ok)
         return relayed

@@ -32,6 +32,9 @@ from gateway.streams import read_at_most
 log = get_logger("veil.relay")
 
 RELAYED_HEADERS = ("Content-Type", "Retry-After")
+# Set on a stream the upstream broke (after the headers, so it could not fail over): counted
+# against that backend's health like any failure.
+STREAM_BROKE = web.ResponseKey("stream_broke", str)
 
 
 def _client_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
@@ -121,6 +124,7 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
         raise
     if problem:
         upstream.close()
+        response[STREAM_BROKE] = problem
         log.warning("stream_interrupted", route=endpoint.name, reason=problem)
         await _finish(response, endpoint.stream_error(problem, request_id))
     else:

@@ -94,6 +94,16 @@ def test_a_reply_that_breaks_while_read_counts_against_its_backend() -> None:
     assert (cut.requests, good.requests) == (1, 1)
 
 
+def test_a_stream_the_upstream_breaks_counts_against_its_backend() -> None:
+    dying, good = FaultyUpstream("die_mid_stream"), FaultyUpstream("ok")
+    with gateway({"dying": dying, "good": good}, {"eject_after_failures": 1}) as gw:
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", headers=AUTH, timeout=10,
+                          json={**CHAT, "stream": True}) as r:
+            assert '"stream_interrupted"' in r.read().decode()
+        assert chat(gw).status_code == 200
+    assert (dying.requests, good.requests) == (1, 1)
+
+
 def test_429_fails_over_and_the_backend_rests_for_its_retry_after() -> None:
     limited = FaultyUpstream("status", status=429, headers={"Retry-After": "1"})
     good = FaultyUpstream("ok")
