@@ -113,9 +113,13 @@ class ChaosUpstream:
         elif behaviour == "stall" and self.rng.random() < 0.5:
             await asyncio.sleep(self.stall_s)  # nothing at all, not even headers
             return web.json_response({"late": True})
-        if stream:
-            return await self._stream(request, text, behaviour)
-        return await self._whole(request, text, behaviour)
+        try:
+            if stream:
+                return await self._stream(request, text, behaviour)
+            return await self._whole(request, text, behaviour)
+        except ConnectionResetError:  # the gateway gave up on this reply (and said so)
+            self.behaviours["gateway_hung_up"] += 1
+            return web.Response()  # never sent: the connection is gone
 
     async def _whole(self, request: web.Request, text: str, behaviour: str) -> web.StreamResponse:
         document = json.dumps({
