@@ -541,7 +541,9 @@ async def soak(*, duration_s: float, warmup_s: float, clients: int, client_timeo
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "1"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""})
+            # Unset, not empty: prometheus_client takes any value (even "") as a directory and
+            # writes its .db files into the working directory.
+            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
     url = f"http://127.0.0.1:{port}"
     canaries: list[Canaries] = []
     try:
