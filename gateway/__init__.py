@@ -1,3 +1,11 @@
 """Veil: a privacy-preserving gateway in front of OpenAI- and Anthropic-compatible model servers."""
 
+import os
+
 __version__ = "0.1.0"
+
+# prometheus_client turns multiprocess mode on when this variable is present at all, even empty,
+# and then writes its files into the working directory; the gateway treats empty as unset. It
+# must be settled before prometheus_client is first imported, which is why it is done here.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == "":
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]

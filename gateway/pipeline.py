@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api import ApiRequest, Endpoint
-from gateway.api.replies import StreamRestore, restore_body
+from gateway.api.replies import StreamRestore, checked, restore_body
 from gateway.errors import (
     InvalidRequest,
     RequestTimeout,
@@ -142,7 +142,7 @@ class Pipeline:
             restore = StreamRestore(endpoint, vault, api_request.json_reply) \
                 if observing else None
             response = await relay_stream(request, api_request, upstream, request[REQUEST_ID],
-                                          rewrite=restore.rewrite if restore else None,
+                                          rewrite=restore.rewrite if restore else checked,
                                           stamp=stamp)
             return response, restore.response_id if restore else None
         transform = functools.partial(restore_body, vault=vault) if restoring else None

@@ -149,6 +149,7 @@ class StreamRestore:
         return self.events.response_id
 
     def rewrite(self, event: SSEEvent) -> list[bytes]:
+        fields_checked(event)
         data = event.data
         if not data.strip():
             return [event.encode()]
@@ -161,3 +162,30 @@ class StreamRestore:
         if not isinstance(payload, dict):
             raise StreamFormatError("upstream sent an event that is not a JSON object")
         return self.events.on_event(event.event, payload)
+
+
+SSE_FIELDS = (b"data:", b"event:", b"id:", b"retry:", b":", b"data", b"event", b"id")
+
+
+def fields_checked(event: SSEEvent) -> None:
+    """Every line of an event is an SSE field or a comment: anything else (garbage, a NUL, a
+    half-written line) is a broken stream, never relayed for a client to trip on."""
+    for line in event.raw.split(b"\n"):
+        if line and not line.startswith(SSE_FIELDS):
+            raise StreamFormatError("upstream sent a line that is not an SSE field")
+
+
+def checked(event: SSEEvent) -> list[bytes]:
+    """Relay an event as it is, after the checks restoring makes anyway: well-formed fields, and
+    data that is a JSON object, `[DONE]` or empty (a stream with nothing to restore must not
+    pass on what a restored one would refuse)."""
+    fields_checked(event)
+    data = event.data.strip()
+    if data and data != "[DONE]":
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise StreamFormatError("upstream sent an event that is not JSON") from None
+        if not isinstance(payload, dict):
+            raise StreamFormatError("upstream sent an event that is not a JSON object")
+    return [event.encode()]

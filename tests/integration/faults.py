@@ -92,6 +92,14 @@ class FaultyUpstream:
         if self.mode == "end_without_done":
             await response.write_eof()
             return response
+        if self.mode in ("not_json_event", "garbage_line"):  # then finishes as if all was well
+            await response.write(b'data: {"id": not json]\n\n' if self.mode == "not_json_event"
+                                 else b"\x00\xff garbage\n\n")
+            await response.write(sse({**CHUNK, "choices": [{"index": 0, "delta": {},
+                                                             "finish_reason": "stop"}]}))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
         if self.mode == "endless":
             try:
                 while True:

@@ -102,7 +102,8 @@ def _stream_events(gw: ServerThread) -> list[str]:
         return [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
 
 
-@pytest.mark.parametrize("mode", ["die_mid_stream", "stall_mid_stream", "end_without_done"])
+@pytest.mark.parametrize("mode", ["die_mid_stream", "stall_mid_stream", "end_without_done",
+                                  "not_json_event", "garbage_line"])
 def test_upstream_failure_mid_stream_ends_with_error_event(mode: str) -> None:
     faulty = FaultyUpstream(mode, delay=3)
     with ServerThread(faulty.app()) as bad:
