@@ -95,23 +95,38 @@ class Pipeline:
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
                                                     compiled)
 
-        # upstream: the gateway's own credentials; fail over before the first byte
-        reply = await self.forwarder.open(api_request, backends, payload, request_id,
-                                          restore=protection.vault.restore)
-        facts.sent(Routed(reply.backend.name, self.router.attestation_digest(reply.backend.name),
-                          failed_open))
-        facts.stage("upstream")
-        bind_request_fields(model=api_request.model, stream=api_request.stream,
-                            backend=reply.backend.name)
-
-        # restore: placeholders -> original values, in the body or event by event
-        response, response_id = await self.relay(request, api_request, reply, protection.vault,
-                                                 stamp={POLICY_HEADER: compiled.digest})
+        # upstream: the gateway's own credentials; fail over before the first byte reaches the
+        # client (a whole reply that breaks while it is read has reached no one yet: the next
+        # backend gets the request, within the retry budget, unless the endpoint keeps state
+        # upstream, where a second try could store a second response)
+        vault, left = protection.vault, backends
+        while True:
+            reply = await self.forwarder.open(api_request, left, payload, request_id,
+                                              restore=vault.restore, retrying=left is not backends)
+            facts.stage("upstream")
+            bind_request_fields(model=api_request.model, stream=api_request.stream,
+                                backend=reply.backend.name)
+            try:
+                # restore: placeholders -> original values, in the body or event by event
+                response, response_id = await self.relay(request, api_request, reply, vault,
+                                                         stamp={POLICY_HEADER: compiled.digest})
+            except (UpstreamFailed, UpstreamTimeout):
+                left = [b for b in left if b is not reply.backend]
+                if left and not api_request.endpoint.keeps_state and self.forwarder.may_retry():
+                    continue
+                facts.sent(self._routed(reply, failed_open))
+                raise
+            break
+        facts.sent(self._routed(reply, failed_open))
         if response_id is not None and _stores(api_request) and response.status == 200:
             self.stored.remember(response_id, caller.tenant, reply.backend.name,
-                                 protection.vault.entries())
+                                 vault.entries())
         facts.stage("relay")
         return response
+
+    def _routed(self, reply: UpstreamReply, failed_open: bool) -> Routed:
+        name = reply.backend.name
+        return Routed(name, self.router.attestation_digest(name), failed_open)
 
     async def relay(self, request: web.Request, api_request: ApiRequest, reply: UpstreamReply,
                     vault: Vault, stamp: dict[str, str] | None = None

@@ -100,15 +100,17 @@ class Forwarder:
 
     async def open(self, request: ApiRequest, backends: list[BackendSettings],
                    payload: bytes | None, request_id: str, *, method: str = "POST",
-                   path: str | None = None, restore: Callable[[str], str] = _same
-                   ) -> UpstreamReply:
+                   path: str | None = None, restore: Callable[[str], str] = _same,
+                   retrying: bool = False) -> UpstreamReply:
         """The first usable upstream response; the caller must hand it to `finished`.
         `path` (with its vetted query) replaces the endpoint's own, for reads of stored state;
         `restore` turns placeholders in a backend's error message back into the client's
-        values."""
+        values; `retrying`: this request already went to a backend (and `may_retry` said yes),
+        so it earns the budget nothing more."""
         plan = self._balancer.plan(backends)
         call = Call(request, payload, request_id, method, path, restore)
-        self._budget.deposit()
+        if not retrying:
+            self._budget.deposit()
         attempts = Attempts()
         for backend in plan:
             if attempts.tried:
@@ -122,6 +124,12 @@ class Forwarder:
             if reply is not None:
                 return reply
         raise self._no_backend(attempts)
+
+    def may_retry(self) -> bool:
+        """Whether the budget allows one more attempt for a request whose reply broke."""
+        allowed = self._budget.withdraw()
+        self._metrics.retries.labels("retried" if allowed else "budget_exhausted").inc()
+        return allowed
 
     def finished(self, reply: UpstreamReply, ok: bool | None) -> None:
         """The reply was relayed (ok), broke while being read (a failure of its backend), or

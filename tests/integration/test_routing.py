@@ -86,12 +86,24 @@ def test_failures_in_a_row_eject_a_backend_for_its_cool_off() -> None:
         assert metric(gw, 'veil_backend_ejections_total{backend="bad"}') == 2
 
 
-def test_a_reply_that_breaks_while_read_counts_against_its_backend() -> None:
+def test_a_whole_reply_that_breaks_while_read_fails_over_and_counts_against_its_backend(
+        ) -> None:
     cut, good = FaultyUpstream("truncated_json"), FaultyUpstream("ok")
     with gateway({"cut": cut, "good": good}, {"eject_after_failures": 1}) as gw:
-        assert chat(gw).status_code == 502  # the headers came: too late to fail over
+        assert chat(gw).status_code == 200  # nothing had reached the client: the next one
         assert chat(gw).status_code == 200
-    assert (cut.requests, good.requests) == (1, 1)
+        assert httpx.get(gw.url + "/readyz").json()["models"]["test-model"]["unusable"] == \
+            {"cut": "ejected"}
+    assert (cut.requests, good.requests) == (1, 2)
+
+
+def test_a_stateful_request_whose_reply_breaks_is_not_sent_twice() -> None:
+    cut, good = FaultyUpstream("truncated_json"), FaultyUpstream("ok")
+    with gateway({"cut": cut, "good": good}) as gw:
+        r = httpx.post(gw.url + "/v1/responses", headers=AUTH, timeout=20,
+                       json={"model": "test-model", "input": "hi"})
+    assert r.status_code == 502  # the first backend may have stored a response already
+    assert (cut.requests, good.requests) == (1, 0)
 
 
 def test_a_stream_the_upstream_breaks_counts_against_its_backend() -> None:
