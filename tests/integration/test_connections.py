@@ -298,7 +298,9 @@ def veil_serve(tmp_path: Path, chunk_delay_ms: float,
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
             cwd=ROOT, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""})
+            # One worker: metrics stay in the process (an empty PROMETHEUS_MULTIPROC_DIR
+            # would have prometheus_client write its files into the working directory).
+            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
         try:
             deadline = time.monotonic() + 30
             while True:
