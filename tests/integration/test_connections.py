@@ -342,8 +342,8 @@ def refused_soon(port: int, seconds: float = 3) -> bool:
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except ConnectionRefusedError:
-            return True
+        except (ConnectionRefusedError, ConnectionResetError):  # reset: the listener closed
+            return True  # with the handshake in its queue; not accepted either way
         time.sleep(0.05)
     return False
 
