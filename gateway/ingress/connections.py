@@ -17,7 +17,8 @@ for how long, and how bytes that are not HTTP are answered.
 aiohttp has no public hooks for any of this, so `GuardedHandler` subclasses its per-connection
 `RequestHandler` and reads some of its private state: `_request_count` (requests parsed),
 `_messages` (parsed, not yet handled), `_request_in_progress`, `_close`/`_force_close`, and
-overrides `_process_keepalive` (to count idle closes); `GuardedRunner` overrides
+overrides `_process_keepalive` (to count idle closes) and `log_access` (aiohttp calls it after
+every response: where a connection turns idle); `GuardedRunner` overrides
 `AppRunner._make_server` and copies `Server._loop`/`_kwargs`. Checked against aiohttp 3.14;
 tests/unit/ingress/test_connections.py fails if any of them moves.
 """
@@ -186,13 +187,14 @@ class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol, with the header timer, the caps and JSON answers
     for protocol errors."""
 
-    __slots__ = ("_admitted", "_client", "_guard", "_head_timer")
+    __slots__ = ("_admitted", "_awaiting_head", "_client", "_guard", "_head_timer")
 
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._client = ""
         self._admitted = False
+        self._awaiting_head = True  # the next bytes are a request head, not a body
         self._head_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -232,12 +234,22 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return  # refused: dropped until the linger ends
-        if data and self._head_timer is None and not self.busy:
+        if data and self._awaiting_head and self._head_timer is None and not self.busy:
             self._start_head_timer()  # the first byte of a later request's head
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
-            self._cancel_head_timer()  # a whole head arrived (or an error in it)
+            self._awaiting_head = False  # a whole head arrived (or an error in it)
+            self._cancel_head_timer()
+
+    def log_access(self, request: BaseRequest, response: web.StreamResponse,
+                   time: float | None) -> None:
+        """aiohttp calls this once a response is written whole (access logging or not): from
+        here the connection's next bytes are the next request's head. Before it, they are the
+        current request's body, even in the moment between its head being parsed and its
+        handler starting."""
+        self._awaiting_head = True
+        super().log_access(request, response, time)
 
     def _start_head_timer(self) -> None:
         self._head_timer = self._loop.call_later(self._guard.limits.header_timeout_s,

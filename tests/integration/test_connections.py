@@ -144,6 +144,26 @@ def test_heads_that_arrive_in_time_are_served_on_one_connection(demo: Demo) -> N
             time.sleep(0.6)  # 3 x (0.6 + 0.6) s on the connection: longer than the timeout
 
 
+def test_a_slow_body_is_not_a_slow_head(demo: Demo) -> None:
+    """Body bytes arriving for longer than the header timeout are the body's business
+    (body_read_timeout_s), before and after which the connection stays usable."""
+    body = json.dumps({"model": "test-model",
+                       "messages": [{"role": "user", "content": "hello"}]}).encode()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer " + TEST_KEY.encode() +
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with guarded(demo, header_timeout_s=1.0, idle_timeout_s=30.0) as gateway:
+        with connect(gateway) as sock:
+            for _ in range(2):
+                sock.sendall(head)
+                for i in range(0, len(body), len(body) // 6 + 1):  # over ~2 s
+                    time.sleep(0.3)
+                    sock.sendall(body[i:i + len(body) // 6 + 1])
+                assert read_response(sock)[0] == 200
+                time.sleep(1.3)  # idle past the header timeout: no timer a body byte started
+        assert metric(gateway, closed_for("header_timeout")) == 0
+
+
 def test_an_idle_keep_alive_connection_is_closed(demo: Demo) -> None:
     with guarded(demo, header_timeout_s=30.0, idle_timeout_s=1.0) as gateway:
         with connect(gateway) as sock:

@@ -136,6 +136,9 @@ def test_request_handler_still_has_the_state_we_read() -> None:
         ["self", "request", "status", "exc", "message"]
     assert list(inspect.signature(RequestHandler.__init__).parameters)[:2] == \
         ["self", "manager"]
+    # log_access marks the end of every response, logged or not
+    assert "self.log_access(request, resp" in inspect.getsource(RequestHandler.finish_response)
+    assert "if self._logging_enabled" in inspect.getsource(RequestHandler.log_access)
 
 
 def test_server_and_runner_still_have_what_we_copy() -> None:
