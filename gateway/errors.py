@@ -5,7 +5,10 @@ The others never reach a client as they are; the tree says what each becomes.
     VeilError
     ├── GatewayError                   500 api_error              (the envelope; request id)
     │   ├── InvalidRequest             400 invalid_request_error  (names the field, never the value)
-    │   │   └── PolicyBlocked          400 sensitive_data_blocked (names the rule and types)
+    │   │   ├── PolicyBlocked          400 sensitive_data_blocked (names the rule and types)
+    │   │   ├── BadHttpRequest         400 bad_http_request       (not valid HTTP; the code says
+    │   │   │                                                      which kind, bytes never echoed)
+    │   │   └── HeadersTooLarge        431 headers_too_large      (a line too long, too many)
     │   ├── AuthenticationFailed       401 authentication_error
     │   ├── PermissionDenied           403 permission_error
     │   │   └── NoPolicyApplies        403 no_policy
@@ -18,15 +21,16 @@ The others never reach a client as they are; the tree says what each becomes.
     │   │   └── UpstreamRateLimited    429 upstream_rate_limited  (every backend said 429)
     │   ├── UpstreamRefused            4xx upstream_refused       (the backend's own 4xx, its
     │   │                                                         words restored for the client)
+    │   ├── TransferCodingUnsupported  501 invalid_request_error  (a coding other than chunked)
     │   ├── UpstreamFailed             502 upstream_error         (every backend refused or broke)
     │   ├── ServiceUnavailable         503 service_unavailable
     │   │   ├── Overloaded             503 overloaded             (carries Retry-After)
+    │   │   ├── TooManyConnections     503 too_many_connections   (a connection cap; Retry-After)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
     │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
     │   │   ├── UpstreamBusy           503 upstream_busy          (every backend resting on its
-    │   │   │                                                     Retry-After, or cut off by the
-    │   │   │                                                     retry budget)
+    │   │   │                                                     Retry-After)
     │   │   └── NoAttestedBackend      503 no_attested_backend    (unless it fails open)
     │   └── UpstreamTimeout            504 upstream_timeout
     ├── ConfigError                    a config, policy or cases file is wrong: start-up (or a
@@ -161,6 +165,17 @@ class UnsupportedMediaType(GatewayError):
     default_code = "unsupported_media_type"
 
 
+class BadHttpRequest(InvalidRequest):
+    """Bytes that are not a valid HTTP/1.x request head, answered before any routing."""
+
+    default_code = "bad_http_request"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    default_code = "headers_too_large"
+
+
 class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
@@ -188,6 +203,10 @@ class UpstreamRefused(GatewayError):
                  code: str | None = None) -> None:
         super().__init__(message, param=param, code=code)
         self.status = status
+class TransferCodingUnsupported(GatewayError):
+    status = 501
+    error_type = "invalid_request_error"
+    default_code = "unsupported_transfer_coding"
 
 
 class UpstreamFailed(GatewayError):
@@ -233,6 +252,14 @@ class Overloaded(ServiceUnavailable):
     def __init__(self) -> None:
         super().__init__("The gateway is at its concurrency limit; retry shortly.",
                          headers={"Retry-After": "1"})
+
+
+class TooManyConnections(ServiceUnavailable):
+    default_code = "too_many_connections"
+
+    def __init__(self) -> None:
+        super().__init__("The gateway holds as many connections as it allows (in all or from "
+                         "this client address); retry shortly.", headers={"Retry-After": "1"})
 
 
 class DetectorFailed(ServiceUnavailable):

@@ -12,20 +12,43 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from gateway.ingress.connections import Guard, GuardedRunner
 from gateway.observability.logging import get_logger
+from gateway.observability.metrics import Metrics
 from gateway.policy.active import PolicySet
-from gateway.settings import Settings
+from gateway.settings import LimitSettings, Settings
 
 log = get_logger("veil.server")
 
 
+def make_runner(app: web.Application, limits: LimitSettings, metrics: Metrics) -> web.AppRunner:
+    """The one way the gateway is served (by `veil serve` and by the tests alike): handlers are
+    cancelled when their client disconnects, which is what cancels an upstream request nobody
+    is waiting for; connections are guarded (gateway/ingress/connections.py); a shutdown lets
+    requests in flight finish for `shutdown_timeout_s`."""
+    return GuardedRunner(app, Guard(limits, metrics), handler_cancellation=True,
+                         access_log=None, max_line_size=limits.max_header_bytes,
+                         max_field_size=limits.max_header_bytes,
+                         keepalive_timeout=limits.idle_timeout_s,
+                         shutdown_timeout=limits.shutdown_timeout_s)
+
+
+def runner_for(app: web.Application) -> web.AppRunner:
+    """`make_runner` for a gateway app, with its limits and metrics; aiohttp's plain runner for
+    any other (the test suite's fake upstreams)."""
+    from gateway.app import GATEWAY
+
+    gateway = app.get(GATEWAY)
+    if gateway is None:
+        return web.AppRunner(app, handler_cancellation=True, access_log=None)
+    return make_runner(app, gateway.settings.limits, gateway.metrics)
+
+
 async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: bool = False,
-                    max_header_bytes: int = 16 * 1024,
                     on_started: Callable[[int], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; handlers are cancelled when their client disconnects, which
-    is what cancels an upstream request nobody is waiting for."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           max_line_size=max_header_bytes, max_field_size=max_header_bytes)
+    """Serve until SIGINT/SIGTERM; on either the listening socket closes at once and the
+    requests in flight finish (up to the limit) before the worker stops."""
+    runner = runner_for(app)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
@@ -61,8 +84,7 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
     main = serve_app(build_app(settings, worker=worker, policies=policies),
                      settings.listen.host,
                      settings.listen.port,
-                     reuse_port=reuse_port, max_header_bytes=settings.limits.max_header_bytes,
-                     on_started=started)
+                     reuse_port=reuse_port, on_started=started)
     try:
         import uvloop  # a faster event loop where it builds (not on Windows)
     except ImportError:

@@ -46,6 +46,15 @@ class LimitSettings(Strict):
     max_concurrent_requests: Annotated[int, Field(gt=0)] = 1024
     request_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     body_read_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # Connections (gateway/ingress/connections.py): a request head (request line and headers)
+    # must arrive whole within header_timeout_s, an idle keep-alive connection is closed after
+    # idle_timeout_s, and a worker holds at most max_connections open connections,
+    # max_connections_per_client of them from one client address.
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    max_connections: Annotated[int, Field(gt=0)] = 4096
+    max_connections_per_client: Annotated[int, Field(gt=0)] = 256
+    shutdown_timeout_s: Annotated[float, Field(gt=0)] = 30.0  # in-flight work finishes, or is cut
 
 
 class RateLimit(Strict):

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.app import Outbound, build_app
 from gateway.ingress.auth import hash_api_key
+from gateway.server import runner_for
 from gateway.settings import Settings
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        self.runner = runner_for(self.app)  # the gateway's own runner, for a gateway app
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=self.ssl_context)
         await site.start()

@@ -67,6 +67,11 @@ def request_id_for(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID", "")
     if given and CLIENT_REQUEST_ID.match(given) and not _ID_SCREEN.detect(given):
         return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """One of our own ids (also for answers given before a request could be parsed)."""
     return f"req_{_id_prefix}{next(_id_counter):016x}"
 
 

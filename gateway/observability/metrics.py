@@ -143,7 +143,17 @@ class Metrics:
         self.retries = Counter("veil_upstream_retries_total",
                                "Failover attempts on another backend, by outcome (retried | "
                                "budget_exhausted).", ["outcome"], registry=r)
+        self.connections_open = Gauge("veil_connections_open", "Client connections open.",
+                                      registry=r, multiprocess_mode="livesum")
+        self.connections_closed = Counter(
+            "veil_connections_closed_total", "Client connections the gateway closed or refused, "
+            "by reason (header_timeout, idle_timeout, max_connections, "
+            "max_connections_per_client).", ["reason"], registry=r)
+        self.protocol_errors = Counter("veil_protocol_errors_total",
+                                       "Requests that were not valid HTTP, by kind.", ["kind"],
+                                       registry=r)
         self.in_flight_now = 0  # requests being handled, kept by the request middleware
+        self.connections_now = 0  # kept by the connection guard
         self._counters: dict[tuple[Any, tuple[str, ...]], CounterTally] = {}
         self._histograms: dict[tuple[Any, tuple[str, ...]], HistogramTally] = {}
 
@@ -186,9 +196,18 @@ class Metrics:
         for dependency in facts.failed_open:
             self._counter(self.failed_open, dependency).pending += 1
 
+    def connection_closed(self, reason: str) -> None:
+        """`reason`: one of the connection guard's fixed set, never client data."""
+        self._counter(self.connections_closed, reason).pending += 1
+
+    def protocol_error(self, kind: str) -> None:
+        """`kind`: one of the protocol-error kinds (gateway/ingress/connections.py)."""
+        self._counter(self.protocol_errors, kind).pending += 1
+
     def sync(self) -> None:
         """Move the request path's tallies into prometheus_client."""
         self.in_flight.set(self.in_flight_now)
+        self.connections_open.set(self.connections_now)
         for counter in self._counters.values():
             counter.sync()
         for histogram in self._histograms.values():
