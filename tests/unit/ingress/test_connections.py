@@ -82,7 +82,7 @@ def test_the_python_parser_is_refused_too(raw: bytes, _kind: str) -> None:
     try:
         error = asyncio.run(_parse_error(HttpRequestParserPy, raw))
     except pytest.fail.Exception:
-        pytest.skip("the Python parser accepts this one")  # then aiohttp answers it normally
+        return  # the Python parser accepts this one: aiohttp then answers it as a request
     rule = classify(error)
     assert rule.kind in KINDS
     assert CANARY.decode() not in rule.error.message
