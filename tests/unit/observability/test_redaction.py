@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.observability.logging import configure_logging, get_logger, start_request_fields
+from tests.logs import use_suite_logging
 
 EMAIL = "leak.canary@example.org"
 CARD = "4111 1111 1111 1111"
@@ -21,7 +22,7 @@ def written() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     configure_logging("debug", "json", correlation_key=b"k" * 32, stream=stream)
     yield stream
-    configure_logging("debug", "json")
+    use_suite_logging()
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
