@@ -23,7 +23,7 @@ from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
 from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
 from gateway.fhe.semantic import default_session as default_scorer_session
-from gateway.ingress.auth import Authenticator
+from gateway.ingress.auth import QUOTA, Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
@@ -177,10 +177,14 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     return app
 
 
-async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     """Our name only: aiohttp's default names Python's and its own versions, which tell an
-    attacker which advisories to try."""
+    attacker which advisories to try. And the caller's quota, on every answer to a known key
+    (streams too: this runs as their headers leave)."""
     response.headers[hdrs.SERVER] = "veil"
+    quota = request.get(QUOTA)
+    if quota is not None:
+        response.headers.update(quota.headers())
 
 
 async def _stopping(_: web.Application) -> None:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.errors import AuthenticationFailed, RateLimited
-from gateway.ingress.ratelimit import RateLimiter
+from gateway.ingress.ratelimit import Quota, RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings, TenantSettings
 
 KEY_PREFIX = "veil-"
+QUOTA = web.RequestKey("quota", Quota)  # the caller's quota, for the x-ratelimit-* headers
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ class Authenticator:
         limit = caller.tenant_settings.rate_limit or self._default_limit
         try:
             if self._shared is not None:
-                await self._shared.check(caller.key_hash, limit)
+                request[QUOTA] = await self._shared.check(caller.key_hash, limit)
             else:
-                self._limiter.check(caller.key_hash, limit)
+                request[QUOTA] = self._limiter.check(caller.key_hash, limit)
         except RateLimited:
             self._metrics.rate_limited.labels(caller.tenant).inc()
             raise

@@ -11,13 +11,12 @@ limits altogether); `closed` refuses with 503 `rate_limiter_unavailable`.
 from __future__ import annotations
 
 import asyncio
-import math
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import RateLimited, RateLimiterUnavailable
-from gateway.ingress.ratelimit import RateLimiter
+from gateway.errors import RateLimiterUnavailable
+from gateway.ingress.ratelimit import Quota, RateLimiter, quota_of, refused
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.settings import RateLimit, StateSettings
@@ -25,7 +24,7 @@ from gateway.settings import RateLimit, StateSettings
 log = get_logger("veil.ratelimit")
 
 # KEYS[1]: the bucket; ARGV: rate (tokens per second), capacity. Returns the seconds to wait
-# (0: admitted) as a string: Lua numbers would come back truncated to integers.
+# (0: admitted) and the tokens left, as strings: Lua numbers would come back as integers.
 TAKE = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -38,7 +37,7 @@ local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
-return tostring(wait)
+return {tostring(wait), tostring(tokens)}
 """
 PREFIX = "veil:ratelimit:"
 
@@ -51,22 +50,21 @@ class SharedRateLimiter:
         self._metrics = metrics
         self._local = local or RateLimiter()
 
-    async def check(self, key: str, limit: RateLimit) -> None:
-        """Raise `RateLimited` (with Retry-After) when over the limit. `key`: the API key's
-        digest, never the key."""
+    async def check(self, key: str, limit: RateLimit) -> Quota:
+        """The quota left; raise `RateLimited` (with Retry-After) when over the limit. `key`:
+        the API key's digest, never the key."""
         try:
             async with asyncio.timeout(self._state.timeout_s):
-                wait = float(await self._take(keys=[PREFIX + key],
-                                              args=[limit.requests_per_second, limit.burst]))
+                wait, tokens = await self._take(keys=[PREFIX + key],
+                                                args=[limit.requests_per_second, limit.burst])
         except (RedisError, OSError, TimeoutError) as exc:
             self._metrics.state_failures.labels("rate_limits").inc()
             log.warning("rate_limit_store_unavailable", error=type(exc).__name__,
                         fallback=self._state.rate_limits_on_failure)
             if self._state.rate_limits_on_failure == "closed":
                 raise RateLimiterUnavailable from None
-            self._local.check(key, limit)
-            return
-        if wait > 0:
-            retry_after = max(1, math.ceil(wait))
-            raise RateLimited(f"Rate limit exceeded; retry in {retry_after} s.",
-                              headers={"Retry-After": str(retry_after)})
+            return self._local.check(key, limit)
+        quota = quota_of(limit, float(tokens))
+        if float(wait) > 0:
+            raise refused(float(wait), quota)
+        return quota

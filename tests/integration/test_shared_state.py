@@ -15,6 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from gateway.demo.upstream import build_demo_app
 from gateway.ingress.auth import hash_api_key
 from tests.integration.faults import FaultyUpstream
 from tests.integration.test_cli_serve import ROOT, free_port, write_config
@@ -33,15 +34,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @contextmanager
-def gateways(redis_url: str, count: int, **state: Any) -> Iterator[list[ServerThread]]:
-    upstream = FaultyUpstream("ok")
+def gateways(redis_url: str | None, count: int, **state: Any) -> Iterator[list[ServerThread]]:
     with ExitStack() as stack:
-        up = stack.enter_context(ServerThread(upstream.app()))
+        up = stack.enter_context(ServerThread(build_demo_app()))  # streams as a model does
         settings = settings_for([backend("up", up.url)], {"test-model": ["up"]},
                                 tenants={"test": {"models": ["*"], "rate_limit": TIGHT}},
                                 api_keys=[{"name": "test-key", "tenant": "test",
                                            "hash": hash_api_key(TEST_KEY)}],
-                                state={"redis_url": redis_url, "timeout_s": 0.5, **state})
+                                state={"redis_url": redis_url, "timeout_s": 0.5, **state}
+                                if redis_url else {})
         yield [stack.enter_context(gateway_for(settings)) for _ in range(count)]
 
 
@@ -124,3 +125,23 @@ def test_redis_down_fails_closed_when_configured(redis_server: RedisServer) -> N
         assert r.headers["Retry-After"] == "1"
         redis_server.start()
         assert statuses([gw.url], 1) == [200]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_answer_carries_the_quota(shared: bool, redis_server: RedisServer) -> None:
+    with gateways(redis_server.url if shared else None, 1) as (gw,), \
+            httpx.Client(base_url=gw.url, headers=AUTH, timeout=10) as client:
+        with client.stream("POST", "/v1/chat/completions",
+                           json={**CHAT, "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            streamed_headers = streamed.headers
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            assert "[DONE]" in streamed.read().decode()
+        answers = [client.post("/v1/chat/completions", json=CHAT) for _ in range(5)]
+    assert streamed_headers["x-ratelimit-remaining-requests"] == "4"  # a stream's headers too
+    remaining = [a.headers["x-ratelimit-remaining-requests"] for a in answers]
+    assert remaining == ["3", "2", "1", "0", "0"]
+    assert {a.headers["x-ratelimit-limit-requests"] for a in answers} == {"5"}
+    assert [a.status_code for a in answers] == [200] * 4 + [429]
+    assert int(answers[4].headers["Retry-After"]) > 0
+    assert float(answers[0].headers["x-ratelimit-reset-requests"].removesuffix("s")) > 0
