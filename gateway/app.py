@@ -96,7 +96,8 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     """`policies`: already loaded by the preflight (else loaded here)."""
     metrics = Metrics()
     pool = UpstreamPool(settings, outbound.model_sessions, environ)
-    redis = connect(settings.state) if settings.state.redis_url else None
+    state = settings.state
+    redis = connect(state.redis_url, state.timeout_s) if state.redis_url else None
     shared = SharedRateLimiter(redis, settings.state, metrics) if redis is not None else None
     authenticator = Authenticator(settings, RateLimiter(), metrics, shared)
     env = os.environ if environ is None else environ
