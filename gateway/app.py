@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
+from redis.asyncio import Redis
 
 from gateway.api import ENDPOINTS
 from gateway.attestation.levels import TrustLevel
@@ -22,9 +23,10 @@ from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
 from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
 from gateway.fhe.semantic import default_session as default_scorer_session
-from gateway.ingress.auth import Authenticator
+from gateway.ingress.auth import QUOTA, Authenticator
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
+from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.inspection import Inspector
 from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
@@ -47,6 +49,7 @@ from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
 from gateway.readiness import readiness
 from gateway.resources import Resources, model_object
 from gateway.settings import Settings
+from gateway.state.redis_store import connect
 
 log = get_logger("veil.server")
 
@@ -61,6 +64,7 @@ class Gateway:
     router: Router
     pipeline: Pipeline
     audit: AuditTrail | None
+    redis: Redis | None  # the shared store, when state.redis_url is set
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -92,7 +96,10 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     """`policies`: already loaded by the preflight (else loaded here)."""
     metrics = Metrics()
     pool = UpstreamPool(settings, outbound.model_sessions, environ)
-    authenticator = Authenticator(settings, RateLimiter(), metrics)
+    state = settings.state
+    redis = connect(state.redis_url, state.timeout_s) if state.redis_url else None
+    shared = SharedRateLimiter(redis, settings.state, metrics) if redis is not None else None
+    authenticator = Authenticator(settings, RateLimiter(), metrics, shared)
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
     privacy = settings.privacy
@@ -134,7 +141,8 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
-    gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit)
+    gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit,
+                      redis)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
@@ -166,13 +174,18 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_attestation)
     app.cleanup_ctx.append(_health_probes)
     app.cleanup_ctx.append(_audit_trail)
+    app.cleanup_ctx.append(_shared_store)
     return app
 
 
-async def _server_header(_: web.Request, response: web.StreamResponse) -> None:
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     """Our name only: aiohttp's default names Python's and its own versions, which tell an
-    attacker which advisories to try."""
+    attacker which advisories to try. And the caller's quota, on every answer to a known key
+    (streams too: this runs as their headers leave)."""
     response.headers[hdrs.SERVER] = "veil"
+    quota = request.get(QUOTA)
+    if quota is not None:
+        response.headers.update(quota.headers())
 
 
 async def _stopping(_: web.Application) -> None:
@@ -182,6 +195,13 @@ async def _stopping(_: web.Application) -> None:
 async def _stopped(_: web.Application) -> AsyncIterator[None]:
     yield
     log.info("stopped")  # the last line a worker writes: every resource is closed
+
+
+async def _shared_store(app: web.Application) -> AsyncIterator[None]:
+    yield
+    redis = app[GATEWAY].redis
+    if redis is not None:
+        await redis.aclose()
 
 
 async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
@@ -281,7 +301,7 @@ async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
 async def list_models(request: web.Request) -> web.Response:
     """The models this caller may use, in a shape both the OpenAI and Anthropic SDKs read."""
     gateway = request.app[GATEWAY]
-    caller = gateway.pipeline.authenticator.admit(request)
+    caller = await gateway.pipeline.authenticator.admit(request)
     models = gateway.router.visible_models(caller)
     data = [model_object(m) for m in models]
     return web.json_response({"object": "list", "data": data, "has_more": False,

@@ -26,6 +26,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   ├── ServiceUnavailable         503 service_unavailable
     │   │   ├── Overloaded             503 overloaded             (carries Retry-After)
     │   │   ├── TooManyConnections     503 too_many_connections   (a connection cap; Retry-After)
+    │   │   ├── RateLimiterUnavailable 503 rate_limiter_unavailable (shared limits unreachable,
+    │   │   │                                                     configured to fail closed)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
     │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
@@ -284,6 +286,14 @@ class ScorerFailed(ServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("The semantic scorer failed; the request was not forwarded.")
+
+
+class RateLimiterUnavailable(ServiceUnavailable):
+    default_code = "rate_limiter_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The shared rate limiter cannot be reached; the request was not "
+                         "forwarded.", headers={"Retry-After": "1"})
 
 
 class UpstreamBusy(ServiceUnavailable):

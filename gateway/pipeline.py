@@ -56,7 +56,7 @@ class Pipeline:
 
         # ingress: who is calling (and within their rate), bounded body, strict JSON, the
         # declared structure (types, vocabularies, every piece of data found), vetted headers
-        caller = self.authenticator.admit(request)
+        caller = await self.authenticator.admit(request)
         facts.admitted(caller.tenant)
         _require_json(request)
         raw = await self._body(request)

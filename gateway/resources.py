@@ -41,7 +41,7 @@ class Resources:
 
     async def model(self, request: web.Request) -> web.Response:
         """One model, if this caller may use it; the same 404 as a model that does not exist."""
-        caller = self.pipeline.authenticator.admit(request)
+        caller = await self.pipeline.authenticator.admit(request)
         request[FACTS].admitted(caller.tenant)
         model = request.match_info["model_id"]
         if model not in self.pipeline.router.visible_models(caller):
@@ -67,7 +67,7 @@ class Resources:
     async def _forward(self, request: web.Request, method: str, suffix: str,
                        query: list[tuple[str, str]], stream: bool) -> web.StreamResponse:
         pipeline = self.pipeline
-        caller = pipeline.authenticator.admit(request)
+        caller = await pipeline.authenticator.admit(request)
         facts = request[FACTS]
         facts.admitted(caller.tenant)
         response_id = request.match_info["response_id"]

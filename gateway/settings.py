@@ -146,6 +146,22 @@ class BackendSettings(Strict):
         return value.rstrip("/")
 
 
+class StateSettings(Strict):
+    """The optional shared store (Redis, or a protocol-compatible server such as Valkey).
+    Without `redis_url` every worker keeps its own state, as a single process needs."""
+
+    redis_url: str | None = None  # redis://[user:password@]host:port/db, rediss:// for TLS
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    rate_limits_on_failure: Literal["local", "closed"] = "local"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(redis|rediss|unix)://\S+$", value):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
 class RoutingSettings(Strict):
     """How a model's backends share its traffic and when one is left alone.
 
@@ -276,6 +292,7 @@ class Settings(Strict):
     fhe: FheSettings = FheSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     routing: RoutingSettings = RoutingSettings()
+    state: StateSettings = StateSettings()
     privacy: PrivacySettings = PrivacySettings()
     policies: PolicySettings
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)

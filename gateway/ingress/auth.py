@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.errors import AuthenticationFailed, RateLimited
-from gateway.ingress.ratelimit import RateLimiter
+from gateway.ingress.ratelimit import Quota, RateLimiter
+from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings, TenantSettings
 
 KEY_PREFIX = "veil-"
+QUOTA = web.RequestKey("quota", Quota)  # the caller's quota, for the x-ratelimit-* headers
 
 
 @dataclass(frozen=True)
@@ -43,24 +45,29 @@ def new_api_key() -> str:
 class Authenticator:
     """Authenticate the caller, then apply its rate limit: the ingress stage's admission."""
 
-    def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics,
+                 shared: SharedRateLimiter | None = None) -> None:
         self._by_hash = {
             k.hash: Caller(k.name, k.hash, k.tenant, settings.tenants[k.tenant])
             for k in settings.api_keys
         }
         self._limiter = limiter
+        self._shared = shared  # when set (state.redis_url), limits hold across replicas
         self._metrics = metrics
         self._default_limit = settings.default_rate_limit
         # Keys already verified, so the hot path does not re-hash them; only valid keys enter,
         # and the cache is bounded by the number of configured keys.
         self._verified: dict[str, Caller] = {}
 
-    def admit(self, request: web.Request) -> Caller:
+    async def admit(self, request: web.Request) -> Caller:
         caller = self.authenticate(request)
         bind_request_fields(tenant=caller.tenant, key_name=caller.key_name)
+        limit = caller.tenant_settings.rate_limit or self._default_limit
         try:
-            self._limiter.check(caller.key_hash,
-                                caller.tenant_settings.rate_limit or self._default_limit)
+            if self._shared is not None:
+                request[QUOTA] = await self._shared.check(caller.key_hash, limit)
+            else:
+                request[QUOTA] = self._limiter.check(caller.key_hash, limit)
         except RateLimited:
             self._metrics.rate_limited.labels(caller.tenant).inc()
             raise

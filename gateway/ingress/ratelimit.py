@@ -1,7 +1,9 @@
 """Per-key token buckets, in memory (per worker process).
 
 A bucket holds `burst` tokens and refills at `requests_per_second`; a request takes one token or
-is refused with the time until one is available, which becomes the Retry-After header.
+is refused with the time until one is available, which becomes the Retry-After header. Either
+way the caller learns its quota, which every answer carries as OpenAI's `x-ratelimit-*`
+headers (the official SDKs and many clients pace themselves by them).
 """
 
 from __future__ import annotations
@@ -13,6 +15,33 @@ from dataclasses import dataclass
 
 from gateway.errors import RateLimited
 from gateway.settings import RateLimit
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A key's request quota after this request: the burst, what is left of it, and the
+    seconds until it is whole again."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+    def headers(self) -> dict[str, str]:
+        return {"x-ratelimit-limit-requests": str(self.limit),
+                "x-ratelimit-remaining-requests": str(self.remaining),
+                "x-ratelimit-reset-requests": f"{self.reset_s:.3f}s"}
+
+
+def quota_of(limit: RateLimit, tokens: float) -> Quota:
+    tokens = max(0.0, tokens)
+    return Quota(limit.burst, math.floor(tokens),
+                 max(0.0, (limit.burst - tokens) / limit.requests_per_second))
+
+
+def refused(wait_s: float, quota: Quota) -> RateLimited:
+    retry_after = max(1, math.ceil(wait_s))
+    return RateLimited(f"Rate limit exceeded; retry in {retry_after} s.",
+                       headers={"Retry-After": str(retry_after), **quota.headers()})
 
 
 @dataclass
@@ -37,8 +66,9 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
 
-    def check(self, key: str, limit: RateLimit) -> None:
-        """Raise `RateLimited` with Retry-After (whole seconds, rounded up) when over the limit."""
+    def check(self, key: str, limit: RateLimit) -> Quota:
+        """The quota left; raise `RateLimited` with Retry-After (whole seconds, rounded up) when
+        over the limit."""
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None or bucket.rate != limit.requests_per_second \
@@ -47,7 +77,7 @@ class RateLimiter:
                                  float(limit.burst), now)
             self._buckets[key] = bucket
         wait = bucket.take(now)
+        quota = quota_of(limit, bucket.tokens)
         if wait > 0:
-            retry_after = max(1, math.ceil(wait))
-            raise RateLimited(f"Rate limit exceeded; retry in {retry_after} s.",
-                              headers={"Retry-After": str(retry_after)})
+            raise refused(wait, quota)
+        return quota

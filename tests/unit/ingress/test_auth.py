@@ -64,12 +64,12 @@ def test_only_valid_keys_are_remembered() -> None:
     assert list(auth._verified) == [GOOD]
 
 
-def test_each_tenant_has_its_own_rate_limit() -> None:
+async def test_each_tenant_has_its_own_rate_limit() -> None:
     auth = authenticator(burst=2)
     other = request(Authorization=f"Bearer {OTHER}")
-    auth.admit(other)
-    auth.admit(other)
+    await auth.admit(other)
+    await auth.admit(other)
     with pytest.raises(RateLimited) as caught:
-        auth.admit(other)
+        await auth.admit(other)
     assert "Retry-After" in caught.value.headers
-    auth.admit(request(Authorization=f"Bearer {GOOD}"))  # untouched
+    await auth.admit(request(Authorization=f"Bearer {GOOD}"))  # untouched

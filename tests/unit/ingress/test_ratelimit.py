@@ -23,7 +23,9 @@ def test_burst_then_refill() -> None:
         limiter.check("k", limit)
     with pytest.raises(RateLimited) as info:
         limiter.check("k", limit)
-    assert info.value.headers == {"Retry-After": "1"}
+    assert info.value.headers == {"Retry-After": "1", "x-ratelimit-limit-requests": "3",
+                                  "x-ratelimit-remaining-requests": "0",
+                                  "x-ratelimit-reset-requests": "1.500s"}
     clock.now += 0.5  # one token back at 2/s
     limiter.check("k", limit)
     with pytest.raises(RateLimited):

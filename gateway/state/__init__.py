@@ -1,0 +1,1 @@
+"""State shared by workers and replicas (optional: Redis, or protocol-compatible servers)."""

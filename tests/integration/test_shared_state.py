@@ -1,0 +1,147 @@
+"""Rate limits shared through a real Redis: exact across gateways and across `veil serve`
+workers; Redis killed and restarted mid-run: the configured behaviour, then recovery."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+
+from gateway.demo.upstream import build_demo_app
+from gateway.ingress.auth import hash_api_key
+from tests.integration.faults import FaultyUpstream
+from tests.integration.test_cli_serve import ROOT, free_port, write_config
+from tests.redis_server import RedisServer
+from tests.servers import TEST_KEY, ServerThread, backend, gateway_for, settings_for
+
+CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+TIGHT = {"requests_per_second": 0.001, "burst": 5}  # five requests, then none for a long while
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path) as server:
+        yield server
+
+
+@contextmanager
+def gateways(redis_url: str | None, count: int, **state: Any) -> Iterator[list[ServerThread]]:
+    with ExitStack() as stack:
+        up = stack.enter_context(ServerThread(build_demo_app()))  # streams as a model does
+        settings = settings_for([backend("up", up.url)], {"test-model": ["up"]},
+                                tenants={"test": {"models": ["*"], "rate_limit": TIGHT}},
+                                api_keys=[{"name": "test-key", "tenant": "test",
+                                           "hash": hash_api_key(TEST_KEY)}],
+                                state={"redis_url": redis_url, "timeout_s": 0.5, **state}
+                                if redis_url else {})
+        yield [stack.enter_context(gateway_for(settings)) for _ in range(count)]
+
+
+def statuses(urls: list[str], n: int) -> list[int]:
+    """`n` requests spread over `urls` in turn, each on a fresh connection."""
+    return [httpx.post(urls[i % len(urls)] + "/v1/chat/completions", json=CHAT, headers=AUTH,
+                       timeout=10).status_code for i in range(n)]
+
+
+def test_a_keys_limit_holds_exactly_across_gateways(redis_server: RedisServer) -> None:
+    with gateways(redis_server.url, 3) as gws:
+        got = statuses([g.url for g in gws], 12)
+    assert got.count(200) == 5, got
+    assert got.count(429) == 7, got
+
+
+def test_a_keys_limit_holds_exactly_across_workers(redis_server: RedisServer,
+                                                   tmp_path: Path) -> None:
+    upstream = FaultyUpstream("ok")
+    with ServerThread(upstream.app()) as up:
+        port = free_port()
+        config = write_config(tmp_path / "config.yaml", up.url, port)
+        config.write_text(config.read_text().replace(
+            "tenants: {t: {}}", "tenants: {t: {rate_limit: {requests_per_second: 0.001, "
+            "burst: 4}}}") + f"state: {{redis_url: \"{redis_server.url}\"}}\n")
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
+                                    str(config), "--workers", "2"], cwd=ROOT, env=env,
+                                   stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url, process)
+            body = {**CHAT, "model": "m"}
+            got = [httpx.post(url + "/v1/chat/completions", json=body, headers=AUTH,
+                              timeout=10).status_code for _ in range(12)]
+        finally:
+            process.terminate()
+            process.wait(30)
+    assert got.count(200) == 4, got  # in memory, each worker admitted its own burst
+    assert set(got) == {200, 429}, got
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "veil serve exited"
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("veil serve never became ready")
+
+
+def test_redis_down_falls_back_to_local_limits_then_recovers(
+        redis_server: RedisServer) -> None:
+    with gateways(redis_server.url, 2) as gws:
+        urls = [g.url for g in gws]
+        assert statuses(urls, 2) == [200, 200]  # two of the shared five
+        redis_server.stop()
+        down = statuses(urls, 14)  # each gateway on its own buckets: five each
+        assert down.count(200) == 10, down
+        page = httpx.get(urls[0] + "/metrics").text
+        assert 'veil_state_failures_total{concern="rate_limits"}' in page
+        redis_server.start()  # same port, empty: the shared bucket starts full again
+        back = statuses(urls, 8)
+        assert back.count(200) == 5, back
+
+
+def test_redis_down_fails_closed_when_configured(redis_server: RedisServer) -> None:
+    with gateways(redis_server.url, 1, rate_limits_on_failure="closed") as (gw,):
+        assert statuses([gw.url], 1) == [200]
+        redis_server.stop()
+        started = time.monotonic()
+        r = httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH, timeout=10)
+        assert time.monotonic() - started < 3  # bounded by state.timeout_s, never a hang
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "rate_limiter_unavailable"
+        assert r.headers["Retry-After"] == "1"
+        redis_server.start()
+        assert statuses([gw.url], 1) == [200]
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_answer_carries_the_quota(shared: bool, redis_server: RedisServer) -> None:
+    with gateways(redis_server.url if shared else None, 1) as (gw,), \
+            httpx.Client(base_url=gw.url, headers=AUTH, timeout=10) as client:
+        with client.stream("POST", "/v1/chat/completions",
+                           json={**CHAT, "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            streamed_headers = streamed.headers
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            assert "[DONE]" in streamed.read().decode()
+        answers = [client.post("/v1/chat/completions", json=CHAT) for _ in range(5)]
+    assert streamed_headers["x-ratelimit-remaining-requests"] == "4"  # a stream's headers too
+    remaining = [a.headers["x-ratelimit-remaining-requests"] for a in answers]
+    assert remaining == ["3", "2", "1", "0", "0"]
+    assert {a.headers["x-ratelimit-limit-requests"] for a in answers} == {"5"}
+    assert [a.status_code for a in answers] == [200] * 4 + [429]
+    assert int(answers[4].headers["Retry-After"]) > 0
+    assert float(answers[0].headers["x-ratelimit-reset-requests"].removesuffix("s")) > 0
