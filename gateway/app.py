@@ -37,7 +37,7 @@ from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
 from gateway.policy.reload import PolicyHolder, run_watcher
 from gateway.privacy.engine import DetectionEngine
-from gateway.privacy.stored import StoredResponses
+from gateway.privacy.stored import ResponseStore, StoredResponses
 from gateway.protect import CompiledSet, compile_set
 from gateway.proxy.balance import Balancer
 from gateway.proxy.budget import RetryBudget
@@ -50,6 +50,7 @@ from gateway.readiness import readiness
 from gateway.resources import Resources, model_object
 from gateway.settings import Settings
 from gateway.state.redis_store import connect
+from gateway.state.stored_responses import SharedStoredResponses
 
 log = get_logger("veil.server")
 
@@ -127,8 +128,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     semantic = SemanticScorer(settings.fhe, metrics,
                               _remote_embedder(settings, pool, attestation),
                               outbound.scorer_session) if settings.fhe.scorers else None
-    stored = StoredResponses(settings.privacy.stored_response_ttl_s,
-                             settings.privacy.stored_responses_max)
+    stored = _response_store(settings, redis, env, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)
     routing = settings.routing
     forwarder = Forwarder(pool, metrics, attestation, health=health,
@@ -176,6 +176,17 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_audit_trail)
     app.cleanup_ctx.append(_shared_store)
     return app
+
+
+def _response_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+                    metrics: Metrics) -> ResponseStore:
+    """Shared by every replica when Redis and the vault's key are configured, else this
+    process's own."""
+    ttl, state = settings.privacy.stored_response_ttl_s, settings.state
+    if redis is not None and state.vault_key_env:
+        return SharedStoredResponses(redis, env[state.vault_key_env].encode(), ttl,
+                                     state.timeout_s, metrics)
+    return StoredResponses(ttl, settings.privacy.stored_responses_max)
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -28,6 +28,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   │   ├── TooManyConnections     503 too_many_connections   (a connection cap; Retry-After)
     │   │   ├── RateLimiterUnavailable 503 rate_limiter_unavailable (shared limits unreachable,
     │   │   │                                                     configured to fail closed)
+    │   │   ├── VaultUnavailable       503 vault_unavailable      (a stored response's mapping
+    │   │   │                                                     cannot be read: never guessed)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
     │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
@@ -294,6 +296,14 @@ class RateLimiterUnavailable(ServiceUnavailable):
     def __init__(self) -> None:
         super().__init__("The shared rate limiter cannot be reached; the request was not "
                          "forwarded.", headers={"Retry-After": "1"})
+
+
+class VaultUnavailable(ServiceUnavailable):
+    default_code = "vault_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The shared store of response mappings cannot be reached; the "
+                         "request was not forwarded.", headers={"Retry-After": "1"})
 
 
 class UpstreamBusy(ServiceUnavailable):

@@ -30,7 +30,7 @@ from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.offload import off_loop_if_big
 from gateway.policy.reload import PolicyHolder
-from gateway.privacy.stored import StoredResponse, StoredResponses
+from gateway.privacy.stored import ResponseStore, StoredResponse
 from gateway.privacy.vault import Vault
 from gateway.protect import CompiledSet, admit, protect
 from gateway.proxy.forward import Forwarder, UpstreamReply
@@ -48,7 +48,7 @@ class Pipeline:
     router: Router
     forwarder: Forwarder
     metrics: Metrics
-    stored: StoredResponses
+    stored: ResponseStore
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
@@ -67,7 +67,7 @@ class Pipeline:
         # route: backends the tenant may use for this model, in configured order (a
         # continued stored response: only the backend that holds it)
         backends = self.router.candidates(api_request, caller)
-        continued = self._continued(api_request, caller.tenant)
+        continued = await self._continued(api_request, caller.tenant)
         if continued is not None:
             backends = _holding(backends, continued)
         facts.parsed(api_request.model, api_request.stream)
@@ -119,7 +119,7 @@ class Pipeline:
             break
         facts.sent(self._routed(reply, failed_open))
         if response_id is not None and _stores(api_request) and response.status == 200:
-            self.stored.remember(response_id, caller.tenant, reply.backend.name,
+            await self.stored.remember(response_id, caller.tenant, reply.backend.name,
                                  vault.entries())
         facts.stage("relay")
         return response
@@ -169,13 +169,13 @@ class Pipeline:
         return endpoint.parse(decode_json_object(raw), headers,
                               frozenset(self.settings.privacy.allowed_betas))
 
-    def _continued(self, api_request: ApiRequest, tenant: str) -> StoredResponse | None:
+    async def _continued(self, api_request: ApiRequest, tenant: str) -> StoredResponse | None:
         """The stored response this request continues (`previous_response_id`), which must
         be this tenant's; its mapping seeds this request's placeholders."""
         previous = api_request.body.get("previous_response_id")
         if not api_request.endpoint.keeps_state or not isinstance(previous, str):
             return None
-        stored = self.stored.get(previous, tenant)
+        stored = await self.stored.get(previous, tenant)
         if stored is None:
             raise InvalidRequest(
                 "'previous_response_id' names no response this gateway stored for you (it may "

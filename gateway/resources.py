@@ -61,7 +61,7 @@ class Resources:
     async def delete(self, request: web.Request) -> web.StreamResponse:
         response = await self._forward(request, "DELETE", "", _vetted(request.query, {}), False)
         if response.status == 200:
-            self.pipeline.stored.forget(request.match_info["response_id"])
+            await self.pipeline.stored.forget(request.match_info["response_id"])
         return response
 
     async def _forward(self, request: web.Request, method: str, suffix: str,
@@ -71,7 +71,7 @@ class Resources:
         facts = request[FACTS]
         facts.admitted(caller.tenant)
         response_id = request.match_info["response_id"]
-        stored = self._owned(response_id, caller.tenant)
+        stored = await self._owned(response_id, caller.tenant)
         headers = forwarded_headers("openai", request.headers,
                                     frozenset(pipeline.settings.privacy.allowed_betas))
         api_request = ApiRequest(openai.RESPONSES, "", stream, {}, headers=headers)
@@ -84,8 +84,8 @@ class Resources:
         response, _ = await pipeline.relay(request, api_request, reply, vault)
         return response
 
-    def _owned(self, response_id: str, tenant: str) -> StoredResponse:
-        stored = self.pipeline.stored.get(response_id, tenant) \
+    async def _owned(self, response_id: str, tenant: str) -> StoredResponse:
+        stored = await self.pipeline.stored.get(response_id, tenant) \
             if IDENTIFIER.fullmatch(response_id) else None
         if stored is None:
             raise NotFound("No response with that id was stored through this gateway for you "

@@ -153,6 +153,15 @@ class StateSettings(Strict):
     redis_url: str | None = None  # redis://[user:password@]host:port/db, rediss:// for TLS
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
     rate_limits_on_failure: Literal["local", "closed"] = "local"
+    # The secret every replica holds to seal stored-response mappings in Redis (at least 32
+    # characters); without it stored responses stay in each process.
+    vault_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _vault_needs_store(self) -> StateSettings:
+        if self.vault_key_env and not self.redis_url:
+            raise ValueError("vault_key_env needs redis_url (the vault lives in Redis)")
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -371,17 +380,13 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
         for i, b in enumerate(settings.backends)
         if b.api_key_env and not environ.get(b.api_key_env)
     ]
-    for field_path, env_name in ((("logging", "correlation_key_env"),
-                                  settings.logging.correlation_key_env),):
-        if env_name and len(environ.get(env_name, "")) < 16:
+    secrets = ((("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
+               (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
+               (("state", "vault_key_env"), settings.state.vault_key_env, 32))
+    for field_path, env_name, least in secrets:
+        if env_name and len(environ.get(env_name, "")) < least:
             issues.append(ConfigIssue(doc.file, doc.position(field_path), ".".join(field_path),
-                                      f"environment variable {env_name} must hold at least 16 "
-                                      "characters of secret"))
-    hash_env = settings.privacy.hash_key_env
-    if hash_env and len(environ.get(hash_env, "")) < 16:
-        issues.append(ConfigIssue(doc.file, doc.position(("privacy", "hash_key_env")),
-                                  "privacy.hash_key_env",
-                                  f"environment variable {hash_env} must hold at least 16 "
-                                  "characters of secret"))
+                                      f"environment variable {env_name} must hold at least "
+                                      f"{least} characters of secret"))
     if issues:
         raise ConfigError(issues)

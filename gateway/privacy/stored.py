@@ -10,8 +10,8 @@ continuing one (`previous_response_id`) keeps its placeholders meaning the same 
 The mappings hold original values, so they are kept encrypted (AES-256-GCM, the response id,
 tenant and backend as associated data) under a key that exists only in this process's memory,
 and expire after `privacy.stored_response_ttl_s`. One process's record is its own: with
-several workers or replicas a response is known only where it was created (shared state is
-a later step: Redis).
+several workers or replicas a response is known only where it was created, unless
+`state.redis_url` and `state.vault_key_env` share them (`gateway/state/stored_responses.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -34,6 +35,17 @@ class StoredResponse:
     tenant: str
     backend: str
     entries: list[Entry]
+
+
+class ResponseStore(Protocol):
+    """Where the records live: this process (`StoredResponses`) or Redis, for every replica."""
+
+    async def remember(self, response_id: str, tenant: str, backend: str,
+                       entries: list[Entry]) -> None: ...
+
+    async def get(self, response_id: str, tenant: str) -> StoredResponse | None: ...
+
+    async def forget(self, response_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -53,16 +65,16 @@ class StoredResponses:
         self._clock = clock
         self._items: OrderedDict[str, _Sealed] = OrderedDict()
 
-    def remember(self, response_id: str, tenant: str, backend: str,
-                 entries: list[Entry]) -> None:
+    async def remember(self, response_id: str, tenant: str, backend: str,
+                       entries: list[Entry]) -> None:
         nonce = os.urandom(12)
         blob = nonce + self._aead.encrypt(nonce, orjson.dumps(entries),
-                                          _aad(response_id, tenant, backend))
+                                          aad(response_id, tenant, backend))
         self._items[response_id] = _Sealed(self._clock() + self._ttl, tenant, backend, blob)
         self._items.move_to_end(response_id)
         self._expire()
 
-    def get(self, response_id: str, tenant: str) -> StoredResponse | None:
+    async def get(self, response_id: str, tenant: str) -> StoredResponse | None:
         """The record, if this tenant created that response and it has not expired."""
         self._expire()
         sealed = self._items.get(response_id)
@@ -70,13 +82,13 @@ class StoredResponses:
             return None
         try:
             plain = self._aead.decrypt(sealed.blob[:12], sealed.blob[12:],
-                                       _aad(response_id, sealed.tenant, sealed.backend))
+                                       aad(response_id, sealed.tenant, sealed.backend))
         except InvalidTag:
             return None
         entries = [(str(p), str(e), str(v)) for p, e, v in orjson.loads(plain)]
         return StoredResponse(sealed.tenant, sealed.backend, entries)
 
-    def forget(self, response_id: str) -> None:
+    async def forget(self, response_id: str) -> None:
         self._items.pop(response_id, None)
 
     def __len__(self) -> int:
@@ -91,5 +103,5 @@ class StoredResponses:
             del self._items[oldest_id]
 
 
-def _aad(response_id: str, tenant: str, backend: str) -> bytes:
+def aad(response_id: str, tenant: str, backend: str) -> bytes:
     return orjson.dumps([response_id, tenant, backend])

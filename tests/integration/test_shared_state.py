@@ -13,14 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import openai
 import pytest
+import redis
 
 from gateway.demo.upstream import build_demo_app
 from gateway.ingress.auth import hash_api_key
+from tests.conftest import Demo
 from tests.integration.faults import FaultyUpstream
 from tests.integration.test_cli_serve import ROOT, free_port, write_config
 from tests.redis_server import RedisServer
-from tests.servers import TEST_KEY, ServerThread, backend, gateway_for, settings_for
+from tests.servers import (
+    OTHER_KEY,
+    TEST_KEY,
+    UPSTREAM_SECRET,
+    ServerThread,
+    backend,
+    demo_backend,
+    gateway_for,
+    settings_for,
+)
 
 CHAT = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -145,3 +157,77 @@ def test_every_answer_carries_the_quota(shared: bool, redis_server: RedisServer)
     assert [a.status_code for a in answers] == [200] * 4 + [429]
     assert int(answers[4].headers["Retry-After"]) > 0
     assert float(answers[0].headers["x-ratelimit-reset-requests"].removesuffix("s")) > 0
+
+
+VAULT_SECRET = "vault-secret-shared-by-every-replica-0123"
+EMAIL = "ada.lovelace@example.org"
+OTHER_EMAIL = "grace.hopper@example.net"
+
+
+@contextmanager
+def replicas(redis_url: str, demo_url: str, count: int) -> Iterator[list[ServerThread]]:
+    """`count` gateways sharing Redis and the vault's key, in front of one demo upstream."""
+    settings = settings_for([demo_backend("demo-openai", demo_url)],
+                            state={"redis_url": redis_url, "timeout_s": 0.5,
+                                   "vault_key_env": "VEIL_VAULT_KEY"})
+    environ = {"DEMO_KEY": UPSTREAM_SECRET, "VEIL_VAULT_KEY": VAULT_SECRET}
+    with ExitStack() as stack:
+        yield [stack.enter_context(gateway_for(settings, environ=environ)) for _ in range(count)]
+
+
+def oai(gateway: ServerThread, key: str = TEST_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+
+
+def test_a_conversation_whose_turns_hit_different_replicas_restores_right(
+        redis_server: RedisServer, demo: Demo) -> None:
+    with replicas(redis_server.url, demo.url, 3) as (a, b, c):
+        first = oai(a).responses.create(model="test-model", input=f"Remember {EMAIL}")
+        assert EMAIL not in demo.state.received[-1].decode()
+        assert EMAIL in oai(b).responses.retrieve(first.id).output_text  # read on another
+        second = oai(c).responses.create(model="test-model", previous_response_id=first.id,
+                                         input=f"Now also {OTHER_EMAIL}")
+        # turn 1 was <EMAIL_1> upstream, so turn 2's new address must be <EMAIL_2>
+        assert demo.state.last_body["input"] == "Now also <EMAIL_2>"
+        assert second.output_text.endswith(f"(continuing from: Remember {EMAIL})")
+        with pytest.raises(openai.NotFoundError):  # another tenant, on any replica
+            oai(b, OTHER_KEY).responses.retrieve(first.id)
+        oai(a).responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            oai(c).responses.retrieve(first.id)
+    keys = _redis_keys(redis_server)
+    assert keys  # the second response's record
+    assert all(k.startswith("veil:response:") for k in keys)
+    assert first.id not in " ".join(keys)  # ids are not readable from Redis
+
+
+def _redis_keys(server: RedisServer) -> list[str]:
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        found = [str(k) for k in client.scan_iter("veil:response:*")]
+        values = [str(client.get(k)) for k in found]
+    finally:
+        client.close()
+    assert values
+    assert not any(EMAIL in v or OTHER_EMAIL in v or "lovelace" in v for v in values)
+    return found
+
+
+def test_a_vault_that_cannot_be_reached_never_restores_wrongly(
+        redis_server: RedisServer, demo: Demo) -> None:
+    with replicas(redis_server.url, demo.url, 2) as (a, b):
+        first = oai(a).responses.create(model="test-model", input=f"Remember {EMAIL}")
+        redis_server.stop()
+        sent = len(demo.state.received)
+        with pytest.raises(openai.InternalServerError) as refused:
+            oai(b).responses.create(model="test-model", previous_response_id=first.id,
+                                    input=f"Now also {OTHER_EMAIL}")
+        assert refused.value.status_code == 503
+        assert refused.value.code == "vault_unavailable"
+        assert len(demo.state.received) == sent  # nothing forwarded
+        with pytest.raises(openai.InternalServerError):
+            oai(b).responses.retrieve(first.id)
+        redis_server.start()  # an empty Redis: the record is gone, so: not found, not wrong
+        with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+            oai(b).responses.create(model="test-model", previous_response_id=first.id,
+                                    input="again")

@@ -93,3 +93,15 @@ def test_all_errors_are_listed(tmp_path: Path) -> None:
     found = errors(tmp_path, text)
     assert any("listen.prot" in e for e in found)
     assert any("backends[0].nme" in e for e in found)
+
+
+def test_the_vault_key_is_checked_and_needs_redis(tmp_path: Path) -> None:
+    shared = GOOD + "state: {redis_url: redis://127.0.0.1:6379/0, vault_key_env: VAULT}\n"
+    problems = errors(tmp_path, shared, {"VAULT": "too-short"})
+    assert len(problems) == 1
+    assert problems[0].endswith("state.vault_key_env: environment variable VAULT must hold at "
+                                "least 32 characters of secret")
+    settings = load_settings(write(tmp_path, shared), {"VAULT": "v" * 32})
+    assert settings.state.vault_key_env == "VAULT"
+    alone = GOOD + "state: {vault_key_env: VAULT}\n"
+    assert any("vault_key_env needs redis_url" in p for p in errors(tmp_path, alone))
