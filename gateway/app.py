@@ -24,6 +24,7 @@ from gateway.fhe.semantic import SemanticScorer
 from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
 from gateway.fhe.semantic import default_session as default_scorer_session
 from gateway.ingress.auth import QUOTA, Authenticator
+from gateway.ingress.keys_file import load_keys, watch_keys
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
@@ -97,10 +98,9 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     """`policies`: already loaded by the preflight (else loaded here)."""
     metrics = Metrics()
     pool = UpstreamPool(settings, outbound.model_sessions, environ)
-    state = settings.state
-    redis = connect(state.redis_url, state.timeout_s) if state.redis_url else None
-    shared = SharedRateLimiter(redis, settings.state, metrics) if redis is not None else None
-    authenticator = Authenticator(settings, RateLimiter(), metrics, shared)
+    redis = connect(settings.state.redis_url, settings.state.timeout_s) \
+        if settings.state.redis_url else None
+    authenticator = _authenticator(settings, metrics, redis)
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
     privacy = settings.privacy
@@ -175,7 +175,16 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_health_probes)
     app.cleanup_ctx.append(_audit_trail)
     app.cleanup_ctx.append(_shared_store)
+    app.cleanup_ctx.append(_key_reloads)
     return app
+
+
+def _authenticator(settings: Settings, metrics: Metrics, redis: Redis | None) -> Authenticator:
+    """Keys from config.yaml and the keys file; rate limits shared through Redis, if any."""
+    shared = SharedRateLimiter(redis, settings.state, metrics) if redis is not None else None
+    file_keys = load_keys(settings.api_keys_file, settings.tenants, settings.api_keys) \
+        if settings.api_keys_file else []
+    return Authenticator(settings, RateLimiter(), metrics, shared, file_keys)
 
 
 def _response_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
@@ -206,6 +215,21 @@ async def _stopping(_: web.Application) -> None:
 async def _stopped(_: web.Application) -> AsyncIterator[None]:
     yield
     log.info("stopped")  # the last line a worker writes: every resource is closed
+
+
+async def _key_reloads(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    settings = gateway.settings
+    if not settings.api_keys_file or not settings.api_keys_watch_interval_s:
+        yield
+        return
+    task = asyncio.create_task(watch_keys(
+        settings.api_keys_file, settings.api_keys_watch_interval_s, settings.tenants,
+        settings.api_keys, gateway.pipeline.authenticator.use_keys))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _shared_store(app: web.Application) -> AsyncIterator[None]:

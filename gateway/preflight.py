@@ -1,8 +1,8 @@
 """What `veil serve` checks before it starts serving, so that a gateway that would fail on its
 first request refuses to start instead: every policy loads and verifies (with the plugins it
-names), and the sealed CKKS secret key opens. `load_settings` only parses and validates;
-everything that reads other files or keys happens here, with errors positioned in the config
-file like its own.
+names), the sealed CKKS secret key opens, and the API keys file loads. `load_settings` only
+parses and validates; everything that reads other files or keys happens here, with errors
+positioned in the config file (or in the file that is wrong) like its own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError, ConfigIssue, CustodyError
 from gateway.fhe.keys import KeyStore
+from gateway.ingress.keys_file import load_keys
 from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
 from gateway.settings import Settings
@@ -28,6 +29,8 @@ def preflight(config_path: str | Path, settings: Settings,
     policies = load_policy_set(settings.policies, hash_secret=bool(hash_env and env.get(hash_env)),
                                plugin_entities=plugin_entities)
     _open_fhe_key(config_path, settings, env)
+    if settings.api_keys_file:
+        load_keys(settings.api_keys_file, settings.tenants, settings.api_keys)
     return policies
 
 

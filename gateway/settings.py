@@ -306,6 +306,10 @@ class Settings(Strict):
     policies: PolicySettings
     tenants: dict[str, TenantSettings] = Field(default_factory=dict)
     api_keys: list[ApiKeySettings] = Field(default_factory=list)
+    # More keys, in a file of their own that is reloaded on change (add and revoke without a
+    # restart); checked every api_keys_watch_interval_s (0: read at start only).
+    api_keys_file: str | None = None
+    api_keys_watch_interval_s: Annotated[float, Field(ge=0)] = 2.0
     backends: list[BackendSettings]
     models: dict[str, list[str]]
 

@@ -18,7 +18,7 @@ from gateway.ingress.ratelimit import Quota, RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
-from gateway.settings import Settings, TenantSettings
+from gateway.settings import ApiKeySettings, Settings, TenantSettings
 
 KEY_PREFIX = "veil-"
 QUOTA = web.RequestKey("quota", Quota)  # the caller's quota, for the x-ratelimit-* headers
@@ -46,11 +46,10 @@ class Authenticator:
     """Authenticate the caller, then apply its rate limit: the ingress stage's admission."""
 
     def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics,
-                 shared: SharedRateLimiter | None = None) -> None:
-        self._by_hash = {
-            k.hash: Caller(k.name, k.hash, k.tenant, settings.tenants[k.tenant])
-            for k in settings.api_keys
-        }
+                 shared: SharedRateLimiter | None = None,
+                 file_keys: list[ApiKeySettings] | None = None) -> None:
+        self._settings = settings
+        self._by_hash: dict[str, Caller] = {}
         self._limiter = limiter
         self._shared = shared  # when set (state.redis_url), limits hold across replicas
         self._metrics = metrics
@@ -58,6 +57,15 @@ class Authenticator:
         # Keys already verified, so the hot path does not re-hash them; only valid keys enter,
         # and the cache is bounded by the number of configured keys.
         self._verified: dict[str, Caller] = {}
+        self.use_keys(file_keys or [])
+
+    def use_keys(self, file_keys: list[ApiKeySettings]) -> None:
+        """The keys in force: config.yaml's and the keys file's. Verified keys are forgotten,
+        so one just revoked stops working with the next request."""
+        tenants = self._settings.tenants
+        self._by_hash = {k.hash: Caller(k.name, k.hash, k.tenant, tenants[k.tenant])
+                         for k in [*self._settings.api_keys, *file_keys]}
+        self._verified = {}
 
     async def admit(self, request: web.Request) -> Caller:
         caller = self.authenticate(request)
