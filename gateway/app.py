@@ -72,12 +72,14 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def audit_path(path: str, worker: int | None) -> str:
-    """With several workers each keeps its own chain: audit.jsonl -> audit.w0.jsonl, ..."""
-    if worker is None:
+def audit_path(path: str, worker: int | None, replica: str | None = None) -> str:
+    """One chain per replica and per worker: audit.jsonl -> audit.<replica>.w0.jsonl, ..."""
+    parts = [p for p in (replica, f"w{worker}" if worker is not None else None) if p]
+    if not parts:
         return path
     stem, dot, suffix = path.rpartition(".")
-    return f"{stem}.w{worker}.{suffix}" if dot else f"{path}.w{worker}"
+    tag = ".".join(parts)
+    return f"{stem}.{tag}.{suffix}" if dot else f"{path}.{tag}"
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),
                         router, forwarder, metrics, stored)
     resources = Resources(pipeline)
-    audit = AuditTrail(audit_path(settings.audit.path, worker), settings.audit.key_file,
+    audit = AuditTrail(audit_path(settings.audit.path, worker, settings.audit.replica),
+                       settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
     gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TypeAlias
 
 from gateway.errors import ConfigError
@@ -63,7 +64,9 @@ def _key_commands(commands: Commands) -> None:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser(
         "verify", help="check MACs and the hash chain; exit 1 naming the first break")
-    verify.add_argument("files", nargs="+", help="oldest first, e.g. audit.jsonl.1 audit.jsonl")
+    verify.add_argument("files", nargs="+", help="oldest first, e.g. audit.jsonl.1 audit.jsonl; "
+                        "or one directory: every chain in it (one per replica and worker), "
+                        "each verified on its own")
     key = verify.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
@@ -374,13 +377,22 @@ def _policy_signatures(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from gateway.observability.audit import load_key, verify
+    from gateway.observability.audit import chains, load_key, verify
 
     try:
         key = load_key(args.key_file, args.key_env)
     except (OSError, ValueError) as exc:
         print(f"veil: cannot read the audit key: {exc}", file=sys.stderr)
         return 2
+    if len(args.files) == 1 and Path(args.files[0]).is_dir():
+        found = chains(args.files[0])
+        if not found:
+            print(f"FAILED: no audit chain (*.jsonl) in {args.files[0]}")
+            return 1
+        verdicts = {chain: verify(files, key) for chain, files in found.items()}
+        for chain, verdict in verdicts.items():
+            print(("ok: " if verdict.ok else "FAILED: ") + f"{chain}: {verdict.message}")
+        return 0 if all(v.ok for v in verdicts.values()) else 1
     verdict = verify(args.files, key)
     print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
     return 0 if verdict.ok else 1

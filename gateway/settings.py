@@ -234,6 +234,16 @@ class AuditSettings(Strict):
     key_file: str | None = None  # ... or from this file (veil quickstart creates one)
     max_bytes: Annotated[int, Field(ge=4096)] = 50 * 1024 * 1024
     keep: Annotated[int, Field(ge=1, le=1000)] = 10
+    # This replica's name in its chain's file name (audit.<replica>.jsonl), so replicas sharing
+    # a volume keep one chain each; e.g. VEIL__AUDIT__REPLICA=$HOSTNAME.
+    replica: str | None = None
+
+    @field_validator("replica")
+    @classmethod
+    def _replica(cls, value: str | None) -> str | None:
+        if value is not None and not NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
 
     @model_validator(mode="after")
     def _key_source(self) -> AuditSettings:

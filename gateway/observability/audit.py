@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -178,6 +179,21 @@ def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
         return Verdict(False, 0, "no records")
     note = f" ({start})" if start else ""
     return Verdict(True, count, f"{count} records verified, last seq {seq}{note}")
+
+
+CHAIN_FILE = re.compile(r"(?P<chain>.+\.jsonl)(?:\.(?P<rotated>\d+))?")
+
+
+def chains(directory: str | Path) -> dict[str, list[Path]]:
+    """The chains kept in a directory (one per replica and worker: `audit.<replica>.w0.jsonl`),
+    each as its files oldest first (`.jsonl.3`, `.jsonl.2`, `.jsonl.1`, `.jsonl`)."""
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for path in Path(directory).iterdir():
+        match = CHAIN_FILE.fullmatch(path.name)
+        if match and path.is_file():
+            found.setdefault(match["chain"], []).append((int(match["rotated"] or 0), path))
+    return {chain: [p for _, p in sorted(files, key=lambda f: -f[0])]
+            for chain, files in sorted(found.items())}
 
 
 def _lines(files: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:

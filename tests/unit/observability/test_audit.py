@@ -105,3 +105,33 @@ def test_the_last_seq_is_in_the_gateways_own_log(tmp_path: Path) -> None:
         trail.close()
     assert [(e["event"], e.get("next_seq", e.get("last_seq"))) for e in logs] == \
         [("audit_trail_opened", 0), ("audit_trail_closed", 2)]
+
+
+def test_a_directory_of_replica_chains_names_the_one_that_broke(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.app import audit_path  # noqa: PLC0415
+    from gateway.cli import main  # noqa: PLC0415
+
+    base = str(tmp_path / "audit.jsonl")
+    names = {(r, w): audit_path(base, w, r) for r in ("r1", "r2") for w in (0, 1)}
+    assert names[("r1", 0)] == str(tmp_path / "audit.r1.w0.jsonl")
+    assert audit_path(base, None, "r1") == str(tmp_path / "audit.r1.jsonl")
+    assert audit_path(base, None, None) == base
+    for path in names.values():
+        write(Path(path), 120, max_bytes=4096, keep=50).close()  # rotated: several files each
+    assert (tmp_path / "audit.r2.w1.jsonl.1").exists()
+    key_file = tmp_path / "audit.key"
+    key_file.write_bytes(KEY)
+    assert main(["audit", "verify", str(tmp_path), "--key-file", str(key_file)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4
+    assert all(line.startswith("ok: audit.r") and "120 records" in line for line in out)
+
+    rotated = tmp_path / "audit.r2.w1.jsonl.1"
+    kept = lines(rotated)
+    rotated.write_text("\n".join(kept[:3] + kept[4:]) + "\n")  # one record removed
+    assert main(["audit", "verify", str(tmp_path), "--key-file", str(key_file)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["ok", "ok", "ok", "FAILED"]
+    assert out[3].startswith("FAILED: audit.r2.w1.jsonl: ")
+    assert "chain broken" in out[3]
