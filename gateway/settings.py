@@ -64,7 +64,8 @@ class RateLimit(Strict):
 
 class TenantSettings(Strict):
     models: list[str] = Field(default_factory=lambda: ["*"])
-    rate_limit: RateLimit | None = None
+    rate_limit: RateLimit | None = None  # for each of the tenant's keys
+    total_rate_limit: RateLimit | None = None  # for all of the tenant's keys together
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models

@@ -18,7 +18,7 @@ from gateway.ingress.ratelimit import Quota, RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
-from gateway.settings import ApiKeySettings, Settings, TenantSettings
+from gateway.settings import ApiKeySettings, RateLimit, Settings, TenantSettings
 
 KEY_PREFIX = "veil-"
 QUOTA = web.RequestKey("quota", Quota)  # the caller's quota, for the x-ratelimit-* headers
@@ -70,16 +70,21 @@ class Authenticator:
     async def admit(self, request: web.Request) -> Caller:
         caller = self.authenticate(request)
         bind_request_fields(tenant=caller.tenant, key_name=caller.key_name)
-        limit = caller.tenant_settings.rate_limit or self._default_limit
+        tenant = caller.tenant_settings
         try:
-            if self._shared is not None:
-                request[QUOTA] = await self._shared.check(caller.key_hash, limit)
-            else:
-                request[QUOTA] = self._limiter.check(caller.key_hash, limit)
+            request[QUOTA] = await self._take(caller.key_hash,
+                                              tenant.rate_limit or self._default_limit)
+            if tenant.total_rate_limit is not None:
+                await self._take(_tenant_bucket(caller.tenant), tenant.total_rate_limit)
         except RateLimited:
             self._metrics.rate_limited.labels(caller.tenant).inc()
             raise
         return caller
+
+    async def _take(self, bucket: str, limit: RateLimit) -> Quota:
+        if self._shared is not None:
+            return await self._shared.check(bucket, limit)
+        return self._limiter.check(bucket, limit)
 
     def authenticate(self, request: web.Request) -> Caller:
         """Accept `Authorization: Bearer` (OpenAI SDK) or `x-api-key` (Anthropic SDK)."""
@@ -94,6 +99,11 @@ class Authenticator:
                 raise AuthenticationFailed("Invalid API key.")
             self._verified[key] = caller
         return caller
+
+
+def _tenant_bucket(tenant: str) -> str:
+    """A tenant's own bucket, named by a digest (Redis learns no tenant names)."""
+    return "tenant:sha256:" + hashlib.sha256(tenant.encode("utf-8")).hexdigest()
 
 
 def _presented_key(request: web.Request) -> str | None:

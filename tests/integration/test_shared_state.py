@@ -231,3 +231,24 @@ def test_a_vault_that_cannot_be_reached_never_restores_wrongly(
         with pytest.raises(openai.BadRequestError, match="previous_response_id"):
             oai(b).responses.create(model="test-model", previous_response_id=first.id,
                                     input="again")
+
+
+def test_a_tenants_total_limit_holds_across_its_keys_and_gateways(
+        redis_server: RedisServer) -> None:
+    second_key = "veil-test-key-second-of-tenant"
+    with ExitStack() as stack:
+        up = stack.enter_context(ServerThread(build_demo_app()))
+        settings = settings_for(
+            [backend("up", up.url)], {"test-model": ["up"]},
+            tenants={"test": {"models": ["*"], "rate_limit": {"requests_per_second": 1000,
+                                                              "burst": 1000},
+                              "total_rate_limit": {"requests_per_second": 0.001, "burst": 3}}},
+            api_keys=[{"name": "one", "tenant": "test", "hash": hash_api_key(TEST_KEY)},
+                      {"name": "two", "tenant": "test", "hash": hash_api_key(second_key)}],
+            state={"redis_url": redis_server.url})
+        gws = [stack.enter_context(gateway_for(settings)) for _ in range(2)]
+        got = [httpx.post(gws[i % 2].url + "/v1/chat/completions", json=CHAT, timeout=10,
+                          headers={"Authorization": f"Bearer {(TEST_KEY, second_key)[i // 2 % 2]}"}
+                          ).status_code for i in range(8)]
+    assert got.count(200) == 3, got
+    assert all(s == 429 for s in got[3:]), got
