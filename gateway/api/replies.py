@@ -149,18 +149,11 @@ class StreamRestore:
         return self.events.response_id
 
     def rewrite(self, event: SSEEvent) -> list[bytes]:
-        fields_checked(event)
-        data = event.data
-        if not data.strip():
+        payload = event_payload(event)
+        if payload is None:
             return [event.encode()]
-        if data.strip() == "[DONE]":
+        if isinstance(payload, str):  # [DONE]
             return [*self.events.on_done(), event.encode()]
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise StreamFormatError("upstream sent an event that is not JSON") from None
-        if not isinstance(payload, dict):
-            raise StreamFormatError("upstream sent an event that is not a JSON object")
         return self.events.on_event(event.event, payload)
 
 
@@ -175,17 +168,24 @@ def fields_checked(event: SSEEvent) -> None:
             raise StreamFormatError("upstream sent a line that is not an SSE field")
 
 
-def checked(event: SSEEvent) -> list[bytes]:
-    """Relay an event as it is, after the checks restoring makes anyway: well-formed fields, and
-    data that is a JSON object, `[DONE]` or empty (a stream with nothing to restore must not
-    pass on what a restored one would refuse)."""
+def event_payload(event: SSEEvent) -> dict[str, Any] | str | None:
+    """An event's data: a JSON object, "[DONE]", or None when it has none; anything else (or
+    a line that is no SSE field) is a `StreamFormatError`."""
     fields_checked(event)
     data = event.data.strip()
-    if data and data != "[DONE]":
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise StreamFormatError("upstream sent an event that is not JSON") from None
-        if not isinstance(payload, dict):
-            raise StreamFormatError("upstream sent an event that is not a JSON object")
+    if not data or data == "[DONE]":
+        return data or None
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise StreamFormatError("upstream sent an event that is not JSON") from None
+    if not isinstance(payload, dict):
+        raise StreamFormatError("upstream sent an event that is not a JSON object")
+    return payload
+
+
+def checked(event: SSEEvent) -> list[bytes]:
+    """Relay an event as it is, after the checks restoring makes anyway (a stream with nothing
+    to restore must not pass on what a restored one would refuse)."""
+    event_payload(event)
     return [event.encode()]
