@@ -170,17 +170,23 @@ class Forwarder:
         except aiohttp.ClientError as exc:
             self._failed(backend, "connect_error", started, type(exc).__name__)
             return None
+        except BaseException:  # cancelled (the client went away): no longer in flight
+            self.health.ended(backend.name)
+            raise
         if 200 <= response.status < 300:
             self._metrics.upstream_answered(backend.name, time.perf_counter() - started)
             return UpstreamReply(backend, response)
-        await self._refused(backend, response, started, call.restore, attempts)
+        try:
+            words = await _words(response, call.restore)
+        except BaseException:
+            self.health.ended(backend.name)
+            raise
+        self._refused(backend, response, words, started, attempts)
         return None
 
-    async def _refused(self, backend: BackendSettings, response: aiohttp.ClientResponse,
-                       started: float, restore: Callable[[str], str], attempts: Attempts
-                       ) -> None:
+    def _refused(self, backend: BackendSettings, response: aiohttp.ClientResponse,
+                 words: dict[str, str], started: float, attempts: Attempts) -> None:
         status, name = response.status, backend.name
-        words = await _words(response, restore)
         outcome = f"http_{status}"
         if status == 429 or (status == 503 and "Retry-After" in response.headers):
             self.health.ended(name)

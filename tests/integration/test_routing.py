@@ -12,6 +12,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from gateway.app import GATEWAY
 from tests.integration.faults import FaultyUpstream
 from tests.servers import TEST_KEY, ServerThread, backend, gateway_for, settings_for
 
@@ -252,3 +253,21 @@ def test_a_malformed_field_is_the_gateways_400_and_reaches_no_backend() -> None:
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "tools"
     assert (a.requests, b.requests) == (0, 0)
+
+
+def test_in_flight_counts_return_to_zero_whatever_ends_a_request() -> None:
+    slow, refusing = FaultyUpstream("slow", delay=1), FaultyUpstream("status", status=422)
+    with gateway({"slow": slow}) as gw:
+        health = gw.app[GATEWAY].pipeline.forwarder.health
+        for _ in range(3):
+            with pytest.raises(httpx.TimeoutException):  # the client gives up mid-request
+                httpx.post(gw.url + "/v1/chat/completions", json=CHAT, headers=AUTH,
+                           timeout=0.3)
+        assert chat(gw).status_code == 200
+        deadline = time.monotonic() + 5
+        while health.state("slow").in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health.state("slow").in_flight == 0
+    with gateway({"refusing": refusing}) as gw:
+        assert [chat(gw).status_code for _ in range(3)] == [422] * 3
+        assert gw.app[GATEWAY].pipeline.forwarder.health.state("refusing").in_flight == 0
