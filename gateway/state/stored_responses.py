@@ -79,12 +79,15 @@ class SharedStoredResponses:
             raise VaultUnavailable from None
         if raw is None:
             return None
-        record = orjson.loads(raw)
-        backend, blob = str(record["backend"]), bytes.fromhex(record["sealed"])
         try:
+            record = orjson.loads(raw)
+            backend, blob = str(record["backend"]), bytes.fromhex(record["sealed"])
             plain = self._aead.decrypt(blob[:12], blob[12:], aad(response_id, tenant, backend))
         except InvalidTag:
             return None  # another tenant's (or altered): not found, as if it did not exist
+        except (ValueError, KeyError, TypeError):  # not a record we wrote: planted or damaged
+            log.warning("stored_response_malformed")
+            return None
         entries = [(str(p), str(e), str(v)) for p, e, v in orjson.loads(plain)]
         return StoredResponse(tenant, backend, entries)
 

@@ -252,3 +252,23 @@ def test_a_tenants_total_limit_holds_across_its_keys_and_gateways(
                           ).status_code for i in range(8)]
     assert got.count(200) == 3, got
     assert all(s == 429 for s in got[3:]), got
+
+
+@pytest.mark.parametrize("planted", ["not json", "[1, 2]", '{"backend": "demo-openai"}',
+                                     '{"backend": "demo-openai", "sealed": "zz"}',
+                                     '{"backend": "demo-openai", "sealed": "00"}'])
+def test_a_record_planted_in_redis_is_not_found_never_an_error(
+        planted: str, redis_server: RedisServer, demo: Demo) -> None:
+    with replicas(redis_server.url, demo.url, 1) as (gw,):
+        created = oai(gw).responses.create(model="test-model", input=f"Remember {EMAIL}")
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            for name in client.scan_iter("veil:response:*"):
+                client.set(name, planted)
+        finally:
+            client.close()
+        with pytest.raises(openai.NotFoundError):
+            oai(gw).responses.retrieve(created.id)
+        with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+            oai(gw).responses.create(model="test-model", previous_response_id=created.id,
+                                     input="again")
