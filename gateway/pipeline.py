@@ -21,9 +21,10 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.ingress.auth import Authenticator
+from gateway.ingress.auth import METER, Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
+from gateway.ingress.usage import StreamUsage, tokens_used
 from gateway.inspection import Inspector, Reading
 from gateway.observability.facts import FACTS, Routed
 from gateway.observability.logging import bind_request_fields
@@ -100,6 +101,7 @@ class Pipeline:
         # backend gets the request, within the retry budget, unless the endpoint keeps state
         # upstream, where a second try could store a second response)
         vault, left = protection.vault, backends
+        usage = StreamUsage() if METER in request else None
         while True:
             reply = await self.forwarder.open(api_request, left, payload, request_id,
                                               restore=vault.restore, retrying=left is not backends)
@@ -109,7 +111,8 @@ class Pipeline:
             try:
                 # restore: placeholders -> original values, in the body or event by event
                 response, response_id = await self.relay(request, api_request, reply, vault,
-                                                         stamp={POLICY_HEADER: compiled.digest})
+                                                         stamp={POLICY_HEADER: compiled.digest},
+                                                         usage=usage)
             except (UpstreamFailed, UpstreamTimeout):
                 left = [b for b in left if b is not reply.backend]
                 if left and not api_request.endpoint.keeps_state and self.forwarder.may_retry():
@@ -120,7 +123,9 @@ class Pipeline:
         facts.sent(self._routed(reply, failed_open))
         if response_id is not None and _stores(api_request) and response.status == 200:
             await self.stored.remember(response_id, caller.tenant, reply.backend.name,
-                                 vault.entries())
+                                       vault.entries())
+        if usage is not None:
+            await self.authenticator.spend(request, _tokens(response, usage))
         facts.stage("relay")
         return response
 
@@ -129,14 +134,15 @@ class Pipeline:
         return Routed(name, self.router.attestation_digest(name), failed_open)
 
     async def relay(self, request: web.Request, api_request: ApiRequest, reply: UpstreamReply,
-                    vault: Vault, stamp: dict[str, str] | None = None
-                    ) -> tuple[web.StreamResponse, str | None]:
+                    vault: Vault, *, stamp: dict[str, str] | None = None,
+                    usage: StreamUsage | None = None) -> tuple[web.StreamResponse, str | None]:
         """Relay the upstream's answer restored with `vault`; also the id a stateful API gave
         it (Responses), so it can be read back and continued. A reply that breaks while it is
         read counts against its backend's health; a client that goes away does not."""
         ok: bool | None = None
         try:
-            relayed = await self._relay(request, api_request, reply.response, vault, stamp)
+            relayed = await self._relay(request, api_request, reply.response, vault,
+                                        stamp=stamp, usage=usage)
         except (UpstreamFailed, UpstreamTimeout):
             ok = False
             raise
@@ -147,8 +153,9 @@ class Pipeline:
         return relayed
 
     async def _relay(self, request: web.Request, api_request: ApiRequest,
-                     upstream: aiohttp.ClientResponse, vault: Vault,
-                     stamp: dict[str, str] | None) -> tuple[web.StreamResponse, str | None]:
+                     upstream: aiohttp.ClientResponse, vault: Vault, *,
+                     stamp: dict[str, str] | None, usage: StreamUsage | None
+                     ) -> tuple[web.StreamResponse, str | None]:
         endpoint = api_request.endpoint
         restoring = len(vault) > 0 and endpoint.restores_reply
         observing = restoring or endpoint.keeps_state
@@ -156,8 +163,9 @@ class Pipeline:
                 and upstream.content_type == "text/event-stream":
             restore = StreamRestore(endpoint, vault, api_request.json_reply) \
                 if observing else None
+            rewrite = restore.rewrite if restore else checked
             response = await relay_stream(request, api_request, upstream, request[REQUEST_ID],
-                                          rewrite=restore.rewrite if restore else checked,
+                                          rewrite=usage.observing(rewrite) if usage else rewrite,
                                           stamp=stamp)
             return response, restore.response_id if restore else None
         transform = functools.partial(restore_body, vault=vault) if restoring else None
@@ -220,6 +228,16 @@ def _require_json(request: web.Request) -> None:
     if kind != "application/json" and not (kind.startswith("application/")
                                             and kind.endswith("+json")):
         raise UnsupportedMediaType("Content-Type must be application/json.")
+
+
+def _tokens(response: web.StreamResponse, usage: StreamUsage) -> int:
+    """What the reply used: counted as its stream passed, or read from its whole body."""
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        try:
+            return tokens_used(orjson.loads(response.body))
+        except orjson.JSONDecodeError:
+            return 0
+    return usage.total
 
 
 def _reply_id(body: object) -> str | None:

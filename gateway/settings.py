@@ -60,6 +60,9 @@ class LimitSettings(Strict):
 class RateLimit(Strict):
     requests_per_second: Annotated[float, Field(gt=0)]
     burst: Annotated[int, Field(ge=1)]
+    # Tokens (as the upstream counts them in `usage`) per minute: a request is admitted while
+    # any are left, and what its reply used is taken afterwards.
+    tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
 
 
 class TenantSettings(Strict):

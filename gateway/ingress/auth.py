@@ -22,6 +22,8 @@ from gateway.settings import ApiKeySettings, RateLimit, Settings, TenantSettings
 
 KEY_PREFIX = "veil-"
 QUOTA = web.RequestKey("quota", Quota)  # the caller's quota, for the x-ratelimit-* headers
+# The token buckets (name, tokens per minute) a reply's usage is to be taken from.
+METER = web.RequestKey("meter", tuple[tuple[str, int], ...])
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,38 @@ class Authenticator:
         caller = self.authenticate(request)
         bind_request_fields(tenant=caller.tenant, key_name=caller.key_name)
         tenant = caller.tenant_settings
+        limits = [(caller.key_hash, tenant.rate_limit or self._default_limit)]
+        if tenant.total_rate_limit is not None:
+            limits.append((_tenant_bucket(caller.tenant), tenant.total_rate_limit))
         try:
-            request[QUOTA] = await self._take(caller.key_hash,
-                                              tenant.rate_limit or self._default_limit)
-            if tenant.total_rate_limit is not None:
-                await self._take(_tenant_bucket(caller.tenant), tenant.total_rate_limit)
+            request[QUOTA] = await self._take(*limits[0])
+            for bucket, limit in limits[1:]:
+                await self._take(bucket, limit)
+            meter = tuple((bucket, limit.tokens_per_minute) for bucket, limit in limits
+                          if limit.tokens_per_minute is not None)
+            for bucket, per_minute in meter:
+                await self._tokens_left(bucket, per_minute)
         except RateLimited:
             self._metrics.rate_limited.labels(caller.tenant).inc()
             raise
+        if meter:
+            request[METER] = meter
         return caller
+
+    async def spend(self, request: web.Request, tokens: int) -> None:
+        """Take the tokens a reply used from the buckets that admitted it, if they count
+        tokens."""
+        for bucket, per_minute in request.get(METER, ()):
+            if self._shared is not None:
+                await self._shared.spend_tokens(bucket, per_minute, tokens)
+            else:
+                self._limiter.spend_tokens(bucket, per_minute, tokens)
+
+    async def _tokens_left(self, bucket: str, per_minute: int) -> None:
+        if self._shared is not None:
+            await self._shared.tokens_left(bucket, per_minute)
+        else:
+            self._limiter.tokens_left(bucket, per_minute)
 
     async def _take(self, bucket: str, limit: RateLimit) -> Quota:
         if self._shared is not None:

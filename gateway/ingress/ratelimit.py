@@ -44,6 +44,12 @@ def refused(wait_s: float, quota: Quota) -> RateLimited:
                        headers={"Retry-After": str(retry_after), **quota.headers()})
 
 
+def tokens_spent(wait_s: float) -> RateLimited:
+    retry_after = max(1, math.ceil(wait_s))
+    return RateLimited(f"Token rate limit exceeded; retry in {retry_after} s.",
+                       headers={"Retry-After": str(retry_after)}, code="tokens_exceeded")
+
+
 @dataclass
 class TokenBucket:
     rate: float
@@ -65,6 +71,31 @@ class RateLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
+        self._token_buckets: dict[str, TokenBucket] = {}
+
+    def tokens_left(self, key: str, per_minute: int) -> None:
+        """Raise `RateLimited` while the key's tokens are spent (below one)."""
+        bucket = self._token_bucket(key, per_minute)
+        bucket.tokens = min(bucket.capacity,
+                            bucket.tokens + (self._clock() - bucket.updated) * bucket.rate)
+        bucket.updated = self._clock()
+        if bucket.tokens < 1.0:
+            raise tokens_spent((1.0 - bucket.tokens) / bucket.rate)
+
+    def spend_tokens(self, key: str, per_minute: int, tokens: int) -> None:
+        bucket = self._token_bucket(key, per_minute)
+        now = self._clock()
+        bucket.tokens = min(bucket.capacity,
+                            bucket.tokens + (now - bucket.updated) * bucket.rate) - tokens
+        bucket.updated = now
+
+    def _token_bucket(self, key: str, per_minute: int) -> TokenBucket:
+        bucket = self._token_buckets.get(key)
+        if bucket is None or bucket.capacity != per_minute:
+            bucket = TokenBucket(per_minute / 60, float(per_minute), float(per_minute),
+                                 self._clock())
+            self._token_buckets[key] = bucket
+        return bucket
 
     def check(self, key: str, limit: RateLimit) -> Quota:
         """The quota left; raise `RateLimited` with Retry-After (whole seconds, rounded up) when

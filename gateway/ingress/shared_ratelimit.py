@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import RateLimiterUnavailable
-from gateway.ingress.ratelimit import Quota, RateLimiter, quota_of, refused
+from gateway.ingress.ratelimit import Quota, RateLimiter, quota_of, refused, tokens_spent
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.settings import RateLimit, StateSettings
@@ -40,15 +40,63 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 1000)
 return {tostring(wait), tostring(tokens)}
 """
 PREFIX = "veil:ratelimit:"
+# Tokens per minute: ARGV rate, capacity, cost. Refill; cost 0 asks whether any are left
+# (returns the seconds until one is); a cost takes it, down below zero if the reply used more.
+TOKENS = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local rate, capacity, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(bucket[1]), tonumber(bucket[2])
+if tokens == nil then tokens, at = capacity, now end
+tokens = math.min(capacity, tokens + math.max(0, now - at) * rate) - cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate * 1000) + 1000)
+if tokens >= 1 then return '0' end
+return tostring((1 - tokens) / rate)
+"""
 
 
 class SharedRateLimiter:
     def __init__(self, redis: Redis, state: StateSettings, metrics: Metrics,
                  local: RateLimiter | None = None) -> None:
         self._take = redis.register_script(TAKE)
+        self._tokens = redis.register_script(TOKENS)
         self._state = state
         self._metrics = metrics
         self._local = local or RateLimiter()
+
+    async def tokens_left(self, key: str, per_minute: int) -> None:
+        """Raise `RateLimited` while the key's tokens are spent."""
+        wait = await self._tokens_call(key, per_minute, 0)
+        if wait is None:
+            self._local.tokens_left(key, per_minute)
+        elif wait > 0:
+            raise tokens_spent(wait)
+
+    async def spend_tokens(self, key: str, per_minute: int, tokens: int) -> None:
+        """Take what a reply used. Never raises: the reply has been answered already."""
+        if await self._tokens_call(key, per_minute, tokens, refuse=False) is None:
+            self._local.spend_tokens(key, per_minute, tokens)
+
+    async def _tokens_call(self, key: str, per_minute: int, cost: int, *,
+                           refuse: bool = True) -> float | None:
+        """The script's answer; None when Redis failed and the local bucket is to be used
+        (or, failing closed and `refuse`, RateLimiterUnavailable)."""
+        try:
+            async with asyncio.timeout(self._state.timeout_s):
+                return float(await self._tokens(keys=[PREFIX + "tokens:" + key],
+                                                args=[per_minute / 60, per_minute, cost]))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._unavailable(exc, refuse=refuse)
+            return None
+
+    def _unavailable(self, exc: BaseException, *, refuse: bool = True) -> None:
+        self._metrics.state_failures.labels("rate_limits").inc()
+        log.warning("rate_limit_store_unavailable", error=type(exc).__name__,
+                    fallback=self._state.rate_limits_on_failure)
+        if refuse and self._state.rate_limits_on_failure == "closed":
+            raise RateLimiterUnavailable from None
 
     async def check(self, key: str, limit: RateLimit) -> Quota:
         """The quota left; raise `RateLimited` (with Retry-After) when over the limit. `key`:
@@ -58,11 +106,7 @@ class SharedRateLimiter:
                 wait, tokens = await self._take(keys=[PREFIX + key],
                                                 args=[limit.requests_per_second, limit.burst])
         except (RedisError, OSError, TimeoutError) as exc:
-            self._metrics.state_failures.labels("rate_limits").inc()
-            log.warning("rate_limit_store_unavailable", error=type(exc).__name__,
-                        fallback=self._state.rate_limits_on_failure)
-            if self._state.rate_limits_on_failure == "closed":
-                raise RateLimiterUnavailable from None
+            self._unavailable(exc)
             return self._local.check(key, limit)
         quota = quota_of(limit, float(tokens))
         if float(wait) > 0:

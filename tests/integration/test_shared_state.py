@@ -272,3 +272,34 @@ def test_a_record_planted_in_redis_is_not_found_never_an_error(
         with pytest.raises(openai.BadRequestError, match="previous_response_id"):
             oai(gw).responses.create(model="test-model", previous_response_id=created.id,
                                      input="again")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+def test_tokens_per_minute_are_taken_from_the_replies_usage(
+        shared: bool, stream: bool, redis_server: RedisServer) -> None:
+    with ExitStack() as stack:
+        up = stack.enter_context(ServerThread(build_demo_app()))
+        settings = settings_for(
+            [backend("up", up.url)], {"test-model": ["up"]},
+            tenants={"test": {"models": ["*"], "rate_limit": {
+                "requests_per_second": 1000, "burst": 1000, "tokens_per_minute": 3}}},
+            api_keys=[{"name": "test-key", "tenant": "test", "hash": hash_api_key(TEST_KEY)}],
+            state={"redis_url": redis_server.url} if shared else {})
+        first, second = (stack.enter_context(gateway_for(settings)) for _ in range(2))
+        body = {**CHAT, "messages": [{"role": "user", "content": "count these few words"}]}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", first.url + "/v1/chat/completions", json=body,
+                          headers=AUTH, timeout=10) as r:
+            assert r.status_code == 200
+            assert "[DONE]" in r.read().decode() or not stream
+        target = second if shared else first  # without Redis each gateway counts its own
+        refused = httpx.post(target.url + "/v1/chat/completions", json=CHAT, headers=AUTH,
+                             timeout=10)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "tokens_exceeded"
+        assert int(refused.headers["Retry-After"]) >= 1
+        if shared:  # one bucket, whichever gateway asks
+            assert httpx.post(first.url + "/v1/chat/completions", json=CHAT, headers=AUTH,
+                              timeout=10).status_code == 429
