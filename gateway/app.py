@@ -8,8 +8,9 @@ import functools
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import hdrs, web
 from redis.asyncio import Redis
@@ -226,13 +227,23 @@ async def _key_reloads(app: web.Application) -> AsyncIterator[None]:
     if not settings.api_keys_file or not settings.api_keys_watch_interval_s:
         yield
         return
-    task = asyncio.create_task(watch_keys(
-        settings.api_keys_file, settings.api_keys_watch_interval_s, settings.tenants,
-        settings.api_keys, gateway.pipeline.authenticator.use_keys))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(watch_keys(
+            settings.api_keys_file, settings.api_keys_watch_interval_s, settings.tenants,
+            settings.api_keys, gateway.pipeline.authenticator.use_keys)):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`work` as a background task for as long as the block runs; cancelled and awaited at
+    its end, so nothing of it outlives the application."""
+    task = asyncio.create_task(work)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _shared_store(app: web.Application) -> AsyncIterator[None]:
@@ -287,12 +298,9 @@ async def _attestation(app: web.Application) -> AsyncIterator[None]:
 
 async def _health_probes(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
-    task = asyncio.create_task(run_probes(gateway.settings.backends, gateway.pool,
-                                          gateway.attestation, gateway.pipeline.forwarder.health))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(run_probes(gateway.settings.backends, gateway.pool,
+                                   gateway.attestation, gateway.pipeline.forwarder.health)):
+        yield
 
 
 async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
@@ -322,11 +330,8 @@ async def _policy_reloads(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _metrics_sync(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[GATEWAY].metrics.run_sync())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(app[GATEWAY].metrics.run_sync()):
+        yield
 
 
 async def _upstream_sessions(app: web.Application) -> AsyncIterator[None]:
