@@ -87,7 +87,8 @@ class Pipeline:
         facts.stage("detect")
         protection = await off_loop_if_big(
             len(raw), protect, texts, compiled, detections, scores, tenant=caller.tenant,
-            seed=continued.entries if continued is not None else (), attachments=attachments)
+            seed=continued.entries if continued is not None else (), attachments=attachments,
+            keyed=endpoint.keyed_placeholders)
         facts.protected(protection.facts())
         if protection.blocked:
             raise protection.refusal()

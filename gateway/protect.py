@@ -159,13 +159,14 @@ def admit(attachments: Sequence[Attachment], unknown: Sequence[str],
 
 def protect(texts: Sequence[str], compiled: CompiledPolicy, detections: Detections,
             scores: Scores, *, tenant: str, seed: Sequence[Entry] = (),
-            attachments: Mapping[str, int] | None = None) -> Protection:
+            attachments: Mapping[str, int] | None = None, keyed: bool = False) -> Protection:
     """Decide on the findings and the scores, and (unless the decision is to block) rewrite
     the texts. `seed`: the placeholder mapping of a stored response this request continues;
     placeholder-shaped text in `texts` is reserved, so a placeholder never collides with text
-    the client wrote."""
+    the client wrote. `keyed`: placeholders keyed per tenant rather than numbered, where
+    nothing is restored and distinct values must stay distinct (embeddings)."""
     masker = compiled.masker
-    vault = Vault(reserved_in(texts), seed)
+    vault = Vault(reserved_in(texts), seed, masker.pseudonym_key(tenant) if keyed else None)
     findings = masker.conversation_findings(texts, detections.spans)
     found = Counter(span.entity for per_text in findings for span in per_text)
     decision = evaluate(compiled.loaded, Facts("", "", "", found, scores.values)) \

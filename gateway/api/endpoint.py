@@ -57,6 +57,9 @@ class Endpoint:
     json_reply: Callable[[dict[str, Any]], bool] = _never
     restores_reply: bool = True  # False: replies carry no text (vectors, token counts)
     keeps_state: bool = False  # the upstream stores the reply under an id (Responses)
+    # Placeholders keyed per tenant (the same value alike in every request), where nothing is
+    # restored and requests must stay comparable: embeddings (gateway/privacy/vault.py).
+    keyed_placeholders: bool = False
 
     @property
     def streams(self) -> bool:

@@ -418,7 +418,7 @@ CHAT = Endpoint("/v1/chat/completions", "openai", "chat_completions", CHAT_BODY,
 COMPLETIONS = Endpoint("/v1/completions", "openai", "completions", COMPLETIONS_BODY,
                        CompletionEvents, _is_done, _chat_stream_error)
 EMBEDDINGS = Endpoint("/v1/embeddings", "openai", "embeddings", EMBEDDINGS_BODY, None,
-                      restores_reply=False)
+                      restores_reply=False, keyed_placeholders=True)
 RESPONSES = Endpoint("/v1/responses", "openai", "responses", RESPONSES_BODY, ResponsesEvents,
                      _is_responses_terminal, _responses_stream_error,
                      json_reply=_responses_json_reply, keeps_state=True)

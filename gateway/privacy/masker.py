@@ -135,6 +135,14 @@ class Masker:
         self._deny = [(entity, re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE))
                       for entity, terms in rules.deny_list.items() for term in terms]
 
+    def pseudonym_key(self, tenant: str) -> bytes | None:
+        """The tenant's key for keyed placeholders (gateway/privacy/vault.py), from the same
+        secret as the `hash` action under another label; None without that secret."""
+        if self._hash_secret is None:
+            return None
+        return hmac.new(self._hash_secret, b"veil-pseudonym-v1:" + tenant.encode(),
+                        hashlib.sha256).digest()
+
     def findings(self, text: str, spans: Sequence[Span],
                  names: NameParts | None = None) -> list[Span]:
         """Thresholds, allow- and deny-lists, name parts seen elsewhere in the conversation,
