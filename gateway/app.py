@@ -24,7 +24,7 @@ from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
 from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
 from gateway.fhe.semantic import default_session as default_scorer_session
-from gateway.ingress.auth import QUOTA, Authenticator
+from gateway.ingress.auth import QUOTA, TOKEN_QUOTA, Authenticator
 from gateway.ingress.keys_file import load_keys, watch_keys
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
@@ -207,9 +207,10 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
     attacker which advisories to try. And the caller's quota, on every answer to a known key
     (streams too: this runs as their headers leave)."""
     response.headers[hdrs.SERVER] = "veil"
-    quota = request.get(QUOTA)
-    if quota is not None:
-        response.headers.update(quota.headers())
+    for key in (QUOTA, TOKEN_QUOTA):
+        quota = request.get(key)
+        if quota is not None:
+            response.headers.update(quota.headers())
 
 
 async def _stopping(_: web.Application) -> None:

@@ -22,6 +22,7 @@ from gateway.settings import ApiKeySettings, RateLimit, Settings, TenantSettings
 
 KEY_PREFIX = "veil-"
 QUOTA = web.RequestKey("quota", Quota)  # the caller's quota, for the x-ratelimit-* headers
+TOKEN_QUOTA = web.RequestKey("token_quota", Quota)  # ... and its tokens, if it counts them
 # The token buckets (name, tokens per minute) a reply's usage is to be taken from.
 METER = web.RequestKey("meter", tuple[tuple[str, int], ...])
 
@@ -83,7 +84,9 @@ class Authenticator:
             meter = tuple((bucket, limit.tokens_per_minute) for bucket, limit in limits
                           if limit.tokens_per_minute is not None)
             for bucket, per_minute in meter:
-                await self._tokens_left(bucket, per_minute)
+                tokens = await self._tokens_left(bucket, per_minute)
+                if TOKEN_QUOTA not in request:  # the key's own when it has one, as OpenAI's
+                    request[TOKEN_QUOTA] = tokens
         except RateLimited:
             self._metrics.rate_limited.labels(caller.tenant).inc()
             raise
@@ -100,11 +103,10 @@ class Authenticator:
             else:
                 self._limiter.spend_tokens(bucket, per_minute, tokens)
 
-    async def _tokens_left(self, bucket: str, per_minute: int) -> None:
+    async def _tokens_left(self, bucket: str, per_minute: int) -> Quota:
         if self._shared is not None:
-            await self._shared.tokens_left(bucket, per_minute)
-        else:
-            self._limiter.tokens_left(bucket, per_minute)
+            return await self._shared.tokens_left(bucket, per_minute)
+        return self._limiter.tokens_left(bucket, per_minute)
 
     async def _take(self, bucket: str, limit: RateLimit) -> Quota:
         if self._shared is not None:

@@ -19,17 +19,19 @@ from gateway.settings import RateLimit
 
 @dataclass(frozen=True)
 class Quota:
-    """A key's request quota after this request: the burst, what is left of it, and the
-    seconds until it is whole again."""
+    """A key's quota of requests (after this one) or of tokens (before this reply is counted):
+    the bucket's size, what is left of it, and the seconds until it is whole again; as
+    OpenAI's `x-ratelimit-*-{unit}` headers, which the official SDKs read."""
 
     limit: int
     remaining: int
     reset_s: float
+    unit: str = "requests"
 
     def headers(self) -> dict[str, str]:
-        return {"x-ratelimit-limit-requests": str(self.limit),
-                "x-ratelimit-remaining-requests": str(self.remaining),
-                "x-ratelimit-reset-requests": f"{self.reset_s:.3f}s"}
+        return {f"x-ratelimit-limit-{self.unit}": str(self.limit),
+                f"x-ratelimit-remaining-{self.unit}": str(self.remaining),
+                f"x-ratelimit-reset-{self.unit}": f"{self.reset_s:.3f}s"}
 
 
 def quota_of(limit: RateLimit, tokens: float) -> Quota:
@@ -38,16 +40,23 @@ def quota_of(limit: RateLimit, tokens: float) -> Quota:
                  max(0.0, (limit.burst - tokens) / limit.requests_per_second))
 
 
+def token_quota(per_minute: int, tokens: float) -> Quota:
+    left = max(0.0, tokens)
+    return Quota(per_minute, math.floor(left), max(0.0, (per_minute - tokens) * 60 / per_minute),
+                 "tokens")
+
+
 def refused(wait_s: float, quota: Quota) -> RateLimited:
     retry_after = max(1, math.ceil(wait_s))
     return RateLimited(f"Rate limit exceeded; retry in {retry_after} s.",
                        headers={"Retry-After": str(retry_after), **quota.headers()})
 
 
-def tokens_spent(wait_s: float) -> RateLimited:
+def tokens_spent(wait_s: float, quota: Quota) -> RateLimited:
     retry_after = max(1, math.ceil(wait_s))
     return RateLimited(f"Token rate limit exceeded; retry in {retry_after} s.",
-                       headers={"Retry-After": str(retry_after)}, code="tokens_exceeded")
+                       headers={"Retry-After": str(retry_after), **quota.headers()},
+                       code="tokens_exceeded")
 
 
 @dataclass
@@ -73,14 +82,16 @@ class RateLimiter:
         self._buckets: dict[str, TokenBucket] = {}
         self._token_buckets: dict[str, TokenBucket] = {}
 
-    def tokens_left(self, key: str, per_minute: int) -> None:
-        """Raise `RateLimited` while the key's tokens are spent (below one)."""
+    def tokens_left(self, key: str, per_minute: int) -> Quota:
+        """The tokens left; raise `RateLimited` while they are spent (below one)."""
         bucket = self._token_bucket(key, per_minute)
         bucket.tokens = min(bucket.capacity,
                             bucket.tokens + (self._clock() - bucket.updated) * bucket.rate)
         bucket.updated = self._clock()
+        quota = token_quota(per_minute, bucket.tokens)
         if bucket.tokens < 1.0:
-            raise tokens_spent((1.0 - bucket.tokens) / bucket.rate)
+            raise tokens_spent((1.0 - bucket.tokens) / bucket.rate, quota)
+        return quota
 
     def spend_tokens(self, key: str, per_minute: int, tokens: int) -> None:
         bucket = self._token_bucket(key, per_minute)

@@ -16,7 +16,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import RateLimiterUnavailable
-from gateway.ingress.ratelimit import Quota, RateLimiter, quota_of, refused, tokens_spent
+from gateway.ingress.ratelimit import (
+    Quota,
+    RateLimiter,
+    quota_of,
+    refused,
+    token_quota,
+    tokens_spent,
+)
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.settings import RateLimit, StateSettings
@@ -41,7 +48,8 @@ return {tostring(wait), tostring(tokens)}
 """
 PREFIX = "veil:ratelimit:"
 # Tokens per minute: ARGV rate, capacity, cost. Refill; cost 0 asks whether any are left
-# (returns the seconds until one is); a cost takes it, down below zero if the reply used more.
+# (returns the seconds until one is, and the tokens left); a cost takes it, down below zero if
+# the reply used more.
 TOKENS = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
@@ -52,8 +60,9 @@ if tokens == nil then tokens, at = capacity, now end
 tokens = math.min(capacity, tokens + math.max(0, now - at) * rate) - cost
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate * 1000) + 1000)
-if tokens >= 1 then return '0' end
-return tostring((1 - tokens) / rate)
+local wait = 0
+if tokens < 1 then wait = (1 - tokens) / rate end
+return {tostring(wait), tostring(tokens)}
 """
 
 
@@ -66,13 +75,16 @@ class SharedRateLimiter:
         self._metrics = metrics
         self._local = local or RateLimiter()
 
-    async def tokens_left(self, key: str, per_minute: int) -> None:
-        """Raise `RateLimited` while the key's tokens are spent."""
-        wait = await self._tokens_call(key, per_minute, 0)
-        if wait is None:
-            self._local.tokens_left(key, per_minute)
-        elif wait > 0:
-            raise tokens_spent(wait)
+    async def tokens_left(self, key: str, per_minute: int) -> Quota:
+        """The tokens left; raise `RateLimited` while they are spent."""
+        answer = await self._tokens_call(key, per_minute, 0)
+        if answer is None:
+            return self._local.tokens_left(key, per_minute)
+        wait, tokens = answer
+        quota = token_quota(per_minute, tokens)
+        if wait > 0:
+            raise tokens_spent(wait, quota)
+        return quota
 
     async def spend_tokens(self, key: str, per_minute: int, tokens: int) -> None:
         """Take what a reply used. Never raises: the reply has been answered already."""
@@ -80,13 +92,14 @@ class SharedRateLimiter:
             self._local.spend_tokens(key, per_minute, tokens)
 
     async def _tokens_call(self, key: str, per_minute: int, cost: int, *,
-                           refuse: bool = True) -> float | None:
-        """The script's answer; None when Redis failed and the local bucket is to be used
-        (or, failing closed and `refuse`, RateLimiterUnavailable)."""
+                           refuse: bool = True) -> tuple[float, float] | None:
+        """The script's answer (seconds to wait, tokens left); None when Redis failed and the
+        local bucket is to be used (or, failing closed and `refuse`, RateLimiterUnavailable)."""
         try:
             async with asyncio.timeout(self._state.timeout_s):
-                return float(await self._tokens(keys=[PREFIX + "tokens:" + key],
-                                                args=[per_minute / 60, per_minute, cost]))
+                wait, tokens = await self._tokens(keys=[PREFIX + "tokens:" + key],
+                                                  args=[per_minute / 60, per_minute, cost])
+                return float(wait), float(tokens)
         except (RedisError, OSError, TimeoutError) as exc:
             self._unavailable(exc, refuse=refuse)
             return None

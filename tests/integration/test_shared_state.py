@@ -293,6 +293,8 @@ def test_tokens_per_minute_are_taken_from_the_replies_usage(
         with httpx.stream("POST", first.url + "/v1/chat/completions", json=body,
                           headers=AUTH, timeout=10) as r:
             assert r.status_code == 200
+            assert r.headers["x-ratelimit-limit-tokens"] == "3"
+            assert r.headers["x-ratelimit-remaining-tokens"] == "3"  # before this reply
             assert "[DONE]" in r.read().decode() or not stream
         target = second if shared else first  # without Redis each gateway counts its own
         refused = httpx.post(target.url + "/v1/chat/completions", json=CHAT, headers=AUTH,
@@ -300,6 +302,8 @@ def test_tokens_per_minute_are_taken_from_the_replies_usage(
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "tokens_exceeded"
         assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+        assert float(refused.headers["x-ratelimit-reset-tokens"].removesuffix("s")) > 20
         if shared:  # one bucket, whichever gateway asks
             assert httpx.post(first.url + "/v1/chat/completions", json=CHAT, headers=AUTH,
                               timeout=10).status_code == 429

@@ -41,3 +41,19 @@ def test_keys_are_independent_and_retry_after_rounds_up() -> None:
     with pytest.raises(RateLimited) as info:
         limiter.check("a", slow)
     assert info.value.headers["Retry-After"] == "4"
+
+
+def test_a_token_quota_as_openais_headers() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    assert limiter.tokens_left("k", 600).headers() == {
+        "x-ratelimit-limit-tokens": "600", "x-ratelimit-remaining-tokens": "600",
+        "x-ratelimit-reset-tokens": "0.000s"}
+    limiter.spend_tokens("k", 600, 900)  # a reply that used more than was left
+    with pytest.raises(RateLimited) as info:
+        limiter.tokens_left("k", 600)
+    assert info.value.headers == {"Retry-After": "31", "x-ratelimit-limit-tokens": "600",
+                                  "x-ratelimit-remaining-tokens": "0",
+                                  "x-ratelimit-reset-tokens": "90.000s"}
+    clock.now += 31
+    assert limiter.tokens_left("k", 600).remaining == 10
