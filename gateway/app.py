@@ -38,6 +38,7 @@ from gateway.pipeline import Pipeline
 from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
 from gateway.policy.reload import PolicyHolder, run_watcher
+from gateway.privacy.conversations import Conversations, ConversationStore
 from gateway.privacy.engine import DetectionEngine
 from gateway.privacy.stored import ResponseStore, StoredResponses
 from gateway.protect import CompiledSet, compile_set
@@ -51,6 +52,7 @@ from gateway.proxy.upstream import SessionFactory, UpstreamPool, default_session
 from gateway.readiness import readiness
 from gateway.resources import Resources, model_object
 from gateway.settings import Settings
+from gateway.state.conversations import SharedConversations
 from gateway.state.redis_store import connect
 from gateway.state.stored_responses import SharedStoredResponses
 
@@ -132,6 +134,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                               _remote_embedder(settings, pool, attestation),
                               outbound.scorer_session) if settings.fhe.scorers else None
     stored = _response_store(settings, redis, env, metrics)
+    conversations = _conversation_store(settings, redis, env, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)
     routing = settings.routing
     forwarder = Forwarder(pool, metrics, attestation, health=health,
@@ -139,8 +142,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                           budget=RetryBudget(routing.retry_budget_ratio,
                                              routing.retry_budget_min_per_s))
     pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),
-                        router, forwarder, metrics, stored)
-    resources = Resources(pipeline)
+                        router, forwarder, metrics, stored, conversations)
     audit = AuditTrail(audit_path(settings.audit.path, worker, settings.audit.replica),
                        settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
@@ -154,17 +156,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                                      memory=MemoryReturn())],
     )
     app[GATEWAY] = gateway
-    for endpoint in ENDPOINTS:
-        app.router.add_post(endpoint.path, functools.partial(pipeline.handle, endpoint=endpoint),
-                            name=endpoint.name)
-    app.router.add_get("/v1/models", list_models, name="models")
-    app.router.add_get("/v1/models/{model_id:.+}", resources.model, name="model")
-    app.router.add_get("/v1/responses/{response_id}", resources.response,
-                       name="responses_retrieve")
-    app.router.add_get("/v1/responses/{response_id}/input_items", resources.input_items,
-                       name="responses_input_items")
-    app.router.add_delete("/v1/responses/{response_id}", resources.delete,
-                          name="responses_delete")
+    _routes(app.router, pipeline, Resources(pipeline))
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_page, name="metrics")
@@ -181,6 +173,28 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_shared_store)
     app.cleanup_ctx.append(_key_reloads)
     return app
+
+
+def _routes(router: web.UrlDispatcher, pipeline: Pipeline, resources: Resources) -> None:
+    for endpoint in ENDPOINTS:
+        router.add_post(endpoint.path, functools.partial(pipeline.handle, endpoint=endpoint),
+                        name=endpoint.name)
+    router.add_get("/v1/models", list_models, name="models")
+    router.add_get("/v1/models/{model_id:.+}", resources.model, name="model")
+    response = "/v1/responses/{response_id}"
+    router.add_get(response, resources.response, name="responses_retrieve")
+    router.add_get(response + "/input_items", resources.input_items,
+                   name="responses_input_items")
+    router.add_delete(response, resources.delete, name="responses_delete")
+    conversation = "/v1/conversations/{conversation_id}"
+    router.add_get(conversation, resources.conversation, name="conversations_retrieve")
+    router.add_delete(conversation, resources.delete_conversation, name="conversations_delete")
+    router.add_get(conversation + "/items", resources.conversation_items,
+                   name="conversations_items_list")
+    router.add_get(conversation + "/items/{item_id}", resources.conversation_item,
+                   name="conversations_item")
+    router.add_delete(conversation + "/items/{item_id}", resources.conversation_item,
+                      name="conversations_item_delete")
 
 
 def _authenticator(settings: Settings, metrics: Metrics, redis: Redis | None) -> Authenticator:
@@ -200,6 +214,16 @@ def _response_store(settings: Settings, redis: Redis | None, env: Mapping[str, s
         return SharedStoredResponses(redis, env[state.vault_key_env].encode(), ttl,
                                      state.timeout_s, metrics)
     return StoredResponses(ttl, settings.privacy.stored_responses_max)
+
+
+def _conversation_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+                        metrics: Metrics) -> ConversationStore:
+    """Shared like stored responses (same secret, keys of their own), else this process's."""
+    ttl, state = settings.privacy.conversation_ttl_s, settings.state
+    if redis is not None and state.vault_key_env:
+        return SharedConversations(redis, env[state.vault_key_env].encode(), ttl,
+                                   state.timeout_s, metrics)
+    return Conversations(ttl, settings.privacy.stored_responses_max)
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:

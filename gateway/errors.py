@@ -13,6 +13,7 @@ The others never reach a client as they are; the tree says what each becomes.
     │   ├── PermissionDenied           403 permission_error
     │   │   └── NoPolicyApplies        403 no_policy
     │   ├── NotFound                   404 invalid_request_error  (unknown URL, model, response)
+    │   ├── ConversationBusy           409 invalid_request_error  (lost every mapping write)
     │   ├── MethodNotAllowed           405 invalid_request_error
     │   ├── RequestTimeout             408 invalid_request_error  (body not received in time)
     │   ├── PayloadTooLarge            413 invalid_request_error
@@ -143,6 +144,20 @@ class NotFound(GatewayError):
     status = 404
     error_type = "invalid_request_error"
     default_code = "not_found"
+
+
+class ConversationBusy(GatewayError):
+    """Requests into one conversation kept adding values at the same moment: this one lost the
+    race to write the mapping each time. Nothing was forwarded; a retry will do."""
+
+    status = 409
+    error_type = "invalid_request_error"
+    default_code = "conversation_busy"
+
+    def __init__(self) -> None:
+        super().__init__("Other requests into this conversation were being masked at the same "
+                         "moment; nothing was forwarded. Retry the request.",
+                         param="conversation", headers={"Retry-After": "1"})
 
 
 class MethodNotAllowed(GatewayError):
@@ -302,7 +317,7 @@ class VaultUnavailable(ServiceUnavailable):
     default_code = "vault_unavailable"
 
     def __init__(self) -> None:
-        super().__init__("The shared store of response mappings cannot be reached; the "
+        super().__init__("The shared store of placeholder mappings cannot be reached; the "
                          "request was not forwarded.", headers={"Retry-After": "1"})
 
 

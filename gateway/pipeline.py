@@ -4,6 +4,7 @@ mask, upstream, restore. Semantic scoring and attestation-aware routing slot in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,8 +15,11 @@ from aiohttp import web
 
 from gateway.api import ApiRequest, Endpoint
 from gateway.api.replies import StreamRestore, checked, restore_body
+from gateway.api.structure import IDENTIFIER
 from gateway.errors import (
+    ConversationBusy,
     InvalidRequest,
+    NotFound,
     RequestTimeout,
     UnsupportedMediaType,
     UpstreamFailed,
@@ -31,9 +35,10 @@ from gateway.observability.logging import bind_request_fields
 from gateway.observability.metrics import Metrics
 from gateway.offload import off_loop_if_big
 from gateway.policy.reload import PolicyHolder
-from gateway.privacy.stored import ResponseStore, StoredResponse
-from gateway.privacy.vault import Vault
-from gateway.protect import CompiledSet, admit, protect
+from gateway.privacy.conversations import ConversationStore
+from gateway.privacy.stored import ResponseStore
+from gateway.privacy.vault import Entry, Vault
+from gateway.protect import CompiledSet, Protection, admit, protect
 from gateway.proxy.forward import Forwarder, UpstreamReply
 from gateway.proxy.relay import STREAM_BROKE, relay_body, relay_stream
 from gateway.proxy.router import Router
@@ -50,6 +55,7 @@ class Pipeline:
     forwarder: Forwarder
     metrics: Metrics
     stored: ResponseStore
+    conversations: ConversationStore
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
@@ -62,15 +68,15 @@ class Pipeline:
         _require_json(request)
         raw = await self._body(request)
         facts.body_bytes = len(raw)
-        api_request = await off_loop_if_big(len(raw), self._parse, endpoint, raw,
-                                            request.headers)
+        api_request = self._conversations_model(await off_loop_if_big(
+            len(raw), self._parse, endpoint, raw, request.headers))
 
         # route: backends the tenant may use for this model, in configured order (a
-        # continued stored response: only the backend that holds it)
+        # continued stored response or conversation: only the backend that holds it)
         backends = self.router.candidates(api_request, caller)
-        continued = await self._continued(api_request, caller.tenant)
-        if continued is not None:
-            backends = _holding(backends, continued)
+        held = await self._held(request, api_request, caller.tenant)
+        if held is not None:
+            backends = _holding(backends, held)
         facts.parsed(api_request.model, api_request.stream)
         facts.stage("ingress")
 
@@ -85,13 +91,11 @@ class Pipeline:
         detections, scores = await self.inspector.inspect(
             Reading(*scan.for_detection(texts)), compiled)
         facts.stage("detect")
-        protection = await off_loop_if_big(
-            len(raw), protect, texts, compiled, detections, scores, tenant=caller.tenant,
-            seed=continued.entries if continued is not None else (), attachments=attachments,
-            keyed=endpoint.keyed_placeholders)
+        masking = functools.partial(protect, texts, compiled, detections, scores,
+                                    tenant=caller.tenant, attachments=attachments,
+                                    keyed=endpoint.keyed_placeholders)
+        protection = await self._masked(len(raw), masking, held, caller.tenant)
         facts.protected(protection.facts())
-        if protection.blocked:
-            raise protection.refusal()
         payload = await off_loop_if_big(len(raw), _written, api_request, protection.texts)
         facts.stage("mask")
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
@@ -105,6 +109,7 @@ class Pipeline:
         usage = StreamUsage() if METER in request else None
         while True:
             reply = await self.forwarder.open(api_request, left, payload, request_id,
+                                              path=_upstream_path(request, endpoint),
                                               restore=vault.restore, retrying=left is not backends)
             facts.stage("upstream")
             bind_request_fields(model=api_request.model, stream=api_request.stream,
@@ -122,9 +127,9 @@ class Pipeline:
                 raise
             break
         facts.sent(self._routed(reply, failed_open))
-        if response_id is not None and _stores(api_request) and response.status == 200:
-            await self.stored.remember(response_id, caller.tenant, reply.backend.name,
-                                       vault.entries())
+        if response_id is not None and response.status == 200:
+            await self._remember(api_request, response_id, caller.tenant, reply.backend.name,
+                                 vault.entries())
         if usage is not None:
             await self.authenticator.spend(request, _tokens(response, usage))
         facts.stage("relay")
@@ -178,11 +183,39 @@ class Pipeline:
         return endpoint.parse(decode_json_object(raw), headers,
                               frozenset(self.settings.privacy.allowed_betas))
 
-    async def _continued(self, api_request: ApiRequest, tenant: str) -> StoredResponse | None:
-        """The stored response this request continues (`previous_response_id`), which must
-        be this tenant's; its mapping seeds this request's placeholders."""
-        previous = api_request.body.get("previous_response_id")
-        if not api_request.endpoint.keeps_state or not isinstance(previous, str):
+    def _conversations_model(self, api_request: ApiRequest) -> ApiRequest:
+        """Creating a conversation or adding to one names no model: its requests go to the
+        backends of `routing.conversations_model`, if the operator named one."""
+        if api_request.endpoint.conversation not in ("creates", "in_path"):
+            return api_request
+        return dataclasses.replace(api_request, model=self._conversations_enabled())
+
+    def _conversations_enabled(self) -> str:
+        model = self.settings.routing.conversations_model
+        if model is None:
+            raise InvalidRequest(
+                "Conversations are not enabled on this gateway (routing.conversations_model); "
+                "send the history in 'input' or use 'previous_response_id'.",
+                param="conversation", code="conversations_disabled")
+        return model
+
+    async def _held(self, request: web.Request, api_request: ApiRequest,
+                    tenant: str) -> Held | None:
+        """What the upstream keeps that this request continues, which must be this tenant's:
+        a stored response (`previous_response_id`) or a conversation (in the path, or the
+        body's `conversation`). Its mapping seeds this request's placeholders."""
+        endpoint, body = api_request.endpoint, api_request.body
+        if endpoint.conversation == "in_path":
+            return await self.conversation(request.match_info["conversation_id"], tenant)
+        named = body.get("conversation") if endpoint.conversation == "in_body" else None
+        if named is not None:
+            if body.get("previous_response_id") is not None:
+                raise InvalidRequest("'conversation' and 'previous_response_id' cannot both be "
+                                     "given.", param="conversation")
+            return await self.conversation(
+                named if isinstance(named, str) else str(named.get("id")), tenant)
+        previous = body.get("previous_response_id")
+        if not endpoint.keeps_state or not isinstance(previous, str):
             return None
         stored = await self.stored.get(previous, tenant)
         if stored is None:
@@ -190,7 +223,47 @@ class Pipeline:
                 "'previous_response_id' names no response this gateway stored for you (it may "
                 "have expired, or been created through another gateway process).",
                 param="previous_response_id", code="previous_response_not_found")
-        return stored
+        return Held(stored.backend, stored.entries)
+
+    async def conversation(self, conversation_id: str, tenant: str) -> Held:
+        """The tenant's conversation of that id, or 404 (another tenant's is not found)."""
+        self._conversations_enabled()
+        found = await self.conversations.get(conversation_id, tenant) \
+            if IDENTIFIER.fullmatch(conversation_id) else None
+        if found is None:
+            raise NotFound("No conversation with that id was created through this gateway for "
+                           "you (it may have expired or been deleted).", param="conversation",
+                           code="conversation_not_found")
+        return Held(found.backend, found.entries, conversation_id, found.version)
+
+    async def _masked(self, size: int, masking: functools.partial[Protection],
+                      held: Held | None, tenant: str) -> Protection:
+        """The decision and the masked texts, seeded with what `held` maps. A conversation's
+        mapping grown by this request is written back before anything is forwarded, naming
+        the version it grew from: if another request wrote first, mask again from theirs."""
+        for _ in range(CONVERSATION_WRITE_ATTEMPTS):
+            protection: Protection = await off_loop_if_big(
+                size, masking, seed=held.entries if held is not None else ())
+            if protection.blocked:
+                raise protection.refusal()
+            if held is None or held.conversation is None or \
+                    len(protection.vault) == len(held.entries):
+                return protection
+            if await self.conversations.put(held.conversation, tenant, held.backend,
+                                            protection.vault.entries(), held.version):
+                return protection
+            held = await self.conversation(held.conversation, tenant)
+        raise ConversationBusy
+
+    async def _remember(self, api_request: ApiRequest, reply_id: str, tenant: str,
+                        backend: str, entries: list[Entry]) -> None:
+        """A new conversation's record, or a stored response's (a request into a conversation
+        wrote its record before it went upstream)."""
+        kind = api_request.endpoint.conversation
+        if kind == "creates" and IDENTIFIER.fullmatch(reply_id):
+            await self.conversations.put(reply_id, tenant, backend, entries, None)
+        elif kind in ("", "in_body") and _stores(api_request):
+            await self.stored.remember(reply_id, tenant, backend, entries)
 
     async def _body(self, request: web.Request) -> bytes:
         limits = self.settings.limits
@@ -209,12 +282,34 @@ def _written(api_request: ApiRequest, texts: Sequence[str] | None) -> bytes:
     return orjson.dumps(api_request.body)
 
 
-def _holding(backends: list[BackendSettings], stored: StoredResponse) -> list[BackendSettings]:
-    holding = [b for b in backends if b.name == stored.backend]
+@dataclass(frozen=True)
+class Held:
+    """State the upstream keeps that a request continues: on which backend, and the mapping
+    its placeholders were made with; for a conversation, its id and the mapping's version."""
+
+    backend: str
+    entries: list[Entry]
+    conversation: str | None = None
+    version: str | None = None
+
+
+CONVERSATION_WRITE_ATTEMPTS = 8  # each failure means another request wrote: bounded
+
+
+def _upstream_path(request: web.Request, endpoint: Endpoint) -> str | None:
+    """The client's path where the route names a resource (its id already checked against
+    the ones this gateway keeps); no query is forwarded."""
+    return request.path if "{" in endpoint.path else None
+
+
+def _holding(backends: list[BackendSettings], held: Held) -> list[BackendSettings]:
+    holding = [b for b in backends if b.name == held.backend]
     if not holding:
-        raise InvalidRequest("The response named by 'previous_response_id' is held by a "
-                             "backend that does not serve this model.",
-                             param="previous_response_id", code="previous_response_not_found")
+        param = "conversation" if held.conversation else "previous_response_id"
+        raise InvalidRequest(f"The state named by '{param}' is held by a backend that does "
+                             "not serve this model.", param=param,
+                             code="conversation_not_found" if held.conversation
+                             else "previous_response_not_found")
     return holding
 
 

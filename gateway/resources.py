@@ -1,10 +1,11 @@
 """Reads of what the gateway or the upstream keeps: a model (`GET /v1/models/{id}`), a stored
-response (`GET /v1/responses/{id}`), its input items, and its deletion.
+response (`GET /v1/responses/{id}`), its input items, and its deletion; a conversation
+(`/v1/conversations/{id}`), its items, and their deletion.
 
-A stored response is reachable only by the tenant that created it through this gateway (the
-upstream keeps every tenant's responses under the gateway's one credential), only on the
-backend that holds it, and comes back restored with the placeholder mapping it was made with.
-Query parameters are checked against their vocabulary; nothing else is forwarded.
+A stored response or a conversation is reachable only by the tenant that created it through
+this gateway (the upstream keeps every tenant's under the gateway's one credential), only on
+the backend that holds it, and comes back restored with the placeholder mapping it was made
+with. Query parameters are checked against their vocabulary; nothing else is forwarded.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from gateway.api.structure import IDENTIFIER
 from gateway.errors import InvalidRequest, NotFound
 from gateway.ingress.middleware import REQUEST_ID
 from gateway.observability.facts import FACTS, Routed
-from gateway.pipeline import Pipeline
-from gateway.privacy.stored import StoredResponse
+from gateway.pipeline import Held, Pipeline
 from gateway.privacy.vault import Vault
 
 INCLUDE = re.compile(r"[a-z_]+(?:\.[a-z_]+){0,4}")
@@ -33,6 +33,7 @@ RETRIEVE_QUERY = {"include": INCLUDE, "include[]": INCLUDE, "stream": BOOL,
                   "starting_after": COUNT, "include_obfuscation": BOOL}
 ITEMS_QUERY = {"include": INCLUDE, "include[]": INCLUDE, "after": IDENTIFIER,
                "limit": COUNT, "order": re.compile(r"asc|desc")}
+ITEM_QUERY = {"include": INCLUDE, "include[]": INCLUDE}
 
 
 @dataclass(frozen=True)
@@ -52,46 +53,82 @@ class Resources:
     async def response(self, request: web.Request) -> web.StreamResponse:
         query = _vetted(request.query, RETRIEVE_QUERY)
         stream = ("stream", "true") in query
-        return await self._forward(request, "GET", "", query, stream)
+        return await self._response(request, "GET", "", query, stream)
 
     async def input_items(self, request: web.Request) -> web.StreamResponse:
-        return await self._forward(request, "GET", "/input_items",
-                                   _vetted(request.query, ITEMS_QUERY), False)
+        return await self._response(request, "GET", "/input_items",
+                                    _vetted(request.query, ITEMS_QUERY), False)
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        response = await self._forward(request, "DELETE", "", _vetted(request.query, {}), False)
+        response = await self._response(request, "DELETE", "", _vetted(request.query, {}),
+                                        False)
         if response.status == 200:
             await self.pipeline.stored.forget(request.match_info["response_id"])
         return response
 
-    async def _forward(self, request: web.Request, method: str, suffix: str,
-                       query: list[tuple[str, str]], stream: bool) -> web.StreamResponse:
-        pipeline = self.pipeline
-        caller = await pipeline.authenticator.admit(request)
-        facts = request[FACTS]
-        facts.admitted(caller.tenant)
+    async def conversation(self, request: web.Request) -> web.StreamResponse:
+        return await self._conversation(request, "GET", _vetted(request.query, {}))
+
+    async def delete_conversation(self, request: web.Request) -> web.StreamResponse:
+        response = await self._conversation(request, "DELETE", _vetted(request.query, {}))
+        if response.status == 200:
+            await self.pipeline.conversations.forget(request.match_info["conversation_id"])
+        return response
+
+    async def conversation_items(self, request: web.Request) -> web.StreamResponse:
+        return await self._conversation(request, "GET", _vetted(request.query, ITEMS_QUERY))
+
+    async def conversation_item(self, request: web.Request) -> web.StreamResponse:
+        """One item (GET), or its deletion (DELETE: the upstream answers with the
+        conversation); the item's id is checked like every other before it is forwarded."""
+        if not IDENTIFIER.fullmatch(request.match_info["item_id"]):
+            raise NotFound("No item with that id.", param="item_id", code="item_not_found")
+        return await self._conversation(request, request.method,
+                                        _vetted(request.query, ITEM_QUERY))
+
+    async def _response(self, request: web.Request, method: str, suffix: str,
+                        query: list[tuple[str, str]], stream: bool) -> web.StreamResponse:
+        caller = await self.pipeline.authenticator.admit(request)
+        request[FACTS].admitted(caller.tenant)
         response_id = request.match_info["response_id"]
-        stored = await self._owned(response_id, caller.tenant)
+        held = await self._owned(response_id, caller.tenant)
+        return await self._forward(request, method, f"/v1/responses/{response_id}{suffix}",
+                                   query, stream=stream, held=held)
+
+    async def _conversation(self, request: web.Request, method: str,
+                            query: list[tuple[str, str]]) -> web.StreamResponse:
+        caller = await self.pipeline.authenticator.admit(request)
+        request[FACTS].admitted(caller.tenant)
+        held = await self.pipeline.conversation(request.match_info["conversation_id"],
+                                                caller.tenant)
+        return await self._forward(request, method, request.path, query, stream=False,
+                                   held=held)
+
+    async def _forward(self, request: web.Request, method: str, path: str,
+                       query: list[tuple[str, str]], *, stream: bool,
+                       held: Held) -> web.StreamResponse:
+        pipeline = self.pipeline
+        facts = request[FACTS]
         headers = forwarded_headers("openai", request.headers,
                                     frozenset(pipeline.settings.privacy.allowed_betas))
         api_request = ApiRequest(openai.RESPONSES, "", stream, {}, headers=headers)
-        path = f"/v1/responses/{response_id}{suffix}" + (f"?{urlencode(query)}" if query else "")
-        backend = pipeline.settings.backend(stored.backend)
-        vault = Vault(entries=stored.entries)
+        path += f"?{urlencode(query)}" if query else ""
+        backend = pipeline.settings.backend(held.backend)
+        vault = Vault(entries=held.entries)
         reply = await pipeline.forwarder.open(api_request, [backend], None, request[REQUEST_ID],
                                               method=method, path=path, restore=vault.restore)
         facts.sent(Routed(backend.name, pipeline.router.attestation_digest(backend.name)))
         response, _ = await pipeline.relay(request, api_request, reply, vault)
         return response
 
-    async def _owned(self, response_id: str, tenant: str) -> StoredResponse:
+    async def _owned(self, response_id: str, tenant: str) -> Held:
         stored = await self.pipeline.stored.get(response_id, tenant) \
             if IDENTIFIER.fullmatch(response_id) else None
         if stored is None:
             raise NotFound("No response with that id was stored through this gateway for you "
                            "(it may have expired, or been created through another gateway "
                            "process).", code="response_not_found")
-        return stored
+        return Held(stored.backend, stored.entries)
 
 
 def model_object(model: str) -> dict[str, object]:

@@ -194,6 +194,9 @@ class RoutingSettings(Strict):
     max_retry_after_s: Annotated[float, Field(gt=0)] = 60.0
     retry_budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2
     retry_budget_min_per_s: Annotated[float, Field(ge=0)] = 10.0
+    # The model whose backends hold conversations (OpenAI's Conversations API names no model
+    # when one is created); None: the Conversations API and Responses' `conversation` refused.
+    conversations_model: str | None = None
 
 
 class PrivacySettings(Strict):
@@ -211,6 +214,9 @@ class PrivacySettings(Strict):
     # encrypted in memory this long, for reading it back and continuing it.
     stored_response_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
     stored_responses_max: Annotated[int, Field(ge=1)] = 100_000
+    # Conversations (`/v1/conversations`): whose each is and its placeholder mapping, kept
+    # encrypted this long after it was last used (the upstream keeps them until deleted).
+    conversation_ttl_s: Annotated[float, Field(gt=0)] = 30 * 24 * 3600.0
 
 
 class PolicySettings(Strict):
@@ -339,6 +345,9 @@ class Settings(Strict):
                 problems.append(f"models.{model}: needs at least one backend")
             problems += [f"models.{model}: unknown backend {n!r} (known: {backend_names})"
                          for n in names if n not in backend_names]
+        conversations = self.routing.conversations_model
+        if conversations is not None and conversations not in self.models:
+            problems.append(f"routing.conversations_model: {conversations!r} is not in models")
         fhe_backend = self.fhe.embedding_backend
         if fhe_backend is not None and not any(b.name == fhe_backend and b.attestation
                                                for b in self.backends):

@@ -12,6 +12,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     openai.COMPLETIONS,
     openai.EMBEDDINGS,
     openai.RESPONSES,
+    openai.CONVERSATIONS,
+    openai.CONVERSATION_UPDATE,
+    openai.CONVERSATION_ITEMS_ADD,
     anthropic.MESSAGES,
     anthropic.COUNT_TOKENS,
 )

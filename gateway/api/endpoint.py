@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.api.headers import forwarded_headers
 from gateway.api.sse import SSEEvent
@@ -60,6 +60,10 @@ class Endpoint:
     # Placeholders keyed per tenant (the same value alike in every request), where nothing is
     # restored and requests must stay comparable: embeddings (gateway/privacy/vault.py).
     keyed_placeholders: bool = False
+    # Its part in a conversation the upstream keeps (gateway/privacy/conversations.py):
+    # "creates" one, adds to the one "in_path", or to the one its body may name ("in_body").
+    # The first two name no model: the pipeline routes them to `routing.conversations_model`.
+    conversation: Literal["", "creates", "in_path", "in_body"] = ""
 
     @property
     def streams(self) -> bool:
@@ -72,4 +76,5 @@ class Endpoint:
         scan = walk_body(self.structure, body)
         stream = body.get("stream") is True and self.streams
         headers = forwarded_headers(self.wire, client_headers, allowed_betas)
-        return ApiRequest(self, body["model"], stream, body, scan, headers)
+        model = body["model"] if self.conversation in ("", "in_body") else ""
+        return ApiRequest(self, model, stream, body, scan, headers)

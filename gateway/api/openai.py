@@ -32,7 +32,6 @@ from gateway.api.structure import (
     Node,
     Obj,
     OneOf,
-    Refused,
     Tagged,
     Tokens,
 )
@@ -311,9 +310,8 @@ RESPONSES_BODY = Obj({
     "input": OneOf("a string or an array of input items", string=TEXT,
                    array=Arr(RESPONSE_ITEM)),
     "previous_response_id": ID,
-    "conversation": Refused("conversations are stored upstream under the gateway's "
-                            "credential, so the gateway cannot tell whose they are; send "
-                            "the history in 'input' or use 'previous_response_id'."),
+    "conversation": OneOf("a conversation id or an object with its id", string=ID,
+                          obj=Obj({"id": ID})),
     "tools": Arr(RESPONSE_TOOL), "tool_choice": RESPONSE_TOOL_CHOICE,
     "parallel_tool_calls": BOOLEAN, "max_tool_calls": INTEGER,
     "text": Obj({"format": Tagged({"text": Obj({"type": TAG}),
@@ -421,4 +419,18 @@ EMBEDDINGS = Endpoint("/v1/embeddings", "openai", "embeddings", EMBEDDINGS_BODY,
                       restores_reply=False, keyed_placeholders=True)
 RESPONSES = Endpoint("/v1/responses", "openai", "responses", RESPONSES_BODY, ResponsesEvents,
                      _is_responses_terminal, _responses_stream_error,
-                     json_reply=_responses_json_reply, keeps_state=True)
+                     json_reply=_responses_json_reply, keeps_state=True,
+                     conversation="in_body")
+
+# --- conversations (the upstream keeps them; the gateway keeps whose each is and its mapping) ---
+
+CONVERSATION_ITEMS = Arr(RESPONSE_ITEM)
+CONVERSATIONS = Endpoint("/v1/conversations", "openai", "conversations",
+                         Obj({"items": CONVERSATION_ITEMS, "metadata": METADATA}), None,
+                         keeps_state=True, conversation="creates")
+CONVERSATION_UPDATE = Endpoint("/v1/conversations/{conversation_id}", "openai",
+                               "conversations_update", Obj({"metadata": METADATA}), None,
+                               keeps_state=True, conversation="in_path")
+CONVERSATION_ITEMS_ADD = Endpoint("/v1/conversations/{conversation_id}/items", "openai",
+                                  "conversations_items", Obj({"items": CONVERSATION_ITEMS}), None,
+                                  keeps_state=True, conversation="in_path")

@@ -2,7 +2,8 @@
 received, so you can see exactly what left your perimeter. `GET /_demo/last` returns the last
 request body as JSON; `GET /_demo/last/headers` its headers; `GET /_demo/stats` request counts.
 Responses are stored like OpenAI's (`store` not false): readable, listable and deletable by id,
-and a request that continues one (`previous_response_id`) quotes its input in the reply.
+and a request that continues one (`previous_response_id`) quotes its input in the reply;
+conversations (`/v1/conversations`) likewise, the reply quoting the conversation so far.
 
 Not a model: it exists so that `make run` and the tests have an upstream that tells the truth
 about what the gateway forwarded.
@@ -23,6 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.demo import conversations as demo_conversations
+from gateway.demo.conversations import DemoConversation
+
 CREATED = 1_700_000_000
 CHUNK_CHARS = 6
 EMBEDDING_DIM = 16
@@ -39,6 +43,7 @@ class DemoState:
     # stored Responses: id -> (response object, input items)
     responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = field(
         default_factory=dict)
+    conversations: dict[str, DemoConversation] = field(default_factory=dict)
 
 
 DEMO = web.AppKey("demo", DemoState)
@@ -56,6 +61,7 @@ def build_demo_app(chunk_delay_ms: float = 0.0, required_key: str | None = None)
     app.router.add_get("/v1/responses/{rid}", stored_response)
     app.router.add_get("/v1/responses/{rid}/input_items", stored_input_items)
     app.router.add_delete("/v1/responses/{rid}", delete_response)
+    demo_conversations.routes(app, app[DEMO].conversations, _receive)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_demo/last", last_body)
     app.router.add_get("/_demo/last/headers", last_headers)
@@ -312,7 +318,16 @@ async def responses(request: web.Request) -> web.StreamResponse:
     if previous is not None:
         earlier = " ".join(_text_of(i.get("content")) for i in previous[1])
         text = f"{text} (continuing from: {earlier})"
+    named = body.get("conversation")
+    conversation = state.conversations.get(
+        str(named.get("id") if isinstance(named, dict) else named))
+    if named is not None and conversation is None:
+        return _not_found()
     rid, model = _id("resp_demo", body), body.get("model", "demo")
+    if conversation is not None:
+        text = f"{text} (conversation so far: {conversation.text()})"
+        conversation.add(_input_items(rid, body.get("input")))
+        conversation.add([_message_item(rid, text, "completed")])
     tokens = _words(user_text)
     if body.get("store") is not False:
         state.responses[rid] = (_response_object(rid, model, text, "completed", tokens),

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -48,9 +48,51 @@ class ResponseStore(Protocol):
     async def forget(self, response_id: str) -> None: ...
 
 
+T = TypeVar("T")
+
+
+class Expiring(Generic[T]):
+    """Records by id, each dropped `ttl_s` after it was put (or `touch`ed), the oldest first
+    past `capacity`: memory stays bounded whatever clients create."""
+
+    def __init__(self, ttl_s: float, capacity: int, clock: Callable[[], float]) -> None:
+        self._ttl = ttl_s
+        self._capacity = capacity
+        self._clock = clock
+        self._items: OrderedDict[str, tuple[float, T]] = OrderedDict()
+
+    def get(self, key: str) -> T | None:
+        self._expire()
+        found = self._items.get(key)
+        return None if found is None else found[1]
+
+    def put(self, key: str, record: T) -> None:
+        self._items[key] = (self._clock() + self._ttl, record)
+        self._items.move_to_end(key)
+        self._expire()
+
+    def touch(self, key: str) -> None:
+        found = self._items.get(key)
+        if found is not None:
+            self.put(key, found[1])
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._items:
+            oldest, (expires, _) = next(iter(self._items.items()))
+            if expires > now and len(self._items) <= self._capacity:
+                break
+            del self._items[oldest]
+
+
 @dataclass(frozen=True)
 class _Sealed:
-    expires: float
     tenant: str
     backend: str
     blob: bytes  # nonce + AES-GCM(entries)
@@ -60,23 +102,17 @@ class StoredResponses:
     def __init__(self, ttl_s: float, capacity: int,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
-        self._ttl = ttl_s
-        self._capacity = capacity
-        self._clock = clock
-        self._items: OrderedDict[str, _Sealed] = OrderedDict()
+        self._items: Expiring[_Sealed] = Expiring(ttl_s, capacity, clock)
 
     async def remember(self, response_id: str, tenant: str, backend: str,
                        entries: list[Entry]) -> None:
         nonce = os.urandom(12)
         blob = nonce + self._aead.encrypt(nonce, orjson.dumps(entries),
                                           aad(response_id, tenant, backend))
-        self._items[response_id] = _Sealed(self._clock() + self._ttl, tenant, backend, blob)
-        self._items.move_to_end(response_id)
-        self._expire()
+        self._items.put(response_id, _Sealed(tenant, backend, blob))
 
     async def get(self, response_id: str, tenant: str) -> StoredResponse | None:
         """The record, if this tenant created that response and it has not expired."""
-        self._expire()
         sealed = self._items.get(response_id)
         if sealed is None or sealed.tenant != tenant:
             return None
@@ -89,18 +125,10 @@ class StoredResponses:
         return StoredResponse(sealed.tenant, sealed.backend, entries)
 
     async def forget(self, response_id: str) -> None:
-        self._items.pop(response_id, None)
+        self._items.pop(response_id)
 
     def __len__(self) -> int:
         return len(self._items)
-
-    def _expire(self) -> None:
-        now = self._clock()
-        while self._items:
-            oldest_id, oldest = next(iter(self._items.items()))
-            if oldest.expires > now and len(self._items) <= self._capacity:
-                break
-            del self._items[oldest_id]
 
 
 def aad(response_id: str, tenant: str, backend: str) -> bytes:

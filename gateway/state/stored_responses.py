@@ -23,9 +23,7 @@ import os
 
 import orjson
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -34,22 +32,16 @@ from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.privacy.stored import StoredResponse, aad
 from gateway.privacy.vault import Entry
+from gateway.state.redis_store import derived_keys
 
 log = get_logger("veil.stored")
 PREFIX = "veil:response:"
 
 
-def derived_keys(secret: bytes) -> tuple[bytes, bytes]:
-    """(AES-256-GCM key, HMAC key) from the shared secret, each for its one use."""
-    material = HKDF(algorithm=hashes.SHA256(), length=64, salt=None,
-                    info=b"veil stored responses v1").derive(secret)
-    return material[:32], material[32:]
-
-
 class SharedStoredResponses:
     def __init__(self, redis: Redis, secret: bytes, ttl_s: float, timeout_s: float,
                  metrics: Metrics) -> None:
-        seal_key, self._name_key = derived_keys(secret)
+        seal_key, self._name_key = derived_keys(secret, b"veil stored responses v1")
         self._aead = AESGCM(seal_key)
         self._redis = redis
         self._ttl_ms = max(1, int(ttl_s * 1000))

@@ -39,6 +39,8 @@ SDK_TYPES = [
     ("/v1/embeddings", "openai.types.embedding_create_params", "EmbeddingCreateParams"),
     ("/v1/responses", "openai.types.responses.response_create_params",
      "ResponseCreateParamsBase"),
+    ("/v1/conversations", "openai.types.conversations.conversation_create_params",
+     "ConversationCreateParams"),
     ("/v1/messages", "anthropic.types.message_create_params", "MessageCreateParamsBase"),
     ("/v1/messages", "anthropic.types.beta.message_create_params", "MessageCreateParamsBase"),
     ("/v1/messages/count_tokens", "anthropic.types.message_count_tokens_params",
@@ -49,7 +51,7 @@ SDK_TYPES = [
 # Fields whose plain value the gateway refuses by design (README, "What the gateway reads").
 REFUSED_ON_PURPOSE = {
     "model": "only configured models are served (tests/integration/test_error_paths.py)",
-    "conversation": "conversations are stored upstream; the gateway cannot tell whose",
+    "conversation": "must name a conversation created through this gateway",
     "previous_response_id": "must name a response stored through this gateway",
 }
 rng = random.Random()
@@ -64,7 +66,7 @@ class Case:
     def body(self, value: Any) -> dict[str, Any]:
         body = build(self.sdk_type, self.leaf.steps, value)
         top = self.leaf.steps[0].key if self.leaf.steps else ""
-        if top != "model":
+        if top != "model" and self.path != "/v1/conversations":  # which names no model
             body["model"] = "test-model"
         if "max_tokens" in body and top != "max_tokens":
             body["max_tokens"] = 16
@@ -116,9 +118,10 @@ def servers() -> Iterator[tuple[ServerThread, ServerThread, ServerThread]]:
     with ServerThread(build_demo_app(required_key=UPSTREAM_SECRET)) as demo:
         forwarding = {"version": 1, "name": "forwarding", "attachments": "forward",
                       "detectors": {"builtin": ["patterns"]}}
-        with demo_gateway(demo.url, default_rate_limit=UNLIMITED) as strict, \
-                demo_gateway(demo.url, policy=forwarding,
-                             default_rate_limit=UNLIMITED) as lenient:
+        routing = {"conversations_model": "test-model"}
+        with demo_gateway(demo.url, default_rate_limit=UNLIMITED, routing=routing) as strict, \
+                demo_gateway(demo.url, policy=forwarding, default_rate_limit=UNLIMITED,
+                             routing=routing) as lenient:
             yield demo, strict, lenient
 
 
@@ -133,6 +136,7 @@ def test_the_sdks_types_were_read() -> None:
     by_endpoint = {path: sum(1 for c in CASES if c.path == path) for path, _, _ in SDK_TYPES}
     assert by_endpoint["/v1/chat/completions"] > 60
     assert by_endpoint["/v1/responses"] > 300
+    assert by_endpoint["/v1/conversations"] > 200
     assert by_endpoint["/v1/messages"] > 300
     assert by_endpoint["/v1/messages/count_tokens"] > 100
     assert any(c.leaf.path == "messages[].content[].source.data" for c in CASES)

@@ -22,4 +22,6 @@ def test_table_lists_what_is_not_scanned() -> None:
     assert "messages[].tool_call_id" in chat["identifiers"]
     assert "messages[].content[].image_url" in chat["attachments"]
     assert "messages[].content" not in {p for paths in chat.values() for p in paths}
-    assert coverage.columns(openai.RESPONSES)["refused"] == ["conversation"]
+    assert "conversation" in coverage.columns(openai.RESPONSES)["identifiers"]
+    assert "items[].image_url" not in coverage.columns(openai.CONVERSATIONS)["attachments"]
+    assert "items[].content[].image_url" in coverage.columns(openai.CONVERSATIONS)["attachments"]
