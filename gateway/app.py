@@ -20,6 +20,7 @@ from gateway.attestation.levels import TrustLevel
 from gateway.attestation.transport import Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verifier import AttestationService
+from gateway.fhe.epochs import key_epochs
 from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
 from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
@@ -132,7 +133,9 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     router = Router(settings, attestation)
     semantic = SemanticScorer(settings.fhe, metrics,
                               _remote_embedder(settings, pool, attestation),
-                              outbound.scorer_session) if settings.fhe.scorers else None
+                              outbound.scorer_session,
+                              key_epochs(settings, redis, metrics)) if settings.fhe.scorers \
+        else None
     stored = _response_store(settings, redis, env, metrics)
     conversations = _conversation_store(settings, redis, env, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.fhe.keys import KeyStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,14 +219,19 @@ def _attest_agent(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    import asyncio
+
     from gateway.errors import CustodyError
     from gateway.fhe.keys import KeyStore
     from gateway.settings import load_settings
 
-    fhe = load_settings(args.config).fhe
+    settings = load_settings(args.config)
+    fhe = settings.fhe
     try:
         store = KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file)
-        if args.keys_command == "init":
+        if fhe.keys_in == "redis":
+            asyncio.run(_shared_keys(args.keys_command, settings.state.redis_url or "", store))
+        elif args.keys_command == "init":
             print(f"created {store.init()} in {fhe.keys_dir}")
         elif args.keys_command == "rotate":
             print(f"rotated: {store.rotate()} is current; older keys stay sealed in "
@@ -235,6 +243,27 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"veil keys: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _shared_keys(command: str, redis_url: str, local: KeyStore) -> None:
+    """`veil keys` with `fhe.keys_in: redis`: the epochs every replica uses. `init` imports
+    the epochs of keys_dir if it has any (the newest becomes current), else makes one."""
+    from gateway.fhe.shared_keys import one_off_store
+
+    async with one_off_store(redis_url, local.master_key) as store:
+        if command == "init":
+            key_id, imported = await store.init(import_from=local)
+            print(f"imported {imported} epochs from {local.directory} into Redis; {key_id} is "
+                  "current" if imported else f"created {key_id} in Redis")
+        elif command == "rotate":
+            print(f"rotated: {await store.rotate()} is current for every replica (each "
+                  "picks it up within a second or two); older keys stay sealed in Redis")
+        else:
+            for entry in await store.show():
+                print(f"{entry['key_id']}  current={entry['current']}")
+            if (await store.pointer()).refused:
+                print("warning: veil:fhe:current holds a value no gateway wrote (ignored)",
+                      file=sys.stderr)
 
 
 def _scorer(args: argparse.Namespace) -> int:

@@ -52,7 +52,9 @@ The others never reach a client as they are; the tree says what each becomes.
     │                                  Their messages name what failed and the values measured:
     │                                  evidence is public by design, never a secret
     ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
-    │                                  start (`veil serve`'s preflight)
+    │   │                              start (`veil serve`'s preflight)
+    │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
+    │                                  refused at start; later, the epoch loaded last is kept
     ├── ScorerError                    the scorer failed or answered what we will not decrypt:
     │                                  ScorerFailed (or, failing open, no scores)
     ├── CiphertextError (ValueError)   bytes that are not an expected ciphertext: refused before
@@ -386,6 +388,10 @@ class FetchError(EvidenceError):
 
 class CustodyError(VeilError):
     """No key, a wrong master key, or a sealed file that was tampered with."""
+
+
+class KeysUnavailable(CustodyError):
+    """The shared store holding the key epochs (Redis) failed or did not answer in time."""
 
 
 class ScorerError(VeilError):

@@ -7,12 +7,14 @@ positioned in the config file (or in the file that is wrong) like its own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.errors import ConfigError, ConfigIssue, CustodyError
-from gateway.fhe.keys import KeyStore
+from gateway.fhe.keys import KeyStore, read_master_key
+from gateway.fhe.shared_keys import one_off_store
 from gateway.ingress.keys_file import load_keys
 from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
@@ -42,9 +44,21 @@ def _open_fhe_key(config_path: str | Path, settings: Settings,
     if not fhe.scorers:
         return
     try:
-        KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file,
-                      dict(environ)).load()
+        master = read_master_key(fhe.master_key_env, fhe.master_key_file, environ)
+        if fhe.keys_in == "redis":
+            asyncio.run(_open_shared_key(settings, master))
+        else:
+            KeyStore(Path(fhe.keys_dir), master).load()
     except CustodyError as exc:
         doc = load_yaml(config_path)
         raise ConfigError([ConfigIssue(doc.file, doc.position(("fhe",)), "fhe",
                                        str(exc))]) from None
+
+
+async def _open_shared_key(settings: Settings, master: bytes) -> None:
+    """The newest epoch in Redis opens (Redis unreachable: refused, like a missing store)."""
+    async with one_off_store(settings.state.redis_url or "", master) as store:
+        key_id = await store.newest_id()
+        if key_id is None:
+            raise CustodyError("no FHE key in Redis (fhe.keys_in: redis): run `veil keys init`")
+        await store.load(key_id)

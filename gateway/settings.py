@@ -288,6 +288,9 @@ class FheSettings(Strict):
     a master key, and which scorers policies may name."""
 
     keys_dir: str = "var/fhe-keys"
+    # Where the sealed epochs are kept: `dir` (keys_dir, this replica's own) or `redis`
+    # (state.redis_url, one epoch for every replica; `veil keys init` imports keys_dir).
+    keys_in: Literal["dir", "redis"] = "dir"
     master_key_env: str | None = None
     master_key_file: str | None = None
     scorers: list[ScorerEndpoint] = Field(default_factory=list)
@@ -353,6 +356,8 @@ class Settings(Strict):
                                                for b in self.backends):
             problems.append(f"fhe.embedding_backend: {fhe_backend!r} must be a backend with "
                             "attestation (embeddings are as sensitive as the prompt)")
+        if self.fhe.keys_in == "redis" and not self.state.redis_url:
+            problems.append("fhe.keys_in: redis needs state.redis_url (the epochs live there)")
         for key in self.api_keys:
             if key.tenant not in self.tenants:
                 problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")

@@ -1,9 +1,9 @@
 """Semantic scores for a request, for the policy's `semantic` rules: embed the request's text
 on the gateway, then one encrypted query per (scorer, model) the rules name, concurrently.
 
-The key epoch is re-read on every request (one stat), so `veil keys rotate` takes effect
-without a restart; a scorer that has not seen the new epoch gets its evaluation keys on first
-use.
+The key epoch comes from `Epochs` (gateway/fhe/epochs.py: this replica's keys_dir, or Redis for
+all replicas), so `veil keys rotate` takes effect without a restart; a scorer that has not seen
+the new epoch gets its evaluation keys on first use.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy.typing as npt
 from gateway.errors import ScorerError
 from gateway.fhe.client import ScorerClient
 from gateway.fhe.embed import Embedder
-from gateway.fhe.keys import FheKeys, KeyStore
+from gateway.fhe.epochs import Epochs, LocalEpochs
+from gateway.fhe.keys import KeyStore
 from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.observability.metrics import Metrics
 from gateway.policy.schema import SemanticRule
@@ -40,29 +41,32 @@ class SemanticScorer:
 
     def __init__(self, settings: FheSettings, metrics: Metrics,
                  remote: RemoteEmbedder | None = None,
-                 session_factory: SessionFactory = default_session) -> None:
+                 session_factory: SessionFactory = default_session,
+                 epochs: Epochs | None = None) -> None:
+        """`epochs`: where the key epoch comes from (default: `fhe.keys_dir`)."""
         self._settings = settings
         self._metrics = metrics
         self._remote = remote
         self._session_factory = session_factory
-        self._store = KeyStore.open(settings.keys_dir, settings.master_key_env,
-                                    settings.master_key_file) if settings.scorers else None
+        if epochs is None and settings.scorers:
+            epochs = LocalEpochs(KeyStore.open(settings.keys_dir, settings.master_key_env,
+                                               settings.master_key_file))
+        self._epochs = epochs
         self._embedder: Embedder | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._keys: FheKeys | None = None
         self._clients: dict[str, ScorerClient] = {}
 
     @property
     def configured(self) -> bool:
-        return self._store is not None
+        return self._epochs is not None
 
     async def start(self) -> None:
-        if self._store is None:
+        if self._epochs is None:
             return
+        await self._epochs.start()  # no epoch: refuse to start, as with no key store
         if self._remote is None:
             self._embedder = await asyncio.to_thread(Embedder)
         self._session = self._session_factory()
-        self._current_keys()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -88,7 +92,7 @@ class SemanticScorer:
 
     async def _score(self, scorer: str, model: str,
                      embedding: npt.NDArray[np.float64]) -> dict[str, float]:
-        client = self._client(scorer)
+        client = await self._client(scorer)
         started = asyncio.get_running_loop().time()
         try:
             return await client.score(model, embedding)
@@ -96,8 +100,10 @@ class SemanticScorer:
             self._metrics.scorer_seconds.labels(scorer).observe(
                 asyncio.get_running_loop().time() - started)
 
-    def _client(self, name: str) -> ScorerClient:
-        keys = self._current_keys()
+    async def _client(self, name: str) -> ScorerClient:
+        if self._epochs is None:
+            raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
+        keys = await self._epochs.current()
         client = self._clients.get(name)
         if client is None or client.key_id != keys.key_id:
             endpoint = next((s for s in self._settings.scorers if s.name == name), None)
@@ -106,10 +112,3 @@ class SemanticScorer:
             client = ScorerClient(name, endpoint.url, keys, self._session, endpoint.timeout_s)
             self._clients[name] = client
         return client
-
-    def _current_keys(self) -> FheKeys:
-        assert self._store is not None  # noqa: S101 (only called when configured)
-        current = self._store.current_id()
-        if self._keys is None or self._keys.key_id != current:
-            self._keys = self._store.load(current)
-        return self._keys

@@ -154,7 +154,8 @@ class Metrics:
                                        registry=r)
         self.state_failures = Counter("veil_state_failures_total",
                                       "Calls to the shared store (Redis) that failed or timed "
-                                      "out, by concern (rate_limits).", ["concern"], registry=r)
+                                      "out, by concern (rate_limits, stored_responses, "
+                                      "fhe_keys).", ["concern"], registry=r)
         self.in_flight_now = 0  # requests being handled, kept by the request middleware
         self.connections_now = 0  # kept by the connection guard
         self._counters: dict[tuple[Any, tuple[str, ...]], CounterTally] = {}

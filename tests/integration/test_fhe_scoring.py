@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,17 @@ class Recorder:
 
     target: str
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # ("PUT", key id) for evaluation keys, ("POST", key id) for a query, in order
+    key_ids: list[tuple[str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
         async def forward(request: web.Request) -> web.Response:
             body = await request.read()
             self.sent.append((request.method, request.path, body))
+            if request.method == "PUT":
+                self.key_ids.append(("PUT", request.path.rsplit("/", 1)[-1]))
+            elif request.method == "POST":
+                self.key_ids.append(("POST", request.headers.get("X-Veil-Key-Id", "")))
             async with ClientSession() as session, session.request(
                     request.method, self.target + request.path_qs, data=body,
                     headers={k: v for k, v in request.headers.items()
@@ -82,9 +89,9 @@ class Recorder:
         return app
 
 
-@pytest.fixture(scope="module")
-def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("scorer")
+@contextmanager
+def running_scorer(tmp: Path) -> Iterator[str]:
+    """`veil scorer serve` with the topics model, in its own process; yields its URL."""
     (tmp / "models").mkdir()
     examples = tmp / "topics.yaml"
     examples.write_text(yaml.safe_dump(EXAMPLES))
@@ -110,6 +117,12 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_scorer(tmp_path_factory.mktemp("scorer")) as url:
+        yield url
 
 
 @dataclass
