@@ -55,6 +55,7 @@ from gateway.resources import Resources, model_object
 from gateway.settings import Settings
 from gateway.state.conversations import SharedConversations
 from gateway.state.redis_store import connect
+from gateway.state.shared_attestation import SharedAttestation
 from gateway.state.stored_responses import SharedStoredResponses
 
 log = get_logger("veil.server")
@@ -128,7 +129,8 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
         plugin_entities=plugin_entities), compiled, metrics, initial=policies)
     attestation = AttestationService(settings, functools.partial(_trust_levels, holder),
                                      metrics, transport=outbound.attestation,
-                                     roots=outbound.attestation_roots)
+                                     roots=outbound.attestation_roots,
+                                     shared=_shared_attestation(settings, redis, env, metrics))
     holder.on_reload.append(attestation.policies_changed)
     router = Router(settings, attestation)
     semantic = SemanticScorer(settings.fhe, metrics,
@@ -166,6 +168,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_stopped)
+    app.cleanup_ctx.append(_shared_store)  # closed last: attestation uses it until it stops
     app.cleanup_ctx.append(_metrics_sync)
     app.cleanup_ctx.append(_upstream_sessions)
     app.cleanup_ctx.append(_detectors)
@@ -173,7 +176,6 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.cleanup_ctx.append(_attestation)
     app.cleanup_ctx.append(_health_probes)
     app.cleanup_ctx.append(_audit_trail)
-    app.cleanup_ctx.append(_shared_store)
     app.cleanup_ctx.append(_key_reloads)
     return app
 
@@ -227,6 +229,17 @@ def _conversation_store(settings: Settings, redis: Redis | None, env: Mapping[st
         return SharedConversations(redis, env[state.vault_key_env].encode(), ttl,
                                    state.timeout_s, metrics)
     return Conversations(ttl, settings.privacy.stored_responses_max)
+
+
+def _shared_attestation(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+                        metrics: Metrics) -> SharedAttestation | None:
+    """Evidence and collateral shared by every replica when Redis and the vault's key are
+    configured (the key seals them: only gateways can write what another adopts)."""
+    state = settings.state
+    if redis is None or not state.vault_key_env:
+        return None
+    return SharedAttestation(redis, env[state.vault_key_env].encode(), state.timeout_s,
+                             metrics)
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -51,6 +51,9 @@ The others never reach a client as they are; the tree says what each becomes.
     │                                  reached, presented another certificate, or sent too much.
     │                                  Their messages name what failed and the values measured:
     │                                  evidence is public by design, never a secret
+    ├── RecordUnusable                 a record in the shared store no gateway wrote for that
+    │                                  use (altered, planted, another's, too large): skipped
+    │                                  and counted; the replica does that work itself
     ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
     │   │                              start (`veil serve`'s preflight)
     │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
@@ -384,6 +387,10 @@ class EvidenceError(VeilError):
 
 class FetchError(EvidenceError):
     """Something the verification needs could not be fetched."""
+
+
+class RecordUnusable(VeilError):
+    """A shared-store record that does not open for its use, or is not well formed."""
 
 
 class CustodyError(VeilError):

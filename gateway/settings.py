@@ -158,7 +158,9 @@ class StateSettings(Strict):
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
     rate_limits_on_failure: Literal["local", "closed"] = "local"
     # The secret every replica holds to seal stored-response mappings in Redis (at least 32
-    # characters); without it stored responses stay in each process.
+    # characters); without it stored responses stay in each process. With it, attestation is
+    # shared too: evidence a replica received (sealed, re-verified by whoever adopts it) and
+    # AMD KDS / Intel PCS collateral (gateway/state/shared_attestation.py).
     vault_key_env: str | None = None
 
     @model_validator(mode="after")

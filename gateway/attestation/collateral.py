@@ -6,7 +6,9 @@ fetched is still valid.
 
 Nothing fetched here is trusted for being fetched: VCEKs and collateral are verified against the
 pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs are immutable
-for a (chip, TCB) and kept for good, collateral until its nextUpdate.
+for a (chip, TCB) and kept for good, collateral until its nextUpdate. With a shared store
+(gateway/state/shared_attestation.py) what one replica fetched is read by the others before
+they ask the network: the disk first, then the shared store, then AMD KDS / Intel PCS.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
@@ -37,6 +40,18 @@ CRL_TTL_S = 3600.0  # CRLs: re-read hourly, so a revocation is seen soon
 Expiry = Callable[[bytes, float], float | None]  # (body, now) -> cached until (None: for good)
 
 
+class SharedCollateral(Protocol):
+    """Where replicas leave what they fetched for each other; it never raises."""
+
+    async def collateral(self, url: str,
+                         now: float) -> tuple[bytes, bytes, float | None] | None:
+        """(body, issuer chain, usable until: None for good), while usable at `now`."""
+        ...
+
+    async def keep_collateral(self, url: str, body: bytes, chain: bytes, until: float | None,
+                              now: float) -> None: ...
+
+
 def snp_products(report: SnpReport) -> list[str]:
     """The product line from the report's CPUID (v3 and later); every one for v2 reports."""
     if report.cpuid_family == 0x1A:
@@ -48,10 +63,12 @@ def snp_products(report: SnpReport) -> list[str]:
 
 class CollateralStore:
     def __init__(self, settings: AttestationSettings, transport: Transport,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 shared: SharedCollateral | None = None) -> None:
         self._settings = settings
         self._transport = transport
         self._clock = clock
+        self._shared = shared
         self._cache = Path(settings.cache_dir) if settings.cache_dir else None
 
     async def vcek(self, report: SnpReport) -> bytes:
@@ -99,8 +116,9 @@ class CollateralStore:
 
     async def _get(self, url: str, *, expires: Expiry,
                    chain_header: str | None = None) -> tuple[bytes, bytes] | None:
-        """(body, issuer chain) from the cache while valid, else from the network."""
-        cached = self._read_cache(url)
+        """(body, issuer chain) from the cache or the shared store while valid, else from the
+        network."""
+        cached = self._read_cache(url) or await self._read_shared(url)
         if cached is not None:
             return cached
         response = await self._transport.get(url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
@@ -109,9 +127,22 @@ class CollateralStore:
         if response.status != 200:
             raise FetchError(f"collateral service answered {response.status} for {url}")
         chain = urllib.parse.unquote(response.headers.get((chain_header or "").lower(), ""))
-        self._write_cache(url, response.body, chain.encode(),
-                          expires(response.body, self._clock()))
+        now = self._clock()
+        until = expires(response.body, now)
+        self._write_cache(url, response.body, chain.encode(), until)
+        if self._shared is not None:
+            await self._shared.keep_collateral(url, response.body, chain.encode(), until, now)
         return response.body, chain.encode()
+
+    async def _read_shared(self, url: str) -> tuple[bytes, bytes] | None:
+        """What another replica fetched, kept on this one's disk too (a restart without the
+        shared store still finds it), until when that replica computed."""
+        found = await self._shared.collateral(url, self._clock()) if self._shared else None
+        if found is None:
+            return None
+        body, chain, until = found
+        self._write_cache(url, body, chain, until)
+        return body, chain
 
     def _path(self, url: str) -> Path | None:
         if self._cache is None:

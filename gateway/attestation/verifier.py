@@ -11,6 +11,15 @@ one transport (transport.py), which tests replace with a fake.
 What a request needs is then a dictionary lookup: (policy digest, level) -> until when it is
 met. Any failure leaves the backend without a verdict (fail closed) until an attestation
 succeeds again.
+
+With a shared store (gateway/state/shared_attestation.py) replicas attest a backend once
+between them: after reading the certificate the backend presents, a replica looks for evidence
+another gateway received for that backend and that very certificate, younger than `refresh_s`
+and not the one it holds already, and verifies it again here, bound to the certificate it read
+itself, with its own roots and its own policies; a level's max age counts from when that
+gateway sent the nonce. Only without such evidence does it ask the backend, and then publishes
+what verified. Nothing read from the store is trusted: a record that is missing, unusable or
+does not verify means asking the backend, exactly as without the store.
 """
 
 from __future__ import annotations
@@ -19,18 +28,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import aiohttp
 
-from gateway.attestation.collateral import CollateralStore
+from gateway.attestation.collateral import CollateralStore, SharedCollateral
 from gateway.attestation.evidence import Evidence, EvidenceVerifier
-from gateway.attestation.fetch import EvidenceFetcher
+from gateway.attestation.fetch import EvidenceFetcher, Presented, Received
 from gateway.attestation.jwks import JwksCache
 from gateway.attestation.levels import TrustLevel
 from gateway.attestation.transport import NetworkTransport, Transport
 from gateway.attestation.trust_roots import Roots
-from gateway.attestation.verdicts import key_set_urls, verdicts
+from gateway.attestation.verdicts import Levels, key_set_urls, verdicts
 from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -38,26 +48,47 @@ from gateway.settings import BackendSettings, Settings
 
 log = get_logger("veil.attestation")
 RETRY_S = 5.0  # after a failure, try again this soon (or every refresh_s, if sooner)
+CLOCK_SKEW_S = 5.0  # shared evidence may seem this much younger than zero (replicas' clocks)
 
 TrustLevels = Callable[[], list[tuple[str, str, TrustLevel]]]  # (policy digest, name, level)
+Met = dict[tuple[str, str], float]  # (policy digest, level name) -> met until
+
+
+class SharedEvidence(SharedCollateral, Protocol):
+    """Where replicas leave the evidence they received for each other; it never raises."""
+
+    async def evidence(self, backend: str, certificate_sha256: bytes) -> Received | None: ...
+
+    async def publish(self, backend: str, certificate_sha256: bytes, received: Received,
+                      ttl_s: float) -> None: ...
 
 
 @dataclass
 class BackendState:
     backend: BackendSettings
     evidence: Evidence | None = None
-    met: dict[tuple[str, str], float] = field(default_factory=dict)  # -> expires at
+    met: Met = field(default_factory=dict)  # -> expires at
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    nonce: bytes | None = None  # of the evidence last held: never adopted from the store again
+
+
+@dataclass(frozen=True)
+class Attested:
+    received: Received
+    evidence: Evidence
+    met: Met
+    source: str  # "verified": asked of the backend; "shared": another gateway's, verified here
 
 
 class AttestationService:
     """`transport` (default: the network) carries the certificate read, the evidence, key sets,
     AMD KDS and Intel PCS; `roots` (default: the pinned ones, AMD's from
-    `attestation.amd_roots_dir` when set) are what every chain must end at."""
+    `attestation.amd_roots_dir` when set) are what every chain must end at; `shared` (default:
+    none) is where replicas share evidence and collateral."""
 
     def __init__(self, settings: Settings, trust_levels: TrustLevels, metrics: Metrics, *,
                  clock: Callable[[], float] = time.time, transport: Transport | None = None,
-                 roots: Roots | None = None) -> None:
+                 roots: Roots | None = None, shared: SharedEvidence | None = None) -> None:
         self._states = {b.name: BackendState(b) for b in settings.backends if b.attestation}
         self._trust_levels = trust_levels
         self._metrics = metrics
@@ -66,9 +97,10 @@ class AttestationService:
         if transport is None:
             transport = self._network = NetworkTransport()
         roots = roots or Roots.pinned(settings.attestation.amd_roots_dir)
-        self._fetcher = EvidenceFetcher(transport)
+        self._shared = shared
+        self._fetcher = EvidenceFetcher(transport, clock)
         self._verifier = EvidenceVerifier(
-            roots, CollateralStore(settings.attestation, transport, clock), clock)
+            roots, CollateralStore(settings.attestation, transport, clock, shared), clock)
         self._jwks = JwksCache(transport, clock)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -145,21 +177,74 @@ class AttestationService:
         """One attestation; its verdict, or none at all, replaces the one held."""
         name = state.backend.name
         try:
-            evidence = await self._verifier.verify(await self._fetcher.fetch(state.backend))
-            levels = self._trust_levels()
-            await self._jwks.refresh(key_set_urls(levels))
-            met = verdicts(evidence, levels, self._jwks.keys, self._clock())
+            attested = await self._attestation(state)
         except Exception as exc:  # any failure, even a bug, means no verdict
             state.evidence, state.met = None, {}
             self._metrics.attestations.labels(name, "refused").inc()
             log.error("attestation_failed", backend=name,  # noqa: TRY400
                       reason=str(exc) if isinstance(exc, EvidenceError) else type(exc).__name__)
             return False
-        state.evidence, state.met = evidence, met
-        self._metrics.attestations.labels(name, "verified").inc()
-        log.info("attested", backend=name, digest=evidence.digest,
-                 levels=sorted({level for _, level in met}))
+        state.evidence, state.met = attested.evidence, attested.met
+        state.nonce = attested.received.nonce
+        self._metrics.attestations.labels(name, attested.source).inc()
+        log.info("attested", backend=name, digest=attested.evidence.digest,
+                 source=attested.source, levels=sorted({level for _, level in attested.met}))
         return True
+
+    async def _attestation(self, state: BackendState) -> Attested:
+        """Evidence for the certificate the backend presents now: another gateway's if usable,
+        else the backend's own (then published for the others)."""
+        presented = await self._fetcher.presented(state.backend)
+        levels = self._trust_levels()
+        await self._jwks.refresh(key_set_urls(levels))
+        adopted = await self._adopt(state, presented, levels)
+        if adopted is not None:
+            return adopted
+        received = await self._fetcher.fetch(state.backend, presented)
+        evidence, met = await self._evaluate(presented, received, levels)
+        if self._shared is not None:
+            await self._shared.publish(state.backend.name, presented.sha256, received,
+                                       self._refresh_s(state))
+        return Attested(received, evidence, met, "verified")
+
+    async def _adopt(self, state: BackendState, presented: Presented,
+                     levels: Levels) -> Attested | None:
+        """Another gateway's evidence for this backend and this certificate, verified here;
+        None (ask the backend) when there is none, or it is too old, or ours, or fails."""
+        if self._shared is None:
+            return None
+        name = state.backend.name
+        received = await self._shared.evidence(name, presented.sha256)
+        if received is None or received.nonce == state.nonce:
+            return None
+        age = self._clock() - received.at
+        if not -CLOCK_SKEW_S <= age < self._refresh_s(state):
+            return None
+        try:
+            evidence, met = await self._evaluate(presented, received, levels)
+        except Exception as exc:  # whatever it is, our own evidence decides
+            log.warning("shared_evidence_refused", backend=name,
+                        reason=str(exc) if isinstance(exc, EvidenceError) else type(exc).__name__)
+            return None
+        now = self._clock()
+        if any(met.get(level, 0.0) <= now for level in verdicts(
+                replace(evidence, verified_at=now), levels, self._jwks.keys, now)):
+            return None  # too old for a level in force: evidence of our own would meet it
+        return Attested(received, evidence, met, "shared")
+
+    async def _evaluate(self, presented: Presented, received: Received,
+                        levels: Levels) -> tuple[Evidence, Met]:
+        """Verify the evidence bound to this certificate and its nonce; a level's max age
+        counts from when the nonce was sent, whoever sent it."""
+        verified = await self._verifier.verify(presented.bind(received))
+        evidence = replace(verified, verified_at=min(verified.verified_at, received.at))
+        return evidence, verdicts(evidence, levels, self._jwks.keys, self._clock())
+
+    @staticmethod
+    def _refresh_s(state: BackendState) -> float:
+        settings = state.backend.attestation
+        assert settings is not None  # noqa: S101 (only attested backends have a state)
+        return settings.refresh_s
 
     def _next_check(self, state: BackendState, refresh_s: float) -> float:
         """Re-attest every `refresh_s`, and early enough that no level lapses in between

@@ -123,7 +123,9 @@ class Metrics:
                                    "Requests forwarded despite a failed dependency, because the "
                                    "policy says fail_mode: open.", ["dependency"], registry=r)
         self.attestations = Counter("veil_attestations_total",
-                                    "Backend attestations, by result (verified | refused).",
+                                    "Backend attestations, by result (verified: the backend's "
+                                    "own evidence | shared: another replica's, verified here | "
+                                    "refused).",
                                     ["backend", "result"], registry=r)
         self.scorer_seconds = Histogram("veil_scorer_duration_seconds",
                                         "Encrypted scoring round trips, by scorer.", ["scorer"],
@@ -154,8 +156,10 @@ class Metrics:
                                        registry=r)
         self.state_failures = Counter("veil_state_failures_total",
                                       "Calls to the shared store (Redis) that failed or timed "
-                                      "out, by concern (rate_limits, stored_responses, "
-                                      "fhe_keys).", ["concern"], registry=r)
+                                      "out, or held a record no gateway wrote, by concern "
+                                      "(rate_limits | stored_responses | conversations | "
+                                      "fhe_keys | attestation | collateral).", ["concern"],
+                                      registry=r)
         self.in_flight_now = 0  # requests being handled, kept by the request middleware
         self.connections_now = 0  # kept by the connection guard
         self._counters: dict[tuple[Any, tuple[str, ...]], CounterTally] = {}
