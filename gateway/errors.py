@@ -291,8 +291,12 @@ class DetectorFailed(ServiceUnavailable):
 
     default_code = "detector_failed"
 
-    def __init__(self) -> None:
+    def __init__(self, detector: str, reason: str) -> None:
+        """`detector` and `reason` are for `veil_detector_failures_total` (never shown to the
+        client): a detector's name and one of metrics.DETECTOR_FAILURE_REASONS."""
         super().__init__("A detector failed; the request was not forwarded.")
+        self.detector = detector
+        self.reason = reason
 
 
 class DetectionTimedOut(DetectorFailed):
@@ -301,6 +305,7 @@ class DetectionTimedOut(DetectorFailed):
     def __init__(self, limit_s: float) -> None:
         ServiceUnavailable.__init__(self, f"Detection took longer than the policy allows "
                                           f"({limit_s:g} s); the request was not forwarded.")
+        self.detector, self.reason = "", "timeout"  # counted per detector still running
 
 
 class ScorerFailed(ServiceUnavailable):

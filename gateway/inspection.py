@@ -4,13 +4,15 @@ modes. The result is the input of the pure protect stage.
 
 Closed by default: a detector or a scorer that fails refuses the request (503). Open only when
 the policy says so: then the findings (or scores) are empty, the fail-open is part of the
-result, and the audit record and `veil_failed_open_total` say so.
+result, and the audit record and `veil_failed_open_total` say so. Either way every failed
+detector is counted (`on_detector_failure`, which app.py points at
+`veil_detector_failures_total`): what raised, and on a time limit each detector still running.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import DetectionTimedOut, DetectorFailed, ScorerError, ScorerFailed
@@ -40,9 +42,11 @@ class Reading:
 
 
 class Inspector:
-    def __init__(self, engine: DetectionEngine, semantic: SemanticScorer | None = None) -> None:
+    def __init__(self, engine: DetectionEngine, semantic: SemanticScorer | None = None, *,
+                 on_detector_failure: Callable[[str, str], None] = lambda d, r: None) -> None:
         self.engine = engine
         self.semantic = semantic
+        self._on_detector_failure = on_detector_failure
 
     async def inspect(self, reading: Reading, compiled: CompiledPolicy
                       ) -> tuple[Detections, Scores]:
@@ -63,11 +67,18 @@ class Inspector:
         if not reading.texts or not compiled.policy.scans:
             return Detections([[] for _ in reading.texts])
         limit = compiled.policy.detectors.time_limit_s
+        pending: set[str] = set()
         try:
             async with asyncio.timeout(limit):
-                found = await self.engine.detect(list(reading.texts), compiled.selection)
+                found = await self.engine.detect(list(reading.texts), compiled.selection,
+                                                 pending)
         except (DetectorFailed, TimeoutError) as exc:
             failure = exc if isinstance(exc, DetectorFailed) else DetectionTimedOut(limit)
+            if isinstance(exc, DetectorFailed):
+                self._on_detector_failure(exc.detector, exc.reason)
+            else:  # the engine's own steps, if no detector was left running
+                for detector in sorted(pending) or ["engine"]:
+                    self._on_detector_failure(detector, "timeout")
             if compiled.policy.fail_mode.detector == "closed":
                 log.warning("detection_refused", policy=compiled.loaded.name,
                             code=failure.code)

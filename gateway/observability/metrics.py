@@ -10,25 +10,38 @@ in flight) are tallied in plain Python on the request path and moved into promet
 others' values are at most a second old. prometheus_client takes a lock per value and walks
 the buckets in Python for every observation; on the request path that was 8% of the gateway's
 instructions per request.
+
+`process_*` describe the gateway's worker processes together, one series each whatever the
+number of workers: CPU seconds, memory and open files summed over the live workers (CPU
+seconds over every worker that ran, so the counter never goes back), start time and the file
+limit the smallest of any live worker. NER workers are not included (their CPU is in
+`veil_detection_cpu_seconds`). No `*_created` series: nobody reads them and they double the
+page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import platform
 from bisect import bisect_left
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 
+from gateway import __version__
 from gateway.observability.facts import RequestFacts
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0, 60.0, 120.0)
@@ -83,6 +96,46 @@ class HistogramTally:
             if count:
                 bucket.inc(count)
         self._child._sum.inc(total)
+
+
+class ProcessMetrics:
+    """This worker's `process_*` (prometheus_client's ProcessCollector reads them from /proc)
+    copied into metrics that the multiprocess collector adds up across workers; the collector
+    itself is not used for the page because with several workers it would describe whichever
+    worker answered the scrape. Copied on every sync, so at most a second old."""
+
+    GAUGES: ClassVar[dict[str, tuple[Literal["livesum", "livemin"], str]]] = {
+        # name -> how workers' values combine (multiprocess mode), and the help text
+        "process_resident_memory_bytes": ("livesum", "Resident memory, summed over workers."),
+        "process_virtual_memory_bytes": ("livesum", "Virtual memory, summed over workers."),
+        "process_open_fds": ("livesum", "Open file descriptors, summed over workers."),
+        "process_max_fds": ("livemin", "The smallest open-file limit of any worker."),
+        "process_start_time_seconds": ("livemin", "Start time of the oldest live worker, in "
+                                                  "seconds since the epoch."),
+    }
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._source = ProcessCollector(registry=None)
+        self._cpu = Counter("process_cpu_seconds", "User and system CPU time, summed over "
+                            "every worker.", registry=registry)
+        self._cpu_seen = 0.0
+        self._gauges = {name: Gauge(name, text, registry=registry, multiprocess_mode=mode)
+                        for name, (mode, text) in self.GAUGES.items()}
+
+    def sync(self) -> None:
+        for family in self._source.collect():
+            for sample in family.samples:
+                if sample.name == "process_cpu_seconds_total":
+                    if sample.value > self._cpu_seen:
+                        self._cpu.inc(sample.value - self._cpu_seen)
+                        self._cpu_seen = sample.value
+                elif sample.name in self._gauges:
+                    self._gauges[sample.name].set(sample.value)
+
+
+# What `veil_detector_failures_total` counts a failure as: a fixed set, never an exception's
+# message (which may quote the text the detector was given).
+DETECTOR_FAILURE_REASONS = frozenset({"timeout", "crashed", "unavailable", "error"})
 
 
 class Metrics:
@@ -160,6 +213,17 @@ class Metrics:
                                       "(rate_limits | stored_responses | conversations | "
                                       "fhe_keys | attestation | collateral).", ["concern"],
                                       registry=r)
+        self.detector_failures = Counter(
+            "veil_detector_failures_total", "Detectors that failed on a request, by detector "
+            "(patterns | gazetteer | presidio | a plugin's reference) and reason (timeout: "
+            "still running at the policy's time limit | crashed: its NER worker died | "
+            "unavailable: no NER worker alive | error: it raised or answered malformed).",
+            ["detector", "reason"], registry=r)
+        self.build_info = Gauge("veil_build_info", "1, labelled with the gateway's version "
+                                "and the Python running it.", ["version", "python"],
+                                registry=r, multiprocess_mode="livemax")
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.process = ProcessMetrics(r)
         self.in_flight_now = 0  # requests being handled, kept by the request middleware
         self.connections_now = 0  # kept by the connection guard
         self._counters: dict[tuple[Any, tuple[str, ...]], CounterTally] = {}
@@ -212,8 +276,17 @@ class Metrics:
         """`kind`: one of the protocol-error kinds (gateway/ingress/connections.py)."""
         self._counter(self.protocol_errors, kind).pending += 1
 
+    def detector_failed(self, detector: str, reason: str) -> None:
+        """`detector`: a built-in name or a plugin reference from config; `reason`: one of
+        DETECTOR_FAILURE_REASONS."""
+        if reason not in DETECTOR_FAILURE_REASONS:
+            raise ValueError(f"not a detector failure reason: {reason!r}")
+        self.detector_failures.labels(detector, reason).inc()
+
     def sync(self) -> None:
-        """Move the request path's tallies into prometheus_client."""
+        """Move the request path's tallies (and this process's figures) into
+        prometheus_client."""
+        self.process.sync()
         self.in_flight.set(self.in_flight_now)
         self.connections_open.set(self.connections_now)
         for counter in self._counters.values():

@@ -3,8 +3,10 @@
 The pattern tier (linear in its input) runs inline for small inputs and in a thread above
 `INLINE_CHARS`, so a big prompt never holds the event loop for long; plugins likewise. NER runs
 in worker processes (`gateway.privacy.ner_pool`), batched across requests. Any detector failure
-fails the request closed: nothing is forwarded that was not fully scanned. The work a request
-cost is measured (CPU seconds, here and in the NER workers).
+fails the request closed: nothing is forwarded that was not fully scanned; the failure names
+the detector and why (for `veil_detector_failures_total`), and a caller may pass a `pending`
+set to learn which detectors had not finished when it gave up (a time limit). The work a
+request cost is measured (CPU seconds, here and in the NER workers).
 
 Results are cached per text, keyed by an HMAC under a key that lives only in this process, so
 a chat pays only for its newest message; the cache holds offsets and types, never text, and its
@@ -53,6 +55,11 @@ class Selection:
 
     builtin: frozenset[str]
     plugins: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> set[str]:
+        """The detectors' names as failures are counted under."""
+        return {*self.builtin, *self.plugins}
 
     @property
     def tag(self) -> bytes:
@@ -144,21 +151,29 @@ class DetectionEngine:
     def ner_workers(self) -> int:
         return self._pool.size
 
-    async def detect(self, texts: list[str], selection: Selection) -> Found:
+    async def detect(self, texts: list[str], selection: Selection,
+                     pending: set[str] | None = None) -> Found:
+        """`pending`: filled with the selection's detector names, each removed as it
+        finishes; what is left when the caller stops waiting had not finished."""
+        pending = set() if pending is None else pending
+        pending.update(selection.names)
         keys = [self.cache.key(t, selection.tag) for t in texts]
         found = [self.cache.get(k) for k in keys]
         missing = [i for i, spans in enumerate(found) if spans is None]
         cpu = 0.0
         if missing:
-            fresh, cpu = await self._detect([texts[i] for i in missing], selection)
+            fresh, cpu = await self._detect([texts[i] for i in missing], selection, pending)
             for i, spans in zip(missing, fresh, strict=True):
                 found[i] = spans
                 if len(texts[i]) <= CACHED_TEXT_CHARS:
                     self.cache.put(keys[i], spans)
+        pending.clear()
         per_text = [spans or [] for spans in found]
         if "patterns" in selection.builtin and len(texts) > 1:
+            pending.add("patterns")
             per_text = await off_loop_if_big(sum(len(t) for t in texts), self._across, texts,
                                              per_text)
+            pending.clear()
         return Found(per_text, cpu)
 
     def _across(self, texts: list[str], found: list[list[Span]]) -> list[list[Span]]:
@@ -186,33 +201,34 @@ class DetectionEngine:
                     out[i + 1].append(theirs)
         return out
 
-    async def _detect(self, texts: list[str], selection: Selection
+    async def _detect(self, texts: list[str], selection: Selection, pending: set[str]
                       ) -> tuple[list[list[Span]], float]:
         """Every detector reads the texts' reading form (`normalize`); what they find is
         mapped back onto the characters the client sent."""
         total = sum(len(t) for t in texts)
         readings = await off_loop_if_big(total, _readings, texts)
-        found, cpu = await self._detect_read([r.text for r in readings], selection)
+        found, cpu = await self._detect_read([r.text for r in readings], selection, pending)
         return [[r.original(s) for s in spans] if r.edits else spans
                 for r, spans in zip(readings, found, strict=True)], cpu
 
-    async def _detect_read(self, texts: list[str], selection: Selection
+    async def _detect_read(self, texts: list[str], selection: Selection, pending: set[str]
                            ) -> tuple[list[list[Span]], float]:
         try:
             if "presidio" not in selection.builtin or not any(t.strip() for t in texts):
-                return await self._local(texts, selection)
+                return await self._local(texts, selection, pending)
             # NER first, so its job is queued while the pattern tier runs here
             (ner, ner_cpu), (found, cpu) = await asyncio.gather(
-                self._ner(texts), self._local(texts, selection))
+                self._ner(texts, pending), self._local(texts, selection, pending))
         except DetectorFailed:
-            raise  # the NER pool refused (no worker alive, or the worker died): logged there
-        except Exception as exc:
-            # Type only: a detector's exception message may quote the text it was given.
-            log.error("detector_failed", error_type=type(exc).__name__)  # noqa: TRY400
-            raise DetectorFailed from None
+            raise  # the NER pool refused (logged there) or a local detector raised
+        except Exception as exc:  # the engine's own steps around the detectors
+            log.error("detector_failed", detector="engine",  # noqa: TRY400
+                      error_type=type(exc).__name__)
+            raise DetectorFailed("engine", "error") from None
         return [[*a, *b] for a, b in zip(found, ner, strict=True)], cpu + ner_cpu
 
-    async def _ner(self, texts: list[str]) -> tuple[list[list[Span]], float]:
+    async def _ner(self, texts: list[str], pending: set[str]
+                   ) -> tuple[list[list[Span]], float]:
         """Documents go to the pool: texts joined, long ones chunked, and the whole cut into
         as many parts as the pool shares it among."""
         total = sum(len(t) for t in texts)
@@ -221,30 +237,51 @@ class DetectionEngine:
         docs = await off_loop_if_big(total, documents, texts, chunk=min(CHUNK_CHARS, part),
                                      batch=min(BATCH_CHARS, part))
         per_doc, cpu = await self._pool.detect([d.text for d in docs], shares)
-        return await off_loop_if_big(total, assign, docs, per_doc, len(texts)), cpu
+        spans = await off_loop_if_big(total, assign, docs, per_doc, len(texts))
+        pending.discard("presidio")
+        return spans, cpu
 
-    async def _local(self, texts: list[str], selection: Selection
+    async def _local(self, texts: list[str], selection: Selection, pending: set[str]
                      ) -> tuple[list[list[Span]], float]:
         if sum(len(t) for t in texts) <= INLINE_CHARS:
-            return self._in_process(texts, selection)
+            return self._in_process(texts, selection, pending)
         # off the event loop: the loop keeps relaying streams meanwhile
-        return await asyncio.to_thread(self._in_process, texts, selection)
+        return await asyncio.to_thread(self._in_process, texts, selection, pending)
 
-    def _in_process(self, texts: list[str], selection: Selection
+    def _in_process(self, texts: list[str], selection: Selection, pending: set[str]
                     ) -> tuple[list[list[Span]], float]:
-        """The pattern tier and plugins, in this process; with the CPU time they took."""
+        """The pattern tier, the gazetteer and plugins, in this process, each crossed off
+        `pending` as it finishes; with the CPU time they took."""
         started = time.thread_time()
-        found: list[list[Span]] = batched(self._patterns.detect, texts) \
-            if "patterns" in selection.builtin else [[] for _ in texts]
+        found: list[list[Span]] = [[] for _ in texts]
+        if "patterns" in selection.builtin:
+            found = _run("patterns", lambda: batched(self._patterns.detect, texts))
+            pending.discard("patterns")
         if "gazetteer" in selection.builtin:
-            if self._gazetteer is None:  # a policy never prepared: refuse, never skip
-                raise RuntimeError("the gazetteer was not loaded")
             gazetteer = self._gazetteer
-            found = [[*spans, *gazetteer.detect(t)] for spans, t in zip(found, texts, strict=True)]
+            if gazetteer is None:  # a policy never prepared: refuse, never skip
+                log.error("detector_failed", detector="gazetteer", error_type="NotLoaded")
+                raise DetectorFailed("gazetteer", "error")
+            more = _run("gazetteer", lambda: [gazetteer.detect(t) for t in texts])
+            found = [[*a, *b] for a, b in zip(found, more, strict=True)]
+            pending.discard("gazetteer")
         for reference in selection.plugins:
             plugin = self._plugins[reference]
-            found = [[*spans, *plugin.detect(t)] for spans, t in zip(found, texts, strict=True)]
+            more = _run(reference, lambda: [plugin.detect(t) for t in texts])  # noqa: B023
+            found = [[*a, *b] for a, b in zip(found, more, strict=True)]
+            pending.discard(reference)
         return found, time.thread_time() - started
+
+
+def _run(detector: str, work: Callable[[], list[list[Span]]]) -> list[list[Span]]:
+    """One detector over every text; any exception it raises becomes DetectorFailed naming
+    it, logged by type only (its message may quote the text it was given)."""
+    try:
+        return work()
+    except Exception as exc:
+        log.error("detector_failed", detector=detector,  # noqa: TRY400
+                  error_type=type(exc).__name__)
+        raise DetectorFailed(detector, "error") from None
 
 
 def _readings(texts: list[str]) -> list[Reading]:

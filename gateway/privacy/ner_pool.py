@@ -131,7 +131,7 @@ class NerPool:
 
     async def _job(self, texts: Sequence[str]) -> tuple[list[list[Span]], float]:
         if not self.ready:
-            raise DetectorFailed
+            raise DetectorFailed("presidio", "unavailable")
         job = Job(list(texts), asyncio.get_running_loop().create_future(),
                   sum(len(t) for t in texts))
         self._queue.append(job)
@@ -146,7 +146,7 @@ class NerPool:
     async def close(self) -> None:
         self._closing = True
         for job in self._queue:
-            _fail(job)
+            _fail(job, "unavailable")
         self._queue.clear()
         workers, self._workers, self._idle = self._workers, [], []
         workers += [Worker(p) for p in self._spawning]
@@ -203,7 +203,7 @@ class NerPool:
         jobs, worker.inflight = worker.inflight, []
         if not isinstance(answer, dict) or "spans" not in answer:
             for job in jobs:
-                _fail(job)
+                _fail(job, "error")
         else:
             _deliver(jobs, answer["spans"], float(answer.get("cpu", 0.0)))
             if int(answer.get("rss", 0)) > self._max_rss:
@@ -217,7 +217,7 @@ class NerPool:
         code = await worker.process.wait()
         jobs, worker.inflight = worker.inflight, []
         for job in jobs:
-            _fail(job)
+            _fail(job, "crashed")
         self._forget(worker)
         if worker.ended_by_us:
             return
@@ -292,7 +292,7 @@ class NerPool:
             if stdin is None or stdin.is_closing():
                 worker.inflight = []
                 for job in batch:
-                    _fail(job)
+                    _fail(job, "crashed")
                 continue
             stdin.write(HEADER.pack(len(body)) + body)
 
@@ -336,7 +336,7 @@ def _deliver(jobs: list[Job], spans: list[Any], cpu: float) -> None:
         if job.future.done():
             continue
         if len(mine) != len(job.texts):
-            _fail(job)
+            _fail(job, "error")
             continue
         job.future.set_result((mine, cpu * job.size / total))
 
@@ -348,7 +348,7 @@ def _spans(answer: list[Any]) -> list[list[Span]]:
         return [[Span(int(s), int(e), str(kind), float(score), "presidio")
                  for s, e, kind, score in per_text] for per_text in answer]
     except (TypeError, ValueError):
-        raise DetectorFailed from None
+        raise DetectorFailed("presidio", "error") from None
 
 
 def _split(texts: Sequence[str], shares: int) -> list[list[str]]:
@@ -363,6 +363,8 @@ def _split(texts: Sequence[str], shares: int) -> list[list[str]]:
     return [group for group in groups if group]
 
 
-def _fail(job: Job) -> None:
+def _fail(job: Job, reason: str) -> None:
+    """`reason`: crashed (its worker died), unavailable (the pool is closing) or error (the
+    worker's answer was malformed)."""
     if not job.future.done():
-        job.future.set_exception(DetectorFailed())
+        job.future.set_exception(DetectorFailed("presidio", reason))

@@ -83,3 +83,27 @@ def test_background_sync_publishes_without_a_render(monkeypatch: pytest.MonkeyPa
         task.cancel()
 
     asyncio.run(run())
+
+
+def test_detector_failure_reasons_are_a_fixed_set() -> None:
+    metrics = Metrics()
+    metrics.detector_failed("presidio", "crashed")
+    with pytest.raises(ValueError, match="not a detector failure reason"):
+        metrics.detector_failed("presidio", "Traceback: boom on jane@example.com")
+    page = metrics.render().decode()
+    assert 'veil_detector_failures_total{detector="presidio",reason="crashed"} 1.0' in page
+    assert "jane@example.com" not in page
+
+
+def test_no_created_series_and_process_cpu_only_grows() -> None:
+    metrics = Metrics()
+    metrics.request_answered("chat", 200, 0.01)
+    metrics.detector_failed("patterns", "error")
+    metrics.render()
+    first = metrics.registry.get_sample_value("process_cpu_seconds_total")
+    sum(i * i for i in range(2_000_000))  # some CPU
+    page = metrics.render().decode()
+    assert "_created" not in page
+    second = metrics.registry.get_sample_value("process_cpu_seconds_total")
+    assert first is not None and second is not None
+    assert 0 < first < second

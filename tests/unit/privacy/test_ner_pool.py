@@ -63,11 +63,13 @@ async def test_a_worker_killed_mid_request_fails_it_closed_and_is_replaced(
     request = asyncio.create_task(ner.detect([long_text]))
     await asyncio.sleep(0.5)  # the worker is busy with it
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(DetectorFailed):
+    with pytest.raises(DetectorFailed) as died:
         await request
+    assert (died.value.detector, died.value.reason) == ("presidio", "crashed")
     assert not ner.ready  # no worker alive: requests are refused, not queued forever
-    with pytest.raises(DetectorFailed):
+    with pytest.raises(DetectorFailed) as refused:
         await ner.detect(["Angela Merkel"])
+    assert (refused.value.detector, refused.value.reason) == ("presidio", "unavailable")
     await settle(lambda: ner.ready)
     assert ner.pids != [pid]
     assert restarts["died"] == 1
