@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import os
 import signal
 import threading
@@ -20,6 +21,7 @@ from gateway.attestation.levels import TrustLevel
 from gateway.attestation.transport import Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verifier import AttestationService
+from gateway.errors import AuthenticationFailed
 from gateway.fhe.epochs import key_epochs
 from gateway.fhe.remote_embed import RemoteEmbedder
 from gateway.fhe.semantic import SemanticScorer
@@ -146,8 +148,9 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                           balancer=Balancer(routing, health),
                           budget=RetryBudget(routing.retry_budget_ratio,
                                              routing.retry_budget_min_per_s))
-    pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),
-                        router, forwarder, metrics, stored, conversations)
+    inspector = Inspector(engine, semantic, on_detector_failure=metrics.detector_failed)
+    pipeline = Pipeline(settings, authenticator, holder, inspector, router, forwarder, metrics,
+                        stored, conversations)
     audit = AuditTrail(audit_path(settings.audit.path, worker, settings.audit.replica),
                        settings.audit.key_file,
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
@@ -164,7 +167,10 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     _routes(app.router, pipeline, Resources(pipeline))
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/metrics", metrics_page, name="metrics")
+    metrics_token = settings.metrics.token_env
+    app.router.add_get("/metrics", functools.partial(
+        metrics_page, token=env[metrics_token].encode() if metrics_token else None),
+        name="metrics")
     app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_stopped)
@@ -404,6 +410,14 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(detail, status=200 if detail["status"] == "ready" else 503)
 
 
-async def metrics_page(request: web.Request) -> web.Response:
+async def metrics_page(request: web.Request, *, token: bytes | None = None) -> web.Response:
+    """With `metrics.token_env` set, only for `Authorization: Bearer <its value>`, compared in
+    constant time; anything else is a 401 in the usual envelope."""
+    if token is not None:
+        given = request.headers.get(hdrs.AUTHORIZATION, "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, b"Bearer " + token):
+            raise AuthenticationFailed("/metrics needs Authorization: Bearer <metrics token>.",
+                                       code="invalid_metrics_token",
+                                       headers={hdrs.WWW_AUTHENTICATE: "Bearer"})
     body = request.app[GATEWAY].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})

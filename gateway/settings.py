@@ -317,8 +317,15 @@ class LoggingSettings(Strict):
     correlation_key_env: str | None = None
 
 
+class MetricsSettings(Strict):
+    # With a variable named, /metrics wants `Authorization: Bearer <its value>` (else 401).
+    # Without, /metrics is open: bind the gateway to loopback or a private network.
+    token_env: str | None = None
+
+
 class Settings(Strict):
     listen: ListenSettings = ListenSettings()
+    metrics: MetricsSettings = MetricsSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
     audit: AuditSettings = AuditSettings()
@@ -416,7 +423,8 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
     ]
     secrets = ((("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
                (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
-               (("state", "vault_key_env"), settings.state.vault_key_env, 32))
+               (("state", "vault_key_env"), settings.state.vault_key_env, 32),
+               (("metrics", "token_env"), settings.metrics.token_env, 16))
     for field_path, env_name, least in secrets:
         if env_name and len(environ.get(env_name, "")) < least:
             issues.append(ConfigIssue(doc.file, doc.position(field_path), ".".join(field_path),
