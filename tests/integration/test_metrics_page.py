@@ -61,7 +61,8 @@ def test_a_raising_plugin_is_counted_by_reference_and_reason(demo: Demo, mode: s
         chat(gw.url, "other words")
         page = httpx.get(gw.url + "/metrics").text
     assert failures(page) == {(plugin, "error"): 2.0}
-    assert "secret words" not in page and "boom" not in page  # never the exception's message
+    assert "secret words" not in page
+    assert "boom" not in page
 
 
 def test_a_time_limit_counts_the_detector_still_running(demo: Demo) -> None:

@@ -105,5 +105,6 @@ def test_no_created_series_and_process_cpu_only_grows() -> None:
     page = metrics.render().decode()
     assert "_created" not in page
     second = metrics.registry.get_sample_value("process_cpu_seconds_total")
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert 0 < first < second
