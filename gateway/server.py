@@ -65,6 +65,11 @@ async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: b
         await runner.cleanup()
 
 
+def listen_address(host: str, port: int) -> str:
+    """host:port as a client would write it ([::1]:8080 for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def run_worker(config_path: str, settings: Settings, reuse_port: bool,
                worker: int | None = None, policies: PolicySet | None = None) -> None:
     from gateway.app import build_app
@@ -78,8 +83,8 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
                       correlation_key=os.environ[key_env].encode() if key_env else None)
 
     def started(port: int) -> None:
-        log.info("listening", host=settings.listen.host, port=port, pid=os.getpid(),
-                 config=config_path)
+        log.info("listening", listen=listen_address(settings.listen.host, port),
+                 pid=os.getpid(), config=config_path)
 
     main = serve_app(build_app(settings, worker=worker, policies=policies),
                      settings.listen.host,

@@ -36,11 +36,13 @@ SENSITIVE_KEYS = frozenset({
 })
 # Values the gateway itself produces or has already vetted: no need to scan them. The request
 # id is screened when accepted (ingress.middleware.request_id_for); the model is bound only
-# after routing matched it against config; event names of our own lines are code literals.
+# after routing matched it against config; event names of our own lines are code literals;
+# `listen` is the address the gateway itself listens on (configuration, which the IP-address
+# pattern would otherwise hide from the operator who set it), written only by its start line.
 TRUSTED_KEYS = frozenset({
     "level", "timestamp", "logger_name", "pid", "route", "method", "status", "duration_ms",
     "backend", "tenant", "key_name", "stream", "outcome", "elapsed_ms", "error_type", "where",
-    "request_id", "model",
+    "request_id", "model", "listen",
 })
 
 # On our own lines the event name is a code literal too.

@@ -93,3 +93,18 @@ def test_our_event_names_are_not_scanned_but_foreign_messages_are(written: io.St
     ours, foreign = lines(written)
     assert ours["event"] == "request"
     assert EMAIL not in foreign["event"]  # type: ignore[operator]
+
+
+def test_own_listen_address_is_shown_but_addresses_in_other_fields_are_not(
+        written: io.StringIO) -> None:
+    from gateway.server import listen_address  # noqa: PLC0415
+
+    log = get_logger("veil.server")
+    log.info("listening", listen=listen_address("10.1.2.3", 8080), pid=1, config="config.yaml")
+    log.info("listening", listen=listen_address("::1", 9000))
+    log.info("request", client="10.1.2.3", detail="from 10.1.2.3")
+    own, ipv6, other = lines(written)
+    assert own["listen"] == "10.1.2.3:8080"
+    assert ipv6["listen"] == "[::1]:9000"
+    assert "10.1.2.3" not in json.dumps(other)
+    assert str(other["client"]).startswith("[REDACTED:IP_ADDRESS:")
