@@ -9,6 +9,7 @@ the new epoch gets its evaluation keys on first use.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 import aiohttp
@@ -21,10 +22,12 @@ from gateway.fhe.embed import Embedder
 from gateway.fhe.epochs import Epochs, LocalEpochs
 from gateway.fhe.keys import KeyStore
 from gateway.fhe.remote_embed import RemoteEmbedder
+from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.policy.schema import SemanticRule
 from gateway.settings import FheSettings
 
+log = get_logger("veil.fhe")
 MAX_TEXT_CHARS = 20_000  # the embedding sees at most 256 tokens anyway
 
 
@@ -64,8 +67,11 @@ class SemanticScorer:
         if self._epochs is None:
             return
         await self._epochs.start()  # no epoch: refuse to start, as with no key store
-        if self._remote is None:
+        if self._remote is None:  # seconds of loading: logged before and after
+            started = time.monotonic()
+            log.info("embedding_model_loading")
             self._embedder = await asyncio.to_thread(Embedder)
+            log.info("embedding_model_loaded", seconds=round(time.monotonic() - started, 2))
         self._session = self._session_factory()
 
     async def close(self) -> None:

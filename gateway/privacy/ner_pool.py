@@ -20,6 +20,7 @@ import contextlib
 import os
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,10 @@ class NerPool:
         return [p.pid for p in self._spawning]
 
     async def start(self) -> None:
-        """Every worker loaded and ready, or `WorkerStartFailed` with the reason."""
+        """Every worker loaded and ready, or `WorkerStartFailed` with the reason. Logged
+        before and after: loading spaCy takes seconds, a silent start looks hung."""
+        started = time.monotonic()
+        log.info("ner_loading", workers=self.size)
         try:
             async with asyncio.timeout(self._start_timeout):
                 workers = await asyncio.gather(*[self._spawn() for _ in range(self.size)])
@@ -108,6 +112,7 @@ class NerPool:
         for worker in workers:
             self._adopt(worker)
         self._started = True
+        log.info("ner_loaded", workers=self.size, seconds=round(time.monotonic() - started, 2))
 
     def shares(self, chars: int) -> int:
         """Into how many parts to cut a request of `chars` characters: one per idle worker
