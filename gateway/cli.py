@@ -1,13 +1,25 @@
-"""`veil` command line: serve, demo-upstream, quickstart, apikey, audit, policy, attest."""
+"""`veil` command line: the gateway, its demo, and the tools around it (keys, policies, audit,
+attestation, encrypted scoring). `veil COMMAND --help` describes each.
+
+A user's mistake (a missing or unreadable file, a bad config, a bad option value) ends with a
+short message on stderr and a non-zero exit, never a traceback: tests/integration/
+test_cli_errors.py runs every command the parser knows with bad input to keep it so.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import re
 import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from gateway.errors import ConfigError
+from gateway import __version__
+from gateway.errors import ConfigError, VeilError
 
 if TYPE_CHECKING:
     from gateway.fhe.keys import KeyStore
@@ -20,90 +32,202 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"veil: configuration error\n{exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file missing or unreadable, an address that cannot be bound
+        print(f"veil {args.command}: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except VeilError as exc:  # the gateway's own refusals (keys, plugins, evidence, ...)
+        print(f"veil {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _os_error(exc: OSError) -> str:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="veil", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="veil", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"veil {__version__}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, title="commands",
+                                     metavar="COMMAND")
     _running_commands(commands)
     _key_commands(commands)
     _policy_commands(commands)
     _attest_commands(commands)
     _fhe_commands(commands)
+    _describe(parser)
     return parser
 
 
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each command's one-line help, shown in the command list, also heads its own --help."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for listed in action._choices_actions:
+                command = action.choices[listed.dest]
+                command.description = command.description or listed.help
+                _describe(command)
+
+
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+CONFIG_HELP = "the gateway's config file (default: %(default)s)"
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _port(text: str) -> int:
+    value = _whole(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 60000 ms")
+    return value
+
+
+def _k_values(text: str) -> list[int]:
+    return [_positive(k) for k in text.split(",")]
+
+
+def _instant(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time "
+                                         "(e.g. 2025-01-31T12:00:00Z)") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as config.yaml's names
+LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*\.?$")
+
+
+def _host(text: str) -> str:
+    """An IP address or a DNS name (what a socket can be bound to), else a usage error
+    rather than a resolver's traceback."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not HOSTNAME.match(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or host "
+                                             "name") from None
+    return text
+
+
+def _name(text: str) -> str:
+    if not NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: letters, digits, '.', '_' and '-' only "
+                                         "(64 at most, starting with a letter or digit)")
+    return text
 
 
 def _running_commands(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", default="config.yaml")
-    serve.add_argument("--workers", type=int, default=None,
+    serve.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    serve.add_argument("--workers", type=_positive, default=None,
                        help="worker processes sharing the port (default: listen.workers)")
+    serve.add_argument("--host", type=_host,
+                       help="address to listen on (default: listen.host)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: listen.port)")
 
     demo = commands.add_parser("demo-upstream", help="run the built-in demo model server")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8081)
-    demo.add_argument("--chunk-delay-ms", type=float, default=0.0,
-                      help="pause between streamed chunks, to make streaming visible")
+    demo.add_argument("--host", type=_host, default="127.0.0.1",
+                      help="address to listen on (default: %(default)s)")
+    demo.add_argument("--port", type=_port, default=8081,
+                      help="port to listen on (default: %(default)s)")
+    demo.add_argument("--chunk-delay-ms", type=_delay, default=0.0,
+                      help="pause between streamed chunks, to make streaming visible "
+                           "(default: %(default)s)")
 
     quick = commands.add_parser("quickstart",
                                 help="run the demo model server and the gateway together")
-    quick.add_argument("--config", default="config.yaml")
-    quick.add_argument("--demo-port", type=int, default=8081)
+    quick.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    quick.add_argument("--demo-port", type=_port, default=8081,
+                       help="port of the demo model server (default: %(default)s; the "
+                            "config's backends must point at it)")
 
 
 def _key_commands(commands: Commands) -> None:
     apikey = commands.add_parser("apikey", help="client API keys")
-    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True,
+                                            title="commands", metavar="COMMAND")
     new = apikey_commands.add_parser("new", help="generate a key and print its config entry")
-    new.add_argument("--name", required=True)
-    new.add_argument("--tenant", required=True)
-    hash_cmd = apikey_commands.add_parser("hash", help="print the config hash of a key on stdin")
-    hash_cmd.set_defaults(apikey_command="hash")
+    new.add_argument("--name", required=True, type=_name,
+                     help="the key's name in config, logs and the audit trail")
+    new.add_argument("--tenant", required=True, type=_name,
+                     help="the tenant it belongs to (a key of config's tenants)")
+    apikey_commands.add_parser("hash", help="print the config hash of a key on stdin")
 
     audit = commands.add_parser("audit", help="the tamper-evident audit trail")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True,
+                                          title="commands", metavar="COMMAND")
     verify = audit_commands.add_parser(
         "verify", help="check MACs and the hash chain; exit 1 naming the first break")
     verify.add_argument("files", nargs="+", help="oldest first, e.g. audit.jsonl.1 audit.jsonl; "
                         "or one directory: every chain in it (one per replica and worker), "
                         "each verified on its own")
     key = verify.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key-file")
+    key.add_argument("--key-file", help="file holding the audit HMAC key (audit.key_file)")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
 
 
 def _policy_commands(commands: Commands) -> None:
     policy = commands.add_parser("policy", help="policy files")
-    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True,
+                                            title="commands", metavar="COMMAND")
     check = policy_commands.add_parser("check", help="validate policies; exit 1 listing errors")
-    check.add_argument("files", nargs="+")
+    check.add_argument("files", nargs="+", help="policy files (YAML)")
     policy_commands.add_parser("schema", help="print the policy JSON Schema")
     explain = policy_commands.add_parser("explain", help="what a prompt would meet, and why")
-    explain.add_argument("file")
-    explain.add_argument("--prompt", required=True)
+    explain.add_argument("file", help="the policy file")
+    explain.add_argument("--prompt", required=True, help="the prompt text to run it on")
     explain.add_argument("--score", action="append", metavar="SCORER/MODEL/LABEL=VALUE",
                          help="a decrypted semantic score to decide with (repeatable)")
     test = policy_commands.add_parser("test", help="run example prompts against expectations")
-    test.add_argument("file")
-    test.add_argument("--cases", required=True)
+    test.add_argument("file", help="the policy file")
+    test.add_argument("--cases", required=True,
+                      help="YAML file of cases: prompt, tenant, scores, expected outcome")
     keygen = policy_commands.add_parser("keygen", help="make an Ed25519 signing key pair")
-    keygen.add_argument("--private", required=True)
-    keygen.add_argument("--public", required=True)
+    keygen.add_argument("--private", required=True,
+                        help="where to write the private key (PEM; never overwritten)")
+    keygen.add_argument("--public", required=True,
+                        help="where to write the public key (PEM; never overwritten)")
     sign = policy_commands.add_parser("sign", help="write FILE.sig (detached Ed25519)")
-    sign.add_argument("files", nargs="+")
+    sign.add_argument("files", nargs="+", help="policy files to sign")
     sign.add_argument("--key", required=True, help="private key (PEM)")
     verify_policy = policy_commands.add_parser(
         "verify", help="verify the signatures of policies and every base they extend")
-    verify_policy.add_argument("files", nargs="+")
+    verify_policy.add_argument("files", nargs="+", help="policy files to verify")
     verify_policy.add_argument("--pubkey", required=True, help="public key (PEM)")
 
 
 def _attest_commands(commands: Commands) -> None:
     attest = commands.add_parser("attest", help="confidential-computing evidence")
-    attest_commands = attest.add_subparsers(dest="attest_command", required=True)
+    attest_commands = attest.add_subparsers(dest="attest_command", required=True,
+                                            title="commands", metavar="COMMAND")
     attest_verify = attest_commands.add_parser(
         "verify", help="verify evidence offline; exit 0 only when it verifies")
     attest_verify.add_argument("file", help="the evidence: an SEV-SNP report, a TDX quote, or "
@@ -111,7 +235,8 @@ def _attest_commands(commands: Commands) -> None:
     attest_verify.add_argument("--vcek", help="SNP: the VCEK/VLEK certificate (DER or PEM)")
     attest_verify.add_argument("--collateral", help="TDX: folder of collateral from Intel PCS")
     attest_verify.add_argument("--chain", help="NVIDIA GPU: the device certificate chain (PEM)")
-    attest_verify.add_argument("--at", help="verify as of this time (ISO 8601; default: now)")
+    attest_verify.add_argument("--at", type=_instant,
+                               help="verify as of this time (ISO 8601; default: now)")
     attest_verify.add_argument("--policy", help="a policy file whose trust level to check")
     attest_verify.add_argument("--level", help="the trust level (with --policy)")
     attest_verify.add_argument("--json", action="store_true", help="print JSON")
@@ -123,30 +248,41 @@ def _attest_commands(commands: Commands) -> None:
                                      "behind the model server's TLS front end)")
     agent.add_argument("--vcek", help="SNP: VCEK file, when the host gives no certificate table")
     agent.add_argument("--collateral", help="TDX: folder of Intel PCS collateral to send")
-    agent.add_argument("--host", default="127.0.0.1")
-    agent.add_argument("--port", type=int, default=8444)
-    agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report")
+    agent.add_argument("--host", type=_host, default="127.0.0.1",
+                       help="address to listen on (default: %(default)s)")
+    agent.add_argument("--port", type=_port, default=8444,
+                       help="port to listen on (default: %(default)s)")
+    agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report",
+                       help="the kernel's configfs-tsm report folder (default: %(default)s)")
 
 
 def _fhe_commands(commands: Commands) -> None:
     keys = commands.add_parser("keys", help="the CKKS secret key (sealed at rest)")
-    keys.add_argument("keys_command", choices=["init", "rotate", "show"])
-    keys.add_argument("--config", default="config.yaml")
+    keys.add_argument("keys_command", choices=["init", "rotate", "show"],
+                      help="init: create the first key (never overwrites) | rotate: a new "
+                           "current key | show: list the keys")
+    keys.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
     scorer = commands.add_parser("scorer", help="the encrypted scoring service")
-    scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True)
+    scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True,
+                                            title="commands", metavar="COMMAND")
     serve = scorer_commands.add_parser("serve", help="serve the models in a folder")
     serve.add_argument("--models", required=True, help="folder of *.npz models")
     serve.add_argument("--keys", default="var/scorer-keys",
-                       help="where received evaluation keys are kept")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8090)
-    serve.add_argument("--workers", type=int, default=None, help="default: one per core")
+                       help="where received evaluation keys are kept (default: %(default)s)")
+    serve.add_argument("--host", type=_host, default="127.0.0.1",
+                       help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=_port, default=8090,
+                       help="port to listen on (default: %(default)s)")
+    serve.add_argument("--workers", type=_positive, default=None,
+                       help="scoring processes (default: one per core)")
     build = scorer_commands.add_parser("build", help="compile a model from example texts")
     build.add_argument("--examples", required=True,
                        help="YAML: {kind: reference_set, aggregate: max, labels: {label: [texts]}}")
-    build.add_argument("--out", required=True, help="the model file (.npz)")
+    build.add_argument("--out", required=True,
+                       help="the model file (.npz); its folder is created if missing")
     bench = scorer_commands.add_parser("bench", help="numpy vs TenSEAL matmul vs Veil, per K")
-    bench.add_argument("--k", default="10,100,1000", help="comma-separated K values")
+    bench.add_argument("--k", type=_k_values, default=[10, 100, 1000],
+                       help="comma-separated K values (default: 10,100,1000)")
     bench.add_argument("--compare-matmul", action="store_true",
                        help="also time TenSEAL's built-in matmul (slow at large K)")
 
@@ -164,6 +300,11 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.settings import load_settings
 
     settings = load_settings(args.config)
+    if args.host is not None or args.port is not None:  # the command line over the config
+        listen = settings.listen.model_copy(update={
+            key: value for key, value in (("host", args.host), ("port", args.port))
+            if value is not None})
+        settings = settings.model_copy(update={"listen": listen})
     policies = preflight(args.config, settings)
     return serve(args.config, settings, args.workers or settings.listen.workers, policies)
 
@@ -182,18 +323,13 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _attest_verify(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-    from pathlib import Path
-
     if args.attest_command == "agent":
         return _attest_agent(args)
     from gateway.attestation.offline import Wanted, as_json, verify_evidence_file
     from gateway.plugins import plugin_entities
     from gateway.policy.loader import load_policy
 
-    at = datetime.fromisoformat(args.at) if args.at else None
-    if at is not None and at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
+    at = args.at
     wanted = None
     if args.policy and args.level:  # attestation judges the level; the policy is ours to load
         levels = load_policy(Path(args.policy), plugin_entities).policy.trust_levels
@@ -203,12 +339,12 @@ def _attest_verify(args: argparse.Namespace) -> int:
         collateral=Path(args.collateral) if args.collateral else None,
         chain=Path(args.chain) if args.chain else None, at=at, wanted=wanted)
     print(as_json(outcome) if args.json else "\n".join(outcome.lines()))
+    if not outcome.ok:
+        print(f"veil attest verify: {args.file}: refused", file=sys.stderr)
     return 0 if outcome.ok else 1
 
 
 def _attest_agent(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from gateway.attestation.agent import AgentSettings, run_agent
 
     settings = AgentSettings(Path(args.cert), Path(args.vcek) if args.vcek else None,
@@ -267,8 +403,6 @@ async def _shared_keys(command: str, redis_url: str, local: KeyStore) -> None:
 
 
 def _scorer(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     if args.scorer_command == "serve":
         from aiohttp import web
 
@@ -281,23 +415,61 @@ def _scorer(args: argparse.Namespace) -> int:
                     access_log=None, print=None)
         return 0
     if args.scorer_command == "build":
-        from gateway.fhe.build import build_model
-
-        model = build_model(Path(args.examples), Path(args.out))
-        print(f"wrote {args.out}: {model.kind}, {model.weights.shape[0]} rows, labels "
-              f"{sorted(set(model.labels))}")
-        return 0
+        return _scorer_build(Path(args.examples), Path(args.out))
     from gateway.fhe.bench import run_bench
 
-    run_bench([int(k) for k in args.k.split(",")], compare_matmul=args.compare_matmul)
+    run_bench(args.k, compare_matmul=args.compare_matmul)
     return 0
+
+
+def _scorer_build(examples: Path, out: Path) -> int:
+    from gateway.fhe.build import build_model
+    from gateway.fhe.embed import Embedder
+
+    if out.is_dir():
+        print(f"veil scorer build: --out {out} is a folder; give the model file's path",
+              file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
+    started = time.monotonic()
+    _say("loading the embedding model")
+    embedder = Embedder()
+    _say(f"embedding model loaded ({time.monotonic() - started:.1f} s)")
+    model = build_model(examples, out, embedder, _progress("embedded", started))
+    print(f"wrote {out}: {model.kind}, {model.weights.shape[0]} rows, labels "
+          f"{sorted(set(model.labels))} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(f"veil: {line}", file=sys.stderr, flush=True)
+
+
+def _progress(verb: str, started: float, every_s: float = 1.0) -> Callable[[int, int], None]:
+    """A progress callback printing `verb done/total` on stderr about once a second, and when
+    the last is done (stdout keeps only the result)."""
+    last = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done == total or now - last >= every_s:
+            last = now
+            _say(f"{verb} {done}/{total} ({now - started:.1f} s)")
+
+    return report
 
 
 def _apikey(args: argparse.Namespace) -> int:
     from gateway.ingress.auth import hash_api_key, new_api_key
 
     if args.apikey_command == "hash":
-        print(hash_api_key(sys.stdin.readline().strip()))
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("veil apikey hash: no API key on stdin (echo KEY | veil apikey hash)",
+                  file=sys.stderr)
+            return 2
+        print(hash_api_key(key))
         return 0
     key = new_api_key()
     print(f"API key (shown once, give it to the client): {key}")
@@ -321,16 +493,16 @@ def _policy(args: argparse.Namespace) -> int:
         return _policy_cases(args)
     from gateway.plugins import plugin_entities
 
-    failed = False
+    failed = 0
     for file in args.files:
         try:
             loaded = load_policy(file, plugin_entities)
         except ConfigError as exc:
-            failed = True
+            failed += 1
             print(exc)
         else:
             print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
-    return 1 if failed else 0
+    return _failures("policy check", failed, len(args.files), "file")
 
 
 def _policy_cases(args: argparse.Namespace) -> int:
@@ -374,8 +546,6 @@ def _score_arg(text: str) -> tuple[str, float]:
 
 
 def _policy_signatures(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from gateway.errors import SignatureError
     from gateway.plugins import plugin_entities
     from gateway.policy import signing
@@ -394,15 +564,25 @@ def _policy_signatures(args: argparse.Namespace) -> int:
     except (OSError, ValueError, SignatureError) as exc:
         print(f"veil: {exc}", file=sys.stderr)
         return 2
-    failed = False
+    failed = 0
     for file in args.files:
         try:
             signing.verify_chain(load_policy(file, plugin_entities).files, public_key)
             print(f"ok: {file}")
-        except SignatureError as exc:
-            failed = True
+        except (SignatureError, ConfigError) as exc:
+            failed += 1
             print(f"FAILED: {exc}")
-    return 1 if failed else 0
+    return _failures("policy verify", failed, len(args.files), "file")
+
+
+def _failures(command: str, failed: int, total: int, thing: str) -> int:
+    """Verdicts go to stdout, one per item; when any failed, a line on stderr says how many
+    (so a script, or a person who sent stdout elsewhere, sees it) and the exit is 1."""
+    if not failed:
+        return 0
+    print(f"veil {command}: {failed} of {total} {thing}{'s' if total > 1 else ''} failed",
+          file=sys.stderr)
+    return 1
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -417,11 +597,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
         found = chains(args.files[0])
         if not found:
             print(f"FAILED: no audit chain (*.jsonl) in {args.files[0]}")
-            return 1
+            return _failures("audit verify", 1, 1, "chain")
         verdicts = {chain: verify(files, key) for chain, files in found.items()}
         for chain, verdict in verdicts.items():
             print(("ok: " if verdict.ok else "FAILED: ") + f"{chain}: {verdict.message}")
-        return 0 if all(v.ok for v in verdicts.values()) else 1
+        return _failures("audit verify", sum(not v.ok for v in verdicts.values()),
+                         len(verdicts), "chain")
     verdict = verify(args.files, key)
     print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
-    return 0 if verdict.ok else 1
+    return _failures("audit verify", not verdict.ok, 1, "chain")

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.attestation.binding import binding, spki_sha256
 from gateway.attestation.tdx import collateral_from_dir, collateral_json, parse_quote
+from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
 
 log = get_logger("veil.attest.agent")
@@ -74,7 +75,10 @@ class AgentSettings:
 
 
 def build_agent_app(settings: AgentSettings, source: ReportSource) -> web.Application:
-    cert = x509.load_pem_x509_certificate(settings.certificate.read_bytes())
+    try:
+        cert = x509.load_pem_x509_certificate(settings.certificate.read_bytes())
+    except ValueError:
+        raise EvidenceError(f"{settings.certificate}: not a PEM certificate") from None
     key_hash = spki_sha256(cert.public_bytes(serialization.Encoding.DER))
     lock = asyncio.Lock()  # the platform handles one report at a time
 

@@ -48,10 +48,10 @@ def _ensure_key(path: Path) -> None:
 
 
 def quickstart(config: str, demo_port: int) -> int:
+    settings = load_settings(config)  # fail fast with the config error, before starting anything
     Path("var").mkdir(exist_ok=True)
     _ensure_key(Path("var/audit.key"))
     _ensure_key(Path("var/fhe-master.key"))
-    settings = load_settings(config)  # fail fast with the config error, before starting anything
     veil = [sys.executable, "-m", "gateway"]
     # Our own interpreter and module with fixed arguments: nothing here comes from a client.
     demo = subprocess.Popen([*veil, "demo-upstream", "--port", str(demo_port),  # noqa: S603

@@ -13,27 +13,42 @@ per label (that label's examples against all others) by gradient descent on the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import yaml
 
+from gateway.errors import ConfigError, ConfigIssue
 from gateway.fhe.embed import Embedder
 from gateway.fhe.scoring import ModelFile, save_model
+from gateway.yamlsource import load_yaml
+
+Progress = Callable[[int, int], None]  # (examples embedded so far, all of them)
 
 
-def build_model(examples: Path, out: Path, embedder: Embedder | None = None) -> ModelFile:
-    spec = yaml.safe_load(examples.read_text())
-    if not isinstance(spec, dict) or not isinstance(spec.get("labels"), dict):
-        raise SystemExit(f"{examples}: expected a mapping with 'labels: {{label: [texts]}}'")
+def build_model(examples: Path, out: Path, embedder: Embedder | None = None,
+                progress: Progress = lambda done, total: None) -> ModelFile:
+    """Raises ConfigError for an examples file that is not what the docstring above shows."""
+    spec = load_yaml(examples).data
+    if not isinstance(spec, dict) or not isinstance(spec.get("labels"), dict) or not all(
+            isinstance(texts, list) for texts in spec["labels"].values()):
+        raise ConfigError([ConfigIssue(str(examples), None, "labels",
+                                       "expected a mapping with 'labels: {label: [texts]}'")])
     kind = spec.get("kind", "reference_set")
+    if kind not in ("reference_set", "linear"):
+        raise ConfigError([ConfigIssue(str(examples), None, "kind",
+                                       "kind must be reference_set or linear")])
     embedder = embedder or Embedder()
+    pairs = [(str(label), str(text)) for label, texts in spec["labels"].items()
+             for text in texts]
+    if not pairs:
+        raise ConfigError([ConfigIssue(str(examples), None, "labels", "no example texts")])
     labels, vectors = [], []
-    for label, texts in spec["labels"].items():
-        for text in texts:
-            labels.append(str(label))
-            vectors.append(embedder.embed(str(text)))
+    for label, text in pairs:
+        labels.append(label)
+        vectors.append(embedder.embed(text))
+        progress(len(vectors), len(pairs))
     matrix = np.array(vectors)
     if kind == "reference_set":
         model = ModelFile(out.stem, "reference_set", matrix, tuple(labels), None,
@@ -42,8 +57,6 @@ def build_model(examples: Path, out: Path, embedder: Embedder | None = None) -> 
         classes = sorted(set(labels))
         weights, bias = _logistic(matrix, labels, classes)
         model = ModelFile(out.stem, "linear", weights, tuple(classes), bias, "max")
-    else:
-        raise SystemExit(f"{examples}: kind must be reference_set or linear")
     save_model(out, model)
     return model
 

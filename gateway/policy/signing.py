@@ -7,6 +7,8 @@ extends, so a signed policy cannot be weakened by editing an unsigned base.
 from __future__ import annotations
 
 import base64
+import errno
+import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -19,13 +21,21 @@ SUFFIX = ".sig"
 
 
 def generate(private_path: Path, public_path: Path) -> None:
+    """Never over an existing file (FileExistsError): a key pair replaced by mistake unsigns
+    every policy. The private key is created readable by its owner only, never wider for a
+    moment."""
     key = Ed25519PrivateKey.generate()
-    private_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    private_path.chmod(0o600)
-    public_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    for path in (private_path, public_path):
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "already exists (not overwritten)", str(path))
+    with os.fdopen(os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                   "wb") as private:
+        private.write(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+    with public_path.open("xb") as public:
+        public.write(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:

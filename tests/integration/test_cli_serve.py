@@ -89,6 +89,12 @@ def test_workers_share_the_port_and_metrics(served: tuple[str, subprocess.Popen[
             break
         time.sleep(0.2)
     assert total == 40
+    # One series each, whatever the number of workers (summed, or the smallest: metrics.py).
+    lines = metrics.splitlines()
+    for name in ("veil_build_info", "process_cpu_seconds_total",
+                 "process_resident_memory_bytes", "process_open_fds", "process_max_fds"):
+        assert len([line for line in lines if line.startswith(name)]) == 1, name
+    assert "_created" not in metrics
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=20)
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
@@ -155,3 +161,32 @@ def test_apikey_new_prints_a_matching_hash() -> None:
     assert f"hash: {hash_api_key(key.group(1))}" in result.stdout
     hashed = veil("apikey", "hash", input=key.group(1) + "\n")
     assert hashed.stdout.strip() == hash_api_key(key.group(1))
+
+
+def test_host_and_port_flags_override_listen_and_the_start_line_shows_them(
+        tmp_path: Path) -> None:
+    configured, flagged = free_port(), free_port()
+    config = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", configured)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+         "--host", "127.0.0.1", "--port", str(flagged)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{flagged}/healthz", timeout=1).is_success
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{configured}/healthz", timeout=1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    assert listening["listen"] == f"127.0.0.1:{flagged}"  # configuration, not redacted
+    assert "REDACTED" not in json.dumps(listening)

@@ -42,3 +42,27 @@ def test_scorer_bench_prints_the_documented_columns() -> None:
     values = row.split()
     assert values[0] == "10"
     assert float(values[4]) < 1e-5
+
+
+def test_scorer_build_makes_the_out_folder_and_reports_progress(tmp_path: Path) -> None:
+    examples = tmp_path / "examples.yaml"
+    examples.write_text("kind: reference_set\nlabels:\n  m-and-a: [" + ", ".join(
+        f'"acquire company {i}"' for i in range(30)) + "]\n  weather: [sunny, rainy]\n")
+    out = tmp_path / "models" / "new" / "deals.npz"
+    result = veil("scorer", "build", "--examples", str(examples), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
+    assert result.stdout.startswith(f"wrote {out}: reference_set, 32 rows")
+    progress = result.stderr.splitlines()
+    assert progress[0] == "veil: loading the embedding model"
+    assert progress[1].startswith("veil: embedding model loaded (")
+    assert progress[-1].startswith("veil: embedded 32/32 (")
+
+
+def test_scorer_build_refuses_a_folder_as_out(tmp_path: Path) -> None:
+    examples = tmp_path / "examples.yaml"
+    examples.write_text("labels: {a: [x]}\n")
+    result = veil("scorer", "build", "--examples", str(examples), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"veil scorer build: --out {tmp_path} is a folder; give "
+                                     "the model file's path")
