@@ -106,7 +106,7 @@ def _banner(base: str, demo_url: str, key: str, model: str, config: str) -> str:
      -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
      -d '{stream_body}'
 
- With the openai SDK (.venv/bin/python):
+ With the openai SDK (pip install openai):
    from openai import OpenAI
    client = OpenAI(base_url="{base}/v1", api_key="{key}")
    for chunk in client.chat.completions.create(model="{model}", stream=True,
