@@ -64,7 +64,8 @@ def test_defaults_are_relative_to_the_config_folder_too(tmp_path: Path) -> None:
     assert settings.audit.path == str(tmp_path / "var/audit.jsonl")
     assert settings.fhe.keys_dir == str(tmp_path / "var/fhe-keys")
     assert settings.attestation.cache_dir == str(tmp_path / "var/attestation-cache")
-    assert settings.audit.key_file is None and settings.api_keys_file is None  # unset stays unset
+    assert settings.audit.key_file is None  # unset stays unset
+    assert settings.api_keys_file is None
 
 
 def test_overridden_paths_are_relative_to_the_config_folder(config: Path) -> None:
