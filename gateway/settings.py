@@ -326,6 +326,10 @@ class LoggingSettings(Strict):
 
 
 class Settings(Strict):
+    """Veil gateway configuration (config.yaml). Unknown keys are errors; any value can be
+    overridden from the environment as VEIL__SECTION__KEY; relative paths are relative to the
+    config file's folder."""
+
     listen: ListenSettings = ListenSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
