@@ -26,8 +26,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.errors import ConfigError, ConfigIssue
-from gateway.yamlsource import KeyPath, Problems, YamlDocument, load_yaml, validate
+from gateway.errors import ConfigError, ConfigIssue, ConfigProblems
+from gateway.yamlsource import KeyPath, YamlDocument, load_yaml, validate
 
 WireFormat = Literal["openai", "anthropic"]
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -139,8 +139,8 @@ class BackendSettings(Strict):
     @model_validator(mode="after")
     def _attested_over_tls(self) -> BackendSettings:
         if self.attestation is not None and not self.url.startswith("https://"):
-            raise Problems([(("url",), "an attested backend needs an https:// url (evidence is "
-                                       "bound to its TLS key)")])
+            raise ConfigProblems([(("url",), "an attested backend needs an https:// url "
+                                             "(evidence is bound to its TLS key)")])
         return self
 
     @field_validator("name")
@@ -174,7 +174,8 @@ class StateSettings(Strict):
     @model_validator(mode="after")
     def _vault_needs_store(self) -> StateSettings:
         if self.vault_key_env and not self.redis_url:
-            raise Problems([(("vault_key_env",), "needs redis_url (the vault lives in Redis)")])
+            raise ConfigProblems([(("vault_key_env",),
+                                   "needs redis_url (the vault lives in Redis)")])
         return self
 
     @field_validator("redis_url")
@@ -241,7 +242,7 @@ class PolicySettings(Strict):
     @model_validator(mode="after")
     def _key_for_signatures(self) -> PolicySettings:
         if self.require_signed_policies and not self.public_key_file:
-            raise Problems([(("require_signed_policies",), "needs public_key_file")])
+            raise ConfigProblems([(("require_signed_policies",), "needs public_key_file")])
         return self
 
 
@@ -268,7 +269,7 @@ class AuditSettings(Strict):
     @model_validator(mode="after")
     def _key_source(self) -> AuditSettings:
         if self.enabled and not (self.key_env or self.key_file):
-            raise Problems([(("enabled",), "audit needs key_env or key_file")])
+            raise ConfigProblems([(("enabled",), "audit needs key_env or key_file")])
         return self
 
 
@@ -313,8 +314,9 @@ class FheSettings(Strict):
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:
         if self.scorers and not (self.master_key_env or self.master_key_file):
-            raise Problems([(("scorers",), "scorers need master_key_env or master_key_file (the "
-                                           "key that seals the CKKS secret key at rest)")])
+            raise ConfigProblems([(("scorers",), "scorers need master_key_env or "
+                                                 "master_key_file (the key that seals the CKKS "
+                                                 "secret key at rest)")])
         return self
 
 
@@ -367,7 +369,7 @@ class Settings(Strict):
             problems.append((("fhe", "keys_in"),
                              "redis needs state.redis_url (the epochs live there)"))
         if problems:
-            raise Problems(problems)
+            raise ConfigProblems(problems)
         return self
 
     def _backend_problems(self) -> list[tuple[KeyPath, str]]:

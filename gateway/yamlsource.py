@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
-from gateway.errors import ConfigError, ConfigIssue, Position
+from gateway.errors import ConfigError, ConfigIssue, ConfigProblems, Position
 
 KeyPath = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
@@ -51,15 +51,6 @@ class YamlDocument:
             if found:
                 return found
         return None
-
-
-class Problems(ValueError):
-    """What a model validator found, each at its own key (relative to the model it checks), so
-    that each is reported at the line of the entry that is wrong, not at the model's first."""
-
-    def __init__(self, found: list[tuple[KeyPath, str]]) -> None:
-        self.found = found
-        super().__init__("; ".join(f"{dotted(path)}: {message}" for path, message in found))
 
 
 def _pos(node: yaml.Node) -> Position:
@@ -151,7 +142,7 @@ def _issues(doc: YamlDocument, model: type[pydantic.BaseModel],
             err: Any, base: KeyPath) -> list[ConfigIssue]:
     loc: KeyPath = tuple(part for part in err["loc"] if isinstance(part, str | int))
     found = err.get("ctx", {}).get("error")
-    if isinstance(found, Problems):
+    if isinstance(found, ConfigProblems):
         return [doc.issue((*base, *loc, *path), message) for path, message in found.found]
     return [_issue(doc, model, err, loc, base)]
 
