@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _running_commands(commands)
     _key_commands(commands)
+    _config_commands(commands)
     _policy_commands(commands)
     _attest_commands(commands)
     _fhe_commands(commands)
@@ -73,6 +74,13 @@ def _key_commands(commands: Commands) -> None:
     key = verify.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
+
+
+def _config_commands(commands: Commands) -> None:
+    config = commands.add_parser("config", help="the gateway's config.yaml")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands.add_parser("schema", help="print the config.yaml JSON Schema "
+                                              "(veil config schema > config.schema.json)")
 
 
 def _policy_commands(commands: Commands) -> None:
@@ -153,7 +161,8 @@ def _fhe_commands(commands: Commands) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"serve": _serve, "demo-upstream": _demo_upstream, "quickstart": _quickstart,
-                "apikey": _apikey, "audit": _audit_verify, "policy": _policy,
+                "apikey": _apikey, "audit": _audit_verify, "config": _config,
+                "policy": _policy,
                 "attest": _attest_verify, "keys": _keys, "scorer": _scorer}
     return handlers[args.command](args)  # argparse has refused unknown commands already
 
@@ -303,6 +312,16 @@ def _apikey(args: argparse.Namespace) -> int:
     print(f"API key (shown once, give it to the client): {key}")
     print("Add to config.yaml under api_keys:")
     print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """`veil config schema`: the one subcommand (argparse has refused others)."""
+    import json
+
+    from gateway.settings import Settings
+
+    print(json.dumps(Settings.model_json_schema(), indent=2, sort_keys=True))
     return 0
 
 

@@ -5,6 +5,14 @@ with weaker settings than intended, must refuse to start instead. Unknown keys a
 
 Environment overrides use `VEIL__SECTION__KEY=value` (value parsed as YAML), e.g.
 `VEIL__LISTEN__PORT=9000`; upstream credentials come only from the variables backends name.
+An error in an overridden value is reported as coming from its variable.
+
+Relative paths (`PATH_SETTINGS`), in the file or in an override, are relative to the config
+file's folder, so `veil serve --config /etc/veil/config.yaml` means the same from any working
+directory. Settings built in code (`Settings.model_validate`) have no file: their paths are used
+as given, relative to the working directory.
+
+`veil config schema` prints the JSON Schema of this format (checked in as config.schema.json).
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.errors import ConfigError, ConfigIssue
-from gateway.yamlsource import YamlDocument, load_yaml, validate
+from gateway.errors import ConfigError, ConfigIssue, ConfigProblems
+from gateway.yamlsource import KeyPath, YamlDocument, load_yaml, validate
 
 WireFormat = Literal["openai", "anthropic"]
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -131,8 +139,8 @@ class BackendSettings(Strict):
     @model_validator(mode="after")
     def _attested_over_tls(self) -> BackendSettings:
         if self.attestation is not None and not self.url.startswith("https://"):
-            raise ValueError("an attested backend needs an https:// url (evidence is bound to "
-                             "its TLS key)")
+            raise ConfigProblems([(("url",), "an attested backend needs an https:// url "
+                                             "(evidence is bound to its TLS key)")])
         return self
 
     @field_validator("name")
@@ -166,7 +174,8 @@ class StateSettings(Strict):
     @model_validator(mode="after")
     def _vault_needs_store(self) -> StateSettings:
         if self.vault_key_env and not self.redis_url:
-            raise ValueError("vault_key_env needs redis_url (the vault lives in Redis)")
+            raise ConfigProblems([(("vault_key_env",),
+                                   "needs redis_url (the vault lives in Redis)")])
         return self
 
     @field_validator("redis_url")
@@ -223,7 +232,7 @@ class PrivacySettings(Strict):
 
 class PolicySettings(Strict):
     """Which policy files decide. The first whose `applies_to` matches a request decides it;
-    a request no policy applies to is refused. Paths are relative to the working directory."""
+    a request no policy applies to is refused. Paths are relative to the config file's folder."""
 
     files: list[str] = Field(min_length=1)
     require_signed_policies: bool = False
@@ -233,7 +242,7 @@ class PolicySettings(Strict):
     @model_validator(mode="after")
     def _key_for_signatures(self) -> PolicySettings:
         if self.require_signed_policies and not self.public_key_file:
-            raise ValueError("require_signed_policies needs public_key_file")
+            raise ConfigProblems([(("require_signed_policies",), "needs public_key_file")])
         return self
 
 
@@ -260,7 +269,7 @@ class AuditSettings(Strict):
     @model_validator(mode="after")
     def _key_source(self) -> AuditSettings:
         if self.enabled and not (self.key_env or self.key_file):
-            raise ValueError("audit needs key_env or key_file")
+            raise ConfigProblems([(("enabled",), "audit needs key_env or key_file")])
         return self
 
 
@@ -305,8 +314,9 @@ class FheSettings(Strict):
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:
         if self.scorers and not (self.master_key_env or self.master_key_file):
-            raise ValueError("scorers need master_key_env or master_key_file (the key that "
-                             "seals the CKKS secret key at rest)")
+            raise ConfigProblems([(("scorers",), "scorers need master_key_env or "
+                                                 "master_key_file (the key that seals the CKKS "
+                                                 "secret key at rest)")])
         return self
 
 
@@ -318,6 +328,10 @@ class LoggingSettings(Strict):
 
 
 class Settings(Strict):
+    """Veil gateway configuration (config.yaml). Unknown keys are errors; any value can be
+    overridden from the environment as VEIL__SECTION__KEY; relative paths are relative to the
+    config file's folder."""
+
     listen: ListenSettings = ListenSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -340,35 +354,48 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
-        problems: list[str] = []
-        backend_names = [b.name for b in self.backends]
-        dupes = sorted({n for n in backend_names if backend_names.count(n) > 1})
-        if dupes:
-            problems.append(f"backends: duplicate names {dupes}")
-        for model, names in self.models.items():
-            if not names:
-                problems.append(f"models.{model}: needs at least one backend")
-            problems += [f"models.{model}: unknown backend {n!r} (known: {backend_names})"
-                         for n in names if n not in backend_names]
+        problems = self._backend_problems() + self._key_problems()
         conversations = self.routing.conversations_model
         if conversations is not None and conversations not in self.models:
-            problems.append(f"routing.conversations_model: {conversations!r} is not in models")
+            problems.append((("routing", "conversations_model"),
+                             f"{conversations!r} is not in models"))
         fhe_backend = self.fhe.embedding_backend
         if fhe_backend is not None and not any(b.name == fhe_backend and b.attestation
                                                for b in self.backends):
-            problems.append(f"fhe.embedding_backend: {fhe_backend!r} must be a backend with "
-                            "attestation (embeddings are as sensitive as the prompt)")
+            problems.append((("fhe", "embedding_backend"),
+                             f"{fhe_backend!r} must be a backend with attestation (embeddings "
+                             "are as sensitive as the prompt)"))
         if self.fhe.keys_in == "redis" and not self.state.redis_url:
-            problems.append("fhe.keys_in: redis needs state.redis_url (the epochs live there)")
-        for key in self.api_keys:
-            if key.tenant not in self.tenants:
-                problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")
-        hashes = [k.hash for k in self.api_keys]
-        if len(set(hashes)) != len(hashes):
-            problems.append("api_keys: the same key hash is listed twice")
+            problems.append((("fhe", "keys_in"),
+                             "redis needs state.redis_url (the epochs live there)"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
+
+    def _backend_problems(self) -> list[tuple[KeyPath, str]]:
+        """Backend names are unique, and every model names known ones."""
+        names = [b.name for b in self.backends]
+        problems: list[tuple[KeyPath, str]] = [
+            (("backends", i, "name"),
+             f"duplicate name {name!r} (also backends[{names.index(name)}])")
+            for i, name in enumerate(names) if names.index(name) != i]
+        for model, listed in self.models.items():
+            if not listed:
+                problems.append((("models", model), "needs at least one backend"))
+            problems += [(("models", model, j), f"unknown backend {n!r} (known: {names})")
+                         for j, n in enumerate(listed) if n not in names]
+        return problems
+
+    def _key_problems(self) -> list[tuple[KeyPath, str]]:
+        """Every key names a known tenant, and no key is listed twice."""
+        problems: list[tuple[KeyPath, str]] = [
+            (("api_keys", i, "tenant"), f"unknown tenant {key.tenant!r}")
+            for i, key in enumerate(self.api_keys) if key.tenant not in self.tenants]
+        hashes = [k.hash for k in self.api_keys]
+        problems += [(("api_keys", i, "hash"), "the same key hash is listed twice (also "
+                      f"api_keys[{hashes.index(h)}])")
+                     for i, h in enumerate(hashes) if hashes.index(h) != i]
+        return problems
 
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)
@@ -378,20 +405,57 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     """Read, override from the environment, validate; raise `ConfigError` listing every issue.
     Parses and validates only: the policies, plugins and keys the settings name are read by
     `gateway.preflight`, which `veil serve` runs."""
+    env = os.environ if environ is None else environ
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigIssue(doc.file, None, "", "top level must be a mapping")])
-    _apply_env_overrides(doc, os.environ if environ is None else environ)
-    settings = validate(doc, Settings)
-    _check_credentials(doc, settings, os.environ if environ is None else environ)
+    _apply_env_overrides(doc, env)
+    settings = relative_to(validate(doc, Settings), Path(path).parent)
+    _check_credentials(doc, settings, env)
     return settings
 
 
+# Every setting that names a file or folder (a list, or one path, or None).
+PATH_SETTINGS: tuple[tuple[str, ...], ...] = (
+    ("policies", "files"), ("policies", "public_key_file"), ("api_keys_file",),
+    ("audit", "path"), ("audit", "key_file"),
+    ("attestation", "amd_roots_dir"), ("attestation", "intel_collateral_dir"),
+    ("attestation", "cache_dir"),
+    ("fhe", "keys_dir"), ("fhe", "master_key_file"),
+)
+
+
+def relative_to(settings: Settings, base_dir: Path) -> Settings:
+    """`settings` with every relative path in `PATH_SETTINGS` (defaults included: a default is
+    what the file would say) taken as relative to `base_dir`; absolute paths unchanged."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for path in PATH_SETTINGS:
+        holder = getattr(settings, path[0]) if len(path) == 2 else settings
+        value = _joined(base_dir, getattr(holder, path[-1]))
+        if len(path) == 2:
+            sections.setdefault(path[0], {})[path[1]] = value
+        else:
+            top[path[0]] = value
+    for section, fields in sections.items():
+        top[section] = getattr(settings, section).model_copy(update=fields)
+    return settings.model_copy(update=top)
+
+
+def _joined(base_dir: Path, value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list):
+        return [str(base_dir / v) for v in value]
+    return None if value is None else str(base_dir / value)  # an absolute value stays itself
+
+
 def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:
+    """Set each `VEIL__SECTION__KEY` into `doc`, remembering which variable set what."""
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            raise ConfigError([ConfigIssue(f"${name}", None, "", "names no setting")])
         target: Any = doc.data
         for key in keys[:-1]:
             target = target.setdefault(key, {})
@@ -403,24 +467,25 @@ def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:
         except yaml.YAMLError:
             raise ConfigError([ConfigIssue(f"${name}", None, ".".join(keys),
                                            "value is not valid YAML")]) from None
+        doc.overridden[tuple(keys)] = name
 
 
 def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[str, str]) -> None:
-    """A backend that names a credential variable must get it: never fall back to no auth."""
+    """A backend that names a credential variable must get it: never fall back to no auth.
+    Each issue points at the line (or override) that names the variable."""
     issues = [
-        ConfigIssue(doc.file, doc.position(("backends", i, "api_key_env")),
-                    f"backends[{i}].api_key_env",
-                    f"environment variable {b.api_key_env} is not set or empty")
+        doc.issue(("backends", i, "api_key_env"),
+                  f"environment variable {b.api_key_env} is not set or empty")
         for i, b in enumerate(settings.backends)
         if b.api_key_env and not environ.get(b.api_key_env)
     ]
-    secrets = ((("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
-               (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
-               (("state", "vault_key_env"), settings.state.vault_key_env, 32))
+    secrets: tuple[tuple[KeyPath, str | None, int], ...] = (
+        (("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
+        (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
+        (("state", "vault_key_env"), settings.state.vault_key_env, 32))
     for field_path, env_name, least in secrets:
         if env_name and len(environ.get(env_name, "")) < least:
-            issues.append(ConfigIssue(doc.file, doc.position(field_path), ".".join(field_path),
-                                      f"environment variable {env_name} must hold at least "
-                                      f"{least} characters of secret"))
+            issues.append(doc.issue(field_path, f"environment variable {env_name} must hold at "
+                                                f"least {least} characters of secret"))
     if issues:
         raise ConfigError(issues)

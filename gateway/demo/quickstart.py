@@ -48,10 +48,11 @@ def _ensure_key(path: Path) -> None:
 
 
 def quickstart(config: str, demo_port: int) -> int:
-    Path("var").mkdir(exist_ok=True)
-    _ensure_key(Path("var/audit.key"))
-    _ensure_key(Path("var/fhe-master.key"))
     settings = load_settings(config)  # fail fast with the config error, before starting anything
+    for key_file in (settings.audit.key_file, settings.fhe.master_key_file):
+        if key_file:  # relative to the config's folder, where `veil serve` will look
+            Path(key_file).parent.mkdir(parents=True, exist_ok=True)
+            _ensure_key(Path(key_file))
     veil = [sys.executable, "-m", "gateway"]
     # Our own interpreter and module with fixed arguments: nothing here comes from a client.
     demo = subprocess.Popen([*veil, "demo-upstream", "--port", str(demo_port),  # noqa: S603
