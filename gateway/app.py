@@ -138,8 +138,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                               outbound.scorer_session,
                               key_epochs(settings, redis, metrics)) if settings.fhe.scorers \
         else None
-    stored = _response_store(settings, redis, env, metrics)
-    conversations = _conversation_store(settings, redis, env, metrics)
+    stored, conversations = _mapping_stores(settings, redis, env, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)
     routing = settings.routing
     forwarder = Forwarder(pool, metrics, attestation, health=health,
@@ -210,25 +209,20 @@ def _authenticator(settings: Settings, metrics: Metrics, redis: Redis | None) ->
     return Authenticator(settings, RateLimiter(), metrics, shared, file_keys)
 
 
-def _response_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
-                    metrics: Metrics) -> ResponseStore:
-    """Shared by every replica when Redis and the vault's key are configured, else this
+def _mapping_stores(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+                    metrics: Metrics) -> tuple[ResponseStore, ConversationStore]:
+    """Stored responses' and conversations' placeholder mappings: shared by every replica
+    when Redis and the vault's key are configured (one secret, keys of their own), else this
     process's own."""
-    ttl, state = settings.privacy.stored_response_ttl_s, settings.state
+    privacy, state = settings.privacy, settings.state
     if redis is not None and state.vault_key_env:
-        return SharedStoredResponses(redis, env[state.vault_key_env].encode(), ttl,
-                                     state.timeout_s, metrics)
-    return StoredResponses(ttl, settings.privacy.stored_responses_max)
-
-
-def _conversation_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
-                        metrics: Metrics) -> ConversationStore:
-    """Shared like stored responses (same secret, keys of their own), else this process's."""
-    ttl, state = settings.privacy.conversation_ttl_s, settings.state
-    if redis is not None and state.vault_key_env:
-        return SharedConversations(redis, env[state.vault_key_env].encode(), ttl,
-                                   state.timeout_s, metrics)
-    return Conversations(ttl, settings.privacy.stored_responses_max)
+        secret = env[state.vault_key_env].encode()
+        return (SharedStoredResponses(redis, secret, privacy.stored_response_ttl_s,
+                                      state.timeout_s, metrics),
+                SharedConversations(redis, secret, privacy.conversation_ttl_s, state.timeout_s,
+                                    metrics))
+    return (StoredResponses(privacy.stored_response_ttl_s, privacy.stored_responses_max),
+            Conversations(privacy.conversation_ttl_s, privacy.stored_responses_max))
 
 
 def _shared_attestation(settings: Settings, redis: Redis | None, env: Mapping[str, str],
