@@ -9,6 +9,7 @@ Environment overrides use `VEIL__SECTION__KEY=value` (value parsed as YAML), e.g
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping
@@ -191,6 +192,12 @@ class BackendSettings(Strict):
             raise ValueError(f"upstream_models {bad}: an Azure deployment name is 1-64 letters, "
                              "digits, '.', '_' or '-'")
         return self
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: object) -> object:
+        """`api_version: 2024-10-21` unquoted is a YAML date: the date as written."""
+        return value.isoformat() if isinstance(value, datetime.date) else value
 
     @field_validator("upstream_models")
     @classmethod
