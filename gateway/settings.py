@@ -17,6 +17,7 @@ as given, relative to the working directory.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping
@@ -29,10 +30,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.errors import ConfigError, ConfigIssue, ConfigProblems
 from gateway.yamlsource import KeyPath, YamlDocument, load_yaml, validate
 
-WireFormat = Literal["openai", "anthropic"]
+WireFormat = Literal["openai", "anthropic"]  # what a client speaks to an endpoint
+# What a backend speaks: azure-openai is OpenAI's wire format behind Azure's paths and key.
+BackendFormat = Literal["openai", "anthropic", "azure-openai"]
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_PREFIX = "VEIL__"
+UPSTREAM_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")  # vLLM's org/name too
+AZURE_API_VERSION = re.compile(r"^20\d\d-[01]\d-[0-3]\d(-preview)?$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
+# Printable ASCII, no blank at either end: nothing aiohttp would refuse or a peer fold.
+HEADER_VALUE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,4094}[\x21-\x7e])?$")
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
+# Set by the gateway itself (credentials, framing, its request id) or vetted from the client.
+GATEWAY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "host", "content-length",
+                             "content-type", "accept", "accept-encoding", "user-agent",
+                             "x-veil-request-id", "anthropic-version", "anthropic-beta",
+                             "openai-beta"})
 
 
 class Strict(BaseModel):
@@ -110,25 +125,50 @@ class BackendAttestation(Strict):
 class HealthCheck(Strict):
     """An active probe: GET `path` on the backend every `interval_s`; a failed probe ejects the
     backend until one succeeds. Off by default: passive health (real requests) needs no
-    traffic of its own, and some upstreams bill or rate-limit every call."""
+    traffic of its own, and some upstreams bill or rate-limit every call. Without a path:
+    `/health`, or `/openai/models` on azure-openai (which has no health route); azure-openai
+    probes carry its api-version, except on its v1 API (`/openai/v1/...`)."""
 
-    path: str = "/health"
+    path: str | None = None
     interval_s: Annotated[float, Field(ge=0.1)] = 10.0
     timeout_s: Annotated[float, Field(gt=0)] = 2.0
 
     @field_validator("path")
     @classmethod
-    def _path(cls, value: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9._~/-]*$", value):
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^/[A-Za-z0-9._~/-]*$", value):
             raise ValueError("must be a path starting with '/', without query or fragment")
         return value
+
+
+class HeaderValue(Strict):
+    """A static header's value: from an environment variable (read at start, for anything
+    secret) or written here (only for what is not). Never logged either way."""
+
+    env: str | None = None
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HeaderValue:
+        if (self.env is None) == (self.value is None):
+            raise ValueError("give exactly one of env (a variable's name) or value")
+        if self.value is not None and not HEADER_VALUE.match(self.value):
+            raise ValueError("value must be printable ASCII, without blanks at either end")
+        return self
 
 
 class BackendSettings(Strict):
     name: str
     url: str
-    format: WireFormat = "openai"
+    format: BackendFormat = "openai"
     api_key_env: str | None = None
+    # azure-openai only, and required there: the api-version of its deployment routes.
+    api_version: str | None = None
+    # Client model -> the name this backend knows it by (azure-openai: the deployment); the
+    # client sees its own name back in replies.
+    upstream_models: dict[str, str] = Field(default_factory=dict)
+    # Sent with every request to this backend, e.g. OpenAI-Organization: {env: OPENAI_ORG}.
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     pool_size: Annotated[int, Field(ge=1, le=10_000)] = 100
@@ -142,6 +182,65 @@ class BackendSettings(Strict):
             raise ConfigProblems([(("url",), "an attested backend needs an https:// url "
                                              "(evidence is bound to its TLS key)")])
         return self
+
+    @model_validator(mode="after")
+    def _azure(self) -> BackendSettings:
+        if self.format != "azure-openai":
+            if self.api_version is not None:
+                raise ValueError("api_version is for format: azure-openai only")
+            return self
+        if self.api_version is None or not AZURE_API_VERSION.match(self.api_version):
+            raise ValueError("format: azure-openai needs api_version, a date such as "
+                             "2024-10-21 (or 2025-04-01-preview)")
+        if re.search(r"/openai(/|$)", self.url):
+            raise ValueError("an azure-openai url is the resource's endpoint "
+                             "(https://NAME.openai.azure.com), without /openai/...")
+        bad = [m for m, d in self.upstream_models.items() if not NAME.match(d)]
+        if bad:
+            raise ValueError(f"upstream_models {bad}: an Azure deployment name is 1-64 letters, "
+                             "digits, '.', '_' or '-'")
+        return self
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: object) -> object:
+        """`api_version: 2024-10-21` unquoted is a YAML date: the date as written."""
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
+    @field_validator("upstream_models")
+    @classmethod
+    def _upstream_models(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [m for m, name in value.items() if not UPSTREAM_MODEL.match(name)]
+        if bad:
+            raise ValueError(f"{bad}: an upstream model name is 1-256 letters, digits or "
+                             "'._:/@+-'")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+        names = [n.lower() for n in value]
+        for name in value:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name (letters, digits, "
+                                 "!#$%&'*+.^_`|~-)")
+            if name.lower() in HOP_BY_HOP:
+                raise ValueError(f"{name!r} is a hop-by-hop header (per connection, not per "
+                                 "backend)")
+            if name.lower() in GATEWAY_HEADERS:
+                raise ValueError(f"{name!r} is set by the gateway itself (credentials come from "
+                                 "api_key_env; protocol headers are vetted from the client)")
+            if names.count(name.lower()) > 1:
+                raise ValueError(f"{name!r} is given twice (header names ignore case)")
+        return value
+
+    @property
+    def wire(self) -> WireFormat:
+        """The wire format it serves clients in: azure-openai serves the OpenAI endpoints."""
+        return "anthropic" if self.format == "anthropic" else "openai"
+
+    def upstream_model(self, model: str) -> str:
+        return self.upstream_models.get(model, model)
 
     @field_validator("name")
     @classmethod
@@ -354,7 +453,7 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
-        problems = self._backend_problems() + self._key_problems()
+        problems = self._backend_problems() + self._upstream_models() + self._key_problems()
         conversations = self.routing.conversations_model
         if conversations is not None and conversations not in self.models:
             problems.append((("routing", "conversations_model"),
@@ -395,6 +494,27 @@ class Settings(Strict):
         problems += [(("api_keys", i, "hash"), "the same key hash is listed twice (also "
                       f"api_keys[{hashes.index(h)}])")
                      for i, h in enumerate(hashes) if hashes.index(h) != i]
+        return problems
+
+    def _upstream_models(self) -> list[tuple[KeyPath, str]]:
+        """A mapping names a model this backend serves; an azure-openai backend knows every
+        model it serves by a deployment name (its mapping, else the model's own name)."""
+        problems: list[tuple[KeyPath, str]] = []
+        for i, b in enumerate(self.backends):
+            for model in b.upstream_models:
+                where: KeyPath = ("backends", i, "upstream_models", model)
+                if model not in self.models:
+                    problems.append((where, f"{model!r} is not in models"))
+                elif b.name not in self.models[model]:
+                    problems.append((where, f"models.{model} does not list backend "
+                                            f"{b.name!r}"))
+            if b.format == "azure-openai":
+                problems += [(("models", m), f"azure-openai backend {b.name!r} needs "
+                              f"upstream_models.{m} (the deployment: the model's name is not "
+                              "one)")
+                             for m, names in self.models.items()
+                             if b.name in names and m not in b.upstream_models
+                             and not NAME.match(m)]
         return problems
 
     def backend(self, name: str) -> BackendSettings:
@@ -479,6 +599,14 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
         for i, b in enumerate(settings.backends)
         if b.api_key_env and not environ.get(b.api_key_env)
     ]
+    for i, b in enumerate(settings.backends):
+        for header, source in b.headers.items():
+            if source.env is None:
+                continue
+            problem = _header_env_problem(environ.get(source.env, ""))
+            if problem:
+                issues.append(doc.issue(("backends", i, "headers", header, "env"),
+                                        f"environment variable {source.env} {problem}"))
     secrets: tuple[tuple[KeyPath, str | None, int], ...] = (
         (("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
         (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
@@ -489,3 +617,12 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
                                                 f"least {least} characters of secret"))
     if issues:
         raise ConfigError(issues)
+
+
+def _header_env_problem(value: str) -> str | None:
+    """What keeps a variable's value from being a header value (the value is never quoted)."""
+    if not value:
+        return "is not set or empty"
+    if not HEADER_VALUE.match(value):
+        return "must be printable ASCII without blanks at either end (it is a header value)"
+    return None

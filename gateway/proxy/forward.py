@@ -37,9 +37,11 @@ from gateway.errors import (
 )
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.offload import off_loop_if_big
 from gateway.proxy.balance import Balancer
 from gateway.proxy.budget import RetryBudget
 from gateway.proxy.health import Health
+from gateway.proxy.target import upstream_path, upstream_payload
 from gateway.proxy.upstream import UpstreamPool
 from gateway.settings import BackendSettings
 from gateway.streams import read_at_most
@@ -149,7 +151,10 @@ class Forwarder:
                    "X-Veil-Request-ID": call.request_id}
         if call.request.stream:
             headers["Accept"] = "text/event-stream"
-        url = backend.url + (call.path or call.request.endpoint.path)
+        url = backend.url + upstream_path(backend, call.path or call.request.endpoint.path,
+                                          call.request.model)
+        payload = await off_loop_if_big(len(call.payload or b""), upstream_payload, backend,
+                                        call.request, call.payload)
         started = time.perf_counter()
         self.health.started(backend.name)
         try:
@@ -157,7 +162,7 @@ class Forwarder:
             # to; a changed key is refused and triggers re-attestation.
             pin = self._attestation.pin(backend.name) if backend.attestation else None
             response = await self._pool.session(backend.name).request(
-                call.method, url, data=call.payload, headers=headers, allow_redirects=False,
+                call.method, url, data=payload, headers=headers, allow_redirects=False,
                 ssl=pin if pin is not None else True)
         except TimeoutError:
             attempts.timeouts += 1
