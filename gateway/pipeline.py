@@ -156,6 +156,7 @@ class Pipeline:
             raise
         else:
             ok = STREAM_BROKE not in relayed[0]
+            reply.span.replied(relayed[0])
         finally:
             self.forwarder.finished(reply, ok)
         return relayed
