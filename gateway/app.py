@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 
 from gateway.api import ENDPOINTS
@@ -35,6 +36,7 @@ from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import Tracing, build_tracing
 from gateway.pipeline import Pipeline
 from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
@@ -72,6 +74,7 @@ class Gateway:
     pipeline: Pipeline
     audit: AuditTrail | None
     redis: Redis | None  # the shared store, when state.redis_url is set
+    tracing: Tracing | None  # when tracing.enabled
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -97,6 +100,7 @@ class Outbound:
     attestation: Transport | None = None  # None: the network
     attestation_roots: Roots | None = None  # None: the roots pinned in the package
     scorer_session: ScorerSessionFactory = default_scorer_session
+    spans: SpanExporter | None = None  # None: OTLP/HTTP to tracing.endpoint (when enabled)
 
 
 def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
@@ -141,10 +145,12 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     stored, conversations = _mapping_stores(settings, redis, env, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)
     routing = settings.routing
+    tracing = build_tracing(settings.tracing, env, outbound.spans)
     forwarder = Forwarder(pool, metrics, attestation, health=health,
                           balancer=Balancer(routing, health),
                           budget=RetryBudget(routing.retry_budget_ratio,
-                                             routing.retry_budget_min_per_s))
+                                             routing.retry_budget_min_per_s),
+                          tracing=tracing)
     pipeline = Pipeline(settings, authenticator, holder, Inspector(engine, semantic),
                         router, forwarder, metrics, stored, conversations)
     audit = AuditTrail(audit_path(settings.audit.path, worker, settings.audit.replica),
@@ -152,12 +158,12 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
     gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit,
-                      redis)
+                      redis, tracing)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
         middlewares=[request_context(metrics=metrics, settings=settings, audit=audit,
-                                     memory=MemoryReturn())],
+                                     memory=MemoryReturn(), tracing=tracing)],
     )
     app[GATEWAY] = gateway
     _routes(app.router, pipeline, Resources(pipeline))
@@ -167,6 +173,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_stopped)
+    app.cleanup_ctx.append(_tracing)  # flushed after every request's span has ended
     app.cleanup_ctx.append(_shared_store)  # closed last: attestation uses it until it stops
     app.cleanup_ctx.append(_metrics_sync)
     app.cleanup_ctx.append(_upstream_sessions)
@@ -279,6 +286,13 @@ async def _running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    yield
+    tracing = app[GATEWAY].tracing
+    if tracing is not None:
+        await asyncio.to_thread(tracing.close)  # waits for the last export
 
 
 async def _shared_store(app: web.Application) -> AsyncIterator[None]:

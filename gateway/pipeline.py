@@ -97,7 +97,9 @@ class Pipeline:
                                     tenant=caller.tenant, attachments=attachments,
                                     keyed=endpoint.keyed_placeholders)
         protection = await self._masked(len(raw), masking, held, caller.tenant)
-        facts.protected(protection.facts())
+        facts.protected(protection.facts())  # a blocked request's too: audit, metrics, trace
+        if protection.blocked:
+            raise protection.refusal()
         payload = await off_loop_if_big(len(raw), _written, api_request, protection.texts)
         facts.stage("mask")
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
@@ -157,6 +159,7 @@ class Pipeline:
             raise
         else:
             ok = STREAM_BROKE not in relayed[0]
+            reply.span.replied(relayed[0])
         finally:
             self.forwarder.finished(reply, ok)
         return relayed
@@ -254,7 +257,7 @@ class Pipeline:
             protection: Protection = await off_loop_if_big(
                 size, masking, seed=held.entries if held is not None else ())
             if protection.blocked:
-                raise protection.refusal()
+                return protection  # nothing written: the caller refuses it
             if held is None or held.conversation is None or \
                     len(protection.vault) == len(held.entries):
                 return protection

@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -426,6 +427,28 @@ class LoggingSettings(Strict):
     correlation_key_env: str | None = None
 
 
+class TracingSettings(Strict):
+    """OpenTelemetry traces (gateway/observability/tracing.py), exported over OTLP/HTTP. Off by
+    default: nothing is exported and a client's `traceparent` is neither continued nor
+    forwarded. Spans carry names and counts from configuration only, never request content."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # the collector's OTLP/HTTP traces URL
+    service_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = "veil"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # of traces, by trace id
+    # Headers for the collector (its credential, say), as `name=value,name2=value2` in this
+    # environment variable: never in the config file.
+    headers_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0  # for one export
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value
+
+
 class Settings(Strict):
     """Veil gateway configuration (config.yaml). Unknown keys are errors; any value can be
     overridden from the environment as VEIL__SECTION__KEY; relative paths are relative to the
@@ -434,6 +457,7 @@ class Settings(Strict):
     listen: ListenSettings = ListenSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()
     attestation: AttestationSettings = AttestationSettings()
     fhe: FheSettings = FheSettings()
@@ -519,6 +543,18 @@ class Settings(Strict):
 
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)
+
+
+def otlp_headers(text: str) -> dict[str, str]:
+    """`name=value,name2=value2` (OTEL_EXPORTER_OTLP_HEADERS' form, values percent-encoded);
+    ValueError naming the item's position, never its text (it is usually a credential)."""
+    headers: dict[str, str] = {}
+    for i, item in enumerate(text.split(","), 1):
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name.strip()) or not value.strip():
+            raise ValueError(f"item {i} is not name=value")
+        headers[name.strip()] = unquote(value.strip())
+    return headers
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -615,6 +651,12 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
         if env_name and len(environ.get(env_name, "")) < least:
             issues.append(doc.issue(field_path, f"environment variable {env_name} must hold at "
                                                 f"least {least} characters of secret"))
+    tracing = settings.tracing
+    if tracing.enabled and tracing.headers_env:
+        problem = _otlp_headers_problem(environ.get(tracing.headers_env, ""))
+        if problem:
+            issues.append(doc.issue(("tracing", "headers_env"), f"environment variable "
+                                    f"{tracing.headers_env} {problem}"))
     if issues:
         raise ConfigError(issues)
 
@@ -625,4 +667,14 @@ def _header_env_problem(value: str) -> str | None:
         return "is not set or empty"
     if not HEADER_VALUE.match(value):
         return "must be printable ASCII without blanks at either end (it is a header value)"
+    return None
+
+
+def _otlp_headers_problem(text: str) -> str | None:
+    if not text:
+        return "is not set or empty"
+    try:
+        otlp_headers(text)
+    except ValueError as exc:
+        return f"must list name=value headers separated by commas: {exc}"
     return None
