@@ -45,7 +45,9 @@ POLICY_HEADER = "X-Veil-Policy"  # digest of the policy that decided the request
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {
     "models", "model", "responses_retrieve", "responses_input_items", "responses_delete",
-    "unmatched"})
+    "conversations_retrieve", "conversations_delete", "conversations_items_list",
+    "conversations_item", "conversations_item_delete", "unmatched"})
+UNAUDITED_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # probes and scrapes
 OVERLOADED = Overloaded()
 
 
