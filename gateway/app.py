@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 
 from gateway.api import ENDPOINTS
@@ -37,6 +38,7 @@ from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import Tracing, build_tracing
 from gateway.pipeline import Pipeline
 from gateway.plugins import plugin_entities
 from gateway.policy.active import PolicySet, load_policy_set
@@ -74,6 +76,7 @@ class Gateway:
     pipeline: Pipeline
     audit: AuditTrail | None
     redis: Redis | None  # the shared store, when state.redis_url is set
+    tracing: Tracing | None  # when tracing.enabled
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -99,6 +102,7 @@ class Outbound:
     attestation: Transport | None = None  # None: the network
     attestation_roots: Roots | None = None  # None: the roots pinned in the package
     scorer_session: ScorerSessionFactory = default_scorer_session
+    spans: SpanExporter | None = None  # None: OTLP/HTTP to tracing.endpoint (when enabled)
 
 
 def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
@@ -140,14 +144,15 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                               outbound.scorer_session,
                               key_epochs(settings, redis, metrics)) if settings.fhe.scorers \
         else None
-    stored = _response_store(settings, redis, env, metrics)
-    conversations = _conversation_store(settings, redis, env, metrics)
+    stored, conversations = _mapping_stores(settings, redis, env, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)
     routing = settings.routing
+    tracing = build_tracing(settings.tracing, env, outbound.spans)
     forwarder = Forwarder(pool, metrics, attestation, health=health,
                           balancer=Balancer(routing, health),
                           budget=RetryBudget(routing.retry_budget_ratio,
-                                             routing.retry_budget_min_per_s))
+                                             routing.retry_budget_min_per_s),
+                          tracing=tracing)
     inspector = Inspector(engine, semantic, on_detector_failure=metrics.detector_failed)
     pipeline = Pipeline(settings, authenticator, holder, inspector, router, forwarder, metrics,
                         stored, conversations)
@@ -156,12 +161,12 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                        settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
     gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit,
-                      redis)
+                      redis, tracing)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
         middlewares=[request_context(metrics=metrics, settings=settings, audit=audit,
-                                     memory=MemoryReturn())],
+                                     memory=MemoryReturn(), tracing=tracing)],
     )
     app[GATEWAY] = gateway
     _routes(app.router, pipeline, Resources(pipeline))
@@ -174,6 +179,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_stopped)
+    app.cleanup_ctx.append(_tracing)  # flushed after every request's span has ended
     app.cleanup_ctx.append(_shared_store)  # closed last: attestation uses it until it stops
     app.cleanup_ctx.append(_metrics_sync)
     app.cleanup_ctx.append(_upstream_sessions)
@@ -216,25 +222,20 @@ def _authenticator(settings: Settings, metrics: Metrics, redis: Redis | None) ->
     return Authenticator(settings, RateLimiter(), metrics, shared, file_keys)
 
 
-def _response_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
-                    metrics: Metrics) -> ResponseStore:
-    """Shared by every replica when Redis and the vault's key are configured, else this
+def _mapping_stores(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+                    metrics: Metrics) -> tuple[ResponseStore, ConversationStore]:
+    """Stored responses' and conversations' placeholder mappings: shared by every replica
+    when Redis and the vault's key are configured (one secret, keys of their own), else this
     process's own."""
-    ttl, state = settings.privacy.stored_response_ttl_s, settings.state
+    privacy, state = settings.privacy, settings.state
     if redis is not None and state.vault_key_env:
-        return SharedStoredResponses(redis, env[state.vault_key_env].encode(), ttl,
-                                     state.timeout_s, metrics)
-    return StoredResponses(ttl, settings.privacy.stored_responses_max)
-
-
-def _conversation_store(settings: Settings, redis: Redis | None, env: Mapping[str, str],
-                        metrics: Metrics) -> ConversationStore:
-    """Shared like stored responses (same secret, keys of their own), else this process's."""
-    ttl, state = settings.privacy.conversation_ttl_s, settings.state
-    if redis is not None and state.vault_key_env:
-        return SharedConversations(redis, env[state.vault_key_env].encode(), ttl,
-                                   state.timeout_s, metrics)
-    return Conversations(ttl, settings.privacy.stored_responses_max)
+        secret = env[state.vault_key_env].encode()
+        return (SharedStoredResponses(redis, secret, privacy.stored_response_ttl_s,
+                                      state.timeout_s, metrics),
+                SharedConversations(redis, secret, privacy.conversation_ttl_s, state.timeout_s,
+                                    metrics))
+    return (StoredResponses(privacy.stored_response_ttl_s, privacy.stored_responses_max),
+            Conversations(privacy.conversation_ttl_s, privacy.stored_responses_max))
 
 
 def _shared_attestation(settings: Settings, redis: Redis | None, env: Mapping[str, str],
@@ -291,6 +292,13 @@ async def _running(work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _tracing(app: web.Application) -> AsyncIterator[None]:
+    yield
+    tracing = app[GATEWAY].tracing
+    if tracing is not None:
+        await asyncio.to_thread(tracing.close)  # waits for the last export
 
 
 async def _shared_store(app: web.Application) -> AsyncIterator[None]:

@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                                      metavar="COMMAND")
     _running_commands(commands)
     _key_commands(commands)
+    _config_commands(commands)
     _policy_commands(commands)
     _attest_commands(commands)
     _fhe_commands(commands)
@@ -194,6 +195,14 @@ def _key_commands(commands: Commands) -> None:
     key.add_argument("--key-env", help="name of the environment variable holding the key")
 
 
+def _config_commands(commands: Commands) -> None:
+    config = commands.add_parser("config", help="the gateway's config.yaml")
+    config_commands = config.add_subparsers(dest="config_command", required=True,
+                                            title="commands", metavar="COMMAND")
+    config_commands.add_parser("schema", help="print the config.yaml JSON Schema "
+                                              "(veil config schema > config.schema.json)")
+
+
 def _policy_commands(commands: Commands) -> None:
     policy = commands.add_parser("policy", help="policy files")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True,
@@ -289,7 +298,8 @@ def _fhe_commands(commands: Commands) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"serve": _serve, "demo-upstream": _demo_upstream, "quickstart": _quickstart,
-                "apikey": _apikey, "audit": _audit_verify, "policy": _policy,
+                "apikey": _apikey, "audit": _audit_verify, "config": _config,
+                "policy": _policy,
                 "attest": _attest_verify, "keys": _keys, "scorer": _scorer}
     return handlers[args.command](args)  # argparse has refused unknown commands already
 
@@ -475,6 +485,16 @@ def _apikey(args: argparse.Namespace) -> int:
     print(f"API key (shown once, give it to the client): {key}")
     print("Add to config.yaml under api_keys:")
     print(f"  - name: {args.name}\n    tenant: {args.tenant}\n    hash: {hash_api_key(key)}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """`veil config schema`: the one subcommand (argparse has refused others)."""
+    import json
+
+    from gateway.settings import Settings
+
+    print(json.dumps(Settings.model_json_schema(), indent=2, sort_keys=True))
     return 0
 
 

@@ -40,6 +40,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   └── UpstreamTimeout            504 upstream_timeout
     ├── ConfigError                    a config, policy or cases file is wrong: start-up (or a
     │                                  reload) is refused, listing every issue with file:line
+    ├── ConfigProblems (ValueError)    what a settings model's validator found, each at its own
+    │                                  key: a ConfigError with one issue per finding, at its line
     ├── PluginError (LookupError)      a detector plugin (or the gazetteer's lists) does not
     │                                  load, or a plugin breaks its contract:
     │                                  a ConfigError when loading, DetectorFailed in a request
@@ -375,6 +377,18 @@ class ConfigError(VeilError):
     def __init__(self, issues: Sequence[ConfigIssue]) -> None:
         self.issues = list(issues)
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+class ConfigProblems(VeilError, ValueError):
+    """What a model validator found, each at its own key path (relative to the model checked),
+    so each is reported at the line of the entry that is wrong, not at the model's first line.
+    A ValueError, so pydantic carries it through validation."""
+
+    def __init__(self, found: Sequence[tuple[tuple[str | int, ...], str]]) -> None:
+        self.found = list(found)
+        super().__init__("; ".join(
+            "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+            + f": {message}" for path, message in self.found))
 
 
 class PluginError(VeilError, LookupError):

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from gateway.api import ApiRequest, Endpoint
+from gateway.api.model_name import renamed_body, renaming
 from gateway.api.replies import StreamRestore, checked, restore_body
 from gateway.api.structure import IDENTIFIER
 from gateway.errors import (
@@ -40,8 +41,9 @@ from gateway.privacy.stored import ResponseStore
 from gateway.privacy.vault import Entry, Vault
 from gateway.protect import CompiledSet, Protection, admit, protect
 from gateway.proxy.forward import Forwarder, UpstreamReply
-from gateway.proxy.relay import STREAM_BROKE, relay_body, relay_stream
+from gateway.proxy.relay import STREAM_BROKE, Rewrite, relay_body, relay_stream
 from gateway.proxy.router import Router
+from gateway.proxy.target import renames
 from gateway.settings import BackendSettings, Settings
 
 
@@ -95,7 +97,9 @@ class Pipeline:
                                     tenant=caller.tenant, attachments=attachments,
                                     keyed=endpoint.keyed_placeholders)
         protection = await self._masked(len(raw), masking, held, caller.tenant)
-        facts.protected(protection.facts())
+        facts.protected(protection.facts())  # a blocked request's too: audit, metrics, trace
+        if protection.blocked:
+            raise protection.refusal()
         payload = await off_loop_if_big(len(raw), _written, api_request, protection.texts)
         facts.stage("mask")
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
@@ -146,22 +150,25 @@ class Pipeline:
         it (Responses), so it can be read back and continued. A reply that breaks while it is
         read counts against its backend's health; a client that goes away does not."""
         ok: bool | None = None
+        named = api_request.model if renames(reply.backend, api_request) else None
         try:
             relayed = await self._relay(request, api_request, reply.response, vault,
-                                        stamp=stamp, usage=usage)
+                                        stamp=stamp, usage=usage, named=named)
         except (UpstreamFailed, UpstreamTimeout):
             ok = False
             raise
         else:
             ok = STREAM_BROKE not in relayed[0]
+            reply.span.replied(relayed[0])
         finally:
             self.forwarder.finished(reply, ok)
         return relayed
 
     async def _relay(self, request: web.Request, api_request: ApiRequest,
                      upstream: aiohttp.ClientResponse, vault: Vault, *,
-                     stamp: dict[str, str] | None, usage: StreamUsage | None
-                     ) -> tuple[web.StreamResponse, str | None]:
+                     stamp: dict[str, str] | None, usage: StreamUsage | None,
+                     named: str | None) -> tuple[web.StreamResponse, str | None]:
+        """`named`: the client's model name, to put back where the backend wrote its own."""
         endpoint = api_request.endpoint
         restoring = len(vault) > 0 and endpoint.restores_reply
         observing = restoring or endpoint.keeps_state
@@ -169,12 +176,17 @@ class Pipeline:
                 and upstream.content_type == "text/event-stream":
             restore = StreamRestore(endpoint, vault, api_request.json_reply) \
                 if observing else None
-            rewrite = restore.rewrite if restore else checked
+            rewrite: Rewrite = restore.rewrite if restore else checked
+            if named is not None:
+                rewrite = renaming(rewrite, named)
             response = await relay_stream(request, api_request, upstream, request[REQUEST_ID],
                                           rewrite=usage.observing(rewrite) if usage else rewrite,
                                           stamp=stamp)
             return response, restore.response_id if restore else None
         transform = functools.partial(restore_body, vault=vault) if restoring else None
+        if named is not None:
+            transform = functools.partial(renamed_body, model=named,
+                                          vault=vault if restoring else None)
         body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform)
         return body, _reply_id(body.body) if endpoint.keeps_state else None
 
@@ -245,7 +257,7 @@ class Pipeline:
             protection: Protection = await off_loop_if_big(
                 size, masking, seed=held.entries if held is not None else ())
             if protection.blocked:
-                raise protection.refusal()
+                return protection  # nothing written: the caller refuses it
             if held is None or held.conversation is None or \
                     len(protection.vault) == len(held.entries):
                 return protection

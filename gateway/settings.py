@@ -5,26 +5,50 @@ with weaker settings than intended, must refuse to start instead. Unknown keys a
 
 Environment overrides use `VEIL__SECTION__KEY=value` (value parsed as YAML), e.g.
 `VEIL__LISTEN__PORT=9000`; upstream credentials come only from the variables backends name.
+An error in an overridden value is reported as coming from its variable.
+
+Relative paths (`PATH_SETTINGS`), in the file or in an override, are relative to the config
+file's folder, so `veil serve --config /etc/veil/config.yaml` means the same from any working
+directory. Settings built in code (`Settings.model_validate`) have no file: their paths are used
+as given, relative to the working directory.
+
+`veil config schema` prints the JSON Schema of this format (checked in as config.schema.json).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.errors import ConfigError, ConfigIssue
-from gateway.yamlsource import YamlDocument, load_yaml, validate
+from gateway.errors import ConfigError, ConfigIssue, ConfigProblems
+from gateway.yamlsource import KeyPath, YamlDocument, load_yaml, validate
 
-WireFormat = Literal["openai", "anthropic"]
+WireFormat = Literal["openai", "anthropic"]  # what a client speaks to an endpoint
+# What a backend speaks: azure-openai is OpenAI's wire format behind Azure's paths and key.
+BackendFormat = Literal["openai", "anthropic", "azure-openai"]
 API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_PREFIX = "VEIL__"
+UPSTREAM_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")  # vLLM's org/name too
+AZURE_API_VERSION = re.compile(r"^20\d\d-[01]\d-[0-3]\d(-preview)?$")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
+# Printable ASCII, no blank at either end: nothing aiohttp would refuse or a peer fold.
+HEADER_VALUE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,4094}[\x21-\x7e])?$")
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
+# Set by the gateway itself (credentials, framing, its request id) or vetted from the client.
+GATEWAY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "host", "content-length",
+                             "content-type", "accept", "accept-encoding", "user-agent",
+                             "x-veil-request-id", "anthropic-version", "anthropic-beta",
+                             "openai-beta"})
 
 
 class Strict(BaseModel):
@@ -102,25 +126,50 @@ class BackendAttestation(Strict):
 class HealthCheck(Strict):
     """An active probe: GET `path` on the backend every `interval_s`; a failed probe ejects the
     backend until one succeeds. Off by default: passive health (real requests) needs no
-    traffic of its own, and some upstreams bill or rate-limit every call."""
+    traffic of its own, and some upstreams bill or rate-limit every call. Without a path:
+    `/health`, or `/openai/models` on azure-openai (which has no health route); azure-openai
+    probes carry its api-version, except on its v1 API (`/openai/v1/...`)."""
 
-    path: str = "/health"
+    path: str | None = None
     interval_s: Annotated[float, Field(ge=0.1)] = 10.0
     timeout_s: Annotated[float, Field(gt=0)] = 2.0
 
     @field_validator("path")
     @classmethod
-    def _path(cls, value: str) -> str:
-        if not re.match(r"^/[A-Za-z0-9._~/-]*$", value):
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^/[A-Za-z0-9._~/-]*$", value):
             raise ValueError("must be a path starting with '/', without query or fragment")
         return value
+
+
+class HeaderValue(Strict):
+    """A static header's value: from an environment variable (read at start, for anything
+    secret) or written here (only for what is not). Never logged either way."""
+
+    env: str | None = None
+    value: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HeaderValue:
+        if (self.env is None) == (self.value is None):
+            raise ValueError("give exactly one of env (a variable's name) or value")
+        if self.value is not None and not HEADER_VALUE.match(self.value):
+            raise ValueError("value must be printable ASCII, without blanks at either end")
+        return self
 
 
 class BackendSettings(Strict):
     name: str
     url: str
-    format: WireFormat = "openai"
+    format: BackendFormat = "openai"
     api_key_env: str | None = None
+    # azure-openai only, and required there: the api-version of its deployment routes.
+    api_version: str | None = None
+    # Client model -> the name this backend knows it by (azure-openai: the deployment); the
+    # client sees its own name back in replies.
+    upstream_models: dict[str, str] = Field(default_factory=dict)
+    # Sent with every request to this backend, e.g. OpenAI-Organization: {env: OPENAI_ORG}.
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
     connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     pool_size: Annotated[int, Field(ge=1, le=10_000)] = 100
@@ -131,9 +180,68 @@ class BackendSettings(Strict):
     @model_validator(mode="after")
     def _attested_over_tls(self) -> BackendSettings:
         if self.attestation is not None and not self.url.startswith("https://"):
-            raise ValueError("an attested backend needs an https:// url (evidence is bound to "
-                             "its TLS key)")
+            raise ConfigProblems([(("url",), "an attested backend needs an https:// url "
+                                             "(evidence is bound to its TLS key)")])
         return self
+
+    @model_validator(mode="after")
+    def _azure(self) -> BackendSettings:
+        if self.format != "azure-openai":
+            if self.api_version is not None:
+                raise ValueError("api_version is for format: azure-openai only")
+            return self
+        if self.api_version is None or not AZURE_API_VERSION.match(self.api_version):
+            raise ValueError("format: azure-openai needs api_version, a date such as "
+                             "2024-10-21 (or 2025-04-01-preview)")
+        if re.search(r"/openai(/|$)", self.url):
+            raise ValueError("an azure-openai url is the resource's endpoint "
+                             "(https://NAME.openai.azure.com), without /openai/...")
+        bad = [m for m, d in self.upstream_models.items() if not NAME.match(d)]
+        if bad:
+            raise ValueError(f"upstream_models {bad}: an Azure deployment name is 1-64 letters, "
+                             "digits, '.', '_' or '-'")
+        return self
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: object) -> object:
+        """`api_version: 2024-10-21` unquoted is a YAML date: the date as written."""
+        return value.isoformat() if isinstance(value, datetime.date) else value
+
+    @field_validator("upstream_models")
+    @classmethod
+    def _upstream_models(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [m for m, name in value.items() if not UPSTREAM_MODEL.match(name)]
+        if bad:
+            raise ValueError(f"{bad}: an upstream model name is 1-256 letters, digits or "
+                             "'._:/@+-'")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+        names = [n.lower() for n in value]
+        for name in value:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name (letters, digits, "
+                                 "!#$%&'*+.^_`|~-)")
+            if name.lower() in HOP_BY_HOP:
+                raise ValueError(f"{name!r} is a hop-by-hop header (per connection, not per "
+                                 "backend)")
+            if name.lower() in GATEWAY_HEADERS:
+                raise ValueError(f"{name!r} is set by the gateway itself (credentials come from "
+                                 "api_key_env; protocol headers are vetted from the client)")
+            if names.count(name.lower()) > 1:
+                raise ValueError(f"{name!r} is given twice (header names ignore case)")
+        return value
+
+    @property
+    def wire(self) -> WireFormat:
+        """The wire format it serves clients in: azure-openai serves the OpenAI endpoints."""
+        return "anthropic" if self.format == "anthropic" else "openai"
+
+    def upstream_model(self, model: str) -> str:
+        return self.upstream_models.get(model, model)
 
     @field_validator("name")
     @classmethod
@@ -166,7 +274,8 @@ class StateSettings(Strict):
     @model_validator(mode="after")
     def _vault_needs_store(self) -> StateSettings:
         if self.vault_key_env and not self.redis_url:
-            raise ValueError("vault_key_env needs redis_url (the vault lives in Redis)")
+            raise ConfigProblems([(("vault_key_env",),
+                                   "needs redis_url (the vault lives in Redis)")])
         return self
 
     @field_validator("redis_url")
@@ -223,7 +332,7 @@ class PrivacySettings(Strict):
 
 class PolicySettings(Strict):
     """Which policy files decide. The first whose `applies_to` matches a request decides it;
-    a request no policy applies to is refused. Paths are relative to the working directory."""
+    a request no policy applies to is refused. Paths are relative to the config file's folder."""
 
     files: list[str] = Field(min_length=1)
     require_signed_policies: bool = False
@@ -233,7 +342,7 @@ class PolicySettings(Strict):
     @model_validator(mode="after")
     def _key_for_signatures(self) -> PolicySettings:
         if self.require_signed_policies and not self.public_key_file:
-            raise ValueError("require_signed_policies needs public_key_file")
+            raise ConfigProblems([(("require_signed_policies",), "needs public_key_file")])
         return self
 
 
@@ -260,7 +369,7 @@ class AuditSettings(Strict):
     @model_validator(mode="after")
     def _key_source(self) -> AuditSettings:
         if self.enabled and not (self.key_env or self.key_file):
-            raise ValueError("audit needs key_env or key_file")
+            raise ConfigProblems([(("enabled",), "audit needs key_env or key_file")])
         return self
 
 
@@ -305,8 +414,9 @@ class FheSettings(Strict):
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:
         if self.scorers and not (self.master_key_env or self.master_key_file):
-            raise ValueError("scorers need master_key_env or master_key_file (the key that "
-                             "seals the CKKS secret key at rest)")
+            raise ConfigProblems([(("scorers",), "scorers need master_key_env or "
+                                                 "master_key_file (the key that seals the CKKS "
+                                                 "secret key at rest)")])
         return self
 
 
@@ -318,16 +428,45 @@ class LoggingSettings(Strict):
 
 
 class MetricsSettings(Strict):
-    # With a variable named, /metrics wants `Authorization: Bearer <its value>` (else 401).
-    # Without, /metrics is open: bind the gateway to loopback or a private network.
+    """/metrics (Prometheus). With `token_env`, scrapers must send `Authorization: Bearer
+    <the variable's value>` (16+ characters; else 401); without, /metrics is open: bind the
+    gateway to loopback or a private network."""
+
     token_env: str | None = None
 
 
+class TracingSettings(Strict):
+    """OpenTelemetry traces (gateway/observability/tracing.py), exported over OTLP/HTTP. Off by
+    default: nothing is exported and a client's `traceparent` is neither continued nor
+    forwarded. Spans carry names and counts from configuration only, never request content."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # the collector's OTLP/HTTP traces URL
+    service_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = "veil"
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0  # of traces, by trace id
+    # Headers for the collector (its credential, say), as `name=value,name2=value2` in this
+    # environment variable: never in the config file.
+    headers_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0  # for one export
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http:// or https:// URL without query or fragment")
+        return value
+
+
 class Settings(Strict):
+    """Veil gateway configuration (config.yaml). Unknown keys are errors; any value can be
+    overridden from the environment as VEIL__SECTION__KEY; relative paths are relative to the
+    config file's folder."""
+
     listen: ListenSettings = ListenSettings()
     metrics: MetricsSettings = MetricsSettings()
     limits: LimitSettings = LimitSettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()
     attestation: AttestationSettings = AttestationSettings()
     fhe: FheSettings = FheSettings()
@@ -347,58 +486,141 @@ class Settings(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
-        problems: list[str] = []
-        backend_names = [b.name for b in self.backends]
-        dupes = sorted({n for n in backend_names if backend_names.count(n) > 1})
-        if dupes:
-            problems.append(f"backends: duplicate names {dupes}")
-        for model, names in self.models.items():
-            if not names:
-                problems.append(f"models.{model}: needs at least one backend")
-            problems += [f"models.{model}: unknown backend {n!r} (known: {backend_names})"
-                         for n in names if n not in backend_names]
+        problems = self._backend_problems() + self._upstream_models() + self._key_problems()
         conversations = self.routing.conversations_model
         if conversations is not None and conversations not in self.models:
-            problems.append(f"routing.conversations_model: {conversations!r} is not in models")
+            problems.append((("routing", "conversations_model"),
+                             f"{conversations!r} is not in models"))
         fhe_backend = self.fhe.embedding_backend
         if fhe_backend is not None and not any(b.name == fhe_backend and b.attestation
                                                for b in self.backends):
-            problems.append(f"fhe.embedding_backend: {fhe_backend!r} must be a backend with "
-                            "attestation (embeddings are as sensitive as the prompt)")
+            problems.append((("fhe", "embedding_backend"),
+                             f"{fhe_backend!r} must be a backend with attestation (embeddings "
+                             "are as sensitive as the prompt)"))
         if self.fhe.keys_in == "redis" and not self.state.redis_url:
-            problems.append("fhe.keys_in: redis needs state.redis_url (the epochs live there)")
-        for key in self.api_keys:
-            if key.tenant not in self.tenants:
-                problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")
-        hashes = [k.hash for k in self.api_keys]
-        if len(set(hashes)) != len(hashes):
-            problems.append("api_keys: the same key hash is listed twice")
+            problems.append((("fhe", "keys_in"),
+                             "redis needs state.redis_url (the epochs live there)"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
+
+    def _backend_problems(self) -> list[tuple[KeyPath, str]]:
+        """Backend names are unique, and every model names known ones."""
+        names = [b.name for b in self.backends]
+        problems: list[tuple[KeyPath, str]] = [
+            (("backends", i, "name"),
+             f"duplicate name {name!r} (also backends[{names.index(name)}])")
+            for i, name in enumerate(names) if names.index(name) != i]
+        for model, listed in self.models.items():
+            if not listed:
+                problems.append((("models", model), "needs at least one backend"))
+            problems += [(("models", model, j), f"unknown backend {n!r} (known: {names})")
+                         for j, n in enumerate(listed) if n not in names]
+        return problems
+
+    def _key_problems(self) -> list[tuple[KeyPath, str]]:
+        """Every key names a known tenant, and no key is listed twice."""
+        problems: list[tuple[KeyPath, str]] = [
+            (("api_keys", i, "tenant"), f"unknown tenant {key.tenant!r}")
+            for i, key in enumerate(self.api_keys) if key.tenant not in self.tenants]
+        hashes = [k.hash for k in self.api_keys]
+        problems += [(("api_keys", i, "hash"), "the same key hash is listed twice (also "
+                      f"api_keys[{hashes.index(h)}])")
+                     for i, h in enumerate(hashes) if hashes.index(h) != i]
+        return problems
+
+    def _upstream_models(self) -> list[tuple[KeyPath, str]]:
+        """A mapping names a model this backend serves; an azure-openai backend knows every
+        model it serves by a deployment name (its mapping, else the model's own name)."""
+        problems: list[tuple[KeyPath, str]] = []
+        for i, b in enumerate(self.backends):
+            for model in b.upstream_models:
+                where: KeyPath = ("backends", i, "upstream_models", model)
+                if model not in self.models:
+                    problems.append((where, f"{model!r} is not in models"))
+                elif b.name not in self.models[model]:
+                    problems.append((where, f"models.{model} does not list backend "
+                                            f"{b.name!r}"))
+            if b.format == "azure-openai":
+                problems += [(("models", m), f"azure-openai backend {b.name!r} needs "
+                              f"upstream_models.{m} (the deployment: the model's name is not "
+                              "one)")
+                             for m, names in self.models.items()
+                             if b.name in names and m not in b.upstream_models
+                             and not NAME.match(m)]
+        return problems
 
     def backend(self, name: str) -> BackendSettings:
         return next(b for b in self.backends if b.name == name)
+
+
+def otlp_headers(text: str) -> dict[str, str]:
+    """`name=value,name2=value2` (OTEL_EXPORTER_OTLP_HEADERS' form, values percent-encoded);
+    ValueError naming the item's position, never its text (it is usually a credential)."""
+    headers: dict[str, str] = {}
+    for i, item in enumerate(text.split(","), 1):
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", name.strip()) or not value.strip():
+            raise ValueError(f"item {i} is not name=value")
+        headers[name.strip()] = unquote(value.strip())
+    return headers
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, override from the environment, validate; raise `ConfigError` listing every issue.
     Parses and validates only: the policies, plugins and keys the settings name are read by
     `gateway.preflight`, which `veil serve` runs."""
+    env = os.environ if environ is None else environ
     doc = load_yaml(path)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigIssue(doc.file, None, "", "top level must be a mapping")])
-    _apply_env_overrides(doc, os.environ if environ is None else environ)
-    settings = validate(doc, Settings)
-    _check_credentials(doc, settings, os.environ if environ is None else environ)
+    _apply_env_overrides(doc, env)
+    settings = relative_to(validate(doc, Settings), Path(path).parent)
+    _check_credentials(doc, settings, env)
     return settings
 
 
+# Every setting that names a file or folder (a list, or one path, or None).
+PATH_SETTINGS: tuple[tuple[str, ...], ...] = (
+    ("policies", "files"), ("policies", "public_key_file"), ("api_keys_file",),
+    ("audit", "path"), ("audit", "key_file"),
+    ("attestation", "amd_roots_dir"), ("attestation", "intel_collateral_dir"),
+    ("attestation", "cache_dir"),
+    ("fhe", "keys_dir"), ("fhe", "master_key_file"),
+)
+
+
+def relative_to(settings: Settings, base_dir: Path) -> Settings:
+    """`settings` with every relative path in `PATH_SETTINGS` (defaults included: a default is
+    what the file would say) taken as relative to `base_dir`; absolute paths unchanged."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for path in PATH_SETTINGS:
+        holder = getattr(settings, path[0]) if len(path) == 2 else settings
+        value = _joined(base_dir, getattr(holder, path[-1]))
+        if len(path) == 2:
+            sections.setdefault(path[0], {})[path[1]] = value
+        else:
+            top[path[0]] = value
+    for section, fields in sections.items():
+        top[section] = getattr(settings, section).model_copy(update=fields)
+    return settings.model_copy(update=top)
+
+
+def _joined(base_dir: Path, value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list):
+        return [str(base_dir / v) for v in value]
+    return None if value is None else str(base_dir / value)  # an absolute value stays itself
+
+
 def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:
+    """Set each `VEIL__SECTION__KEY` into `doc`, remembering which variable set what."""
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            raise ConfigError([ConfigIssue(f"${name}", None, "", "names no setting")])
         target: Any = doc.data
         for key in keys[:-1]:
             target = target.setdefault(key, {})
@@ -410,25 +632,59 @@ def _apply_env_overrides(doc: YamlDocument, environ: Mapping[str, str]) -> None:
         except yaml.YAMLError:
             raise ConfigError([ConfigIssue(f"${name}", None, ".".join(keys),
                                            "value is not valid YAML")]) from None
+        doc.overridden[tuple(keys)] = name
 
 
 def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[str, str]) -> None:
-    """A backend that names a credential variable must get it: never fall back to no auth."""
+    """A backend that names a credential variable must get it: never fall back to no auth.
+    Each issue points at the line (or override) that names the variable."""
     issues = [
-        ConfigIssue(doc.file, doc.position(("backends", i, "api_key_env")),
-                    f"backends[{i}].api_key_env",
-                    f"environment variable {b.api_key_env} is not set or empty")
+        doc.issue(("backends", i, "api_key_env"),
+                  f"environment variable {b.api_key_env} is not set or empty")
         for i, b in enumerate(settings.backends)
         if b.api_key_env and not environ.get(b.api_key_env)
     ]
-    secrets = ((("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
-               (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
-               (("state", "vault_key_env"), settings.state.vault_key_env, 32),
-               (("metrics", "token_env"), settings.metrics.token_env, 16))
+    for i, b in enumerate(settings.backends):
+        for header, source in b.headers.items():
+            if source.env is None:
+                continue
+            problem = _header_env_problem(environ.get(source.env, ""))
+            if problem:
+                issues.append(doc.issue(("backends", i, "headers", header, "env"),
+                                        f"environment variable {source.env} {problem}"))
+    secrets: tuple[tuple[KeyPath, str | None, int], ...] = (
+        (("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
+        (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
+        (("state", "vault_key_env"), settings.state.vault_key_env, 32),
+        (("metrics", "token_env"), settings.metrics.token_env, 16))
     for field_path, env_name, least in secrets:
         if env_name and len(environ.get(env_name, "")) < least:
-            issues.append(ConfigIssue(doc.file, doc.position(field_path), ".".join(field_path),
-                                      f"environment variable {env_name} must hold at least "
-                                      f"{least} characters of secret"))
+            issues.append(doc.issue(field_path, f"environment variable {env_name} must hold at "
+                                                f"least {least} characters of secret"))
+    tracing = settings.tracing
+    if tracing.enabled and tracing.headers_env:
+        problem = _otlp_headers_problem(environ.get(tracing.headers_env, ""))
+        if problem:
+            issues.append(doc.issue(("tracing", "headers_env"), f"environment variable "
+                                    f"{tracing.headers_env} {problem}"))
     if issues:
         raise ConfigError(issues)
+
+
+def _header_env_problem(value: str) -> str | None:
+    """What keeps a variable's value from being a header value (the value is never quoted)."""
+    if not value:
+        return "is not set or empty"
+    if not HEADER_VALUE.match(value):
+        return "must be printable ASCII without blanks at either end (it is a header value)"
+    return None
+
+
+def _otlp_headers_problem(text: str) -> str | None:
+    if not text:
+        return "is not set or empty"
+    try:
+        otlp_headers(text)
+    except ValueError as exc:
+        return f"must list name=value headers separated by commas: {exc}"
+    return None

@@ -2,6 +2,8 @@
 
 Config and policy files are edited by people who do not read Python, so every error must point at
 the file, line and column, name the key and the bad value, and suggest the likely intended key.
+A value set from the environment instead (`VEIL__SECTION__KEY`) is reported as coming from that
+variable: its line in the file, if it has one, is not what was validated.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 import pydantic
 import yaml
 
-from gateway.errors import ConfigError, ConfigIssue, Position
+from gateway.errors import ConfigError, ConfigIssue, ConfigProblems, Position
 
 KeyPath = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
@@ -29,6 +31,17 @@ class YamlDocument:
     data: Any
     key_positions: dict[KeyPath, Position] = field(default_factory=dict)
     value_positions: dict[KeyPath, Position] = field(default_factory=dict)
+    # Values replaced after parsing: key path -> the environment variable that set it.
+    overridden: dict[KeyPath, str] = field(default_factory=dict)
+
+    def issue(self, path: KeyPath, message: str, *, of_key: bool = False) -> ConfigIssue:
+        """An issue at `path`: at the variable that set it (or an ancestor), else at its
+        position in this file."""
+        for end in range(len(path), 0, -1):
+            variable = self.overridden.get(path[:end])
+            if variable is not None:
+                return ConfigIssue(f"${variable}", None, dotted(path), message)
+        return ConfigIssue(self.file, self.position(path, of_key=of_key), dotted(path), message)
 
     def position(self, path: KeyPath, *, of_key: bool = False) -> Position | None:
         """Position of `path`, or of its nearest ancestor that exists in the file."""
@@ -121,12 +134,21 @@ def validate(doc: YamlDocument, model: type[ModelT], *, base: KeyPath = ()) -> M
     try:
         return model.model_validate(doc.data, context={"document": doc})
     except pydantic.ValidationError as exc:
-        raise ConfigError([_issue(doc, model, err, base) for err in exc.errors()]) from None
+        raise ConfigError([issue for err in exc.errors()
+                           for issue in _issues(doc, model, err, base)]) from None
+
+
+def _issues(doc: YamlDocument, model: type[pydantic.BaseModel],
+            err: Any, base: KeyPath) -> list[ConfigIssue]:
+    loc: KeyPath = tuple(part for part in err["loc"] if isinstance(part, str | int))
+    found = err.get("ctx", {}).get("error")
+    if isinstance(found, ConfigProblems):
+        return [doc.issue((*base, *loc, *path), message) for path, message in found.found]
+    return [_issue(doc, model, err, loc, base)]
 
 
 def _issue(doc: YamlDocument, model: type[pydantic.BaseModel],
-           err: Any, base: KeyPath) -> ConfigIssue:
-    loc: KeyPath = tuple(part for part in err["loc"] if isinstance(part, str | int))
+           err: Any, loc: KeyPath, base: KeyPath) -> ConfigIssue:
     path = (*base, *loc)
     if err["type"] == "extra_forbidden":
         known = _field_names(model, loc[:-1])
@@ -134,11 +156,11 @@ def _issue(doc: YamlDocument, model: type[pydantic.BaseModel],
         message = "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "")
         if known and not hint:
             message += f" (expected one of: {', '.join(sorted(known))})"
-        return ConfigIssue(doc.file, doc.position(path, of_key=True), dotted(path), message)
+        return doc.issue(path, message, of_key=True)
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] not in ("missing",) and "input" in err and _is_scalar(err["input"]):
         message += f" (got {err['input']!r})"
-    return ConfigIssue(doc.file, doc.position(path), dotted(path), message)
+    return doc.issue(path, message)
 
 
 def _is_scalar(value: Any) -> bool:

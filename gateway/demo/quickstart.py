@@ -49,9 +49,10 @@ def _ensure_key(path: Path) -> None:
 
 def quickstart(config: str, demo_port: int) -> int:
     settings = load_settings(config)  # fail fast with the config error, before starting anything
-    Path("var").mkdir(exist_ok=True)
-    _ensure_key(Path("var/audit.key"))
-    _ensure_key(Path("var/fhe-master.key"))
+    for key_file in (settings.audit.key_file, settings.fhe.master_key_file):
+        if key_file:  # relative to the config's folder, where `veil serve` will look
+            Path(key_file).parent.mkdir(parents=True, exist_ok=True)
+            _ensure_key(Path(key_file))
     veil = [sys.executable, "-m", "gateway"]
     # Our own interpreter and module with fixed arguments: nothing here comes from a client.
     demo = subprocess.Popen([*veil, "demo-upstream", "--port", str(demo_port),  # noqa: S603
@@ -106,7 +107,7 @@ def _banner(base: str, demo_url: str, key: str, model: str, config: str) -> str:
      -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
      -d '{stream_body}'
 
- With the openai SDK (.venv/bin/python):
+ With the openai SDK (pip install openai):
    from openai import OpenAI
    client = OpenAI(base_url="{base}/v1", api_key="{key}")
    for chunk in client.chat.completions.create(model="{model}", stream=True,

@@ -13,6 +13,7 @@ import orjson
 
 from gateway.errors import BodyTooLarge, ScorerError
 from gateway.fhe.embed import DIMENSION
+from gateway.proxy.target import embeddings_path
 from gateway.settings import BackendSettings
 from gateway.streams import read_at_most
 
@@ -36,7 +37,8 @@ class RemoteEmbedder:
             raise ScorerError(f"embedding backend {self._backend.name} is not attested now")
         try:
             async with self._session(self._backend.name).post(
-                    f"{self._backend.url}/v1/embeddings", ssl=pin, headers=dict(self._headers()),
+                    self._backend.url + embeddings_path(self._backend, self._model), ssl=pin,
+                    headers=dict(self._headers()),
                     data=orjson.dumps({"model": self._model, "input": text})) as response:
                 body = await read_at_most(response.content, MAX_BYTES)
                 status = response.status

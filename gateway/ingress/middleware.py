@@ -8,6 +8,7 @@ import re
 import secrets
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -34,6 +35,9 @@ from gateway.observability.metrics import Metrics
 from gateway.privacy.patterns import PatternDetector
 from gateway.settings import Settings
 
+if TYPE_CHECKING:
+    from gateway.observability.tracing import Tracing
+
 log = get_logger(ACCESS_LOGGER)
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -41,7 +45,9 @@ POLICY_HEADER = "X-Veil-Policy"  # digest of the policy that decided the request
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {
     "models", "model", "responses_retrieve", "responses_input_items", "responses_delete",
-    "unmatched"})
+    "conversations_retrieve", "conversations_delete", "conversations_items_list",
+    "conversations_item", "conversations_item_delete", "unmatched"})
+UNAUDITED_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # probes and scrapes
 OVERLOADED = Overloaded()
 
 
@@ -109,10 +115,11 @@ def _where(exc: BaseException) -> str:
 
 
 def request_context(*, metrics: Metrics, settings: Settings, audit: AuditTrail | None,
-                    memory: MemoryReturn | None = None) -> Middleware:
-    """Request id, error envelope, concurrency limit, metrics, the access log and the audit
-    record, in one place: one middleware keeps the coroutine chain every I/O wake-up resumes
-    short."""
+                    memory: MemoryReturn | None = None,
+                    tracing: Tracing | None = None) -> Middleware:
+    """Request id, error envelope, concurrency limit, metrics, the access log, the audit
+    record and the request's trace span, in one place: one middleware keeps the coroutine
+    chain every I/O wake-up resumes short."""
     max_in_flight = settings.limits.max_concurrent_requests
 
     @web.middleware
@@ -158,7 +165,22 @@ def request_context(*, metrics: Metrics, settings: Settings, audit: AuditTrail |
             memory.after(facts.body_bytes)
         return response
 
-    return middleware
+    return middleware if tracing is None else _traced(middleware, tracing)
+
+
+def _traced(middleware: Middleware, tracing: Tracing) -> Middleware:
+    """`middleware` inside the request's span (when tracing is off, not even this frame)."""
+
+    @web.middleware
+    async def traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not tracing.traces(request):
+            return await middleware(request, handler)
+        with tracing.request(request) as span:
+            response = await middleware(request, handler)
+            span.answered(request[FACTS], request[REQUEST_ID], response.status)
+            return response
+
+    return traced
 
 
 def _refused(facts: RequestFacts, error: GatewayError, request: web.Request,

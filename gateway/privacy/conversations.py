@@ -62,7 +62,7 @@ def unseal(aead: AESGCM, blob: bytes, conversation_id: str, tenant: str,
     """The entries, or None when the record is not this tenant's (or was altered)."""
     try:
         plain = aead.decrypt(blob[:12], blob[12:], aad(conversation_id, tenant, backend))
-    except InvalidTag:
+    except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce
         return None
     return [(str(p), str(e), str(v)) for p, e, v in orjson.loads(plain)]
 

@@ -37,9 +37,12 @@ from gateway.errors import (
 )
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import NO_ATTEMPT, AttemptSpan, Tracing
+from gateway.offload import off_loop_if_big
 from gateway.proxy.balance import Balancer
 from gateway.proxy.budget import RetryBudget
 from gateway.proxy.health import Health
+from gateway.proxy.target import upstream_path, upstream_payload
 from gateway.proxy.upstream import UpstreamPool
 from gateway.settings import BackendSettings
 from gateway.streams import read_at_most
@@ -61,6 +64,7 @@ def _same(text: str) -> str:
 class UpstreamReply:
     backend: BackendSettings
     response: aiohttp.ClientResponse
+    span: AttemptSpan = NO_ATTEMPT  # ended by `Forwarder.finished`
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,10 @@ class Attempts:
 
 class Forwarder:
     def __init__(self, pool: UpstreamPool, metrics: Metrics, attestation: AttestationService,
-                 *, health: Health, balancer: Balancer, budget: RetryBudget) -> None:
+                 *, health: Health, balancer: Balancer, budget: RetryBudget,
+                 tracing: Tracing | None = None) -> None:
         self._pool = pool
+        self._tracing = tracing
         self._metrics = metrics
         self._attestation = attestation
         self.health = health
@@ -120,7 +126,9 @@ class Forwarder:
                     break
                 self._metrics.retries.labels("retried").inc()
             attempts.tried.append(backend.name)
-            reply = await self._attempt(call, backend, attempts)
+            span = self._tracing.upstream(request, backend, method, len(attempts.tried)) \
+                if self._tracing is not None else NO_ATTEMPT
+            reply = await self._attempt(call, backend, attempts, span)
             if reply is not None:
                 return reply
         raise self._no_backend(attempts)
@@ -135,21 +143,28 @@ class Forwarder:
         """The reply was relayed (ok), broke while being read (a failure of its backend), or
         was abandoned by the client (None: says nothing of the backend)."""
         name = reply.backend.name
+        reply.span.ended(ok)
         self.health.ended(name)
         if ok:
             self.health.succeeded(name)
         elif ok is not None:
             self.health.failed(name)
 
-    async def _attempt(self, call: Call, backend: BackendSettings, attempts: Attempts
-                       ) -> UpstreamReply | None:
+    async def _attempt(self, call: Call, backend: BackendSettings, attempts: Attempts,
+                       span: AttemptSpan) -> UpstreamReply | None:
         # Our own header name: upstreams give X-Request-ID their own rules (llama.cpp's
         # server refuses any value that is not a UUID).
         headers = {**call.request.headers, **self._pool.headers[backend.name],
                    "X-Veil-Request-ID": call.request_id}
         if call.request.stream:
             headers["Accept"] = "text/event-stream"
-        url = backend.url + (call.path or call.request.endpoint.path)
+        parent = span.traceparent()  # the gateway's own span: a client's is never forwarded
+        if parent is not None:
+            headers["traceparent"] = parent
+        url = backend.url + upstream_path(backend, call.path or call.request.endpoint.path,
+                                          call.request.model)
+        payload = await off_loop_if_big(len(call.payload or b""), upstream_payload, backend,
+                                        call.request, call.payload)
         started = time.perf_counter()
         self.health.started(backend.name)
         try:
@@ -157,30 +172,34 @@ class Forwarder:
             # to; a changed key is refused and triggers re-attestation.
             pin = self._attestation.pin(backend.name) if backend.attestation else None
             response = await self._pool.session(backend.name).request(
-                call.method, url, data=call.payload, headers=headers, allow_redirects=False,
+                call.method, url, data=payload, headers=headers, allow_redirects=False,
                 ssl=pin if pin is not None else True)
         except TimeoutError:
             attempts.timeouts += 1
-            self._failed(backend, "timeout", started)
+            self._failed(backend, "timeout", started, span=span)
             return None
         except aiohttp.ServerFingerprintMismatch:
             self._attestation.key_changed(backend.name)
-            self._failed(backend, "key_changed", started)
+            self._failed(backend, "key_changed", started, span=span)
             return None
         except aiohttp.ClientError as exc:
-            self._failed(backend, "connect_error", started, type(exc).__name__)
+            self._failed(backend, "connect_error", started, type(exc).__name__, span=span)
             return None
         except BaseException:  # cancelled (the client went away): no longer in flight
             self.health.ended(backend.name)
+            span.failed("cancelled")
             raise
+        span.answered(response.status)
         if 200 <= response.status < 300:
             self._metrics.upstream_answered(backend.name, time.perf_counter() - started)
-            return UpstreamReply(backend, response)
+            return UpstreamReply(backend, response, span)
         try:
             words = await _words(response, call.restore)
         except BaseException:
             self.health.ended(backend.name)
+            span.failed("cancelled")
             raise
+        span.failed(f"http_{response.status}")
         self._refused(backend, response, words, started, attempts)
         return None
 
@@ -229,7 +248,8 @@ class Forwarder:
                               spent)
 
     def _failed(self, backend: BackendSettings, outcome: str, started: float,
-                detail: str | None = None) -> None:
+                detail: str | None = None, *, span: AttemptSpan = NO_ATTEMPT) -> None:
+        span.failed(outcome)
         self.health.ended(backend.name)
         self.health.failed(backend.name)
         self._count(backend, outcome, started, detail)

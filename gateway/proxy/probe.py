@@ -1,6 +1,7 @@
 """Active health checks, for the backends whose config asks for them: GET the backend's
-`health_check.path` every `interval_s`; anything but a 2xx in time marks it down (ejected
-until a probe succeeds). Probes carry the gateway's credential and no request data."""
+`health_check.path` (or its format's default, gateway/proxy/target.py) every `interval_s`;
+anything but a 2xx in time marks it down (ejected until a probe succeeds). Probes carry the
+gateway's credential and no request data."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 from gateway.attestation.verifier import AttestationService
 from gateway.errors import BodyTooLarge
 from gateway.proxy.health import Health
+from gateway.proxy.target import probe_path
 from gateway.proxy.upstream import UpstreamPool
 from gateway.settings import BackendSettings, HealthCheck
 from gateway.streams import read_at_most
@@ -39,8 +41,8 @@ async def probe(backend: BackendSettings, check: HealthCheck, pool: UpstreamPool
     try:
         async with asyncio.timeout(check.timeout_s):
             async with pool.session(backend.name).get(
-                    backend.url + check.path, headers=headers, allow_redirects=False,
-                    ssl=pin if pin is not None else True) as response:
+                    backend.url + probe_path(backend, check), headers=headers,
+                    allow_redirects=False, ssl=pin if pin is not None else True) as response:
                 await read_at_most(response.content, PROBE_BODY_BYTES)
                 return 200 <= response.status < 300
     except (TimeoutError, aiohttp.ClientError, BodyTooLarge):

@@ -27,18 +27,14 @@ from gateway.errors import (
 )
 from gateway.observability.logging import get_logger
 from gateway.offload import off_loop_if_big
+from gateway.proxy.reply_headers import reply_headers
 from gateway.streams import read_at_most
 
 log = get_logger("veil.relay")
 
-RELAYED_HEADERS = ("Content-Type", "Retry-After")
 # Set on a stream the upstream broke (after the headers, so it could not fail over): counted
 # against that backend's health like any failure.
 STREAM_BROKE = web.ResponseKey("stream_broke", str)
-
-
-def _client_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {name: upstream.headers[name] for name in RELAYED_HEADERS if name in upstream.headers}
 
 
 async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
@@ -65,7 +61,8 @@ async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
     if transform is not None:
         body = await off_loop_if_big(len(body), transform, body)
     # (X-Request-ID and the policy digest are added by the request middleware.)
-    return web.Response(status=upstream.status, body=body, headers=_client_headers(upstream))
+    return web.Response(status=upstream.status, body=body,
+                        headers=reply_headers(upstream.headers))
 
 
 def _is_json(body: bytes) -> bool:
@@ -93,7 +90,7 @@ async def relay_stream(request: web.Request, api_request: ApiRequest,
                        stamp: Mapping[str, str] | None = None) -> web.StreamResponse:
     """Relay event by event. `stamp`: the gateway's own headers (the policy digest), which
     must be set here because the headers leave before the middleware sees the response."""
-    headers = _client_headers(upstream)
+    headers = reply_headers(upstream.headers)
     headers.update({"X-Request-ID": request_id, "Cache-Control": "no-cache",
                     "X-Accel-Buffering": "no", **(stamp or {})})
     response = web.StreamResponse(status=upstream.status, headers=headers)

@@ -39,7 +39,7 @@ class Router:
             raise NotFound("The requested model does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
         backends = [self._backends[n] for n in names
-                    if self._backends[n].format == request.endpoint.wire]
+                    if self._backends[n].wire == request.endpoint.wire]
         if not backends:
             raise NotFound(f"The requested model is not served on {request.endpoint.path}.",
                            param="model", code="model_not_found")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from gateway import __version__
-from gateway.settings import BackendSettings, Settings
+from gateway.settings import HEADER_VALUE, BackendSettings, Settings
 
 SessionFactory = Callable[[BackendSettings], aiohttp.ClientSession]
 
@@ -28,8 +28,12 @@ def default_session(backend: BackendSettings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
 
 
+CREDENTIAL_HEADER = {"anthropic": "x-api-key", "azure-openai": "api-key"}
+
+
 def upstream_headers(backend: BackendSettings, environ: Mapping[str, str]) -> dict[str, str]:
-    """Headers the gateway sends with its own credential; nothing here comes from the client."""
+    """Headers the gateway sends with its own credential and the backend's static headers;
+    nothing here comes from the client."""
     headers = {
         "Content-Type": "application/json",
         "Accept-Encoding": "identity",
@@ -37,10 +41,15 @@ def upstream_headers(backend: BackendSettings, environ: Mapping[str, str]) -> di
     }
     secret = environ.get(backend.api_key_env, "") if backend.api_key_env else ""
     if secret:
-        if backend.format == "anthropic":
-            headers["x-api-key"] = secret
-        else:
-            headers["Authorization"] = f"Bearer {secret}"
+        name = CREDENTIAL_HEADER.get(backend.format)
+        headers.update({name: secret} if name else {"Authorization": f"Bearer {secret}"})
+    for name, source in backend.headers.items():
+        value = source.value if source.env is None else environ.get(source.env, "")
+        if not value or not HEADER_VALUE.match(value):
+            # load_settings refuses this at start; settings built otherwise must fail too.
+            raise RuntimeError(f"backend {backend.name}: header {name} needs environment "
+                               f"variable {source.env} (printable ASCII)")
+        headers[name] = value
     return headers
 
 

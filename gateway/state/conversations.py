@@ -70,6 +70,9 @@ class SharedConversations:
             async with asyncio.timeout(self._timeout):
                 version, raw = await self._get(keys=[self._name(conversation_id)],
                                                args=[self._ttl_ms])
+        except UnicodeDecodeError:  # not text, so not a record we wrote: planted
+            log.warning("conversation_record_malformed")
+            return None
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed(exc) from None
         if version is None or raw is None:

@@ -66,6 +66,9 @@ class SharedStoredResponses:
         try:
             async with asyncio.timeout(self._timeout):
                 raw = await self._redis.get(self._name(response_id))
+        except UnicodeDecodeError:  # not text, so not a record we wrote: planted
+            log.warning("stored_response_malformed")
+            return None
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             raise VaultUnavailable from None

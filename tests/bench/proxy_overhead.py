@@ -3,6 +3,7 @@
     direct        wrk -> upstream (a tiny aiohttp server with a fixed reply)
     passthrough   wrk -> minimal aiohttp pass-through (defined below: the floor for a Python proxy)
     veil          wrk -> veil serve (auth, validation, routing, metrics, access log) -> upstream
+    veil+trace    the same with tracing on, every request sampled, exported to a local sink
 
 Each target runs in its own process on uvloop, as `veil serve` does; rounds are interleaved and
 medians reported, because the machine is noisy. Run: `make bench` (needs wrk: apt-get install wrk).
@@ -50,6 +51,17 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
             loop=uvloop.new_event_loop())
 '''
 
+TRACE_SINK = '''
+import sys
+from aiohttp import web
+async def traces(request):
+    await request.read()
+    return web.Response(body=b"", content_type="application/x-protobuf")
+app = web.Application(client_max_size=64 * 1024 * 1024)
+app.router.add_post("/v1/traces", traces)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+'''
+
 PASSTHROUGH = '''
 import sys
 import uvloop
@@ -82,6 +94,9 @@ wrk.headers["Authorization"] = "Bearer {key}"
 """
 
 
+TARGETS = ("direct", "passthrough", "veil", "veil+trace")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,9 +124,11 @@ def start(code_or_cmd: str | list[str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def veil_config(directory: Path, upstream: str, port: int) -> Path:
-    path = directory / "bench.yaml"
+def veil_config(directory: Path, upstream: str, port: int, traces: str | None = None) -> Path:
+    path = directory / f"bench-{port}.yaml"
+    tracing = f"tracing: {{enabled: true, endpoint: '{traces}/v1/traces'}}" if traces else ""
     path.write_text(f"""
+{tracing}
 listen: {{host: 127.0.0.1, port: {port}}}
 logging: {{level: {os.environ.get("BENCH_LOG_LEVEL", "info")}}}
 default_rate_limit: {{requests_per_second: 1000000, burst: 1000000}}
@@ -155,14 +172,19 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="veil-bench-"))
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), key=KEY))
-    ports = {name: free_port() for name in ("upstream", "passthrough", "veil")}
+    ports = {name: free_port() for name in ("upstream", "passthrough", "veil", "veil+trace",
+                                            "sink")}
     upstream_url = f"http://127.0.0.1:{ports['upstream']}"
     processes = [start(UPSTREAM, str(ports["upstream"]))]
     processes.append(start(PASSTHROUGH, str(ports["passthrough"]), upstream_url))
-    config = veil_config(tmp, upstream_url, ports["veil"])
-    processes.append(start([sys.executable, "-m", "gateway", "serve", "--config", str(config)]))
+    processes.append(start(TRACE_SINK, str(ports["sink"])))
+    sink = f"http://127.0.0.1:{ports['sink']}"
+    for name, traces in (("veil", None), ("veil+trace", sink)):
+        config = veil_config(tmp, upstream_url, ports[name], traces)
+        processes.append(start([sys.executable, "-m", "gateway", "serve", "--config",
+                                str(config)]))
     targets = {name: f"http://127.0.0.1:{ports[name if name != 'direct' else 'upstream']}"
-               for name in ("direct", "passthrough", "veil")}
+               for name in TARGETS}
     try:
         for url in targets.values():
             wait_ready(url)
@@ -191,8 +213,8 @@ def print_table(results: dict[tuple[str, int], list[tuple[float, float, float]]]
     for connections in sorted({c for _, c in results}):
         med = {name: tuple(statistics.median(r[i] for r in results[(name, connections)])
                            for i in range(3))
-               for name in ("direct", "passthrough", "veil")}
-        for name in ("direct", "passthrough", "veil"):
+               for name in TARGETS}
+        for name in TARGETS:
             rps, p50, p99 = med[name]
             ratio = rps / med["passthrough"][0]
             added = p50 - med["direct"][1]

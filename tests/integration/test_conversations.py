@@ -194,3 +194,21 @@ def test_without_a_conversations_model_they_are_refused(gateway: ServerThread) -
                        headers={"Authorization": f"Bearer {TEST_KEY}"})
     assert answer.status_code == 400
     assert answer.json()["error"]["code"] == "conversations_disabled"
+
+
+@pytest.mark.parametrize("planted", [{"v": "1", "r": "not json"}, {"v": "1", "r": "[1]"},
+                                     {"v": "1", "r": '{"backend": "demo", "sealed": "00"}'},
+                                     {"v": "1", "r": b"\xff\xfe"}, {"r": "{}"}])
+def test_a_record_planted_in_redis_is_not_found_never_an_error(
+        planted: dict[str, Any], demo: Demo, redis_server: RedisServer) -> None:  # noqa: F811
+    with gateways(demo.url, 1, redis_server.url) as [oai]:
+        conversation = oai.conversations.create(items=[{**USER, "content": JOHN}])
+        store = redis.Redis.from_url(redis_server.url)
+        for name in store.scan_iter("veil:conversation:*"):
+            store.delete(name)
+            store.hset(name, mapping=planted)
+        store.close()
+        with pytest.raises(openai.NotFoundError):
+            oai.conversations.items.list(conversation.id)
+        with pytest.raises(openai.NotFoundError):
+            oai.responses.create(model="test-model", conversation=conversation.id, input="hi")

@@ -35,6 +35,7 @@ from gateway.demo.upstream import DEMO, build_demo_app
 from gateway.ingress.auth import hash_api_key
 from gateway.privacy.patterns import luhn
 from tests.integration.faults import FaultyUpstream
+from tests.otlp import Collector
 from tests.servers import TEST_KEY, ServerThread
 
 ROOT = Path(__file__).parents[2]
@@ -146,6 +147,7 @@ class World:
     upstream_bodies: list[list[bytes]]
     policy: Path
     pid: int
+    traces: Collector
 
 
 def leak_policy(canaries: Canaries, **extra_actions: str) -> dict[str, object]:
@@ -161,8 +163,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     canaries = Canaries()
     echo400, echo500 = EchoUpstream(400), EchoUpstream(500)
     dying = FaultyUpstream("die_mid_stream")
+    traces = Collector()
     with ServerThread(build_demo_app()) as demo, ServerThread(echo400.app()) as e400, \
-            ServerThread(echo500.app()) as e500, ServerThread(dying.app()) as die:
+            ServerThread(echo500.app()) as e500, ServerThread(dying.app()) as die, \
+            ServerThread(traces.app) as collector:
         port = free_port()
         (tmp / "audit.key").write_text("a" * 64)
         policy = tmp / "leak.yaml"
@@ -175,6 +179,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "policies": {"files": [str(policy)], "watch_interval_s": 0.2},
             "audit": {"enabled": True, "path": str(tmp / "audit.jsonl"),
                       "key_file": str(tmp / "audit.key")},
+            "tracing": {"enabled": True, "endpoint": collector.url + "/v1/traces"},
             "tenants": {"t": {}},
             "api_keys": [{"name": "k", "tenant": "t", "hash": hash_api_key(TEST_KEY)}],
             "backends": [{"name": "demo", "url": demo.url},
@@ -189,7 +194,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                 cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                     "OTEL_BSP_SCHEDULE_DELAY": "100"})  # spans exported within 0.1 s
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 90
@@ -202,7 +208,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     time.sleep(0.3)
             yield World(url, canaries, log, tmp / "audit.jsonl", tmp / "audit.key",
                         [demo.app[DEMO].received, echo400.received, echo500.received],
-                        policy, process.pid)
+                        policy, process.pid, traces)
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -324,12 +330,14 @@ def wait_for(log: Path, marker: bytes, timeout: float = 20) -> None:
 
 def test_no_canary_leaks_anywhere(world: World) -> None:
     drive_every_path(world)
-    time.sleep(0.5)  # let the gateway flush its last lines
+    time.sleep(0.5)  # let the gateway flush its last lines (and export its last spans)
     outputs: dict[str, bytes] = {
         "gateway log": world.log.read_bytes(),
         "audit trail": world.audit.read_bytes(),
         "metrics page": httpx.get(world.url + "/metrics").content,
+        "exported spans": b"".join(world.traces.bodies),  # OTLP protobuf: strings as UTF-8
     }
+    assert len(world.traces.bodies) >= 1
     for i, bodies in enumerate(world.upstream_bodies):
         outputs[f"upstream {i} bodies"] = b"\n".join(bodies)
     assert len(outputs["gateway log"].splitlines()) > 20  # DEBUG output really was produced

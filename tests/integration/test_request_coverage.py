@@ -13,6 +13,7 @@ import httpx2 as httpx
 import pytest
 
 from gateway.demo.upstream import DEMO, build_demo_app
+from gateway.ingress.middleware import AUDITED_ROUTES, UNAUDITED_ROUTES
 from tests.servers import TEST_KEY, UPSTREAM_SECRET, ServerThread, demo_gateway
 
 EMAIL = "rosalind.franklin@example.org"
@@ -176,6 +177,26 @@ def test_forwarded_attachments_are_counted_in_the_audit_record(demo: ServerThrea
         assert r.status_code == 200, r.text
     record = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
     assert record["attachments_unscanned"] == {"document": 1, "image": 1}
+
+
+def test_a_blocked_request_is_audited_with_its_rule_and_entities(demo: ServerThread,
+                                                                 tmp_path: Path) -> None:
+    with _gateway(demo, tmp_path, actions={"EMAIL": "block"}) as gateway:
+        r = post(gateway, CHAT, {"model": "test-model",
+                                 "messages": [{"role": "user", "content": f"mail {EMAIL}"}]})
+        assert r.status_code == 400
+    record = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
+    assert record["decision"] == "blocked"
+    assert record["entities"] == {"EMAIL": 1}
+    assert record["rule"]
+    assert EMAIL not in json.dumps(record)
+
+
+def test_every_route_but_probes_is_audited(demo: ServerThread) -> None:
+    with _gateway(demo) as gateway:
+        names = {route.name for route in gateway.app.router.routes() if route.name}
+    assert names - UNAUDITED_ROUTES <= AUDITED_ROUTES, names - AUDITED_ROUTES
+    assert names >= UNAUDITED_ROUTES
 
 
 def test_unknown_fields_can_be_refused_by_policy(demo: ServerThread) -> None:

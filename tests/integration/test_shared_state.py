@@ -256,9 +256,10 @@ def test_a_tenants_total_limit_holds_across_its_keys_and_gateways(
 
 @pytest.mark.parametrize("planted", ["not json", "[1, 2]", '{"backend": "demo-openai"}',
                                      '{"backend": "demo-openai", "sealed": "zz"}',
-                                     '{"backend": "demo-openai", "sealed": "00"}'])
+                                     '{"backend": "demo-openai", "sealed": "00"}',
+                                     b"\xff\xfe not text"])
 def test_a_record_planted_in_redis_is_not_found_never_an_error(
-        planted: str, redis_server: RedisServer, demo: Demo) -> None:
+        planted: str | bytes, redis_server: RedisServer, demo: Demo) -> None:
     with replicas(redis_server.url, demo.url, 1) as (gw,):
         created = oai(gw).responses.create(model="test-model", input=f"Remember {EMAIL}")
         client = redis.Redis.from_url(redis_server.url)

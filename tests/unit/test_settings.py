@@ -66,8 +66,9 @@ def test_env_override(tmp_path: Path) -> None:
      "config.yaml:2:9: listen.port: Input should be a valid integer"),
     (("    url: http://127.0.0.1:1234/", "    url: ftp://x"),
      "config.yaml:11:10: backends[0].url: must be an http"),
-    (("  m: [up]", "  m: [down]"), "models.m: unknown backend 'down'"),
-    (("    tenant: t", "    tenant: nobody"), "unknown tenant 'nobody'"),
+    (("  m: [up]", "  m: [down]"), "config.yaml:13:7: models.m[0]: unknown backend 'down'"),
+    (("    tenant: t", "    tenant: nobody"),
+     "config.yaml:7:13: api_keys[0].tenant: unknown tenant 'nobody'"),
     (("    hash: sha256:", "    hash: md5:"),
      "config.yaml:8:11: api_keys[0].hash: must be 'sha256:'"),
     (("listen:\n", "listen:\n  port: 1\n"), "config.yaml:3:3: listen.port: duplicate key"),
@@ -104,4 +105,4 @@ def test_the_vault_key_is_checked_and_needs_redis(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, shared), {"VAULT": "v" * 32})
     assert settings.state.vault_key_env == "VAULT"
     alone = GOOD + "state: {vault_key_env: VAULT}\n"
-    assert any("vault_key_env needs redis_url" in p for p in errors(tmp_path, alone))
+    assert any("state.vault_key_env: needs redis_url" in p for p in errors(tmp_path, alone))
