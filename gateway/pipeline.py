@@ -25,10 +25,10 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.ingress.auth import METER, Authenticator
+from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
-from gateway.ingress.usage import StreamUsage, tokens_used
+from gateway.ingress.usage import UsageCounter
 from gateway.inspection import Inspector, Reading
 from gateway.observability.facts import FACTS, Routed
 from gateway.observability.logging import bind_request_fields
@@ -64,7 +64,7 @@ class Pipeline:
         # ingress: who is calling (and within their rate), bounded body, strict JSON, the
         # declared structure (types, vocabularies, every piece of data found), vetted headers
         caller = await self.authenticator.admit(request)
-        facts.admitted(caller.tenant)
+        facts.admitted(caller.tenant, caller.key_name)
         _require_json(request)
         raw = await self._body(request)
         facts.body_bytes = len(raw)
@@ -96,6 +96,8 @@ class Pipeline:
                                     keyed=endpoint.keyed_placeholders)
         protection = await self._masked(len(raw), masking, held, caller.tenant)
         facts.protected(protection.facts())
+        usage = UsageCounter(hide=api_request.stream
+                             and api_request.endpoint.ask_for_usage(api_request.body))
         payload = await off_loop_if_big(len(raw), _written, api_request, protection.texts)
         facts.stage("mask")
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
@@ -106,7 +108,6 @@ class Pipeline:
         # backend gets the request, within the retry budget, unless the endpoint keeps state
         # upstream, where a second try could store a second response)
         vault, left = protection.vault, backends
-        usage = StreamUsage() if METER in request else None
         while True:
             reply = await self.forwarder.open(api_request, left, payload, request_id,
                                               path=_upstream_path(request, endpoint),
@@ -130,8 +131,10 @@ class Pipeline:
         if response_id is not None and response.status == 200:
             await self._remember(api_request, response_id, caller.tenant, reply.backend.name,
                                  vault.entries())
-        if usage is not None:
-            await self.authenticator.spend(request, _tokens(response, usage))
+        used = usage.seen
+        if used is not None:
+            facts.used(used)
+            await self.authenticator.spend(request, caller, used.total_tokens)
         facts.stage("relay")
         return response
 
@@ -141,7 +144,8 @@ class Pipeline:
 
     async def relay(self, request: web.Request, api_request: ApiRequest, reply: UpstreamReply,
                     vault: Vault, *, stamp: dict[str, str] | None = None,
-                    usage: StreamUsage | None = None) -> tuple[web.StreamResponse, str | None]:
+                    usage: UsageCounter | None = None
+                    ) -> tuple[web.StreamResponse, str | None]:
         """Relay the upstream's answer restored with `vault`; also the id a stateful API gave
         it (Responses), so it can be read back and continued. A reply that breaks while it is
         read counts against its backend's health; a client that goes away does not."""
@@ -160,7 +164,7 @@ class Pipeline:
 
     async def _relay(self, request: web.Request, api_request: ApiRequest,
                      upstream: aiohttp.ClientResponse, vault: Vault, *,
-                     stamp: dict[str, str] | None, usage: StreamUsage | None
+                     stamp: dict[str, str] | None, usage: UsageCounter | None
                      ) -> tuple[web.StreamResponse, str | None]:
         endpoint = api_request.endpoint
         restoring = len(vault) > 0 and endpoint.restores_reply
@@ -175,7 +179,8 @@ class Pipeline:
                                           stamp=stamp)
             return response, restore.response_id if restore else None
         transform = functools.partial(restore_body, vault=vault) if restoring else None
-        body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform)
+        body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform,
+                                usage.observe_reply if usage else None)
         return body, _reply_id(body.body) if endpoint.keeps_state else None
 
     def _parse(self, endpoint: Endpoint, raw: bytes, headers: Mapping[str, str]
@@ -324,16 +329,6 @@ def _require_json(request: web.Request) -> None:
     if kind != "application/json" and not (kind.startswith("application/")
                                             and kind.endswith("+json")):
         raise UnsupportedMediaType("Content-Type must be application/json.")
-
-
-def _tokens(response: web.StreamResponse, usage: StreamUsage) -> int:
-    """What the reply used: counted as its stream passed, or read from its whole body."""
-    if isinstance(response, web.Response) and isinstance(response.body, bytes):
-        try:
-            return tokens_used(orjson.loads(response.body))
-        except orjson.JSONDecodeError:
-            return 0
-    return usage.total
 
 
 def _reply_id(body: object) -> str | None:

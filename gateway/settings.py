@@ -65,21 +65,45 @@ class RateLimit(Strict):
     tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
 
 
+class Budget(Strict):
+    """Tokens (as the upstream counts them in `usage`) per calendar day and/or month, in UTC:
+    a request is admitted while any are left, and what its reply used is taken afterwards."""
+
+    tokens_per_day: Annotated[int, Field(gt=0)] | None = None
+    tokens_per_month: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _some_period(self) -> Budget:
+        if self.tokens_per_day is None and self.tokens_per_month is None:
+            raise ValueError("a budget needs tokens_per_day or tokens_per_month")
+        return self
+
+
 class TenantSettings(Strict):
     models: list[str] = Field(default_factory=lambda: ["*"])
     rate_limit: RateLimit | None = None  # for each of the tenant's keys
     total_rate_limit: RateLimit | None = None  # for all of the tenant's keys together
+    budget: Budget | None = None  # for each of the tenant's keys
+    total_budget: Budget | None = None  # for all of the tenant's keys together
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
 
 
 class ApiKeySettings(Strict):
-    """A client key, stored only as `sha256:<hex>` (keys are random, so a fast hash suffices)."""
+    """A client key, stored only as `sha256:<hex>` (keys are random, so a fast hash suffices).
+    `models` and `budget` narrow what its tenant allows (a key never widens them): the models
+    both list, and per period the smaller of the key's and the tenant's per-key budget."""
 
     name: str
     hash: str
     tenant: str
+    models: list[str] | None = None
+    budget: Budget | None = None
+
+    def widens(self, tenant: TenantSettings) -> list[str]:
+        """The models this key lists that its tenant may not use (config errors)."""
+        return [m for m in self.models or () if m != "*" and not tenant.may_use(m)]
 
     @field_validator("hash")
     @classmethod
@@ -363,6 +387,9 @@ class Settings(Strict):
         for key in self.api_keys:
             if key.tenant not in self.tenants:
                 problems.append(f"api_keys: key {key.name!r} names unknown tenant {key.tenant!r}")
+            elif key.widens(self.tenants[key.tenant]):
+                problems.append(f"api_keys: key {key.name!r} lists models its tenant may not "
+                                f"use: {key.widens(self.tenants[key.tenant])}")
         hashes = [k.hash for k in self.api_keys]
         if len(set(hashes)) != len(hashes):
             problems.append("api_keys: the same key hash is listed twice")
