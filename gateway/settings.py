@@ -180,6 +180,7 @@ class StateSettings(Strict):
 
     redis_url: str | None = None  # redis://[user:password@]host:port/db, rediss:// for TLS
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    # Redis unreachable: rate limits and budgets counted in each process (local), or 503.
     rate_limits_on_failure: Literal["local", "closed"] = "local"
     # The secret every replica holds to seal stored-response mappings in Redis (at least 32
     # characters); without it stored responses stay in each process. With it, attestation is

@@ -154,7 +154,8 @@ class Budgets:
                         name = PREFIX + counter_name(allowance, now)
                         ends = period_of(now, allowance.period)[1].timestamp()
                         pipe.incrby(name, tokens)
-                        pipe.expireat(name, int(ends) + KEPT_AFTER_PERIOD_S)
+                        # relative, so Redis's clock does not need to agree with this one's
+                        pipe.expire(name, math.ceil(ends - now) + KEPT_AFTER_PERIOD_S)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._unavailable(exc, refuse=False)
