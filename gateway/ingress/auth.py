@@ -61,7 +61,8 @@ def new_api_key() -> str:
 
 
 class Authenticator:
-    """Authenticate the caller, then apply its rate limit: the ingress stage's admission."""
+    """Authenticate the caller, then apply its rate limits and budgets: the ingress stage's
+    admission."""
 
     def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics,
                  shared: SharedRateLimiter | None = None,

@@ -53,12 +53,14 @@ def read_usage(usage: object) -> Usage | None:
     """One `usage` object of any wire format; None when it counts nothing."""
     if not isinstance(usage, dict):
         return None
-    given = _first(usage, "prompt_tokens", "input_tokens")
+    prompt = _first(usage, "prompt_tokens")  # OpenAI's count includes cached input
+    given = prompt if prompt is not None else _first(usage, "input_tokens")
     output = _first(usage, "completion_tokens", "output_tokens")
     total = _first(usage, "total_tokens")
     if given is None and output is None and total is None:
         return None
-    cached = sum(_count(usage.get(name)) or 0 for name in ANTHROPIC_CACHED_INPUT)
+    cached = 0 if prompt is not None else \
+        sum(_count(usage.get(name)) or 0 for name in ANTHROPIC_CACHED_INPUT)
     input_tokens, output_tokens = (given or 0) + cached, output or 0
     return Usage(input_tokens, output_tokens,
                  total if total is not None else input_tokens + output_tokens)

@@ -31,6 +31,9 @@ def relay(e: SSEEvent) -> list[bytes]:
     ({"usage": {"input_tokens": 2, "output_tokens": 3, "total_tokens": 5}},
      Usage(2, 3, 5)),  # Responses
     ({"usage": {"prompt_tokens": 6, "total_tokens": 6}}, Usage(6, 0, 6)),  # embeddings
+    # a proxy's Anthropic-style extras on an OpenAI count, which includes them already
+    ({"usage": {"prompt_tokens": 50, "completion_tokens": 2, "total_tokens": 52,
+                "cache_read_input_tokens": 40}}, Usage(50, 2, 52)),
     ({"usage": None}, None), ({}, None), ([], None), ({"usage": {"total_tokens": -4}}, None),
     ({"usage": {"prompt_tokens": True}}, None),
 ])
