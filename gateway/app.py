@@ -29,6 +29,7 @@ from gateway.fhe.semantic import SemanticScorer
 from gateway.fhe.semantic import SessionFactory as ScorerSessionFactory
 from gateway.fhe.semantic import default_session as default_scorer_session
 from gateway.ingress.auth import QUOTA, TOKEN_QUOTA, Authenticator
+from gateway.ingress.budgets import Budgets
 from gateway.ingress.keys_file import load_keys, watch_keys
 from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
@@ -215,11 +216,13 @@ def _routes(router: web.UrlDispatcher, pipeline: Pipeline, resources: Resources)
 
 
 def _authenticator(settings: Settings, metrics: Metrics, redis: Redis | None) -> Authenticator:
-    """Keys from config.yaml and the keys file; rate limits shared through Redis, if any."""
+    """Keys from config.yaml and the keys file; rate limits and budgets shared through Redis,
+    if any."""
     shared = SharedRateLimiter(redis, settings.state, metrics) if redis is not None else None
     file_keys = load_keys(settings.api_keys_file, settings.tenants, settings.api_keys) \
         if settings.api_keys_file else []
-    return Authenticator(settings, RateLimiter(), metrics, shared, file_keys)
+    return Authenticator(settings, RateLimiter(), metrics, shared, file_keys,
+                         budgets=Budgets(metrics, redis, settings.state))
 
 
 def _mapping_stores(settings: Settings, redis: Redis | None, env: Mapping[str, str],

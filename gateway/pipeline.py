@@ -26,10 +26,10 @@ from gateway.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from gateway.ingress.auth import METER, Authenticator
+from gateway.ingress.auth import Authenticator
 from gateway.ingress.body import decode_json_object, read_body
 from gateway.ingress.middleware import POLICY_HEADER, REQUEST_ID
-from gateway.ingress.usage import StreamUsage, tokens_used
+from gateway.ingress.usage import UsageCounter
 from gateway.inspection import Inspector, Reading
 from gateway.observability.facts import FACTS, Routed
 from gateway.observability.logging import bind_request_fields
@@ -60,13 +60,12 @@ class Pipeline:
     conversations: ConversationStore
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        request_id = request[REQUEST_ID]
         facts = request[FACTS]
 
         # ingress: who is calling (and within their rate), bounded body, strict JSON, the
         # declared structure (types, vocabularies, every piece of data found), vetted headers
         caller = await self.authenticator.admit(request)
-        facts.admitted(caller.tenant)
+        facts.admitted(caller.tenant, caller.key_name)
         _require_json(request)
         raw = await self._body(request)
         facts.body_bytes = len(raw)
@@ -100,19 +99,41 @@ class Pipeline:
         facts.protected(protection.facts())  # a blocked request's too: audit, metrics, trace
         if protection.blocked:
             raise protection.refusal()
+        usage = UsageCounter(hide=api_request.stream
+                             and api_request.endpoint.ask_for_usage(api_request.body))
         payload = await off_loop_if_big(len(raw), _written, api_request, protection.texts)
         facts.stage("mask")
         backends, failed_open = self.router.trusted(backends, protection.decision.requires,
                                                     compiled)
 
-        # upstream: the gateway's own credentials; fail over before the first byte reaches the
-        # client (a whole reply that breaks while it is read has reached no one yet: the next
-        # backend gets the request, within the retry budget, unless the endpoint keeps state
-        # upstream, where a second try could store a second response)
-        vault, left = protection.vault, backends
-        usage = StreamUsage() if METER in request else None
+        # upstream: the gateway's own credentials, failing over while nothing has reached the
+        # client; then restore: placeholders -> original values, in the body or event by event
+        vault = protection.vault
+        reply, response, response_id = await self._answered(
+            request, api_request, backends, payload, vault=vault, usage=usage,
+            stamp={POLICY_HEADER: compiled.digest}, failed_open=failed_open)
+        facts.sent(self._routed(reply, failed_open))
+        if response_id is not None and response.status == 200:
+            await self._remember(api_request, response_id, caller.tenant, reply.backend.name,
+                                 vault.entries())
+        used = usage.seen
+        if used is not None:
+            facts.used(used)
+            await self.authenticator.spend(request, caller, used.total_tokens)
+        facts.stage("relay")
+        return response
+
+    async def _answered(self, request: web.Request, api_request: ApiRequest,
+                        backends: list[BackendSettings], payload: bytes, *, vault: Vault,
+                        usage: UsageCounter, stamp: dict[str, str], failed_open: bool
+                        ) -> tuple[UpstreamReply, web.StreamResponse, str | None]:
+        """The reply relayed. Fail over before the first byte reaches the client (a whole
+        reply that breaks while it is read has reached no one yet: the next backend gets the
+        request, within the retry budget, unless the endpoint keeps state upstream, where a
+        second try could store a second response)."""
+        facts, endpoint, left = request[FACTS], api_request.endpoint, backends
         while True:
-            reply = await self.forwarder.open(api_request, left, payload, request_id,
+            reply = await self.forwarder.open(api_request, left, payload, request[REQUEST_ID],
                                               path=_upstream_path(request, endpoint),
                                               restore=vault.restore, retrying=left is not backends)
             facts.stage("upstream")
@@ -121,23 +142,14 @@ class Pipeline:
             try:
                 # restore: placeholders -> original values, in the body or event by event
                 response, response_id = await self.relay(request, api_request, reply, vault,
-                                                         stamp={POLICY_HEADER: compiled.digest},
-                                                         usage=usage)
+                                                         stamp=stamp, usage=usage)
             except (UpstreamFailed, UpstreamTimeout):
                 left = [b for b in left if b is not reply.backend]
-                if left and not api_request.endpoint.keeps_state and self.forwarder.may_retry():
+                if left and not endpoint.keeps_state and self.forwarder.may_retry():
                     continue
                 facts.sent(self._routed(reply, failed_open))
                 raise
-            break
-        facts.sent(self._routed(reply, failed_open))
-        if response_id is not None and response.status == 200:
-            await self._remember(api_request, response_id, caller.tenant, reply.backend.name,
-                                 vault.entries())
-        if usage is not None:
-            await self.authenticator.spend(request, _tokens(response, usage))
-        facts.stage("relay")
-        return response
+            return reply, response, response_id
 
     def _routed(self, reply: UpstreamReply, failed_open: bool) -> Routed:
         name = reply.backend.name
@@ -145,7 +157,8 @@ class Pipeline:
 
     async def relay(self, request: web.Request, api_request: ApiRequest, reply: UpstreamReply,
                     vault: Vault, *, stamp: dict[str, str] | None = None,
-                    usage: StreamUsage | None = None) -> tuple[web.StreamResponse, str | None]:
+                    usage: UsageCounter | None = None
+                    ) -> tuple[web.StreamResponse, str | None]:
         """Relay the upstream's answer restored with `vault`; also the id a stateful API gave
         it (Responses), so it can be read back and continued. A reply that breaks while it is
         read counts against its backend's health; a client that goes away does not."""
@@ -166,7 +179,7 @@ class Pipeline:
 
     async def _relay(self, request: web.Request, api_request: ApiRequest,
                      upstream: aiohttp.ClientResponse, vault: Vault, *,
-                     stamp: dict[str, str] | None, usage: StreamUsage | None,
+                     stamp: dict[str, str] | None, usage: UsageCounter | None,
                      named: str | None) -> tuple[web.StreamResponse, str | None]:
         """`named`: the client's model name, to put back where the backend wrote its own."""
         endpoint = api_request.endpoint
@@ -187,7 +200,8 @@ class Pipeline:
         if named is not None:
             transform = functools.partial(renamed_body, model=named,
                                           vault=vault if restoring else None)
-        body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform)
+        body = await relay_body(upstream, self.settings.limits.max_response_bytes, transform,
+                                usage.observe_reply if usage else None)
         return body, _reply_id(body.body) if endpoint.keeps_state else None
 
     def _parse(self, endpoint: Endpoint, raw: bytes, headers: Mapping[str, str]
@@ -336,16 +350,6 @@ def _require_json(request: web.Request) -> None:
     if kind != "application/json" and not (kind.startswith("application/")
                                             and kind.endswith("+json")):
         raise UnsupportedMediaType("Content-Type must be application/json.")
-
-
-def _tokens(response: web.StreamResponse, usage: StreamUsage) -> int:
-    """What the reply used: counted as its stream passed, or read from its whole body."""
-    if isinstance(response, web.Response) and isinstance(response.body, bytes):
-        try:
-            return tokens_used(orjson.loads(response.body))
-        except orjson.JSONDecodeError:
-            return 0
-    return usage.total
 
 
 def _reply_id(body: object) -> str | None:

@@ -43,7 +43,7 @@ class Resources:
     async def model(self, request: web.Request) -> web.Response:
         """One model, if this caller may use it; the same 404 as a model that does not exist."""
         caller = await self.pipeline.authenticator.admit(request)
-        request[FACTS].admitted(caller.tenant)
+        request[FACTS].admitted(caller.tenant, caller.key_name)
         model = request.match_info["model_id"]
         if model not in self.pipeline.router.visible_models(caller):
             raise NotFound("The requested model does not exist or you do not have access to it.",
@@ -89,7 +89,7 @@ class Resources:
     async def _response(self, request: web.Request, method: str, suffix: str,
                         query: list[tuple[str, str]], stream: bool) -> web.StreamResponse:
         caller = await self.pipeline.authenticator.admit(request)
-        request[FACTS].admitted(caller.tenant)
+        request[FACTS].admitted(caller.tenant, caller.key_name)
         response_id = request.match_info["response_id"]
         held = await self._owned(response_id, caller.tenant)
         return await self._forward(request, method, f"/v1/responses/{response_id}{suffix}",
@@ -98,7 +98,7 @@ class Resources:
     async def _conversation(self, request: web.Request, method: str,
                             query: list[tuple[str, str]]) -> web.StreamResponse:
         caller = await self.pipeline.authenticator.admit(request)
-        request[FACTS].admitted(caller.tenant)
+        request[FACTS].admitted(caller.tenant, caller.key_name)
         held = await self.pipeline.conversation(request.match_info["conversation_id"],
                                                 caller.tenant)
         return await self._forward(request, method, request.path, query, stream=False,

@@ -89,21 +89,45 @@ class RateLimit(Strict):
     tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
 
 
+class Budget(Strict):
+    """Tokens (as the upstream counts them in `usage`) per calendar day and/or month, in UTC:
+    a request is admitted while any are left, and what its reply used is taken afterwards."""
+
+    tokens_per_day: Annotated[int, Field(gt=0)] | None = None
+    tokens_per_month: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _some_period(self) -> Budget:
+        if self.tokens_per_day is None and self.tokens_per_month is None:
+            raise ValueError("a budget needs tokens_per_day or tokens_per_month")
+        return self
+
+
 class TenantSettings(Strict):
     models: list[str] = Field(default_factory=lambda: ["*"])
     rate_limit: RateLimit | None = None  # for each of the tenant's keys
     total_rate_limit: RateLimit | None = None  # for all of the tenant's keys together
+    budget: Budget | None = None  # for each of the tenant's keys
+    total_budget: Budget | None = None  # for all of the tenant's keys together
 
     def may_use(self, model: str) -> bool:
         return "*" in self.models or model in self.models
 
 
 class ApiKeySettings(Strict):
-    """A client key, stored only as `sha256:<hex>` (keys are random, so a fast hash suffices)."""
+    """A client key, stored only as `sha256:<hex>` (keys are random, so a fast hash suffices).
+    `models` and `budget` narrow what its tenant allows (a key never widens them): the models
+    both list, and per period the smaller of the key's and the tenant's per-key budget."""
 
     name: str
     hash: str
     tenant: str
+    models: list[str] | None = None
+    budget: Budget | None = None
+
+    def widens(self, tenant: TenantSettings) -> list[str]:
+        """The models this key lists that its tenant may not use (config errors)."""
+        return [m for m in self.models or () if m != "*" and not tenant.may_use(m)]
 
     @field_validator("hash")
     @classmethod
@@ -264,6 +288,7 @@ class StateSettings(Strict):
 
     redis_url: str | None = None  # redis://[user:password@]host:port/db, rediss:// for TLS
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    # Redis unreachable: rate limits and budgets counted in each process (local), or 503.
     rate_limits_on_failure: Literal["local", "closed"] = "local"
     # The secret every replica holds to seal stored-response mappings in Redis (at least 32
     # characters); without it stored responses stay in each process. With it, attestation is
@@ -523,6 +548,10 @@ class Settings(Strict):
         problems: list[tuple[KeyPath, str]] = [
             (("api_keys", i, "tenant"), f"unknown tenant {key.tenant!r}")
             for i, key in enumerate(self.api_keys) if key.tenant not in self.tenants]
+        problems += [(("api_keys", i, "models"), f"key {key.name!r} lists models its tenant "
+                      f"may not use: {key.widens(self.tenants[key.tenant])}")
+                     for i, key in enumerate(self.api_keys)
+                     if key.tenant in self.tenants and key.widens(self.tenants[key.tenant])]
         hashes = [k.hash for k in self.api_keys]
         problems += [(("api_keys", i, "hash"), "the same key hash is listed twice (also "
                       f"api_keys[{hashes.index(h)}])")

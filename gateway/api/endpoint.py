@@ -64,6 +64,9 @@ class Endpoint:
     # "creates" one, adds to the one "in_path", or to the one its body may name ("in_body").
     # The first two name no model: the pipeline routes them to `routing.conversations_model`.
     conversation: Literal["", "creates", "in_path", "in_body"] = ""
+    # Its streams report usage only when asked (`stream_options.include_usage`): the gateway
+    # asks for every stream, and hides the answer from a client that did not.
+    asks_usage: bool = False
 
     @property
     def streams(self) -> bool:
@@ -78,3 +81,15 @@ class Endpoint:
         headers = forwarded_headers(self.wire, client_headers, allowed_betas)
         model = body["model"] if self.conversation in ("", "in_body") else ""
         return ApiRequest(self, model, stream, body, scan, headers)
+
+    def ask_for_usage(self, body: dict[str, Any]) -> bool:
+        """Ask the upstream for a stream's usage in `body` (to be forwarded); True when the
+        client did not ask itself, so the usage chunk is the gateway's to hide."""
+        if not self.asks_usage:
+            return False
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return False
+        body["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                  "include_usage": True}
+        return True

@@ -412,9 +412,9 @@ def _responses_stream_error(message: str, request_id: str) -> bytes:
 
 
 CHAT = Endpoint("/v1/chat/completions", "openai", "chat_completions", CHAT_BODY, ChatEvents,
-                _is_done, _chat_stream_error, json_reply=_chat_json_reply)
+                _is_done, _chat_stream_error, json_reply=_chat_json_reply, asks_usage=True)
 COMPLETIONS = Endpoint("/v1/completions", "openai", "completions", COMPLETIONS_BODY,
-                       CompletionEvents, _is_done, _chat_stream_error)
+                       CompletionEvents, _is_done, _chat_stream_error, asks_usage=True)
 EMBEDDINGS = Endpoint("/v1/embeddings", "openai", "embeddings", EMBEDDINGS_BODY, None,
                       restores_reply=False, keyed_placeholders=True)
 RESPONSES = Endpoint("/v1/responses", "openai", "responses", RESPONSES_BODY, ResponsesEvents,

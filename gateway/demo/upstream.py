@@ -192,7 +192,8 @@ def _chat_events(cid: str, model: str, text: str, *, tool: str | None, arguments
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _data({"id": cid, "object": "chat.completion.chunk", "created": CREATED,
                       "model": model, "choices": [{"index": 0, "delta": delta,
-                                                   "logprobs": None, "finish_reason": finish}]})
+                                                   "logprobs": None, "finish_reason": finish}],
+                      **({"usage": None} if include_usage else {})})  # as OpenAI sends it
 
     if tool:
         yield chunk({"role": "assistant", "content": None, "tool_calls": [
@@ -225,12 +226,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     def choice(piece: str, finish: str | None) -> dict[str, Any]:
         return {"text": piece, "index": 0, "logprobs": None, "finish_reason": finish}
 
+    usage = {"prompt_tokens": _words(prompt_text), "completion_tokens": _words(text),
+             "total_tokens": _words(prompt_text) + _words(text)}
     if not body.get("stream"):
         return web.json_response({
             "id": cid, "object": "text_completion", "created": CREATED, "model": model,
-            "choices": [choice(text, "stop")],
-            "usage": {"prompt_tokens": _words(prompt_text), "completion_tokens": _words(text),
-                      "total_tokens": _words(prompt_text) + _words(text)}})
+            "choices": [choice(text, "stop")], "usage": usage})
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def events() -> Iterator[bytes]:
         pieces = list(_chunks(text))
@@ -238,6 +240,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
             yield _data({"id": cid, "object": "text_completion", "created": CREATED,
                          "model": model,
                          "choices": [choice(piece, "stop" if i == len(pieces) - 1 else None)]})
+        if include_usage:
+            yield _data({"id": cid, "object": "text_completion", "created": CREATED,
+                         "model": model, "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
 
     return await _sse(request, events(), state.chunk_delay_s)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.errors import AuthenticationFailed, RateLimited
+from gateway.ingress.budgets import Allowance, Budgets, allowances
 from gateway.ingress.ratelimit import Quota, RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.observability.logging import bind_request_fields
@@ -29,12 +30,26 @@ METER = web.RequestKey("meter", tuple[tuple[str, int], ...])
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the key's name (for logs) and the tenant it belongs to."""
+    """Who is calling: the key's name (for logs and metrics), the tenant it belongs to, the
+    models the key narrows the tenant's to (None: the tenant's) and its token budgets."""
 
     key_name: str
     key_hash: str
     tenant: str
     tenant_settings: TenantSettings
+    models: tuple[str, ...] | None = None
+    budgets: tuple[Allowance, ...] = ()
+
+    def may_use(self, model: str) -> bool:
+        return self.tenant_settings.may_use(model) and (
+            self.models is None or "*" in self.models or model in self.models)
+
+
+def caller_of(key: ApiKeySettings, tenant: TenantSettings) -> Caller:
+    budgets = allowances("key", key.hash, tenant.budget, key.budget) + \
+        allowances("tenant", _tenant_bucket(key.tenant), tenant.total_budget)
+    return Caller(key.name, key.hash, key.tenant, tenant,
+                  tuple(key.models) if key.models is not None else None, budgets)
 
 
 def hash_api_key(key: str) -> str:
@@ -46,12 +61,15 @@ def new_api_key() -> str:
 
 
 class Authenticator:
-    """Authenticate the caller, then apply its rate limit: the ingress stage's admission."""
+    """Authenticate the caller, then apply its rate limits and budgets: the ingress stage's
+    admission."""
 
     def __init__(self, settings: Settings, limiter: RateLimiter, metrics: Metrics,
                  shared: SharedRateLimiter | None = None,
-                 file_keys: list[ApiKeySettings] | None = None) -> None:
+                 file_keys: list[ApiKeySettings] | None = None, *,
+                 budgets: Budgets | None = None) -> None:
         self._settings = settings
+        self._budgets = budgets or Budgets(metrics)
         self._by_hash: dict[str, Caller] = {}
         self._limiter = limiter
         self._shared = shared  # when set (state.redis_url), limits hold across replicas
@@ -66,7 +84,7 @@ class Authenticator:
         """The keys in force: config.yaml's and the keys file's. Verified keys are forgotten,
         so one just revoked stops working with the next request."""
         tenants = self._settings.tenants
-        self._by_hash = {k.hash: Caller(k.name, k.hash, k.tenant, tenants[k.tenant])
+        self._by_hash = {k.hash: caller_of(k, tenants[k.tenant])
                          for k in [*self._settings.api_keys, *file_keys]}
         self._verified = {}
 
@@ -87,6 +105,7 @@ class Authenticator:
                 tokens = await self._tokens_left(bucket, per_minute)
                 if TOKEN_QUOTA not in request:  # the key's own when it has one, as OpenAI's
                     request[TOKEN_QUOTA] = tokens
+            await self._budgets.check(caller.budgets)
         except RateLimited:
             self._metrics.rate_limited.labels(caller.tenant).inc()
             raise
@@ -94,14 +113,15 @@ class Authenticator:
             request[METER] = meter
         return caller
 
-    async def spend(self, request: web.Request, tokens: int) -> None:
+    async def spend(self, request: web.Request, caller: Caller, tokens: int) -> None:
         """Take the tokens a reply used from the buckets that admitted it, if they count
-        tokens."""
+        tokens, and from the caller's budgets."""
         for bucket, per_minute in request.get(METER, ()):
             if self._shared is not None:
                 await self._shared.spend_tokens(bucket, per_minute, tokens)
             else:
                 self._limiter.spend_tokens(bucket, per_minute, tokens)
+        await self._budgets.spend(caller.budgets, tokens)
 
     async def _tokens_left(self, bucket: str, per_minute: int) -> Quota:
         if self._shared is not None:

@@ -5,6 +5,8 @@ The file holds only digests, like `config.yaml`:
 
     api_keys:
       - {name: alice-laptop, tenant: research, hash: "sha256:..."}
+      - {name: ci, tenant: research, hash: "sha256:...", models: [small-model],
+         budget: {tokens_per_day: 200000}}
 
 A change that does not load (bad YAML, an unknown tenant, a digest listed twice) leaves the
 keys in force as they were and is logged with file and line; at start it refuses the start.
@@ -42,6 +44,10 @@ def load_keys(path: str | Path, tenants: Mapping[str, TenantSettings],
     issues = [ConfigIssue(doc.file, doc.position(("api_keys", i, "tenant")),
                           f"api_keys[{i}].tenant", f"unknown tenant {k.tenant!r}")
               for i, k in enumerate(keys) if k.tenant not in tenants]
+    issues += [ConfigIssue(doc.file, doc.position(("api_keys", i, "models")),
+                           f"api_keys[{i}].models", "lists models its tenant may not use: "
+                           f"{k.widens(tenants[k.tenant])}")
+               for i, k in enumerate(keys) if k.tenant in tenants and k.widens(tenants[k.tenant])]
     seen = {k.hash for k in inline}
     for i, key in enumerate(keys):
         if key.hash in seen:

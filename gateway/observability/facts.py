@@ -1,9 +1,9 @@
 """What the audit record and the metrics say about one request: the typed outcome of each stage,
 each set exactly once, and the record built once from them when the request ends.
 
-Only facts: names from config (tenant, model, backend), entity types and counts, the decision
-and the rule behind it, every fail-open that happened, timings. Never a value from the request
-or the reply.
+Only facts: names from config (tenant, key name, model, backend), entity types and counts,
+the decision and the rule behind it, every fail-open that happened, the tokens the upstream
+counted, timings. Never a value from the request or the reply.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import FactAlreadySet
+from gateway.ingress.usage import Usage
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Routed:
 class RequestFacts:
     route: str
     tenant: str | None = None
+    key: str | None = None  # the API key's configured name
     model: str | None = None
     stream: bool = False
     policy: str | None = None  # digest of the policy that decided
@@ -53,12 +55,14 @@ class RequestFacts:
     refusal: str | None = None  # the error code the request ended with, if it did
     status_class: str | None = None  # refused (4xx) | failed (5xx)
     body_bytes: int = 0  # of the request body, once read
+    usage: Usage | None = None  # the reply's, as the upstream counted it
     # (stage, perf_counter at its end), starting with the request's start; turned into
     # durations only when read, which keeps marking a stage to one clock read.
     marks: list[tuple[str, float]] = field(default_factory=lambda: [("", time.perf_counter())])
 
-    def admitted(self, tenant: str) -> None:
+    def admitted(self, tenant: str, key: str) -> None:
         self._once("tenant", tenant)
+        self.key = key
 
     def parsed(self, model: str, stream: bool) -> None:
         self._once("model", model)
@@ -72,6 +76,9 @@ class RequestFacts:
 
     def sent(self, routed: Routed) -> None:
         self._once("routed", routed)
+
+    def used(self, usage: Usage) -> None:
+        self._once("usage", usage)
 
     def ended_with(self, code: str, status: int) -> None:
         self._once("refusal", code)
@@ -108,7 +115,8 @@ class RequestFacts:
         """The audit record; `stage_seconds` as computed once for the metrics too."""
         decided, routed = self.decided, self.routed
         return {
-            "request_id": request_id, "tenant": self.tenant, "route": self.route,
+            "request_id": request_id, "tenant": self.tenant, "key": self.key,
+            "route": self.route,
             "model": self.model, "stream": self.stream, "policy": self.policy,
             "detectors": list(decided.detectors) if decided else [],
             "entities": dict(sorted(decided.entities.items())) if decided else {},
@@ -123,6 +131,7 @@ class RequestFacts:
             "detection_cpu_ms": round(decided.detection_cpu_s * 1000, 3) if decided else 0.0,
             "backend": routed.backend if routed else None,
             "attestation": routed.attestation if routed else None, "status": status,
+            "usage": self.usage.record() if self.usage else None,
             "latency_ms": {**{name: round(seconds * 1000, 3)
                                 for name, seconds in stage_seconds.items()},
                              "total": round(total_ms, 3)},

@@ -1,5 +1,6 @@
 """Prometheus metrics. Label values are route names, backend names, status codes and outcomes
-from fixed sets, never anything a client wrote.
+from fixed sets, names from config (tenants, API keys' names, models), never anything a client
+wrote.
 
 With several workers, `veil serve` sets PROMETHEUS_MULTIPROC_DIR before this module is imported
 and `/metrics` aggregates every worker's values.
@@ -210,9 +211,14 @@ class Metrics:
         self.state_failures = Counter("veil_state_failures_total",
                                       "Calls to the shared store (Redis) that failed or timed "
                                       "out, or held a record no gateway wrote, by concern "
-                                      "(rate_limits | stored_responses | conversations | "
-                                      "fhe_keys | attestation | collateral).", ["concern"],
+                                      "(rate_limits | budgets | stored_responses | "
+                                      "conversations | fhe_keys | attestation | collateral).",
+                                      ["concern"],
                                       registry=r)
+        self.tokens = Counter("veil_tokens_total",
+                              "Tokens replies used, as the upstream counted them, by tenant, "
+                              "API key (its configured name), model and kind (input | output).",
+                              ["tenant", "key", "model", "kind"], registry=r)
         self.detector_failures = Counter(
             "veil_detector_failures_total", "Detectors that failed on a request, by detector "
             "(patterns | gazetteer | presidio | a plugin's reference) and reason (timeout: "
@@ -267,6 +273,11 @@ class Metrics:
                 self._counter(self.blocked, decided.rule).pending += 1
         for dependency in facts.failed_open:
             self._counter(self.failed_open, dependency).pending += 1
+        usage = facts.usage
+        if usage is not None:
+            names = (facts.tenant or "", facts.key or "", facts.model or "")
+            self._counter(self.tokens, *names, "input").pending += usage.input_tokens
+            self._counter(self.tokens, *names, "output").pending += usage.output_tokens
 
     def connection_closed(self, reason: str) -> None:
         """`reason`: one of the connection guard's fixed set, never client data."""

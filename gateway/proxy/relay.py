@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import aiohttp
 import orjson
@@ -38,9 +39,10 @@ STREAM_BROKE = web.ResponseKey("stream_broke", str)
 
 
 async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
-                     transform: Callable[[bytes], bytes] | None = None) -> web.Response:
-    """Read the whole upstream body (bounded), check that a successful one is JSON,
-    transform it (restore), answer with it."""
+                     transform: Callable[[bytes], bytes] | None = None,
+                     read: Callable[[Any], None] | None = None) -> web.Response:
+    """Read the whole upstream body (bounded), check that a successful one is JSON, hand
+    it, parsed, to `read` (its usage is counted), transform it (restore), answer with it."""
     try:
         body = await _read_bounded(upstream, limit)
     except TimeoutError as exc:  # before ClientError: aiohttp's read timeout is both
@@ -54,10 +56,14 @@ async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
         upstream.close()
         raise
     upstream.release()  # fully read: the connection goes back to the pool
-    if upstream.status < 300 and not await off_loop_if_big(len(body), _is_json, body):
-        # A cut-short or garbled reply would reach the client as a 200 it cannot parse.
-        raise UpstreamFailed("Upstream sent a reply that is not valid JSON (it may have been "
-                             "cut short).", code="upstream_invalid_reply")
+    if upstream.status < 300:
+        parsed = await off_loop_if_big(len(body), _parsed, body)
+        if parsed is NOT_JSON:
+            # A cut-short or garbled reply would reach the client as a 200 it cannot parse.
+            raise UpstreamFailed("Upstream sent a reply that is not valid JSON (it may have "
+                                 "been cut short).", code="upstream_invalid_reply")
+        if read is not None:
+            read(parsed)
     if transform is not None:
         body = await off_loop_if_big(len(body), transform, body)
     # (X-Request-ID and the policy digest are added by the request middleware.)
@@ -65,12 +71,14 @@ async def relay_body(upstream: aiohttp.ClientResponse, limit: int,
                         headers=reply_headers(upstream.headers))
 
 
-def _is_json(body: bytes) -> bool:
+NOT_JSON = object()
+
+
+def _parsed(body: bytes) -> Any:
     try:
-        orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
-    return True
+        return NOT_JSON
 
 
 async def _read_bounded(upstream: aiohttp.ClientResponse, limit: int) -> bytes:

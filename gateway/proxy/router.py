@@ -34,8 +34,9 @@ class Router:
 
     def candidates(self, request: ApiRequest, caller: Caller) -> list[BackendSettings]:
         names = self._settings.models.get(request.model)
-        if names is None or not caller.tenant_settings.may_use(request.model):
-            # Same answer for "no such model" and "not yours": existence is not disclosed.
+        if names is None or not caller.may_use(request.model):
+            # Same answer for "no such model" and "not yours" (the tenant's or the key's):
+            # existence is not disclosed.
             raise NotFound("The requested model does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
         backends = [self._backends[n] for n in names
@@ -68,4 +69,4 @@ class Router:
         return self._attestation.digest(backend)
 
     def visible_models(self, caller: Caller) -> list[str]:
-        return [m for m in self._settings.models if caller.tenant_settings.may_use(m)]
+        return [m for m in self._settings.models if caller.may_use(m)]

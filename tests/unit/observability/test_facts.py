@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import FactAlreadySet
+from gateway.ingress.usage import Usage
 from gateway.observability.facts import Decided, RequestFacts, Routed
 
 
@@ -20,7 +21,7 @@ def test_a_fact_cannot_be_written_twice() -> None:
 
 def test_every_fail_open_reaches_the_record() -> None:
     facts = RequestFacts("chat_completions")
-    facts.admitted("t")
+    facts.admitted("t", "k")
     facts.protected(Decided("forward", "routing.pii", entities={"EMAIL": 1},
                             failed_open=("detector", "scorer")))
     facts.sent(Routed("gpu-1", None, failed_open=True))
@@ -45,3 +46,15 @@ def test_a_request_refused_before_a_decision_records_the_error_as_its_rule() -> 
     facts.ended_with("invalid_api_key", 401)
     record = facts.record("req_3", 401, 0.1, {})
     assert (record["decision"], record["rule"]) == ("refused", "invalid_api_key")
+
+
+def test_usage_and_the_keys_name_reach_the_record_once() -> None:
+    facts = RequestFacts("chat_completions")
+    facts.admitted("t", "ci-key")
+    facts.used(Usage(3, 4, 7))
+    with pytest.raises(FactAlreadySet):
+        facts.used(Usage(1, 1, 2))
+    record = facts.record("req_4", 200, 1.0, {})
+    assert (record["tenant"], record["key"]) == ("t", "ci-key")
+    assert record["usage"] == {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    assert RequestFacts("models").record("req_5", 200, 1.0, {})["usage"] is None
