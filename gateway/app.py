@@ -255,8 +255,11 @@ def _shared_attestation(settings: Settings, redis: Redis | None, env: Mapping[st
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     """Our name only: aiohttp's default names Python's and its own versions, which tell an
     attacker which advisories to try. And the caller's quota, on every answer to a known key
-    (streams too: this runs as their headers leave)."""
+    (streams too: this runs as their headers leave). On Anthropic's routes the request id
+    also as `request-id`, the header Anthropic's SDKs read into `_request_id` and errors."""
     response.headers[hdrs.SERVER] = "veil"
+    if request.path.startswith("/v1/messages") and "X-Request-ID" in response.headers:
+        response.headers["request-id"] = response.headers["X-Request-ID"]
     for key in (QUOTA, TOKEN_QUOTA):
         quota = request.get(key)
         if quota is not None:

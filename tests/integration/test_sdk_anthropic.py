@@ -22,6 +22,8 @@ def test_messages(gateway: ServerThread, demo: Demo) -> None:
     assert demo.state.last_headers["x-api-key"] == "upstream-secret"
     assert demo.state.last_headers["anthropic-version"]
     assert TEST_KEY not in str(demo.state.last_headers)
+    assert message._request_id is not None
+    assert message._request_id.startswith("req_")  # the gateway's own, as in its logs
 
 
 def test_messages_stream(gateway: ServerThread) -> None:
@@ -30,6 +32,7 @@ def test_messages_stream(gateway: ServerThread) -> None:
             messages=[{"role": "user", "content": [{"type": "text", "text": "stream"}]}]) as s:
         pieces = list(s.text_stream)
         final = s.get_final_message()
+        assert s.request_id == s.response.headers["X-Request-ID"]
     assert len(pieces) > 3
     assert "".join(pieces) == "Demo model received 1 messages. Last user message: stream"
     assert final.stop_reason == "end_turn"
