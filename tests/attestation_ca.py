@@ -301,15 +301,20 @@ class GpuTestCa:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
 
     def evidence(self, nonce: bytes, measurements: dict[int, bytes]) -> bytes:
-        request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\0"
-        record = b"".join(struct.pack("<BBH", i, 1, len(v) + 3) + struct.pack("<BH", 1, len(v))
-                          + v for i, v in sorted(measurements.items()))
-        response = (bytes([0x11, 0x60, 0, 0, len(measurements)])
-                    + len(record).to_bytes(3, "little") + record + os.urandom(32)
-                    + struct.pack("<H", 4) + b"opaq")
-        r, s = decode_dss_signature(self.key.sign(request + response,
-                                                  ec.ECDSA(hashes.SHA384())))
-        return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+        return spdm_evidence(self.key, nonce, measurements)
+
+
+def spdm_evidence(key: ec.EllipticCurvePrivateKey, nonce: bytes,
+                  measurements: dict[int, bytes]) -> bytes:
+    """An SPDM 1.1 GET_MEASUREMENTS request with `nonce` and its response signed by `key`."""
+    request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\0"
+    record = b"".join(struct.pack("<BBH", i, 1, len(v) + 3) + struct.pack("<BH", 1, len(v))
+                      + v for i, v in sorted(measurements.items()))
+    response = (bytes([0x11, 0x60, 0, 0, len(measurements)])
+                + len(record).to_bytes(3, "little") + record + os.urandom(32)
+                + struct.pack("<H", 4) + b"opaq")
+    r, s = decode_dss_signature(key.sign(request + response, ec.ECDSA(hashes.SHA384())))
+    return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
 
 # -- One of each, as the gateway meets them: roots, a token service, evidence documents.
