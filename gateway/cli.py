@@ -257,6 +257,8 @@ def _attest_commands(commands: Commands) -> None:
                                      "behind the model server's TLS front end)")
     agent.add_argument("--vcek", help="SNP: VCEK file, when the host gives no certificate table")
     agent.add_argument("--collateral", help="TDX: folder of Intel PCS collateral to send")
+    agent.add_argument("--no-gpu", action="store_true",
+                       help="serve CPU evidence only, even where NVIDIA's nvattest is installed")
     agent.add_argument("--host", type=_host, default="127.0.0.1",
                        help="address to listen on (default: %(default)s)")
     agent.add_argument("--port", type=_port, default=8444,
@@ -355,12 +357,12 @@ def _attest_verify(args: argparse.Namespace) -> int:
 
 
 def _attest_agent(args: argparse.Namespace) -> int:
-    from gateway.attestation.agent import AgentSettings, run_agent
+    from gateway.attestation.agent import AgentSettings, gpu_source, run_agent
 
     settings = AgentSettings(Path(args.cert), Path(args.vcek) if args.vcek else None,
                              Path(args.collateral) if args.collateral else None)
     run_agent(args.host, args.port, settings, Path(args.key) if args.key else None,
-              Path(args.tsm_root))
+              Path(args.tsm_root), gpu=gpu_source(enabled=not args.no_gpu))
     return 0
 
 

@@ -217,13 +217,26 @@ class TdxTestCa:
                 f'{_raw_signature(self.signing_key, text.encode()).hex()}"}}')
 
     def collateral(self, *, tcb_status: str = "UpToDate",
-                   next_update: str = "2030-01-01T00:00:00Z") -> dict[str, str]:
+                   next_update: str = "2030-01-01T00:00:00Z", module_status: str = "UpToDate",
+                   module_mrsigner: bytes = bytes(48),
+                   module_ids: tuple[str, ...] = ("TDX_01",)) -> dict[str, str]:
+        """TCB Info v3 with one platform level and, per id in `module_ids`, a TDX module
+        identity whose single level (isvsvn 1, the test quote's) says `module_status`."""
         level = {"tcb": {"sgxtcbcomponents": [{"svn": 2}] * 16, "pcesvn": 10,
                          "tdxtcbcomponents": [{"svn": 1}] * 16},
                  "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": tcb_status}
         tcb_info = {"id": "TDX", "version": 3, "issueDate": "2024-01-01T00:00:00Z",
                     "nextUpdate": next_update, "fmspc": FMSPC.hex(), "pceId": "0000",
-                    "tcbType": 0, "tcbEvaluationDataNumber": 17, "tcbLevels": [level]}
+                    "tcbType": 0, "tcbEvaluationDataNumber": 17,
+                    "tdxModule": {"mrsigner": "00" * 48, "attributes": "00" * 8,
+                                  "attributesMask": "FF" * 8},
+                    "tdxModuleIdentities": [
+                        {"id": module_id, "mrsigner": module_mrsigner.hex().upper(),
+                         "attributes": "00" * 8, "attributesMask": "FF" * 8,
+                         "tcbLevels": [{"tcb": {"isvsvn": 1}, "tcbDate": "2024-01-01T00:00:00Z",
+                                        "tcbStatus": module_status}]}
+                        for module_id in module_ids],
+                    "tcbLevels": [level]}
         identity = {"id": "TD_QE", "version": 2, "issueDate": "2024-01-01T00:00:00Z",
                     "nextUpdate": next_update, "miscselect": "00000000",
                     "miscselectMask": "FFFFFFFF", "attributes": "11" + "00" * 15,
@@ -237,7 +250,8 @@ class TdxTestCa:
                 "qe_identity_chain": chain}
 
     def quote(self, *, report_data: bytes = b"", mrtd: bytes = MRTD, td_attributes: int = 0,
-              cpusvn: int = 2, rtmr1: bytes = bytes(48)) -> bytes:
+              cpusvn: int = 2, rtmr1: bytes = bytes(48),
+              tee_tcb_svn: bytes = bytes([1] * 16), seam_attributes: bytes = bytes(8)) -> bytes:
         pck_key = ec.generate_private_key(ec.SECP256R1())
         pck = certificate("Test SGX PCK Certificate", "Test SGX PCK Platform CA",
                           pck_key.public_key(), self.pck_ca_key, ca=False,
@@ -247,7 +261,8 @@ class TdxTestCa:
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
         header = struct.pack("<HHIHH", 4, 2, 0x81, 0, 0) + bytes(16) + bytes(20)
         body = bytearray(584)
-        body[0:16] = bytes([1] * 16)  # TEE TCB SVN
+        body[0:16] = tee_tcb_svn  # [0]: TDX module SVN, [1]: its major version
+        body[112:120] = seam_attributes
         body[120:128] = td_attributes.to_bytes(8, "little")
         body[136:184] = mrtd
         body[376:424] = rtmr1
@@ -286,15 +301,20 @@ class GpuTestCa:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
 
     def evidence(self, nonce: bytes, measurements: dict[int, bytes]) -> bytes:
-        request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\0"
-        record = b"".join(struct.pack("<BBH", i, 1, len(v) + 3) + struct.pack("<BH", 1, len(v))
-                          + v for i, v in sorted(measurements.items()))
-        response = (bytes([0x11, 0x60, 0, 0, len(measurements)])
-                    + len(record).to_bytes(3, "little") + record + os.urandom(32)
-                    + struct.pack("<H", 4) + b"opaq")
-        r, s = decode_dss_signature(self.key.sign(request + response,
-                                                  ec.ECDSA(hashes.SHA384())))
-        return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+        return spdm_evidence(self.key, nonce, measurements)
+
+
+def spdm_evidence(key: ec.EllipticCurvePrivateKey, nonce: bytes,
+                  measurements: dict[int, bytes]) -> bytes:
+    """An SPDM 1.1 GET_MEASUREMENTS request with `nonce` and its response signed by `key`."""
+    request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\0"
+    record = b"".join(struct.pack("<BBH", i, 1, len(v) + 3) + struct.pack("<BH", 1, len(v))
+                      + v for i, v in sorted(measurements.items()))
+    response = (bytes([0x11, 0x60, 0, 0, len(measurements)])
+                + len(record).to_bytes(3, "little") + record + os.urandom(32)
+                + struct.pack("<H", 4) + b"opaq")
+    r, s = decode_dss_signature(key.sign(request + response, ec.ECDSA(hashes.SHA384())))
+    return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
 
 # -- One of each, as the gateway meets them: roots, a token service, evidence documents.

@@ -9,6 +9,11 @@ those 64 bytes through the Linux configfs-tsm interface (`/sys/kernel/config/tsm
 same for SEV-SNP and TDX), and answers with the evidence parts (gateway/attestation/evidence.py
 documents the format). Route that path of the model server's TLS origin to this agent: the
 evidence must come over the connection whose key it binds.
+
+Where NVIDIA's `nvattest` is installed (gateway/attestation/nvattest.py), each GPU's SPDM
+measurements are asked with the first 32 bytes of the same binding and added as "nvidia-gpu"
+parts; without it the agent serves CPU evidence only and says so when it starts. A GPU tool
+that is there but fails refuses the request (503): evidence is never silently partial.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.attestation.binding import binding, spki_sha256
+from gateway.attestation.nvattest import GpuSource, find_nvattest
 from gateway.attestation.tdx import collateral_from_dir, collateral_json, parse_quote
 from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
@@ -74,13 +80,15 @@ class AgentSettings:
     collateral_dir: Path | None = None  # TDX: Intel PCS collateral to send with the quote
 
 
-def build_agent_app(settings: AgentSettings, source: ReportSource) -> web.Application:
+def build_agent_app(settings: AgentSettings, source: ReportSource,
+                    gpu: GpuSource | None = None) -> web.Application:
     try:
         cert = x509.load_pem_x509_certificate(settings.certificate.read_bytes())
     except ValueError:
         raise EvidenceError(f"{settings.certificate}: not a PEM certificate") from None
     key_hash = spki_sha256(cert.public_bytes(serialization.Encoding.DER))
     lock = asyncio.Lock()  # the platform handles one report at a time
+    gpu_lock = asyncio.Lock()  # and the GPUs one SPDM exchange at a time
 
     async def evidence(request: web.Request) -> web.Response:
         try:
@@ -93,7 +101,14 @@ def build_agent_app(settings: AgentSettings, source: ReportSource) -> web.Applic
         async with lock:
             report = await asyncio.to_thread(source.report, bound)
         parts = [_cpu_part(report, settings)]
-        log.info("evidence_served", provider=report.provider)
+        if gpu is not None:
+            try:
+                async with gpu_lock:
+                    parts += await asyncio.to_thread(gpu.parts, bound[:32])
+            except EvidenceError as exc:
+                log.warning("gpu_evidence_failed", reason=str(exc))
+                return web.json_response({"error": f"GPU evidence: {exc}"}, status=503)
+        log.info("evidence_served", provider=report.provider, gpus=len(parts) - 1)
         return web.json_response({"evidence": parts})
 
     app = web.Application()
@@ -140,8 +155,22 @@ def vcek_from_auxblob(auxblob: bytes) -> bytes | None:
     return None
 
 
+def gpu_source(enabled: bool = True, search_path: str | None = None) -> GpuSource | None:
+    """NVIDIA's tool when it is installed (and not turned off); the log says which it is."""
+    if not enabled:
+        log.info("gpu_evidence_off", reason="--no-gpu: serving CPU evidence only")
+        return None
+    found = find_nvattest(search_path)
+    if found is None:
+        log.info("gpu_evidence_unavailable",
+                 reason="nvattest not found on PATH: serving CPU evidence only")
+        return None
+    log.info("gpu_evidence_on", tool=found.path)
+    return found
+
+
 def run_agent(host: str, port: int, settings: AgentSettings, tls_key: Path | None,
-              tsm_root: Path = TSM_ROOT) -> None:
+              tsm_root: Path = TSM_ROOT, *, gpu: GpuSource | None = None) -> None:
     import ssl  # noqa: PLC0415
 
     context = None
@@ -151,5 +180,5 @@ def run_agent(host: str, port: int, settings: AgentSettings, tls_key: Path | Non
     if not tsm_root.is_dir():
         raise SystemExit(f"veil attest agent: {tsm_root} not found (needs Linux 6.7+ with "
                          "configfs-tsm, inside an SEV-SNP or TDX guest)")
-    web.run_app(build_agent_app(settings, ConfigfsTsm(tsm_root)), host=host, port=port,
+    web.run_app(build_agent_app(settings, ConfigfsTsm(tsm_root), gpu), host=host, port=port,
                 ssl_context=context, access_log=None, print=None)

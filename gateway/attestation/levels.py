@@ -134,7 +134,12 @@ def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
     if wanted.mrseam and report.mrseam.hex() not in wanted.mrseam:
         problems.append(f"MRSEAM {report.mrseam.hex()} is not allowed")
     if verified.tcb_status not in wanted.tcb_statuses:
-        problems.append(f"platform TCB status {verified.tcb_status} is not accepted")
+        module = verified.module
+        problems.append(
+            f"platform TCB status {verified.tcb_status} is not accepted"
+            if verified.tcb_status == verified.platform_tcb_status else
+            f"TCB status {verified.tcb_status} is not accepted (platform "
+            f"{verified.platform_tcb_status}, TDX module {module.identity} {module.tcb_status})")
     if verified.qe_tcb_status not in wanted.qe_tcb_statuses:
         problems.append(f"QE TCB status {verified.qe_tcb_status} is not accepted")
     if report.debug and not wanted.allow_debug:

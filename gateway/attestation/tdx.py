@@ -10,7 +10,17 @@ data and the PCK certificate chain.
 Checks, in order: PCK chain to the pinned root (and the CRLs when given); QE report signed by
 the PCK key; QE report_data = SHA-256(attestation key || QE auth data); the quote signature;
 TCB Info and QE Identity signed by Intel's TCB signing key (chained to the same root), not past
-their nextUpdate, for this platform's FMSPC; then the TCB status of the platform and of the QE.
+their nextUpdate, for this platform's FMSPC; the TDX module's signer and attributes against
+the identity Intel lists for its major version; then the TCB status of the platform, of the TDX
+module and of the QE.
+
+TCB Info v3 (Intel PCS API, "TDX TCB Info"; Intel's QVL TcbLevelCheck/TdxModuleCheck) describes
+the TDX module apart from the platform: TEE_TCB_SVN[1] is the module's major version and
+TEE_TCB_SVN[0] its SVN. Version 0 is checked against `tdxModule` alone; a later version against
+`tdxModuleIdentities["TDX_<version as 2 hex digits>"]`, whose own tcbLevels (by isvsvn) give the
+module's status, and the platform's levels then skip those two bytes. The verdict's status is the
+two converged the way Intel's QVL does it: a revoked module revokes, an out-of-date one makes an
+up-to-date platform out of date.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ CERT_DATA_PCK_CHAIN = 5
 SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
 TD_ATTRIBUTES_DEBUG = 1 << 0
 TCB_NOT_SUPPORTED = "TcbNotSupported"  # below every level Intel lists: only a policy can accept
+MODULE_STATUSES = ("UpToDate", "OutOfDate", "Revoked")  # what a module's tcbLevels may say
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class TdReport:
     tee_tcb_svn: bytes
     mrseam: bytes
     mrsignerseam: bytes
+    seam_attributes: bytes
     td_attributes: int
     xfam: int
     mrtd: bytes
@@ -128,6 +140,7 @@ def _td_report(body: bytes) -> TdReport:
     rtmrs = (field(328, 48), field(376, 48), field(424, 48), field(472, 48))
     return TdReport(
         tee_tcb_svn=field(0, 16), mrseam=field(16, 48), mrsignerseam=field(64, 48),
+        seam_attributes=field(112, 8),
         td_attributes=int.from_bytes(field(120, 8), "little"),
         xfam=int.from_bytes(field(128, 8), "little"), mrtd=field(136, 48),
         mrconfigid=field(184, 48), mrowner=field(232, 48), mrownerconfig=field(280, 48),
@@ -148,17 +161,28 @@ class Collateral:
 
 
 @dataclass(frozen=True)
+class TdxModuleStatus:
+    identity: str  # "tdxModule" (major version 0) or the TDX_<nn> identity that applied
+    tcb_status: str
+
+
+@dataclass(frozen=True)
 class VerifiedTdx:
     quote: TdxQuote
     fmspc: str
-    tcb_status: str  # the platform's, from TCB Info
+    tcb_status: str  # the platform's and the TDX module's, converged
     qe_tcb_status: str  # the quoting enclave's, from QE Identity
     next_update: datetime  # the earliest of the collateral's
+    platform_tcb_status: str  # from TCB Info's tcbLevels alone
+    module: TdxModuleStatus
 
     def values(self) -> dict[str, Any]:
         report = self.quote.report
         return {"format": "tdx", "version": self.quote.version, "fmspc": self.fmspc,
                 "tcb_status": self.tcb_status, "qe_tcb_status": self.qe_tcb_status,
+                "platform_tcb_status": self.platform_tcb_status,
+                "tdx_module": self.module.identity,
+                "tdx_module_tcb_status": self.module.tcb_status,
                 "mrtd": report.mrtd.hex(), "mrseam": report.mrseam.hex(),
                 "rtmr0": report.rtmrs[0].hex(), "rtmr1": report.rtmrs[1].hex(),
                 "rtmr2": report.rtmrs[2].hex(), "rtmr3": report.rtmrs[3].hex(),
@@ -269,9 +293,11 @@ def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
     if str(tcb_info.get("fmspc", "")).lower() != fmspc or tcb_info.get("id") != "TDX":
         raise EvidenceError(f"tdx: TCB Info is for FMSPC {tcb_info.get('fmspc')} "
                             f"({tcb_info.get('id')}), the platform is {fmspc} (TDX)")
-    status = _platform_status(tcb_info, extensions, quote.report)
+    module = _module_status(tcb_info, quote.report)
+    platform = _platform_status(tcb_info, extensions, quote.report)
     qe_status = _qe_status(identity, quote.qe_report)
-    return VerifiedTdx(quote, fmspc, status, qe_status, min(tcb_next, qe_next))
+    return VerifiedTdx(quote, fmspc, _converge(platform, module.tcb_status), qe_status,
+                       min(tcb_next, qe_next), platform, module)
 
 
 def _verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime,
@@ -336,17 +362,75 @@ def _platform_status(tcb_info: Mapping[str, Any], extensions: Mapping[str, Any],
                      report: TdReport) -> str:
     """The first TCB level (newest first) the platform is at or above decides its status; a
     platform below all of them is `TcbNotSupported` (Intel's QVL refuses it; so does every
-    trust level that does not list that status)."""
+    trust level that does not list that status). With a module of major version 1 or more, the
+    first two TEE_TCB_SVN bytes are the module's, judged by its identity instead."""
+    skip = 2 if report.tee_tcb_svn[1] > 0 else 0
     for level in tcb_info.get("tcbLevels", []):
         tcb = level["tcb"]
         sgx = [c["svn"] for c in tcb["sgxtcbcomponents"]]
         tdx = [c["svn"] for c in tcb.get("tdxtcbcomponents", [])]
         if all(have >= need for have, need in zip(extensions["cpusvn"], sgx, strict=False)) \
                 and extensions["pcesvn"] >= tcb["pcesvn"] \
-                and all(have >= need for have, need in zip(report.tee_tcb_svn, tdx,
-                                                           strict=False)):
+                and all(have >= need for have, need in zip(report.tee_tcb_svn[skip:],
+                                                           tdx[skip:], strict=False)):
             return str(level["tcbStatus"])
     return TCB_NOT_SUPPORTED
+
+
+def _module_status(tcb_info: Mapping[str, Any], report: TdReport) -> TdxModuleStatus:
+    """The TDX module's identity (signer and attributes) checked, and its own TCB status: a
+    module Intel does not list, or signed by another key, is refused outright."""
+    version, svn = report.tee_tcb_svn[1], report.tee_tcb_svn[0]
+    if version == 0:
+        wanted, name = tcb_info.get("tdxModule"), "tdxModule"
+    else:
+        name = f"TDX_{version:02X}"
+        wanted = next((m for m in tcb_info.get("tdxModuleIdentities") or []
+                       if isinstance(m, dict) and str(m.get("id", "")).upper() == name), None)
+    if not isinstance(wanted, dict):
+        raise EvidenceError(f"tdx: TCB Info lists no TDX module identity {name} (the quote's "
+                            f"TDX module is major version {version})")
+    try:
+        mrsigner = bytes.fromhex(str(wanted["mrsigner"]))
+        attributes = bytes.fromhex(str(wanted["attributes"]))
+        mask = bytes.fromhex(str(wanted["attributesMask"]))
+    except (KeyError, ValueError):
+        raise EvidenceError(f"tdx: TCB Info's {name} is malformed") from None
+    if mrsigner != report.mrsignerseam:
+        raise EvidenceError(f"tdx: the TDX module's signer (MRSIGNERSEAM "
+                            f"{report.mrsignerseam.hex()[:16]}...) is not the one Intel lists "
+                            f"for {name}")
+    masked = bytes(a & m for a, m in zip(report.seam_attributes, mask, strict=False))
+    if len(mask) != len(report.seam_attributes) or masked != attributes:
+        raise EvidenceError(f"tdx: the TDX module's SEAM attributes "
+                            f"{report.seam_attributes.hex()} do not match Intel's {name}")
+    if version == 0:
+        return TdxModuleStatus(name, "UpToDate")  # judged by the platform's levels
+    try:
+        levels = sorted(wanted.get("tcbLevels") or [], key=lambda lv: int(lv["tcb"]["isvsvn"]),
+                        reverse=True)
+    except (KeyError, TypeError, ValueError):
+        raise EvidenceError(f"tdx: TCB Info's {name} has malformed tcbLevels") from None
+    for level in levels:
+        if svn >= int(level["tcb"]["isvsvn"]):
+            status = str(level.get("tcbStatus"))
+            if status not in MODULE_STATUSES:
+                raise EvidenceError(f"tdx: {name} TCB status {status[:40]!r} is not one Intel "
+                                    "defines for a TDX module")
+            return TdxModuleStatus(name, status)
+    return TdxModuleStatus(name, TCB_NOT_SUPPORTED)
+
+
+def _converge(platform: str, module: str) -> str:
+    """The worse of the platform's and the module's status, as Intel's QVL combines them."""
+    if module in ("Revoked", TCB_NOT_SUPPORTED):
+        return module
+    if module == "OutOfDate":
+        if platform in ("UpToDate", "SWHardeningNeeded"):
+            return "OutOfDate"
+        if platform in ("ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"):
+            return "OutOfDateConfigurationNeeded"
+    return platform
 
 
 def _qe_status(identity: Mapping[str, Any], qe_report: bytes) -> str:

@@ -12,6 +12,7 @@ import pytest
 from gateway.attestation.levels import TdxRequirements, tdx_problems
 from gateway.attestation.tdx import (
     Collateral,
+    VerifiedTdx,
     collateral_from_dir,
     collateral_from_json,
     parse_quote,
@@ -185,3 +186,90 @@ def test_more_genuine_quotes_verify_their_own_proofs(file: str, at: datetime,
     tampered[200] ^= 0x01  # inside the TD report
     with pytest.raises(EvidenceError, match="quote signature does not verify"):
         verify_quote_signatures(bytes(tampered), at=at)
+
+
+# TCB Info v3 tdxModuleIdentities: the TDX module judged on its own.
+
+@pytest.mark.parametrize(("file", "at", "module", "platform", "status"), [
+    # TEE_TCB_SVN 0b 01: TDX_01 at SVN 11, above its newest level (isvsvn 6).
+    ("quote_v5_sample.dat", PCS_AT, ("TDX_01", "UpToDate"), "UpToDate", "UpToDate"),
+    # 05 03: TDX_03 at SVN 5 (its only level is 3); the platform's own level is OutOfDate.
+    ("trustee_quote_6.dat", datetime(2026, 1, 20, tzinfo=UTC), ("TDX_03", "UpToDate"),
+     "OutOfDate", "OutOfDate"),
+])
+def test_genuine_quotes_are_matched_to_their_module_identity(
+        file: str, at: datetime, module: tuple[str, str], platform: str, status: str) -> None:
+    raw = (DATA / file).read_bytes()
+    verified = verify_quote(raw, collateral_from_dir(DATA, parse_quote(raw)), at=at)
+    assert (verified.module.identity, verified.module.tcb_status) == module
+    assert (verified.platform_tcb_status, verified.tcb_status) == (platform, status)
+    values = verified.values()
+    assert (values["tdx_module"], values["tdx_module_tcb_status"]) == module
+
+
+def test_a_major_version_0_module_is_checked_against_tdx_module() -> None:
+    verified = verify_quote(spr_quote(), go_tdx_guest_collateral(), at=SPR_AT)  # 03 00 ...
+    assert verified.module.identity == "tdxModule"
+    assert verified.tcb_status == verified.platform_tcb_status == "TcbNotSupported"
+
+
+def module_verdict(**collateral: object) -> VerifiedTdx:
+    raw = CA.quote()  # TEE_TCB_SVN 01 01 ...: TDX_01 at SVN 1
+    return verify_quote(raw, collateral_from_json(CA.collateral(**collateral)),  # type: ignore[arg-type]
+                        at=AT, root=CA.root)
+
+
+def test_an_out_of_date_module_makes_the_platform_out_of_date() -> None:
+    verified = module_verdict(module_status="OutOfDate")
+    assert (verified.platform_tcb_status, verified.tcb_status) == ("UpToDate", "OutOfDate")
+    assert tdx_problems(verified, WANT) == [
+        "TCB status OutOfDate is not accepted (platform UpToDate, TDX module TDX_01 OutOfDate)"]
+    lenient = WANT.model_copy(update={"tcb_statuses": ["UpToDate", "OutOfDate"]})
+    assert tdx_problems(verified, lenient) == []
+
+
+def test_a_revoked_module_is_refused_by_a_level_that_takes_out_of_date() -> None:
+    verified = module_verdict(module_status="Revoked")
+    lenient = WANT.model_copy(update={"tcb_statuses": ["UpToDate", "OutOfDate"]})
+    assert tdx_problems(verified, lenient) == [
+        "TCB status Revoked is not accepted (platform UpToDate, TDX module TDX_01 Revoked)"]
+
+
+@pytest.mark.parametrize(("platform", "module", "converged"), [
+    ("ConfigurationNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"),
+    ("SWHardeningNeeded", "OutOfDate", "OutOfDate"),
+    ("OutOfDate", "UpToDate", "OutOfDate"),
+    ("OutOfDate", "Revoked", "Revoked"),
+])
+def test_platform_and_module_statuses_converge_as_intel_qvl_does(platform: str, module: str,
+                                                                 converged: str) -> None:
+    verified = module_verdict(tcb_status=platform, module_status=module)
+    assert (verified.platform_tcb_status, verified.module.tcb_status,
+            verified.tcb_status) == (platform, module, converged)
+
+
+def test_a_module_svn_below_every_module_level_is_not_supported() -> None:
+    raw = CA.quote(tee_tcb_svn=bytes([0, 1] + [1] * 14))  # module SVN 0 < isvsvn 1
+    verified = verify_quote(raw, collateral_from_json(CA.collateral()), at=AT, root=CA.root)
+    assert verified.platform_tcb_status == "UpToDate"  # the module's bytes are not the platform's
+    assert tdx_problems(verified, WANT) == [
+        "TCB status TcbNotSupported is not accepted "
+        "(platform UpToDate, TDX module TDX_01 TcbNotSupported)"]
+
+
+def test_a_module_signed_by_another_key_is_refused() -> None:
+    with pytest.raises(EvidenceError, match=r"TDX module's signer .* is not the one Intel "
+                                            "lists for TDX_01"):
+        module_verdict(module_mrsigner=b"\x01" * 48)
+
+
+def test_a_module_version_intel_does_not_list_is_refused() -> None:
+    with pytest.raises(EvidenceError, match=r"no TDX module identity TDX_01 .*major version 1"):
+        module_verdict(module_ids=("TDX_03",))
+
+
+def test_unexpected_seam_attributes_are_refused() -> None:
+    raw = CA.quote(seam_attributes=b"\x01" + bytes(7))
+    with pytest.raises(EvidenceError, match="SEAM attributes 0100000000000000 do not match "
+                                            "Intel's TDX_01"):
+        verify_quote(raw, collateral_from_json(CA.collateral()), at=AT, root=CA.root)
