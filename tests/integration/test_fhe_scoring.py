@@ -344,10 +344,11 @@ def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> Non
                     assert len(embedded) == 2  # nothing sent to an unattested backend
 
 
-def start_scorer(models: Path, received: Path, port: int) -> subprocess.Popen[str]:
+def start_scorer(models: Path, received: Path, port: int,
+                 *extra: str) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "scorer", "serve", "--models", str(models),
-         "--keys", str(received), "--port", str(port), "--workers", "1"],
+         "--keys", str(received), "--port", str(port), "--workers", "1", *extra],
         cwd=ROOT, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 60
     while True:
@@ -408,3 +409,39 @@ def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path
     puts = [body for method, _, body in recorder.sent if method == "PUT"]
     assert len(puts) == 2
     assert len(puts[1]) > len(puts[0])  # the second set covers both models' rotations
+
+
+def test_old_epochs_are_dropped_after_the_grace_period(world: World, tmp_path: Path) -> None:
+    """`veil scorer serve --grace-s`: after a rotation the old epoch's keys, no longer used,
+    leave the scorer's disk while the current epoch's stay; once the current one goes unused
+    too it is dropped as well, and the gateway's next request uploads it again."""
+    (tmp_path / "models").mkdir()
+    examples = tmp_path / "topics.yaml"
+    examples.write_text(yaml.safe_dump(EXAMPLES))
+    build_model(examples, tmp_path / "models" / "topics.npz")
+    received, port = tmp_path / "received", free_port()
+    scorer = start_scorer(tmp_path / "models", received, port, "--grace-s", "2")
+    world.recorder.target = f"http://127.0.0.1:{port}"
+    try:
+        assert chat(world.gateway.url, "history of Rome").status_code == 200
+        old = world.store.current_id()
+        world.store.rotate()
+        new = world.store.current_id()
+        assert {p.stem for p in received.glob("*.galois")} == {old}
+        deadline = time.monotonic() + 20
+        while (received / f"{old}.galois").exists():  # the new epoch in use all along
+            assert chat(world.gateway.url, "history of Greece").status_code == 200
+            assert time.monotonic() < deadline, "the old epoch was never dropped"
+            time.sleep(0.3)
+        assert {p.stem for p in received.glob("*.galois")} == {new}
+        deadline = time.monotonic() + 20
+        while (received / f"{new}.galois").exists():  # now unused
+            assert time.monotonic() < deadline, "the unused epoch was never dropped"
+            time.sleep(0.2)
+        puts_before = sum(method == "PUT" for method, _, _ in world.recorder.sent)
+        assert chat(world.gateway.url, "history of Carthage").status_code == 200
+        assert sum(method == "PUT" for method, _, _ in world.recorder.sent) == puts_before + 1
+        assert (received / f"{new}.galois").exists()
+    finally:
+        scorer.send_signal(signal.SIGTERM)
+        scorer.wait(timeout=20)
