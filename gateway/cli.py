@@ -286,6 +286,9 @@ def _fhe_commands(commands: Commands) -> None:
                        help="port to listen on (default: %(default)s)")
     serve.add_argument("--workers", type=_positive, default=None,
                        help="scoring processes (default: one per core)")
+    serve.add_argument("--grace-s", type=_positive, default=86_400,
+                       help="drop a key epoch's evaluation keys unused this many seconds "
+                            "(gateways re-send them on demand; default: %(default)s)")
     build = scorer_commands.add_parser("build", help="compile a model from example texts")
     build.add_argument("--examples", required=True,
                        help="YAML: {kind: reference_set, aggregate: max, labels: {label: [texts]}}")
@@ -420,9 +423,10 @@ def _scorer(args: argparse.Namespace) -> int:
 
         from gateway.fhe.scorer import ScorerSettings, build_scorer_app
 
-        settings = ScorerSettings(Path(args.models), Path(args.keys))
+        settings = ScorerSettings(Path(args.models), Path(args.keys), grace_s=args.grace_s)
         if args.workers:
-            settings = ScorerSettings(settings.models_dir, settings.keys_dir, args.workers)
+            settings = ScorerSettings(settings.models_dir, settings.keys_dir, args.workers,
+                                      args.grace_s)
         web.run_app(build_scorer_app(settings), host=args.host, port=args.port,
                     access_log=None, print=None)
         return 0

@@ -61,7 +61,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
     │                                  refused at start; later, the epoch loaded last is kept
     ├── ScorerError                    the scorer failed or answered what we will not decrypt:
-    │                                  ScorerFailed (or, failing open, no scores)
+    │   │                              ScorerFailed (or, failing open, no scores)
+    │   └── TooManyChunks              a prompt past fhe.max_chunks embedding windows: likewise
     ├── CiphertextError (ValueError)   bytes that are not an expected ciphertext: refused before
     │                                  decryption (a ScorerError at the gateway, 400 at a scorer)
     ├── MissingKeys                    a scorer's keys lack a model's rotations: the scorer's 409,
@@ -422,6 +423,15 @@ class KeysUnavailable(CustodyError):
 
 class ScorerError(VeilError):
     """The scorer could not be reached, refused, or answered something we will not decrypt."""
+
+
+class TooManyChunks(ScorerError):
+    """A prompt needing more embedding windows than fhe.max_chunks: refused, never scored on
+    a part of itself."""
+
+    def __init__(self, chunks: int, limit: int) -> None:
+        super().__init__(f"the prompt needs {chunks} embedding windows, over fhe.max_chunks "
+                         f"({limit})")
 
 
 class CiphertextError(VeilError, ValueError):

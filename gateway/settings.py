@@ -435,6 +435,13 @@ class FheSettings(Strict):
     # 384-dim vectors, the space the scorer's models were built in.
     embedding_backend: str | None = None
     embedding_model: str | None = None
+    # The whole prompt is scored in windows of `chunk_tokens` (MiniLM's 128-token training
+    # length: at 256 a protected paragraph among filler scores far lower), neighbours sharing
+    # `chunk_overlap_tokens`. A prompt needing more than `max_chunks` windows is refused
+    # (per the policy's fail_mode.scorer), never scored on a part of itself.
+    chunk_tokens: Annotated[int, Field(ge=16, le=256)] = 128
+    chunk_overlap_tokens: Annotated[int, Field(ge=0, le=64)] = 16
+    max_chunks: Annotated[int, Field(ge=1, le=1024)] = 64
 
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:
@@ -442,6 +449,9 @@ class FheSettings(Strict):
             raise ConfigProblems([(("scorers",), "scorers need master_key_env or "
                                                  "master_key_file (the key that seals the CKKS "
                                                  "secret key at rest)")])
+        if 2 * self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ConfigProblems([(("chunk_overlap_tokens",), "must be under half of "
+                                                              "chunk_tokens")])
         return self
 
 

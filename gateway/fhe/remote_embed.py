@@ -31,7 +31,8 @@ class RemoteEmbedder:
         self._pin = pin
         self._session = session
 
-    async def embed(self, text: str) -> npt.NDArray[np.float64]:
+    async def embed(self, texts: list[str]) -> npt.NDArray[np.float64]:
+        """One L2-normalized row per text, in order (one request: `input` is the list)."""
         pin = self._pin(self._backend.name)
         if pin is None:
             raise ScorerError(f"embedding backend {self._backend.name} is not attested now")
@@ -39,7 +40,7 @@ class RemoteEmbedder:
             async with self._session(self._backend.name).post(
                     self._backend.url + embeddings_path(self._backend, self._model), ssl=pin,
                     headers=dict(self._headers()),
-                    data=orjson.dumps({"model": self._model, "input": text})) as response:
+                    data=orjson.dumps({"model": self._model, "input": texts})) as response:
                 body = await read_at_most(response.content, MAX_BYTES)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, BodyTooLarge) as exc:
@@ -47,13 +48,14 @@ class RemoteEmbedder:
         if status != 200:
             raise ScorerError(f"embedding backend answered {status}")
         try:
-            vector = np.array(orjson.loads(body)["data"][0]["embedding"], dtype=np.float64)
+            rows = sorted(orjson.loads(body)["data"], key=lambda row: int(row["index"]))
+            vectors = np.array([row["embedding"] for row in rows], dtype=np.float64)
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
             raise ScorerError("embedding backend sent a malformed answer") from None
-        if vector.shape != (DIMENSION,) or not np.isfinite(vector).all():
-            raise ScorerError(f"embedding backend sent a vector of shape {vector.shape}")
-        norm = float(np.linalg.norm(vector))
-        if norm == 0:
+        if vectors.shape != (len(texts), DIMENSION) or not np.isfinite(vectors).all():
+            raise ScorerError(f"embedding backend sent vectors of shape {vectors.shape}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not (norms > 0).all():
             raise ScorerError("embedding backend sent a zero vector")
-        result: npt.NDArray[np.float64] = vector / norm
+        result: npt.NDArray[np.float64] = vectors / norms
         return result

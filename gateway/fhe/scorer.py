@@ -6,7 +6,8 @@ holds a secret key and never sees an input or a score.
     PUT  /v1/keys/<key id>                a gateway's evaluation (Galois) keys for a key epoch
     POST /v1/score/<model>                body: a query ciphertext; X-Veil-Key-Id header
          -> {"model", "key_id", "ciphertexts": [base64, one per output block]}
-         -> 409 {"error": {"code": "unknown_key"}} when the key id was not sent yet
+         -> 409 {"error": {"code": "unknown_key"}} when the key id was not sent yet, or was
+            dropped after going unused for --grace-s (the gateway then sends it again)
 
 Scoring runs in one worker process per core (the SEAL bindings hold the GIL); each worker
 compiles the models (encoded diagonals) once and loads each key epoch's keys once.
@@ -28,6 +29,7 @@ import tenseal.sealapi as seal
 from aiohttp import web
 
 from gateway.errors import BodyTooLarge, CiphertextError, MissingKeys
+from gateway.fhe.key_grace import KeyGrace
 from gateway.fhe.scoring import CompiledModel, ModelFile, compile_model, evaluate, load_model
 from gateway.fhe.seal import checked_ciphertext, galois_element, load, new_context, to_bytes
 from gateway.observability.logging import get_logger
@@ -44,6 +46,7 @@ class ScorerSettings:
     models_dir: Path
     keys_dir: Path
     workers: int = max(1, os.cpu_count() or 1)
+    grace_s: float = 86_400.0  # an epoch's keys unused this long are dropped (key_grace.py)
 
 
 def load_models(models_dir: Path) -> dict[str, ModelFile]:
@@ -69,7 +72,13 @@ def _score(model: str, key_id: str, query: bytes) -> list[bytes]:
     context: seal.SEALContext = _worker["context"]
     compiled: CompiledModel = _worker["models"][model]
     path: Path = _worker["keys_dir"] / f"{key_id}.galois"
-    version = path.stat().st_mtime_ns  # keys re-sent for the same epoch replace the file
+    try:
+        version = path.stat().st_mtime_ns  # keys re-sent for the same epoch replace the file
+    except FileNotFoundError:  # dropped after its grace period, since the handler looked
+        raise MissingKeys from None
+    for other in [k for k in _worker["keys"] if k != key_id]:  # dropped epochs leave memory too
+        if not (_worker["keys_dir"] / f"{other}.galois").is_file():
+            del _worker["keys"][other]
     cached = _worker["keys"].get(key_id)
     if cached is None or cached[0] != version:
         galois = seal.GaloisKeys()
@@ -90,6 +99,7 @@ def _score(model: str, key_id: str, query: bytes) -> list[bytes]:
 def build_scorer_app(settings: ScorerSettings) -> web.Application:
     models = load_models(settings.models_dir)
     settings.keys_dir.mkdir(parents=True, exist_ok=True)
+    grace = KeyGrace(settings.keys_dir, settings.grace_s)
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=settings.workers, mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker, initargs=(str(settings.models_dir), str(settings.keys_dir)))
@@ -113,6 +123,7 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
         temporary = path.with_suffix(".tmp")
         temporary.write_bytes(body)
         temporary.replace(path)
+        grace.used(key_id)
         log.info("keys_received", key_id=key_id, bytes=len(body))
         return web.Response(status=204)
 
@@ -122,6 +133,7 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
             return _error(404, "unknown_model", f"no model {model!r}")
         if not KEY_ID.match(key_id) or not (settings.keys_dir / f"{key_id}.galois").is_file():
             return _error(409, "unknown_key", "send the evaluation keys for this key id first")
+        grace.used(key_id)
         try:
             body = await read_at_most(request.content, MAX_QUERY_BYTES)
         except BodyTooLarge:
@@ -136,8 +148,15 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
         return web.json_response({"model": model, "key_id": key_id, "ciphertexts": [
             base64.b64encode(block).decode() for block in blocks]})
 
+    async def prune_keys() -> None:
+        while True:
+            await asyncio.sleep(grace.interval_s)
+            grace.prune()
+
     async def lifecycle(_: web.Application) -> Any:
+        pruning = asyncio.create_task(prune_keys())
         yield
+        pruning.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
 
     app = web.Application(client_max_size=MAX_KEYS_BYTES + 1024)

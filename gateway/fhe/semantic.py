@@ -1,5 +1,7 @@
-"""Semantic scores for a request, for the policy's `semantic` rules: embed the request's text
-on the gateway, then one encrypted query per (scorer, model) the rules name, concurrently.
+"""Semantic scores for a request, for the policy's `semantic` rules: embed the request's whole
+text on the gateway, window by window (gateway/fhe/chunks.py), then one encrypted query per
+window and (scorer, model) the rules name, concurrently; each rule decides on its aggregate
+(max by default) over the windows.
 
 The key epoch comes from `Epochs` (gateway/fhe/epochs.py: this replica's keys_dir, or Redis for
 all replicas), so `veil keys rotate` takes effect without a restart; a scorer that has not seen
@@ -17,8 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import ScorerError
+from gateway.fhe.chunks import Windows
 from gateway.fhe.client import ScorerClient
-from gateway.fhe.embed import Embedder
+from gateway.fhe.embed import Embedder, TextWindows
 from gateway.fhe.epochs import Epochs, LocalEpochs
 from gateway.fhe.keys import KeyStore
 from gateway.fhe.remote_embed import RemoteEmbedder
@@ -28,7 +31,6 @@ from gateway.policy.schema import SemanticRule
 from gateway.settings import FheSettings
 
 log = get_logger("veil.fhe")
-MAX_TEXT_CHARS = 20_000  # the embedding sees at most 256 tokens anyway
 
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
@@ -56,6 +58,9 @@ class SemanticScorer:
                                                settings.master_key_file))
         self._epochs = epochs
         self._embedder: Embedder | None = None
+        self._text_windows: TextWindows | None = None
+        self._windows = Windows(settings.chunk_tokens - 2, settings.chunk_overlap_tokens,
+                                settings.max_chunks)  # - 2: [CLS] and [SEP]
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, ScorerClient] = {}
 
@@ -72,6 +77,8 @@ class SemanticScorer:
             log.info("embedding_model_loading")
             self._embedder = await asyncio.to_thread(Embedder)
             log.info("embedding_model_loaded", seconds=round(time.monotonic() - started, 2))
+        else:
+            self._text_windows = await asyncio.to_thread(TextWindows, self._windows)
         self._session = self._session_factory()
 
     async def close(self) -> None:
@@ -80,21 +87,27 @@ class SemanticScorer:
 
     async def scores(self, texts: Sequence[str], rules: Sequence[SemanticRule]
                      ) -> dict[str, float]:
-        """"scorer/model/label" -> score for every rule; raises ScorerError."""
-        text = "\n".join(texts)[:MAX_TEXT_CHARS]
-        if self._remote is not None:
-            embedding = await self._remote.embed(text)
-        elif self._embedder is not None:
-            embedding = await asyncio.to_thread(self._embedder.embed, text)
-        else:
-            raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
+        """rule.key -> score for every rule, over every window of the prompt; raises
+        ScorerError (TooManyChunks past fhe.max_chunks)."""
+        embeddings = await self._embed("\n".join(texts))
         wanted = sorted({(rule.scorer, rule.model) for rule in rules})
         results = await asyncio.gather(*[self._score(scorer, model, embedding)
-                                         for scorer, model in wanted])
-        out: dict[str, float] = {}
-        for (scorer, model), by_label in zip(wanted, results, strict=True):
-            out |= {f"{scorer}/{model}/{label}": score for label, score in by_label.items()}
-        return out
+                                         for scorer, model in wanted
+                                         for embedding in embeddings])
+        per_chunk: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for (scorer, model), by_label in zip(
+                [pair for pair in wanted for _ in embeddings], results, strict=True):
+            per_chunk.setdefault((scorer, model), []).append(by_label)
+        return {rule.key: over_chunks(per_chunk[rule.scorer, rule.model], rule)
+                for rule in rules}
+
+    async def _embed(self, text: str) -> npt.NDArray[np.float64]:
+        if self._remote is not None and self._text_windows is not None:
+            return await self._remote.embed(await asyncio.to_thread(self._text_windows.cut,
+                                                                    text))
+        if self._embedder is not None:
+            return await asyncio.to_thread(self._embedder.embed_windows, text, self._windows)
+        raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
 
     async def _score(self, scorer: str, model: str,
                      embedding: npt.NDArray[np.float64]) -> dict[str, float]:
@@ -118,3 +131,13 @@ class SemanticScorer:
             client = ScorerClient(name, endpoint.url, keys, self._session, endpoint.timeout_s)
             self._clients[name] = client
         return client
+
+
+def over_chunks(chunks: Sequence[dict[str, float]], rule: SemanticRule) -> float:
+    """The rule's aggregate of its label's score over the prompt's windows."""
+    try:
+        values = [by_label[rule.label] for by_label in chunks]
+    except KeyError:
+        raise ScorerError(f"scorer {rule.scorer} model {rule.model} has no label "
+                          f"{rule.label!r}") from None
+    return max(values) if rule.aggregate == "max" else sum(values) / len(values)

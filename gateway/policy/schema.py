@@ -80,6 +80,8 @@ class SemanticRule(Strict):
     threshold: Annotated[float, Field(ge=-1, le=1)]  # cosine, or a class probability
     data_class: str | None = None  # the request then belongs to this data class
     block: bool = False
+    # Over the prompt's windows (gateway/fhe/chunks.py): the highest score, or their mean.
+    aggregate: Literal["max", "mean"] = "max"
 
     @model_validator(mode="after")
     def _one_effect(self) -> SemanticRule:
@@ -89,7 +91,9 @@ class SemanticRule(Strict):
 
     @property
     def key(self) -> str:
-        return f"{self.scorer}/{self.model}/{self.label}"
+        """Where its score is in a request's facts (and in a policy case's `scores`)."""
+        base = f"{self.scorer}/{self.model}/{self.label}"
+        return base if self.aggregate == "max" else f"{base}@{self.aggregate}"
 
 
 class RoutingRule(Strict):

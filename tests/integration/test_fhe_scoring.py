@@ -162,6 +162,26 @@ def test_protected_topic_is_blocked_and_others_pass(world: World, demo: Demo) ->
     assert 'veil_scorer_duration_seconds_count{scorer="vendor"}' in metrics
 
 
+BREAD = ("Sourdough bread needs a lively starter, flour, water and salt. Knead the dough, let "
+         "it rise overnight, shape it and bake it in a hot Dutch oven until the crust is deep "
+         "brown. ")
+DEAL = ("We are preparing to acquire Globex Corporation. Draft the term sheet for the "
+        "acquisition, propose the price per share we should offer in the merger, and summarize "
+        "the due diligence findings on the takeover target. ")
+
+
+def test_protected_text_at_the_end_of_a_long_prompt_is_blocked(world: World,
+                                                               demo: Demo) -> None:
+    """The whole prompt is scored, chunk by chunk, not its first 256 tokens: deal talk after
+    ~4 KB of baking is still found (and the baking alone still passes)."""
+    assert chat(world.gateway.url, BREAD * 20).status_code == 200
+    demo.state.last_body = None
+    blocked = chat(world.gateway.url, BREAD * 20 + DEAL)
+    assert blocked.status_code == 400, blocked.text
+    assert "semantic.no-deals" in blocked.json()["error"]["message"]
+    assert demo.state.last_body is None
+
+
 SEMANTIC_CASES = {"cases": [
     {"name": "deal talk is blocked",
      "prompt": "Can you draft a term sheet for acquiring Globex Corp?",
@@ -246,6 +266,28 @@ def test_scorer_down_fails_closed(demo: Demo, tmp_path: Path) -> None:
             assert r.json()["error"]["code"] == "scorer_failed"
 
 
+def test_a_prompt_past_max_chunks_is_refused_not_scored_in_part(scorer: str, demo: Demo,
+                                                               tmp_path: Path) -> None:
+    """fhe.max_chunks bounds the scorer work one request can cause: past it the request fails
+    per fail_mode.scorer (closed: 503, nothing forwarded), and a prompt within it is scored."""
+    os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
+    KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
+    fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
+           "scorers": [{"name": "vendor", "url": scorer, "timeout_s": 30}], "max_chunks": 2}
+    for mode, status in (("closed", 503), ("open", 200)):
+        rules = {**POLICY, "fail_mode": {"scorer": mode}}
+        with gateway_for(settings_for([demo_backend("d", demo.url)], policy=rules,
+                                      fhe=fhe)) as gw:
+            demo.state.last_body = None
+            r = chat(gw.url, BREAD * 20 + DEAL)
+            assert r.status_code == status, r.text
+            if mode == "closed":
+                assert r.json()["error"]["code"] == "scorer_failed"
+                assert demo.state.last_body is None
+                within = chat(gw.url, BREAD + DEAL)  # two windows: scored, and blocked
+                assert within.status_code == 400, within.text
+
+
 def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> None:
     """fhe.embedding_backend: the prompt's embedding comes from the attested backend over the
     pinned connection; with no valid attestation, scoring fails closed."""
@@ -261,10 +303,11 @@ def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> Non
     embedded: list[str] = []
 
     async def embeddings(request: web.Request) -> web.Response:
-        text = (await request.json())["input"]
-        embedded.append(text)
+        texts = (await request.json())["input"]
+        embedded.append(texts[0])
         return web.json_response({"object": "list", "data": [
-            {"object": "embedding", "index": 0, "embedding": embedder.embed(text).tolist()}]})
+            {"object": "embedding", "index": i, "embedding": embedder.embed(text).tolist()}
+            for i, text in reversed(list(enumerate(texts)))]})  # in any order, by index
 
     os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
     KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
@@ -301,10 +344,11 @@ def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> Non
                     assert len(embedded) == 2  # nothing sent to an unattested backend
 
 
-def start_scorer(models: Path, received: Path, port: int) -> subprocess.Popen[str]:
+def start_scorer(models: Path, received: Path, port: int,
+                 *extra: str) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "scorer", "serve", "--models", str(models),
-         "--keys", str(received), "--port", str(port), "--workers", "1"],
+         "--keys", str(received), "--port", str(port), "--workers", "1", *extra],
         cwd=ROOT, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 60
     while True:
@@ -365,3 +409,39 @@ def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path
     puts = [body for method, _, body in recorder.sent if method == "PUT"]
     assert len(puts) == 2
     assert len(puts[1]) > len(puts[0])  # the second set covers both models' rotations
+
+
+def test_old_epochs_are_dropped_after_the_grace_period(world: World, tmp_path: Path) -> None:
+    """`veil scorer serve --grace-s`: after a rotation the old epoch's keys, no longer used,
+    leave the scorer's disk while the current epoch's stay; once the current one goes unused
+    too it is dropped as well, and the gateway's next request uploads it again."""
+    (tmp_path / "models").mkdir()
+    examples = tmp_path / "topics.yaml"
+    examples.write_text(yaml.safe_dump(EXAMPLES))
+    build_model(examples, tmp_path / "models" / "topics.npz")
+    received, port = tmp_path / "received", free_port()
+    scorer = start_scorer(tmp_path / "models", received, port, "--grace-s", "2")
+    world.recorder.target = f"http://127.0.0.1:{port}"
+    try:
+        assert chat(world.gateway.url, "history of Rome").status_code == 200
+        old = world.store.current_id()
+        world.store.rotate()
+        new = world.store.current_id()
+        assert {p.stem for p in received.glob("*.galois")} == {old}
+        deadline = time.monotonic() + 20
+        while (received / f"{old}.galois").exists():  # the new epoch in use all along
+            assert chat(world.gateway.url, "history of Greece").status_code == 200
+            assert time.monotonic() < deadline, "the old epoch was never dropped"
+            time.sleep(0.3)
+        assert {p.stem for p in received.glob("*.galois")} == {new}
+        deadline = time.monotonic() + 20
+        while (received / f"{new}.galois").exists():  # now unused
+            assert time.monotonic() < deadline, "the unused epoch was never dropped"
+            time.sleep(0.2)
+        puts_before = sum(method == "PUT" for method, _, _ in world.recorder.sent)
+        assert chat(world.gateway.url, "history of Carthage").status_code == 200
+        assert sum(method == "PUT" for method, _, _ in world.recorder.sent) == puts_before + 1
+        assert (received / f"{new}.galois").exists()
+    finally:
+        scorer.send_signal(signal.SIGTERM)
+        scorer.wait(timeout=20)
