@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from gateway.attestation.snp import HWID_OID, PRODUCT_OID, TCB_OIDS, AmdRoots, Tcb
@@ -31,6 +32,8 @@ from gateway.attestation.trust_roots import Roots
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 START = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+CRL_NEXT_UPDATE = datetime.datetime(2036, 1, 1, tzinfo=datetime.UTC)
+OCSP_URL = "http://ocsp.nvidia.test"
 MEASUREMENT = bytes(range(48))
 CHIP_ID = bytes(range(64, 128))
 
@@ -44,8 +47,8 @@ SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 def certificate(subject: str, issuer: str, public_key: Any, signer: SigningKey, *, ca: bool,
-                extensions: dict[str, bytes] | None = None,
-                days: int = 3650) -> x509.Certificate:
+                extensions: dict[str, bytes] | None = None, days: int = 3650,
+                more: tuple[x509.ExtensionType, ...] = ()) -> x509.Certificate:
     """Valid from START; signed the way each vendor signs: RSA-PSS SHA-384 (AMD), ECDSA P-256
     SHA-256 (Intel), ECDSA P-384 SHA-384 (NVIDIA)."""
     builder = (x509.CertificateBuilder().subject_name(_name(subject))
@@ -56,6 +59,8 @@ def certificate(subject: str, issuer: str, public_key: Any, signer: SigningKey, 
     for oid, value in (extensions or {}).items():
         builder = builder.add_extension(
             x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
+    for extension in more:
+        builder = builder.add_extension(extension, critical=False)
     if isinstance(signer, rsa.RSAPrivateKey):
         return builder.sign(signer, hashes.SHA384(), rsa_padding=PSS)
     p256 = isinstance(signer.curve, ec.SECP256R1)
@@ -106,6 +111,37 @@ class SnpTestCa:
         cert = certificate("SEV-VLEK", f"SEV-VLEK-{self.product}", key.public_key(),
                            self.asvk_key, ca=False, extensions=_tcb_extensions(tcb))
         return key, cert.public_bytes(serialization.Encoding.DER)
+
+    def crl(self, kind: str = "vcek", *, revoked: tuple[bytes | x509.Certificate, ...] = (),
+            next_update: datetime.datetime = CRL_NEXT_UPDATE,
+            signer: rsa.RSAPrivateKey | None = None) -> bytes:
+        """The ARK's CRL for the VCEK (or VLEK) chain, as AMD KDS serves it (DER, RSA-PSS),
+        listing `revoked` (certificates, or DER certificates as `vcek` answers them)."""
+        del kind  # one ARK signs both; the file name or URL says which chain it is for
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.ark.subject)
+                   .last_update(START).next_update(next_update))
+        for cert in revoked:
+            loaded = cert if isinstance(cert, x509.Certificate) \
+                else x509.load_der_x509_certificate(cert)
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(loaded.serial_number)
+                .revocation_date(START).build())
+        crl = builder.sign(signer or self.ark_key, hashes.SHA384(), rsa_padding=PSS)
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    def roots_dir(self, directory: Path, *, crl: bytes | None = None,
+                  vlek_crl: bytes | None = None) -> str:
+        """`directory` as an operator's `attestation.amd_roots_dir`: this AMD's chains and
+        CRLs (empty ones unless given)."""
+        pem = serialization.Encoding.PEM
+        name = self.product.lower()
+        (directory / f"amd_{name}.pem").write_bytes(
+            self.ask.public_bytes(pem) + self.ark.public_bytes(pem))
+        (directory / f"amd_{name}_vlek.pem").write_bytes(
+            self.asvk.public_bytes(pem) + self.ark.public_bytes(pem))
+        (directory / f"amd_{name}.crl").write_bytes(crl or self.crl())
+        (directory / f"amd_{name}_vlek.crl").write_bytes(vlek_crl or self.crl("vlek"))
+        return str(directory)
 
 
 def tcb_bytes(tcb: Tcb) -> bytes:
@@ -283,7 +319,10 @@ class TdxTestCa:
         return signed + struct.pack("<I", len(signature_data)) + signature_data
 
 
-# -- A test NVIDIA: a device root and an attestation key signing SPDM-shaped measurements.
+# -- A test NVIDIA: a device root and an attestation key signing SPDM-shaped measurements, and
+# the OCSP responder answering about that key's certificate.
+
+ROOT_NAME = "Test NVIDIA Device Identity CA"
 
 @dataclass
 class GpuTestCa:
@@ -292,10 +331,38 @@ class GpuTestCa:
 
     def __post_init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP384R1())
-        root = "Test NVIDIA Device Identity CA"
+        root = ROOT_NAME
         self.root = certificate(root, root, self.root_key.public_key(), self.root_key, ca=True)
         self.leaf = certificate("Test GH100 attestation key", root, self.key.public_key(),
-                                self.root_key, ca=False)
+                                self.root_key, ca=False, more=(x509.AuthorityInformationAccess(
+                                    [x509.AccessDescription(
+                                        x509.AuthorityInformationAccessOID.OCSP,
+                                        x509.UniformResourceIdentifier(OCSP_URL))]),))
+
+    def ocsp(self, *, status: str = "good", cert: x509.Certificate | None = None,
+             signer: ec.EllipticCurvePrivateKey | None = None, delegated: bool = False,
+             this_update: datetime.datetime = START,
+             next_update: datetime.datetime | None = CRL_NEXT_UPDATE) -> bytes:
+        """The responder's answer about the attestation key's certificate (or `cert`): signed
+        by the root, by a responder the root certified (`delegated`), or by `signer`."""
+        key, responder = self.root_key, self.root
+        if delegated:
+            key = ec.generate_private_key(ec.SECP384R1())
+            responder = certificate("Test NVIDIA OCSP responder", ROOT_NAME, key.public_key(),
+                                    self.root_key, ca=False, more=(x509.ExtendedKeyUsage(
+                                        [x509.ExtendedKeyUsageOID.OCSP_SIGNING]),))
+        revoked = status == "revoked"
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert or self.leaf, issuer=self.root, algorithm=hashes.SHA384(),
+            cert_status=getattr(ocsp.OCSPCertStatus, status.upper()),
+            this_update=this_update, next_update=next_update,
+            revocation_time=START if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        ).responder_id(ocsp.OCSPResponderEncoding.HASH, responder)
+        if delegated:
+            builder = builder.certificates([responder])
+        response = builder.sign(signer or key, hashes.SHA384())
+        return response.public_bytes(serialization.Encoding.DER)
 
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
@@ -354,10 +421,13 @@ class Vendors:
     def evidence(self, bound: bytes, *, kind: str = "sev-snp",
                  measurement: bytes = MEASUREMENT, endorsed: bool = True, gpu: bool = False,
                  tokens: tuple[str, ...] = (),
-                 next_update: str = "2030-01-01T00:00:00Z") -> dict[str, Any]:
+                 next_update: str = "2030-01-01T00:00:00Z",
+                 ocsp: bytes | None = None, stapled: bool = True) -> dict[str, Any]:
         """The document a confidential machine answers with, every part bound to `bound`.
         `endorsed`: it sends its VCEK / TDX collateral (else the gateway fetches them);
-        `gpu`: with the GPU's measurements, asked with the first half of the binding."""
+        `gpu`: with the GPU's measurements, asked with the first half of the binding, and
+        the OCSP response about its certificate stapled (`ocsp`, a good one unless given;
+        none with `stapled=False`: the gateway asks the responder)."""
         if kind == "tdx":
             quote = self.intel.quote(report_data=bound, mrtd=measurement)
             part: dict[str, Any] = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
@@ -373,7 +443,9 @@ class Vendors:
         if gpu:
             parts.append({"format": "nvidia-gpu",
                           "evidence": self.nvidia.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
-                          "certificates": self.nvidia.chain_pem().decode()})
+                          "certificates": self.nvidia.chain_pem().decode(),
+                          "ocsp": [base64.b64encode(ocsp or self.nvidia.ocsp()).decode()]
+                          if stapled else []})
         return {"evidence": parts}
 
 

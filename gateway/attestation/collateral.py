@@ -22,6 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from gateway.attestation.revocation import ocsp_request_url
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
     Collateral,
@@ -87,6 +91,35 @@ class CollateralStore:
             if found is not None:
                 return found[0]
         raise EvidenceError("sev-snp: AMD KDS has no VCEK for this chip and TCB")
+
+    async def amd_crl(self, product: str, kind: str) -> bytes:
+        """The ARK's CRL for the VCEK or VLEK chain of a product line: the operator's file in
+        `amd_roots_dir` (amd_<product>.crl, amd_<product>_vlek.crl) when there is one, else
+        AMD KDS's, cached until its nextUpdate. Its signature and age are checked by the
+        caller, whatever its source."""
+        if self._settings.amd_roots_dir:
+            suffix = "_vlek" if kind == "vlek" else ""
+            path = Path(self._settings.amd_roots_dir) / f"amd_{product.lower()}{suffix}.crl"
+            if path.is_file():
+                return path.read_bytes()
+        base = self._settings.amd_kds_url
+        if not base:
+            raise EvidenceError(f"sev-snp: no CRL for the {product} {kind.upper()} chain (no "
+                                "file in amd_roots_dir and no AMD KDS configured)")
+        found = await self._get(f"{base}/{kind}/v1/{product}/crl", expires=_crl_next_update)
+        if found is None:
+            raise EvidenceError(f"sev-snp: AMD KDS has no CRL for {product}")
+        return found[0]
+
+    async def ocsp(self, cert: x509.Certificate, issuer: x509.Certificate,
+                   responder: str) -> bytes:
+        """The responder's answer about `cert` (asked by GET, RFC 6960 appendix A), cached
+        until its nextUpdate; checked by the caller."""
+        url = ocsp_request_url(cert, issuer, responder)
+        found = await self._get(url, expires=_ocsp_next_update)
+        if found is None:
+            raise EvidenceError(f"nvidia-gpu: the OCSP responder {responder} answered 404")
+        return found[0]
 
     async def tdx(self, quote: TdxQuote) -> Collateral:
         if self._settings.intel_collateral_dir:
@@ -189,3 +222,22 @@ def _next_update(json_name: str) -> Expiry:
             return now + CRL_TTL_S
 
     return expires
+
+
+def _crl_next_update(body: bytes, now: float) -> float | None:
+    """Kept until the CRL's nextUpdate (one that does not parse: an hour, and refused)."""
+    try:
+        next_update = x509.load_der_x509_crl(body).next_update_utc
+    except ValueError:
+        return now + CRL_TTL_S
+    return next_update.timestamp() if next_update else now + CRL_TTL_S
+
+
+def _ocsp_next_update(body: bytes, now: float) -> float | None:
+    try:
+        response = ocsp.load_der_ocsp_response(body)
+        ends = [single.next_update_utc for single in response.responses]
+    except ValueError:
+        return now + CRL_TTL_S
+    known = [end.timestamp() for end in ends if end is not None]
+    return min(known) if known else now + CRL_TTL_S

@@ -8,7 +8,7 @@ Evidence protocol (documented in the README):
     200 {"evidence": [{"format": "sev-snp", "report": <base64>, "vcek": <base64 DER>},
                       {"format": "tdx", "quote": <base64>, "collateral": {...}},
                       {"format": "nvidia-gpu", "evidence": <hex SPDM request+response>,
-                       "certificates": <PEM chain>},
+                       "certificates": <PEM chain>, "ocsp": [<base64 DER OCSP response>]},
                       {"format": "token", "token": <JWT>}]}
 """
 
@@ -24,9 +24,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
+from cryptography import x509
 
-from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
-from gateway.attestation.snp import SnpReport, VerifiedSnp, parse_report, verify_report
+from gateway.attestation.nvidia import GpuEvidence, load_chain, verify_gpu_evidence
+from gateway.attestation.revocation import check_crl, check_ocsp, ocsp_matches, ocsp_targets
+from gateway.attestation.snp import (
+    SnpReport,
+    VerifiedSnp,
+    load_certificate,
+    parse_report,
+    verify_report,
+)
 from gateway.attestation.tdx import (
     Collateral,
     TdxQuote,
@@ -58,6 +66,15 @@ class CollateralSource(Protocol):
 
     async def tdx(self, quote: TdxQuote) -> Collateral: ...
 
+    async def amd_crl(self, product: str, kind: str) -> bytes:
+        """The ARK's CRL (DER) for a product line's "vcek" or "vlek" chain."""
+        ...
+
+    async def ocsp(self, cert: x509.Certificate, issuer: x509.Certificate,
+                   responder: str) -> bytes:
+        """The responder's OCSP response (DER) about `cert`."""
+        ...
+
 
 @dataclass(frozen=True)
 class Evidence:
@@ -71,10 +88,13 @@ class Evidence:
     certificate_sha256: bytes
     verified_at: float
     digest: str  # what the audit trail records
+    revocation_until: float = float("inf")  # the earliest nextUpdate of the CRLs and OCSP
 
     def not_after(self) -> float:
-        """The endorsement certificate's end (SNP), Intel's collateral's nextUpdate (TDX)."""
-        ends = [self.snp.not_after.timestamp()] if self.snp else []
+        """The endorsement certificate's end (SNP), Intel's collateral's nextUpdate (TDX), the
+        revocation data's nextUpdate: the verdict lapses then, and is renewed with fresh data."""
+        ends = [self.snp.not_after.timestamp(), self.revocation_until] if self.snp \
+            else [self.revocation_until]
         ends += [self.tdx.next_update.timestamp()] if self.tdx else []
         return min(ends, default=float("inf"))
 
@@ -97,6 +117,7 @@ class EvidenceVerifier:
         gpu: GpuEvidence | None = None
         tokens: list[str] = []
         seen: set[str] = set()
+        revocation: list[datetime] = []
         for part in parse_parts(fetched.body):
             kind = part.get("format")
             if kind == "token" and isinstance(part.get("token"), str):
@@ -108,11 +129,11 @@ class EvidenceVerifier:
                 raise EvidenceError(f"evidence has more than one {kind!r} part")
             seen.add(kind)
             if kind == "sev-snp":
-                snp = await self._snp(part, fetched.binding, at)
+                snp = await self._snp(part, fetched.binding, at, revocation)
             elif kind == "tdx":
                 tdx = await self._tdx(part, fetched.binding, at)
             else:
-                gpu = self._gpu(part, fetched.binding, at)
+                gpu = await self._gpu(part, fetched.binding, at, revocation)
         values = {"snp": snp.values() if snp else None, "tdx": tdx.values() if tdx else None,
                   "gpu": {str(i): v.hex() for i, v in gpu.measurements.items()} if gpu else None,
                   "tokens": len(tokens),
@@ -122,9 +143,11 @@ class EvidenceVerifier:
         return Evidence(snp=snp, tdx=tdx, gpu=gpu, tokens=tuple(tokens),
                         expected_nonce=fetched.binding.hex(),
                         certificate_sha256=fetched.certificate_sha256, verified_at=now,
-                        digest=digest)
+                        digest=digest, revocation_until=min(
+                            (t.timestamp() for t in revocation), default=float("inf")))
 
-    async def _snp(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> VerifiedSnp:
+    async def _snp(self, part: Mapping[str, Any], expected: bytes, at: datetime,
+                   revocation: list[datetime]) -> VerifiedSnp:
         try:
             report = base64.b64decode(part["report"], validate=True)
             vcek = base64.b64decode(part["vcek"], validate=True) if part.get("vcek") else None
@@ -137,7 +160,20 @@ class EvidenceVerifier:
         if verified.report.report_data != expected:
             raise EvidenceError("sev-snp: report_data is not bound to this nonce and TLS key "
                                 "(a replayed report, or evidence from another machine)")
+        revocation.append(await self._snp_not_revoked(verified, vcek, at))
         return verified
+
+    async def _snp_not_revoked(self, verified: VerifiedSnp, vcek: bytes,
+                               at: datetime) -> datetime:
+        """The ARK's CRL lists neither the ASK/ASVK nor the VCEK/VLEK; until its nextUpdate."""
+        pinned = self._roots.amd[verified.product]
+        kind = verified.key_kind
+        intermediate = pinned.asvk if kind == "vlek" else pinned.ask
+        assert intermediate is not None  # noqa: S101 (verify_report needed it)
+        crl = await self._collateral.amd_crl(verified.product, kind)
+        return check_crl(crl, pinned.ark, {"asvk" if kind == "vlek" else "ask": intermediate,
+                                           kind: load_certificate(vcek)},
+                         at, prefix="sev-snp", same_issuer=False)
 
     async def _tdx(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> VerifiedTdx:
         try:
@@ -153,16 +189,23 @@ class EvidenceVerifier:
                                 "(a replayed quote, or evidence from another machine)")
         return verified
 
-    def _gpu(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> GpuEvidence:
+    async def _gpu(self, part: Mapping[str, Any], expected: bytes, at: datetime,
+                   revocation: list[datetime]) -> GpuEvidence:
         try:
             raw = bytes.fromhex(str(part["evidence"]))
             chain = str(part["certificates"]).encode()
-        except (KeyError, ValueError):
-            raise EvidenceError("nvidia-gpu evidence needs hex 'evidence' and PEM "
-                                "'certificates'") from None
+            stapled = [base64.b64decode(r, validate=True) for r in part.get("ocsp") or []]
+        except (KeyError, ValueError, TypeError):
+            raise EvidenceError("nvidia-gpu evidence needs hex 'evidence', PEM 'certificates' "
+                                "and, if any, base64 'ocsp' responses") from None
         # The agent asks the GPU with the first 32 bytes of the binding as the SPDM nonce.
-        return verify_gpu_evidence(raw, chain, expected_nonce=expected[:32], at=at,
-                                   root=self._roots.nvidia)
+        verified = verify_gpu_evidence(raw, chain, expected_nonce=expected[:32], at=at,
+                                       root=self._roots.nvidia)
+        for cert, issuer, responder in ocsp_targets(load_chain(chain), self._roots.nvidia):
+            response = next((r for r in stapled if ocsp_matches(r, cert)), None) \
+                or await self._collateral.ocsp(cert, issuer, responder)
+            revocation.append(check_ocsp(response, cert, issuer, at))
+        return verified
 
 
 def parse_parts(body: bytes) -> list[Mapping[str, Any]]:

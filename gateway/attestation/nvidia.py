@@ -98,15 +98,19 @@ def nvidia_root() -> x509.Certificate:
     return x509.load_pem_x509_certificate(data)
 
 
-def verify_gpu_evidence(raw: bytes, chain_pem: bytes, *, expected_nonce: bytes | None,
-                        at: datetime, root: x509.Certificate | None = None) -> GpuEvidence:
-    evidence = parse_evidence(raw)
+def load_chain(chain_pem: bytes) -> list[x509.Certificate]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            chain = x509.load_pem_x509_certificates(chain_pem)
+            return x509.load_pem_x509_certificates(chain_pem)
         except ValueError:
             raise EvidenceError("nvidia-gpu: the certificate chain does not parse") from None
+
+
+def verify_gpu_evidence(raw: bytes, chain_pem: bytes, *, expected_nonce: bytes | None,
+                        at: datetime, root: x509.Certificate | None = None) -> GpuEvidence:
+    evidence = parse_evidence(raw)
+    chain = load_chain(chain_pem)
     verify_chain(chain, root or nvidia_root(), at, prefix="nvidia-gpu", root_label="NVIDIA")
     key = chain[0].public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):

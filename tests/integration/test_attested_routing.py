@@ -19,7 +19,6 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 
 from gateway.app import GATEWAY, Outbound
 from gateway.attestation.binding import binding, spki_sha256
@@ -82,10 +81,9 @@ class ConfidentialBackend:
                 "role": "assistant", "content": "echo: " + body["messages"][-1]["content"]}}]})
 
 
-def roots_dir(directory: Path) -> str:
-    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (CA.ask, CA.ark))
-    (directory / "amd_milan.pem").write_bytes(pem)
-    return str(directory)
+def roots_dir(directory: Path, **crls: bytes) -> str:
+    """The test AMD's chains and CRLs (empty ones unless `crl`/`vlek_crl` say otherwise)."""
+    return CA.roots_dir(directory, **crls)
 
 
 def attested(name: str, url: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ JWKS_URL = "https://keys.test/jwks"
 SNP = {"sev-snp": {"measurements": [MEASUREMENT.hex()], "min_tcb": {"snp": 8}}}
 TDX = {"tdx": {"mrtd": [MRTD.hex()]}}
 TOKEN = {"token": {"issuer": TOKEN_ISSUER, "jwks_url": JWKS_URL}}
+# The test AMD's CRLs as the operator's files (roots are handed to the service directly).
+AMD_DIR = VENDORS.amd.roots_dir(Path(tempfile.mkdtemp(prefix="veil-amd-")))
 
 
 def certificate(name: str = "tee") -> bytes:
@@ -110,7 +113,7 @@ def settings(**attestation: Any) -> Settings:
         "backends": [{"name": "tee", "url": ORIGIN, "attestation": {"refresh_s": 300}}],
         "models": {"m": ["tee"]}, "policies": {"files": ["unused.yaml"]},
         "attestation": {"cache_dir": None, "amd_kds_url": None, "intel_pcs_url": None,
-                        **attestation}})
+                        "amd_roots_dir": AMD_DIR, **attestation}})
 
 
 @dataclass
