@@ -351,6 +351,11 @@ class GpuTestCa:
             responder = certificate("Test NVIDIA OCSP responder", ROOT_NAME, key.public_key(),
                                     self.root_key, ca=False, more=(x509.ExtendedKeyUsage(
                                         [x509.ExtendedKeyUsageOID.OCSP_SIGNING]),))
+        encoding = ocsp.OCSPResponderEncoding.HASH
+        if signer is not None:  # another key under the root's name: the signature must fail
+            key, responder = signer, certificate(ROOT_NAME, ROOT_NAME, signer.public_key(),
+                                                 signer, ca=True)
+            encoding = ocsp.OCSPResponderEncoding.NAME
         revoked = status == "revoked"
         builder = ocsp.OCSPResponseBuilder().add_response(
             cert=cert or self.leaf, issuer=self.root, algorithm=hashes.SHA384(),
@@ -358,10 +363,10 @@ class GpuTestCa:
             this_update=this_update, next_update=next_update,
             revocation_time=START if revoked else None,
             revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
-        ).responder_id(ocsp.OCSPResponderEncoding.HASH, responder)
+        ).responder_id(encoding, responder)
         if delegated:
             builder = builder.certificates([responder])
-        response = builder.sign(signer or key, hashes.SHA384())
+        response = builder.sign(key, hashes.SHA384())
         return response.public_bytes(serialization.Encoding.DER)
 
     def chain_pem(self) -> bytes:

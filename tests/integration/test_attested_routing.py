@@ -53,6 +53,7 @@ class ConfidentialBackend:
     gpu: bool = False
     endorsed: bool = True  # sends its VCEK / TDX collateral (else the gateway fetches them)
     token_claims: dict[str, Any] | None = None  # adds an attestation service's token
+    ocsp: bytes | None = None  # the OCSP response stapled to the GPU part (a good one if None)
     served: int = 0
     nonces: list[str] = field(default_factory=list)
 
@@ -70,7 +71,7 @@ class ConfidentialBackend:
             VENDORS.token(bound, now=time.time(), **self.token_claims),)
         return web.json_response(VENDORS.evidence(
             bound, kind=self.kind, measurement=self.measurement, endorsed=self.endorsed,
-            gpu=self.gpu, tokens=tokens))
+            gpu=self.gpu, tokens=tokens, ocsp=self.ocsp))
 
     async def chat(self, request: web.Request) -> web.Response:
         self.served += 1
@@ -252,7 +253,7 @@ def test_gpu_level_needs_both_the_cpu_and_the_gpu_evidence(tmp_path: Path) -> No
     with ServerThread(backends["cpu-only"].app(), ssl_context=contexts["cpu-only"][0]) as a, \
             ServerThread(backends["cpu-gpu"].app(), ssl_context=contexts["cpu-gpu"][0]) as b:
         settings = settings_for([attested("cpu-only", a.url), attested("cpu-gpu", b.url)],
-                                policy=rules)
+                                policy=rules, attestation={"amd_roots_dir": roots_dir(tmp_path)})
         with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
             wait_attested(gw, "cpu-gpu", level)
             wait_until(lambda: backends["cpu-only"].nonces)
@@ -310,3 +311,49 @@ def test_a_backend_can_require_a_level_for_everything(tmp_path: Path) -> None:
             wait_until(lambda: backends["wrong"].nonces)
             assert chat(gw.url, "hello, nothing personal").status_code == 200
     assert (backends["wrong"].served, backends["right"].served) == (0, 1)
+
+
+def refusals(gw: ServerThread, backend: str) -> float:
+    return gw.app[GATEWAY].metrics.registry.get_sample_value(
+        "veil_attestations_total", {"backend": backend, "result": "refused"}) or 0.0
+
+
+def test_a_revoked_vcek_is_refused_and_nothing_is_routed(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The operator's CRL lists the machine's VCEK: no verdict, so personal data goes nowhere;
+    the reason is in the log."""
+    context, certificate = tls_context(tmp_path, "revoked")
+    backend = ConfidentialBackend(certificate)
+    with ServerThread(backend.app(), ssl_context=context) as server:
+        crl = CA.crl(revoked=(VCEK,))
+        settings = settings_for([attested("revoked", server.url)], policy=POLICY,
+                                attestation={"amd_roots_dir": roots_dir(tmp_path, crl=crl)})
+        with gateway_for(settings) as gw:
+            wait_until(lambda: refusals(gw, "revoked") >= 1)
+            assert gw.app[GATEWAY].attestation.digest("revoked") is None
+            refused = chat(gw.url, "mail jane.roe@example.com")
+    assert '"reason":"sev-snp: vcek revoked' in capfd.readouterr().err
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "no_attested_backend"
+    assert backend.served == 0
+
+
+def test_a_revoked_gpu_certificate_is_refused_and_the_gpu_level_not_met(tmp_path: Path) -> None:
+    """The GPU part staples NVIDIA's answer that its certificate is revoked: the backend meets
+    no level at all (the whole evidence is refused), so the request is not routed."""
+    level = "confidential-gpu"
+    snp = POLICY["trust_levels"][LEVEL]["sev-snp"]
+    rules = {**POLICY, "routing": {"personal": {"require": level}},
+             "trust_levels": {level: {"sev-snp": snp,
+                                      "nvidia-gpu": {"measurements": {1: ["11" * 48]}}}}}
+    context, certificate = tls_context(tmp_path, "gpu")
+    backend = ConfidentialBackend(certificate, gpu=True, ocsp=GPU_CA.ocsp(status="revoked"))
+    with ServerThread(backend.app(), ssl_context=context) as server:
+        settings = settings_for([attested("gpu", server.url)], policy=rules,
+                                attestation={"amd_roots_dir": roots_dir(tmp_path)})
+        with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
+            wait_until(lambda: refusals(gw, "gpu") >= 1)
+            refused = chat(gw.url, "mail jane.roe@example.com")
+            assert gw.app[GATEWAY].attestation.digest("gpu") is None
+    assert refused.status_code == 503
+    assert backend.served == 0
