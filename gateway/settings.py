@@ -402,12 +402,14 @@ class AttestationSettings(Strict):
     # Folder of AMD roots (amd_<product>.pem: ASK then ARK; amd_<product>_vlek.pem: ASVK then
     # ARK) replacing the ones shipped with the package: for an operator to rotate roots or add
     # a VLEK chain ahead of a release. (Tests pass their private roots to the service instead.)
+    # The ARK's CRLs saved from AMD KDS may be kept there too (amd_<product>.crl,
+    # amd_<product>_vlek.crl, DER): used instead of fetching them, still checked.
     amd_roots_dir: str | None = None
     # Intel collateral saved from PCS (tcb_info_<fmspc>.json, qe_identity.json, chains, CRLs),
     # for TDX backends that send only their quote: fully offline verification.
     intel_collateral_dir: str | None = None
-    # Where to fetch what evidence does not carry (VCEKs; TDX TCB Info, QE Identity, CRLs),
-    # cached on disk; null: never fetch.
+    # Where to fetch what evidence does not carry (VCEKs, the ARK's CRLs; TDX TCB Info, QE
+    # Identity, CRLs), cached on disk; null: never fetch (SEV-SNP then needs the CRL files).
     amd_kds_url: str | None = "https://kdsintf.amd.com"
     intel_pcs_url: str | None = "https://api.trustedservices.intel.com"
     cache_dir: str | None = "var/attestation-cache"

@@ -240,11 +240,15 @@ class TdxTestCa:
     def pem(self, *certs: x509.Certificate) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
-    def pck_crl(self) -> bytes:
-        """An empty CRL from the PCK CA, valid for ten years from START."""
-        crl = (x509.CertificateRevocationListBuilder().issuer_name(self.pck_ca.subject)
-               .last_update(START).next_update(START + datetime.timedelta(3650))
-               .sign(self.pck_ca_key, hashes.SHA256()))
+    def pck_crl(self, revoked: tuple[x509.Certificate, ...] = ()) -> bytes:
+        """A CRL from the PCK CA listing `revoked` (none: empty), valid for ten years."""
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.pck_ca.subject)
+                   .last_update(START).next_update(START + datetime.timedelta(3650)))
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                .revocation_date(START).build())
+        crl = builder.sign(self.pck_ca_key, hashes.SHA256())
         return crl.public_bytes(serialization.Encoding.DER)
 
     def signed_json(self, name: str, body: dict[str, object]) -> str:
@@ -292,6 +296,7 @@ class TdxTestCa:
         pck = certificate("Test SGX PCK Certificate", "Test SGX PCK Platform CA",
                           pck_key.public_key(), self.pck_ca_key, ca=False,
                           extensions={SGX: sgx_extension([cpusvn] * 16, pcesvn=10)})
+        self.last_pck = pck  # the platform's certificate in the latest quote (to revoke it)
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         point = attestation_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]

@@ -50,8 +50,9 @@ def check_crl(crl_der: bytes, issuer: x509.Certificate,
     if not signed or crl.issuer != issuer.subject:
         raise EvidenceError(f"{prefix}: CRL is not signed by {issuer_name!r}")
     if crl.next_update_utc is None or at > crl.next_update_utc:
-        ended = crl.next_update_utc.date() if crl.next_update_utc else "no nextUpdate"
-        raise EvidenceError(f"{prefix}: CRL of {issuer_name!r} is stale ({ended})")
+        ended = f"expired {crl.next_update_utc.date()}" if crl.next_update_utc \
+            else "it has no nextUpdate"
+        raise EvidenceError(f"{prefix}: CRL of {issuer_name!r} is stale: {ended}")
     for label, cert in certs.items():
         listed = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if listed is not None and (not same_issuer or cert.issuer == crl.issuer):

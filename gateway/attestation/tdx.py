@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from gateway.attestation.chains import verify_chain
+from gateway.attestation.revocation import check_crl
 from gateway.errors import EvidenceError
 
 HEADER_SIZE = 48
@@ -305,26 +306,16 @@ def _verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at:
     verify_chain(chain, root, at, prefix="tdx", root_label="Intel", what=f"{what} ")
 
 
+_LABELS = ("pck", "pck ca", "root ca")  # how a revoked certificate of a PCK chain is named
+
+
 def _check_crls(collateral: Collateral, chain: Sequence[x509.Certificate],
                 root: x509.Certificate, at: datetime) -> None:
     for crl_der, issuer in ((collateral.pck_crl, chain[1] if len(chain) > 1 else root),
                             (collateral.root_crl, root)):
-        if crl_der is None:
-            continue
-        try:
-            crl = x509.load_der_x509_crl(crl_der)
-        except ValueError:
-            raise EvidenceError("tdx: a CRL does not parse") from None
-        if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-            raise EvidenceError(f"tdx: CRL is not signed by {issuer.subject.rfc4514_string()}")
-        if crl.next_update_utc is not None and at > crl.next_update_utc:
-            raise EvidenceError(f"tdx: CRL of {issuer.subject.rfc4514_string()} expired "
-                                f"{crl.next_update_utc.date()}")
-        for cert in chain:
-            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None \
-                    and cert.issuer == crl.issuer:
-                raise EvidenceError(f"tdx: certificate {cert.subject.rfc4514_string()!r} is "
-                                    "revoked")
+        if crl_der is not None:
+            check_crl(crl_der, issuer, {_LABELS[i] if i < len(_LABELS) else f"certificate {i}": c
+                                        for i, c in enumerate(chain)}, at, prefix="tdx")
 
 
 def _verify(key: Any, signature: bytes, data: bytes, what: str) -> None:

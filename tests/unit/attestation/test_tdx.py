@@ -3,6 +3,7 @@ tampering is refused; trust-level checks reach each branch with quotes from a te
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +140,17 @@ def problems(collateral: dict[str, str] | None = None, **quote_fields: object) -
 
 def test_test_ca_quote_meets_the_level() -> None:
     assert problems() == []
+
+
+def test_a_revoked_pck_certificate_is_refused() -> None:
+    raw = CA.quote()
+    collateral = collateral_from_json({**CA.collateral(), "pck_crl": base64.b64encode(
+        CA.pck_crl(revoked=(CA.last_pck,))).decode()})
+    with pytest.raises(EvidenceError, match="tdx: pck revoked"):
+        verify_quote(raw, collateral, at=AT, root=CA.root)
+    fine = collateral_from_json({**CA.collateral(),
+                                 "pck_crl": base64.b64encode(CA.pck_crl()).decode()})
+    assert verify_quote(raw, fine, at=AT, root=CA.root)
 
 
 @pytest.mark.parametrize(("fields", "problem"), [

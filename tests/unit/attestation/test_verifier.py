@@ -334,3 +334,19 @@ async def test_endorsements_come_from_the_key_services_through_the_transport(
         await w.attested()
         assert w.meets()
         assert w.network.asked == [EVIDENCE_URL, vcek_url]
+
+
+async def test_a_verdict_lapses_at_the_crls_next_update_and_a_stale_crl_renews_nothing(
+        tmp_path: Path) -> None:
+    crl = VENDORS.amd.crl(next_update=datetime.fromtimestamp(T0 + 300, UTC))
+    clock = Clock()
+    async with world(document(), clock=clock,
+                     amd_roots_dir=VENDORS.amd.roots_dir(tmp_path, crl=crl)) as w:
+        await w.attested()
+        assert w.meets(T0 + 299)
+        assert not w.meets(T0 + 300)
+        w.clock.now = T0 + 301
+        w.service.key_changed("tee")  # re-attest now: the CRL on file is past its nextUpdate
+        await w.attested(2)
+        assert w.attempts("refused") == 1
+        assert not w.meets()
