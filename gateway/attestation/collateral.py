@@ -6,7 +6,9 @@ fetched is still valid.
 
 Nothing fetched here is trusted for being fetched: VCEKs and collateral are verified against the
 pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs are immutable
-for a (chip, TCB) and kept for good, collateral until its nextUpdate. With a shared store
+for a (chip, TCB) and kept for good, collateral until its nextUpdate, and so are the ARK's CRLs
+(AMD KDS) and OCSP responses about NVIDIA's GPU certificates (the responder in the certificate's
+AIA, asked by GET with no nonce, so one certificate is always the same URL). With a shared store
 (gateway/state/shared_attestation.py) what one replica fetched is read by the others before
 they ask the network: the disk first, then the shared store, then AMD KDS / Intel PCS.
 """
@@ -188,7 +190,7 @@ class CollateralStore:
             return None
         try:  # a damaged entry is a miss: what it held is fetched again
             entry = json.loads(path.read_text())
-            if entry["url"] != url or (entry["expires"] and entry["expires"] < self._clock()):
+            if entry["url"] != url or (entry["expires"] and entry["expires"] <= self._clock()):
                 return None
             return bytes.fromhex(entry["body"]), bytes.fromhex(entry["chain"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -225,19 +227,20 @@ def _next_update(json_name: str) -> Expiry:
 
 
 def _crl_next_update(body: bytes, now: float) -> float | None:
-    """Kept until the CRL's nextUpdate (one that does not parse: an hour, and refused)."""
+    """Kept until the CRL's nextUpdate; one that does not parse or has none is not kept (it
+    is refused, and asked for again next time)."""
     try:
         next_update = x509.load_der_x509_crl(body).next_update_utc
     except ValueError:
-        return now + CRL_TTL_S
-    return next_update.timestamp() if next_update else now + CRL_TTL_S
+        return now
+    return next_update.timestamp() if next_update else now
 
 
 def _ocsp_next_update(body: bytes, now: float) -> float | None:
+    """Kept until the response's nextUpdate; an unsuccessful answer (tryLater) is not kept."""
     try:
-        response = ocsp.load_der_ocsp_response(body)
-        ends = [single.next_update_utc for single in response.responses]
+        ends = [single.next_update_utc for single in ocsp.load_der_ocsp_response(body).responses]
     except ValueError:
-        return now + CRL_TTL_S
+        return now
     known = [end.timestamp() for end in ends if end is not None]
-    return min(known) if known else now + CRL_TTL_S
+    return min(known) if known else now

@@ -258,3 +258,16 @@ async def test_ocsp_is_asked_by_get_and_kept_until_its_next_update(tmp_path: Pat
     assert request.serial_number == leaf.serial_number
     await store(network, tmp_path, next_update.timestamp() + 1).ocsp(leaf, root, OCSP_URL)
     assert len(network.asked) == 2
+
+
+async def test_an_answer_that_is_not_a_crl_is_not_kept(tmp_path: Path) -> None:
+    url = "https://kds.test/vcek/v1/Milan/crl"
+    network = Network({url: Response(200, b"<html>maintenance</html>")})
+    for _ in range(2):
+        await store(network, tmp_path, AT.timestamp()).amd_crl("Milan", "vcek")
+    assert network.asked == [url, url]
+    document, _ = snp()
+    verifier = EvidenceVerifier(VENDORS.roots(), store(network, tmp_path, AT.timestamp()),
+                                AT.timestamp)
+    with pytest.raises(EvidenceError, match="the CRL of 'ARK-Milan' does not parse"):
+        await verifier.verify(Fetched(orjson.dumps(document), BOUND, bytes(32)))
