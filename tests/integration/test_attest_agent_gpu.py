@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.attestation.agent import EVIDENCE_PATH, AgentSettings, build_agent_app, gpu_source
@@ -28,7 +29,7 @@ from gateway.attestation.snp import SnpReport
 from gateway.attestation.tdx import Collateral, TdxQuote
 from gateway.attestation.trust_roots import Roots
 from gateway.errors import EvidenceError
-from tests.attestation_ca import self_signed
+from tests.attestation_ca import OCSP_URL, self_signed
 from tests.integration.test_attest_agent import PlatformStandIn
 from tests.integration.test_attested_routing import VENDORS
 from tests.servers import ServerThread
@@ -43,6 +44,7 @@ FAKE_SIGNING_TOOL = """#!{python}
 import base64, json, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tests.attestation_ca import spdm_evidence
 here = Path(__file__).parent
@@ -128,11 +130,22 @@ class Agent:
 
 
 class NoCollateral:
+    """Nothing the agent should have sent; revocation data as AMD KDS and NVIDIA's responder
+    would answer for the test vendors (the agent staples no OCSP response: the gateway asks)."""
+
     async def vcek(self, report: SnpReport) -> bytes:
         raise AssertionError("the agent sent the VCEK")
 
     async def tdx(self, quote: TdxQuote) -> Collateral:
         raise AssertionError("no TDX here")
+
+    async def amd_crl(self, product: str, kind: str) -> bytes:
+        return VENDORS.amd.crl(kind)
+
+    async def ocsp(self, cert: x509.Certificate, issuer: x509.Certificate,
+                   responder: str) -> bytes:
+        assert responder == OCSP_URL
+        return VENDORS.nvidia.ocsp(cert=cert)
 
 
 def test_gpu_evidence_is_bound_to_the_nonce_and_verifies_at_the_gateway(
