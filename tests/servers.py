@@ -79,7 +79,8 @@ def write_policy(policy: dict[str, Any], directory: Path | None = None) -> str:
 def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | None = None,
                  *, policy: dict[str, Any] | None = None, **overrides: Any) -> Settings:
     """Settings with two tenants: `test` (every model) and `limited` (only `other-model`), and
-    one policy (patterns only unless `policy` says otherwise)."""
+    one policy (patterns only unless `policy` says otherwise). Never AMD KDS or Intel PCS: a
+    test that fetches collateral names its own server (`attestation=...`)."""
     names = [b["name"] for b in backends]
     data: dict[str, Any] = {
         "tenants": {"test": {"models": ["*"]}, "limited": {"models": ["other-model"]}},
@@ -90,6 +91,7 @@ def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | 
         "models": models or {"test-model": names, "other-model": names},
         "logging": {"level": "debug"},
         "privacy": {"ner_workers": 1},  # one each: the suite runs many gateways at once
+        "attestation": {"amd_kds_url": None, "intel_pcs_url": None},
         "policies": {"files": [write_policy(policy or TEST_POLICY)], "watch_interval_s": 0},
     }
     data.update(overrides)
