@@ -155,10 +155,7 @@ def _running_commands(commands: Commands) -> None:
     serve.add_argument("--port", type=_port, help="port to listen on (default: listen.port)")
 
     demo = commands.add_parser("demo-upstream", help="run the built-in demo model server")
-    demo.add_argument("--host", type=_host, default="127.0.0.1",
-                      help="address to listen on (default: %(default)s)")
-    demo.add_argument("--port", type=_port, default=8081,
-                      help="port to listen on (default: %(default)s)")
+    _listen_options(demo, 8081)
     demo.add_argument("--chunk-delay-ms", type=_delay, default=0.0,
                       help="pause between streamed chunks, to make streaming visible "
                            "(default: %(default)s)")
@@ -259,12 +256,17 @@ def _attest_commands(commands: Commands) -> None:
     agent.add_argument("--collateral", help="TDX: folder of Intel PCS collateral to send")
     agent.add_argument("--no-gpu", action="store_true",
                        help="serve CPU evidence only, even where NVIDIA's nvattest is installed")
-    agent.add_argument("--host", type=_host, default="127.0.0.1",
-                       help="address to listen on (default: %(default)s)")
-    agent.add_argument("--port", type=_port, default=8444,
-                       help="port to listen on (default: %(default)s)")
+    _listen_options(agent, 8444)
     agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report",
                        help="the kernel's configfs-tsm report folder (default: %(default)s)")
+
+
+def _listen_options(parser: argparse.ArgumentParser, port: int) -> None:
+    """--host and --port for a command that serves on its own (loopback by default)."""
+    parser.add_argument("--host", type=_host, default="127.0.0.1",
+                        help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=port,
+                        help="port to listen on (default: %(default)s)")
 
 
 def _fhe_commands(commands: Commands) -> None:
@@ -280,10 +282,7 @@ def _fhe_commands(commands: Commands) -> None:
     serve.add_argument("--models", required=True, help="folder of *.npz models")
     serve.add_argument("--keys", default="var/scorer-keys",
                        help="where received evaluation keys are kept (default: %(default)s)")
-    serve.add_argument("--host", type=_host, default="127.0.0.1",
-                       help="address to listen on (default: %(default)s)")
-    serve.add_argument("--port", type=_port, default=8090,
-                       help="port to listen on (default: %(default)s)")
+    _listen_options(serve, 8090)
     serve.add_argument("--workers", type=_positive, default=None,
                        help="scoring processes (default: one per core)")
     serve.add_argument("--grace-s", type=_positive, default=86_400,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,20 +193,30 @@ def tampered(store: redis.Redis, how: str, good: str, bad: str) -> None:
     store.set(bad, record)  # the good backend's verdict copied under the bad one's name
 
 
-@pytest.mark.parametrize("how", ["flipped", "garbage", "not text", "a list", "huge",
-                                 "another backend's"])
-def test_a_planted_or_altered_record_is_never_accepted(
-        tmp_path: Path, redis_server: RedisServer, how: str) -> None:
+@contextmanager
+def good_and_bad(tmp_path: Path, redis_url: str) -> Iterator[
+        tuple[dict[str, tuple[Any, bytes]], dict[str, ConfidentialBackend], Settings]]:
+    """Two confidential backends on loopback TLS, one whose measurement no level allows, and
+    the settings of replicas in front of them; the first replica has attested both (and
+    published the good one's evidence) by the time the block runs."""
     contexts = {name: tls_context(tmp_path, name) for name in ("good", "bad")}
     backends = {"good": ConfidentialBackend(contexts["good"][1]),
                 "bad": ConfidentialBackend(contexts["bad"][1], measurement=bytes(48))}
     with ExitStack() as stack:
         urls = {name: stack.enter_context(ServerThread(b.app(), ssl_context=contexts[name][0])).url
                 for name, b in backends.items()}
-        settings = replica_settings(tmp_path, redis_server.url, urls)
+        settings = replica_settings(tmp_path, redis_url, urls)
         with replica(settings) as first:
             wait_attested(first, "good")
             wait_until(lambda: attestations(first, "bad") >= 1)
+        yield contexts, backends, settings
+
+
+@pytest.mark.parametrize("how", ["flipped", "garbage", "not text", "a list", "huge",
+                                 "another backend's"])
+def test_a_planted_or_altered_record_is_never_accepted(
+        tmp_path: Path, redis_server: RedisServer, how: str) -> None:
+    with good_and_bad(tmp_path, redis_server.url) as (contexts, backends, settings):
         store = redis.Redis.from_url(redis_server.url)
         tampered(store, how, record_name("good", contexts["good"][1]),
                  record_name("bad", contexts["bad"][1]))
@@ -228,16 +238,7 @@ def test_a_failing_backend_is_refused_whatever_redis_says(
         tmp_path: Path, redis_server: RedisServer) -> None:
     """Even a record sealed with the real key (an insider holding the vault secret) cannot vouch
     for a machine: the adopting replica binds it to the certificate it reads itself."""
-    contexts = {name: tls_context(tmp_path, name) for name in ("good", "bad")}
-    backends = {"good": ConfidentialBackend(contexts["good"][1]),
-                "bad": ConfidentialBackend(contexts["bad"][1], measurement=bytes(48))}
-    with ExitStack() as stack:
-        urls = {name: stack.enter_context(ServerThread(b.app(), ssl_context=contexts[name][0])).url
-                for name, b in backends.items()}
-        settings = replica_settings(tmp_path, redis_server.url, urls)
-        with replica(settings) as first:
-            wait_attested(first, "good")
-            wait_until(lambda: attestations(first, "bad") >= 1)
+    with good_and_bad(tmp_path, redis_server.url) as (contexts, backends, settings):
         store = redis.Redis.from_url(redis_server.url, decode_responses=True)
         sealer = Sealer(VAULT_SECRET.encode())
         good = evidence_context("good", hashlib.sha256(contexts["good"][1]).digest())
