@@ -114,12 +114,13 @@ class SnpTestCa:
 
     def crl(self, kind: str = "vcek", *, revoked: tuple[bytes | x509.Certificate, ...] = (),
             next_update: datetime.datetime = CRL_NEXT_UPDATE,
-            signer: rsa.RSAPrivateKey | None = None) -> bytes:
+            signer: rsa.RSAPrivateKey | None = None,
+            this_update: datetime.datetime = START) -> bytes:
         """The ARK's CRL for the VCEK (or VLEK) chain, as AMD KDS serves it (DER, RSA-PSS),
         listing `revoked` (certificates, or DER certificates as `vcek` answers them)."""
         del kind  # one ARK signs both; the file name or URL says which chain it is for
         builder = (x509.CertificateRevocationListBuilder().issuer_name(self.ark.subject)
-                   .last_update(START).next_update(next_update))
+                   .last_update(this_update).next_update(next_update))
         for cert in revoked:
             loaded = cert if isinstance(cert, x509.Certificate) \
                 else x509.load_der_x509_certificate(cert)
@@ -240,10 +241,13 @@ class TdxTestCa:
     def pem(self, *certs: x509.Certificate) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
-    def pck_crl(self, revoked: tuple[x509.Certificate, ...] = ()) -> bytes:
-        """A CRL from the PCK CA listing `revoked` (none: empty), valid for ten years."""
+    def pck_crl(self, revoked: tuple[x509.Certificate, ...] = (), *,
+                this_update: datetime.datetime = START,
+                next_update: datetime.datetime = START + datetime.timedelta(3650)) -> bytes:
+        """A CRL from the PCK CA listing `revoked` (none: empty), valid for ten years unless
+        dated otherwise."""
         builder = (x509.CertificateRevocationListBuilder().issuer_name(self.pck_ca.subject)
-                   .last_update(START).next_update(START + datetime.timedelta(3650)))
+                   .last_update(this_update).next_update(next_update))
         for cert in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(cert.serial_number)

@@ -27,7 +27,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from gateway.attestation.revocation import ocsp_request_url
+from gateway.attestation.revocation import CLOCK_SKEW, ocsp_request_url
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
     Collateral,
@@ -143,7 +143,7 @@ class CollateralStore:
 
     async def _required(self, url: str, chain_header: str,
                         json_name: str | None) -> tuple[bytes, bytes]:
-        expires = _next_update(json_name) if json_name else _an_hour
+        expires = _next_update(json_name) if json_name else _pck_crl_next_update
         found = await self._get(url, expires=expires, chain_header=chain_header)
         if found is None:
             raise EvidenceError(f"tdx: Intel PCS has no collateral at {url}")
@@ -211,8 +211,10 @@ def _forever(_: bytes, now: float) -> float | None:
     return None  # a VCEK certifies one chip at one TCB: it never changes
 
 
-def _an_hour(_: bytes, now: float) -> float | None:
-    return now + CRL_TTL_S
+def _pck_crl_next_update(body: bytes, now: float) -> float | None:
+    """Re-read hourly, and no later than the CRL's nextUpdate (past it, it would be refused)."""
+    until = _crl_next_update(body, now)
+    return min(until, now + CRL_TTL_S) if until is not None else now
 
 
 def _next_update(json_name: str) -> Expiry:
@@ -230,17 +232,25 @@ def _crl_next_update(body: bytes, now: float) -> float | None:
     """Kept until the CRL's nextUpdate; one that does not parse or has none is not kept (it
     is refused, and asked for again next time)."""
     try:
-        next_update = x509.load_der_x509_crl(body).next_update_utc
+        crl = x509.load_der_x509_crl(body)
     except ValueError:
         return now
-    return next_update.timestamp() if next_update else now
+    if crl.next_update_utc is None or _from_the_future(crl.last_update_utc, now):
+        return now  # refused by the check: asked again next time, not held until nextUpdate
+    return crl.next_update_utc.timestamp()
 
 
 def _ocsp_next_update(body: bytes, now: float) -> float | None:
     """Kept until the response's nextUpdate; an unsuccessful answer (tryLater) is not kept."""
     try:
-        ends = [single.next_update_utc for single in ocsp.load_der_ocsp_response(body).responses]
+        singles = list(ocsp.load_der_ocsp_response(body).responses)
     except ValueError:
         return now
-    known = [end.timestamp() for end in ends if end is not None]
+    if any(_from_the_future(single.this_update_utc, now) for single in singles):
+        return now
+    known = [s.next_update_utc.timestamp() for s in singles if s.next_update_utc is not None]
     return min(known) if known else now
+
+
+def _from_the_future(this_update: datetime, now: float) -> bool:
+    return this_update.timestamp() > now + CLOCK_SKEW.total_seconds()

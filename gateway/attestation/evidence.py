@@ -91,8 +91,9 @@ class Evidence:
     revocation_until: float = float("inf")  # the earliest nextUpdate of the CRLs and OCSP
 
     def not_after(self) -> float:
-        """The endorsement certificate's end (SNP), Intel's collateral's nextUpdate (TDX), the
-        revocation data's nextUpdate: the verdict lapses then, and is renewed with fresh data."""
+        """The endorsement certificate's end (SNP), Intel's collateral's and PCK CRLs'
+        nextUpdate (TDX), the ARK's CRL's and the OCSP responses' nextUpdate (SNP, GPU): the
+        verdict lapses then, and is renewed with fresh data."""
         ends = [self.snp.not_after.timestamp(), self.revocation_until] if self.snp \
             else [self.revocation_until]
         ends += [self.tdx.next_update.timestamp()] if self.tdx else []

@@ -5,8 +5,8 @@ answers until when its answer holds (the CRL's or the response's nextUpdate), so
 lapses then and the backend is attested again with fresh revocation data.
 
 Everything refuses (EvidenceError) rather than guess: a CRL or response that does not parse, is
-signed by another key, is past its nextUpdate or has none, a certificate listed as revoked, an
-OCSP status other than good.
+signed by another key, is dated in the future (beyond CLOCK_SKEW), is past its nextUpdate or has
+none, a certificate listed as revoked, an OCSP status other than good.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 from gateway.attestation.chains import common_name
 from gateway.errors import EvidenceError
 
-CLOCK_SKEW = timedelta(minutes=5)  # a responder's thisUpdate may be this far in our future
+CLOCK_SKEW = timedelta(minutes=5)  # a CRL's or response's thisUpdate may be this far ahead
 
 
 def check_crl(crl_der: bytes, issuer: x509.Certificate,
@@ -49,6 +49,9 @@ def check_crl(crl_der: bytes, issuer: x509.Certificate,
         signed = False
     if not signed or crl.issuer != issuer.subject:
         raise EvidenceError(f"{prefix}: CRL is not signed by {issuer_name!r}")
+    if crl.last_update_utc > at + CLOCK_SKEW:
+        raise EvidenceError(f"{prefix}: CRL of {issuer_name!r} is dated in the future "
+                            f"({crl.last_update_utc.isoformat()}): a clock is wrong")
     if crl.next_update_utc is None or at > crl.next_update_utc:
         ended = f"expired {crl.next_update_utc.date()}" if crl.next_update_utc \
             else "it has no nextUpdate"

@@ -173,7 +173,7 @@ class VerifiedTdx:
     fmspc: str
     tcb_status: str  # the platform's and the TDX module's, converged
     qe_tcb_status: str  # the quoting enclave's, from QE Identity
-    next_update: datetime  # the earliest of the collateral's
+    next_update: datetime  # the earliest of the collateral's and its CRLs'
     platform_tcb_status: str  # from TCB Info's tcbLevels alone
     module: TdxModuleStatus
 
@@ -284,7 +284,7 @@ def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
     root = root or intel_root()
     quote = verify_quote_signatures(raw, at=at, root=root)
     pck = quote.pck_chain[0]
-    _check_crls(collateral, quote.pck_chain, root, at)
+    crls_next = _check_crls(collateral, quote.pck_chain, root, at)
     extensions = _sgx_extensions(pck)
     tcb_info, tcb_next = _signed_json(collateral.tcb_info, "tcbInfo",
                                       collateral.tcb_info_chain, root, at)
@@ -298,7 +298,7 @@ def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
     platform = _platform_status(tcb_info, extensions, quote.report)
     qe_status = _qe_status(identity, quote.qe_report)
     return VerifiedTdx(quote, fmspc, _converge(platform, module.tcb_status), qe_status,
-                       min(tcb_next, qe_next), platform, module)
+                       min(tcb_next, qe_next, *crls_next), platform, module)
 
 
 def _verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime,
@@ -310,12 +310,15 @@ _LABELS = ("pck", "pck ca", "root ca")  # how a revoked certificate of a PCK cha
 
 
 def _check_crls(collateral: Collateral, chain: Sequence[x509.Certificate],
-                root: x509.Certificate, at: datetime) -> None:
-    for crl_der, issuer in ((collateral.pck_crl, chain[1] if len(chain) > 1 else root),
-                            (collateral.root_crl, root)):
-        if crl_der is not None:
-            check_crl(crl_der, issuer, {_LABELS[i] if i < len(_LABELS) else f"certificate {i}": c
-                                        for i, c in enumerate(chain)}, at, prefix="tdx")
+                root: x509.Certificate, at: datetime) -> list[datetime]:
+    """The CRLs given list none of the chain; answers their nextUpdates (the verdict must lapse
+    by the first of them, so the platform is judged again against a fresh CRL)."""
+    labelled = {_LABELS[i] if i < len(_LABELS) else f"certificate {i}": c
+                for i, c in enumerate(chain)}
+    return [check_crl(crl_der, issuer, labelled, at, prefix="tdx")
+            for crl_der, issuer in ((collateral.pck_crl, chain[1] if len(chain) > 1 else root),
+                                    (collateral.root_crl, root))
+            if crl_der is not None]
 
 
 def _verify(key: Any, signature: bytes, data: bytes, what: str) -> None:

@@ -3,8 +3,9 @@ the levels in force, the key sets fetched so far and the time, so a policy reloa
 without fetching anything.
 
 A level is met until the earliest of: the verification time plus the level's `max_age_s`, the
-end of the SNP endorsement certificate, the nextUpdate of Intel's collateral, and the expiry of
-the token that satisfied the level's `token` requirement. Every evidence kind the level lists
+end of the SNP endorsement certificate, the nextUpdate of Intel's collateral, of every CRL and
+OCSP response the evidence was checked against (Evidence.not_after), and the expiry of the token
+that satisfied the level's `token` requirement. Every evidence kind the level lists
 must be present and meet it.
 """
 

@@ -22,10 +22,13 @@ from cryptography.x509 import ocsp
 
 from gateway.attestation.collateral import CollateralStore
 from gateway.attestation.evidence import Evidence, EvidenceVerifier, Fetched
+from gateway.attestation.levels import TrustLevel
+from gateway.attestation.nvidia import GpuEvidence
 from gateway.attestation.revocation import check_ocsp
 from gateway.attestation.snp import SnpReport
 from gateway.attestation.tdx import Collateral, TdxQuote
 from gateway.attestation.transport import Response
+from gateway.attestation.verdicts import level_met
 from gateway.errors import EvidenceError
 from gateway.settings import AttestationSettings
 from tests.attestation_ca import (
@@ -271,3 +274,84 @@ async def test_an_answer_that_is_not_a_crl_is_not_kept(tmp_path: Path) -> None:
                                 AT.timestamp)
     with pytest.raises(EvidenceError, match="the CRL of 'ARK-Milan' does not parse"):
         await verifier.verify(Fetched(orjson.dumps(document), BOUND, bytes(32)))
+
+
+# -- Dated in the future, past nextUpdate, and the verdict's expiry ---------------------------
+
+AN_HOUR = datetime.timedelta(hours=1)
+
+
+async def test_a_crl_dated_in_the_future_is_refused() -> None:
+    """An ARK CRL issued after `now` (beyond the clock skew) says a clock is wrong: refused,
+    whatever it lists; one a minute ahead (within the skew) is accepted."""
+    future = VENDORS.amd.crl(this_update=AT + AN_HOUR)
+    document, issued = snp(vcek=future)
+    with pytest.raises(EvidenceError, match="sev-snp: CRL of 'ARK-Milan' is dated in the "
+                                            "future"):
+        await verify(document, issued)
+    document, issued = snp(vcek=VENDORS.amd.crl(this_update=AT + datetime.timedelta(minutes=1)))
+    assert (await verify(document, issued)).snp
+
+
+def tdx_document(pck_crl: bytes) -> dict[str, Any]:
+    document = VENDORS.evidence(BOUND, kind="tdx")
+    document["evidence"][0]["collateral"]["pck_crl"] = base64.b64encode(pck_crl).decode()
+    return document
+
+
+@pytest.mark.parametrize(("dated", "reason"), [
+    ({"this_update": AT + AN_HOUR}, "tdx: CRL of 'Test SGX PCK Platform CA' is dated in the "
+                                    "future"),
+    ({"next_update": AT - datetime.timedelta(seconds=1)},
+     "tdx: CRL of 'Test SGX PCK Platform CA' is stale"),
+])
+async def test_a_pck_crl_dated_in_the_future_or_past_its_next_update_is_refused(
+        dated: dict[str, datetime.datetime], reason: str) -> None:
+    with pytest.raises(EvidenceError, match=reason):
+        await verify(tdx_document(VENDORS.intel.pck_crl(**dated)), Issued())
+
+
+async def test_the_verdict_lapses_at_the_pck_crls_next_update() -> None:
+    """TCB Info and QE Identity hold until 2030; the PCK CRL only a day: the evidence (and so
+    every verdict on it) must not outlive the CRL it was checked against."""
+    next_update = AT + datetime.timedelta(days=1)
+    evidence = await verify(tdx_document(VENDORS.intel.pck_crl(next_update=next_update)),
+                            Issued())
+    assert evidence.tdx is not None
+    assert evidence.not_after() == next_update.timestamp()
+
+
+async def test_the_verdict_lapses_at_the_ark_crls_next_update() -> None:
+    next_update = AT + datetime.timedelta(days=1)
+    document, issued = snp(vcek=VENDORS.amd.crl(next_update=next_update))
+    assert (await verify(document, issued)).not_after() == next_update.timestamp()
+
+
+async def test_the_verdict_lapses_at_the_ocsp_responses_next_update() -> None:
+    next_update = AT + datetime.timedelta(hours=6)
+    evidence = await verify(gpu(ocsp=VENDORS.nvidia.ocsp(next_update=next_update)),
+                            Issued(crls={"vcek": VENDORS.amd.crl()}))
+    assert evidence.not_after() == next_update.timestamp()
+
+
+def test_a_level_met_is_met_no_longer_than_the_revocation_data() -> None:
+    """verdicts.py takes the evidence's not_after as a bound: a level with a long max age
+    still lapses at the revocation data's nextUpdate."""
+    evidence = Evidence(snp=None, tdx=None, gpu=GpuEvidence(b"", b"", {}, b"", b""), tokens=(),
+                        expected_nonce="", certificate_sha256=bytes(32),
+                        verified_at=AT.timestamp(), digest="",
+                        revocation_until=AT.timestamp() + 60)
+    level = TrustLevel.model_validate({"max_age_s": 3600, "nvidia-gpu": {}})
+    assert level_met(evidence, level, lambda _: None, AT.timestamp()) == AT.timestamp() + 60
+
+
+async def test_a_future_dated_crl_or_response_is_not_kept(tmp_path: Path) -> None:
+    """Kept until its nextUpdate, it would be refused until then: it is asked again instead."""
+    url = "https://kds.test/vcek/v1/Milan/crl"
+    network = Network({url: Response(200, VENDORS.amd.crl(this_update=AT + AN_HOUR)),
+                       OCSP_URL: Response(200, VENDORS.nvidia.ocsp(this_update=AT + AN_HOUR))})
+    leaf, root = VENDORS.nvidia.leaf, VENDORS.nvidia.root
+    for _ in range(2):
+        await store(network, tmp_path, AT.timestamp()).amd_crl("Milan", "vcek")
+        await store(network, tmp_path, AT.timestamp()).ocsp(leaf, root, OCSP_URL)
+    assert len(network.asked) == 4
