@@ -398,6 +398,27 @@ class AuditSettings(Strict):
         return self
 
 
+class OcspResponder(Strict):
+    """How one OCSP responder (by the URL certificates name in their AIA) is asked. GET (RFC
+    6960 A.1) has no nonce, so one certificate is always one URL; POST sends the request as
+    the body, with a fresh nonce the response must echo when `nonce` is set."""
+
+    method: Literal["get", "post"] = "post"
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # else the AIA's URL
+    nonce: bool = True
+
+    @model_validator(mode="after")
+    def _nonce_needs_post(self) -> OcspResponder:
+        if self.method == "get" and self.nonce:
+            raise ValueError("a nonce needs method: post (a GET request carries none)")
+        return self
+
+
+# NVIDIA's SDK asks its OCSP service by POST over HTTPS, with a 32-byte nonce.
+NVIDIA_OCSP = {"http://ocsp.ndis.nvidia.com": OcspResponder(
+    method="post", url="https://ocsp.ndis.nvidia.com/", nonce=True)}
+
+
 class AttestationSettings(Strict):
     # Folder of AMD roots (amd_<product>.pem: ASK then ARK; amd_<product>_vlek.pem: ASVK then
     # ARK) replacing the ones shipped with the package: for an operator to rotate roots or add
@@ -413,6 +434,8 @@ class AttestationSettings(Strict):
     amd_kds_url: str | None = "https://kdsintf.amd.com"
     intel_pcs_url: str | None = "https://api.trustedservices.intel.com"
     cache_dir: str | None = "var/attestation-cache"
+    # OCSP responders asked other than by GET to the AIA's URL (the default for any not here).
+    ocsp_responders: dict[str, OcspResponder] = Field(default_factory=lambda: dict(NVIDIA_OCSP))
 
 
 class ScorerEndpoint(Strict):

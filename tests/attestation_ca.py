@@ -351,9 +351,11 @@ class GpuTestCa:
     def ocsp(self, *, status: str = "good", cert: x509.Certificate | None = None,
              signer: ec.EllipticCurvePrivateKey | None = None, delegated: bool = False,
              this_update: datetime.datetime = START,
-             next_update: datetime.datetime | None = CRL_NEXT_UPDATE) -> bytes:
+             next_update: datetime.datetime | None = CRL_NEXT_UPDATE,
+             nonce: bytes | None = None) -> bytes:
         """The responder's answer about the attestation key's certificate (or `cert`): signed
-        by the root, by a responder the root certified (`delegated`), or by `signer`."""
+        by the root, by a responder the root certified (`delegated`), or by `signer`; echoing
+        a request's `nonce` when given."""
         key, responder = self.root_key, self.root
         if delegated:
             key = ec.generate_private_key(ec.SECP384R1())
@@ -375,6 +377,8 @@ class GpuTestCa:
         ).responder_id(encoding, responder)
         if delegated:
             builder = builder.certificates([responder])
+        if nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         response = builder.sign(key, hashes.SHA384())
         return response.public_bytes(serialization.Encoding.DER)
 

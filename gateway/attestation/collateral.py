@@ -8,18 +8,21 @@ Nothing fetched here is trusted for being fetched: VCEKs and collateral are veri
 pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs are immutable
 for a (chip, TCB) and kept for good, collateral until its nextUpdate, and so are the ARK's CRLs
 (AMD KDS) and OCSP responses about NVIDIA's GPU certificates (the responder in the certificate's
-AIA, asked by GET with no nonce, so one certificate is always the same URL). With a shared store
-(gateway/state/shared_attestation.py) what one replica fetched is read by the others before
-they ask the network: the disk first, then the shared store, then AMD KDS / Intel PCS.
+AIA, asked by GET with no nonce, so one certificate is always the same URL, or by POST with a
+nonce for a responder `ocsp_responders` names, NVIDIA's by default, as NVIDIA's SDK asks it).
+With a shared store (gateway/state/shared_attestation.py) what one replica fetched is read by
+the others before they ask the network: the disk first, then the shared store, then AMD KDS /
+Intel PCS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -27,7 +30,12 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from gateway.attestation.revocation import CLOCK_SKEW, ocsp_request_url
+from gateway.attestation.revocation import (
+    CLOCK_SKEW,
+    ocsp_nonce_echoed,
+    ocsp_request,
+    ocsp_request_url,
+)
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
     Collateral,
@@ -36,12 +44,13 @@ from gateway.attestation.tdx import (
     pck_ca_kind,
     pck_fmspc,
 )
-from gateway.attestation.transport import Transport
+from gateway.attestation.transport import Response, Transport
 from gateway.errors import EvidenceError, FetchError
-from gateway.settings import AttestationSettings
+from gateway.settings import AttestationSettings, OcspResponder
 
 MAX_BYTES = 1024 * 1024
 TIMEOUT_S = 15.0
+OCSP_NONCE_BYTES = 32  # as NVIDIA's SDK sends (RFC 8954: 1 to 32)
 CRL_TTL_S = 3600.0  # CRLs: re-read hourly, so a revocation is seen soon
 Expiry = Callable[[bytes, float], float | None]  # (body, now) -> cached until (None: for good)
 
@@ -115,13 +124,37 @@ class CollateralStore:
 
     async def ocsp(self, cert: x509.Certificate, issuer: x509.Certificate,
                    responder: str) -> bytes:
-        """The responder's answer about `cert` (asked by GET, RFC 6960 appendix A), cached
-        until its nextUpdate; checked by the caller."""
-        url = ocsp_request_url(cert, issuer, responder)
-        found = await self._get(url, expires=_ocsp_next_update)
+        """The responder's answer about `cert`, cached until its nextUpdate; checked by the
+        caller. Asked as `ocsp_responders` says for this responder (by default by GET, RFC
+        6960 appendix A); a POST's answer is kept under "POST " and the GET URL the AIA's
+        responder would have been asked (its nonce, once seen echoed, has done its job: the
+        answer then holds until its nextUpdate like any other)."""
+        how = _responder(self._settings.ocsp_responders, responder)
+        target = (how.url if how and how.url else responder)
+        key = ocsp_request_url(cert, issuer, target)
+        fetch = None
+        if how is not None and how.method == "post":
+            key = "POST " + ocsp_request_url(cert, issuer, responder)
+
+            async def fetch() -> Response:
+                return await self._post_ocsp(target, cert, issuer, nonce=how.nonce)
+
+        found = await self._get(key, expires=_ocsp_next_update, fetch=fetch)
         if found is None:
-            raise EvidenceError(f"nvidia-gpu: the OCSP responder {responder} answered 404")
+            raise EvidenceError(f"nvidia-gpu: the OCSP responder {target} answered 404")
         return found[0]
+
+    async def _post_ocsp(self, url: str, cert: x509.Certificate, issuer: x509.Certificate, *,
+                         nonce: bool) -> Response:
+        sent = secrets.token_bytes(OCSP_NONCE_BYTES) if nonce else None
+        response = await self._transport.post(
+            url, ocsp_request(cert, issuer, sent), content_type="application/ocsp-request",
+            timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
+        if response.status == 200 and sent is not None \
+                and not ocsp_nonce_echoed(response.body, sent):
+            raise EvidenceError(f"nvidia-gpu: the OCSP responder {url} did not echo this "
+                                "request's nonce (a replayed or cached answer)")
+        return response
 
     async def tdx(self, quote: TdxQuote) -> Collateral:
         if self._settings.intel_collateral_dir:
@@ -149,14 +182,16 @@ class CollateralStore:
             raise EvidenceError(f"tdx: Intel PCS has no collateral at {url}")
         return found
 
-    async def _get(self, url: str, *, expires: Expiry,
-                   chain_header: str | None = None) -> tuple[bytes, bytes] | None:
+    async def _get(self, url: str, *, expires: Expiry, chain_header: str | None = None,
+                   fetch: Callable[[], Awaitable[Response]] | None = None,
+                   ) -> tuple[bytes, bytes] | None:
         """(body, issuer chain) from the cache or the shared store while valid, else from the
-        network."""
+        network: a GET of `url`, or `fetch` (then `url` is only the key it is kept under)."""
         cached = self._read_cache(url) or await self._read_shared(url)
         if cached is not None:
             return cached
-        response = await self._transport.get(url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
+        response = await fetch() if fetch is not None else await self._transport.get(
+            url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
         if response.status == 404:
             return None
         if response.status != 200:
@@ -205,6 +240,11 @@ class CollateralStore:
         temporary.write_text(json.dumps({"url": url, "expires": expires, "body": body.hex(),
                                          "chain": chain.hex()}))
         temporary.replace(path)
+
+
+def _responder(configured: Mapping[str, OcspResponder], url: str) -> OcspResponder | None:
+    wanted = url.rstrip("/")
+    return next((how for name, how in configured.items() if name.rstrip("/") == wanted), None)
 
 
 def _forever(_: bytes, now: float) -> float | None:

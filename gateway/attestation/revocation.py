@@ -92,12 +92,35 @@ def responder_url(cert: x509.Certificate) -> str | None:
     return None
 
 
+def ocsp_request(cert: x509.Certificate, issuer: x509.Certificate,
+                 nonce: bytes | None = None) -> bytes:
+    """The DER request about `cert` (its CertID hashed with SHA-384, as NVIDIA's SDK asks),
+    with RFC 8954's nonce extension when given."""
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA384())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(Encoding.DER)
+
+
 def ocsp_request_url(cert: x509.Certificate, issuer: x509.Certificate, responder: str) -> str:
     """RFC 6960 appendix A.1: the DER request, base64 and URL-encoded, after the responder's
     URL. No nonce, so the same certificate asks the same URL and the answer can be cached."""
-    request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA384()).build()
-    encoded = base64.b64encode(request.public_bytes(Encoding.DER)).decode()
+    encoded = base64.b64encode(ocsp_request(cert, issuer)).decode()
     return f"{responder.rstrip('/')}/{urllib.parse.quote(encoded, safe='')}"
+
+
+def ocsp_nonce_echoed(response_der: bytes, nonce: bytes) -> bool:
+    """Whether a successful response carries the request's nonce (an unsuccessful one carries
+    none, and is refused by `check_ocsp` for what it is). The nonce is in the signed part of
+    the response, which `check_ocsp` verifies."""
+    try:
+        response = ocsp.load_der_ocsp_response(response_der)
+        if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return True
+        echoed = response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return echoed == nonce
 
 
 def ocsp_matches(response_der: bytes, cert: x509.Certificate) -> bool:

@@ -1,7 +1,8 @@
 """The only way attestation reaches the network, as a seam: the TLS certificate a backend
 presents, and bounded GETs (the evidence, over a connection pinned to that certificate; a key
-set; AMD KDS; Intel PCS). The gateway uses `NetworkTransport`; tests hand the service a fake
-that answers from memory, so no test patches the network.
+set; AMD KDS; Intel PCS; OCSP) and POSTs (OCSP responders asked that way). The gateway uses
+`NetworkTransport`; tests hand the service a fake that answers from memory, so no test patches
+the network.
 
 What every implementation promises, because the verifier relies on it:
 - a pinned GET is sent only over a connection whose certificate has that SHA-256 (the evidence
@@ -45,6 +46,11 @@ class Transport(Protocol):
         """`pin`: the SHA-256 of the DER certificate the server must present."""
         ...
 
+    async def post(self, url: str, body: bytes, *, content_type: str, timeout_s: float,
+                   max_bytes: int) -> Response:
+        """An unpinned POST (an OCSP request), under the same promises as `get`."""
+        ...
+
 
 class NetworkTransport:
     """The real one: a TLS handshake for the certificate, one aiohttp session for the GETs
@@ -75,13 +81,27 @@ class NetworkTransport:
 
     async def get(self, url: str, *, params: Mapping[str, str] | None = None,
                   pin: bytes | None = None, timeout_s: float, max_bytes: int) -> Response:
+        checked: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(pin) if pin else True
+        return await self._request("GET", url, params=params, ssl=checked,
+                                   timeout_s=timeout_s, max_bytes=max_bytes)
+
+    async def post(self, url: str, body: bytes, *, content_type: str, timeout_s: float,
+                   max_bytes: int) -> Response:
+        return await self._request("POST", url, data=body, ssl=True,
+                                   headers={"Content-Type": content_type},
+                                   timeout_s=timeout_s, max_bytes=max_bytes)
+
+    async def _request(self, method: str, url: str, *, timeout_s: float, max_bytes: int,
+                       ssl: aiohttp.Fingerprint | bool, params: Mapping[str, str] | None = None,
+                       data: bytes | None = None,
+                       headers: Mapping[str, str] | None = None) -> Response:
         if self._session is None:
             self._session = aiohttp.ClientSession(trust_env=False)
-        checked: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(pin) if pin else True
         try:
-            async with self._session.get(url, params=params, ssl=checked,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                         allow_redirects=False) as response:
+            async with self._session.request(method, url, params=params, data=data,
+                                             headers=headers, ssl=ssl,
+                                             timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                             allow_redirects=False) as response:
                 body = await read_at_most(response.content, max_bytes)
                 headers = {name.lower(): value for name, value in response.headers.items()}
                 return Response(response.status, body, headers)
