@@ -241,6 +241,12 @@ def _attest_commands(commands: Commands) -> None:
     attest_verify.add_argument("--vcek", help="SNP: the VCEK/VLEK certificate (DER or PEM)")
     attest_verify.add_argument("--collateral", help="TDX: folder of collateral from Intel PCS")
     attest_verify.add_argument("--chain", help="NVIDIA GPU: the device certificate chain (PEM)")
+    attest_verify.add_argument("--crl", action="append", default=[], metavar="FILE",
+                               help="a CRL (DER) to check the chain against: SNP: the ARK's, "
+                                    "from AMD KDS; TDX: the PCK CA's or root CA's (repeatable)")
+    attest_verify.add_argument("--ocsp", action="append", default=[], metavar="FILE",
+                               help="NVIDIA GPU: an OCSP response (DER) about a certificate of "
+                                    "the chain (repeatable)")
     attest_verify.add_argument("--at", type=_instant,
                                help="verify as of this time (ISO 8601; default: now)")
     attest_verify.add_argument("--policy", help="a policy file whose trust level to check")
@@ -351,7 +357,8 @@ def _attest_verify(args: argparse.Namespace) -> int:
     outcome = verify_evidence_file(
         Path(args.file), vcek=Path(args.vcek) if args.vcek else None,
         collateral=Path(args.collateral) if args.collateral else None,
-        chain=Path(args.chain) if args.chain else None, at=at, wanted=wanted)
+        chain=Path(args.chain) if args.chain else None, at=at, wanted=wanted,
+        crls=[Path(p) for p in args.crl], ocsp=[Path(p) for p in args.ocsp])
     print(as_json(outcome) if args.json else "\n".join(outcome.lines()))
     if not outcome.ok:
         print(f"veil attest verify: {args.file}: refused", file=sys.stderr)

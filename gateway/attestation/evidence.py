@@ -27,7 +27,12 @@ import orjson
 from cryptography import x509
 
 from gateway.attestation.nvidia import GpuEvidence, load_chain, verify_gpu_evidence
-from gateway.attestation.revocation import check_crl, check_ocsp, ocsp_matches, ocsp_targets
+from gateway.attestation.revocation import (
+    check_ocsp,
+    check_snp_crl,
+    ocsp_matches,
+    ocsp_targets,
+)
 from gateway.attestation.snp import (
     SnpReport,
     VerifiedSnp,
@@ -167,14 +172,9 @@ class EvidenceVerifier:
     async def _snp_not_revoked(self, verified: VerifiedSnp, vcek: bytes,
                                at: datetime) -> datetime:
         """The ARK's CRL lists neither the ASK/ASVK nor the VCEK/VLEK; until its nextUpdate."""
-        pinned = self._roots.amd[verified.product]
-        kind = verified.key_kind
-        intermediate = pinned.asvk if kind == "vlek" else pinned.ask
-        assert intermediate is not None  # noqa: S101 (verify_report needed it)
-        crl = await self._collateral.amd_crl(verified.product, kind)
-        return check_crl(crl, pinned.ark, {"asvk" if kind == "vlek" else "ask": intermediate,
-                                           kind: load_certificate(vcek)},
-                         at, prefix="sev-snp", same_issuer=False)
+        crl = await self._collateral.amd_crl(verified.product, verified.key_kind)
+        return check_snp_crl(crl, verified, load_certificate(vcek),
+                             self._roots.amd[verified.product], at)
 
     async def _tdx(self, part: Mapping[str, Any], expected: bytes, at: datetime) -> VerifiedTdx:
         try:

@@ -6,13 +6,19 @@ CLI's business: this module is handed the level, so attestation depends on no po
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.attestation.levels import TrustLevel, gpu_problems, snp_problems, tdx_problems
 from gateway.attestation.nvidia import verify_gpu_evidence
+from gateway.attestation.offline_revocation import (
+    gpu_revocation,
+    snp_revocation,
+    tdx_collateral,
+    tdx_revocation,
+)
 from gateway.attestation.snp import REPORT_SIZE, verify_report
 from gateway.attestation.tdx import collateral_from_dir, parse_quote, verify_quote
 from gateway.attestation.trust_roots import Roots
@@ -42,18 +48,30 @@ class Outcome:
 
 def verify_evidence_file(path: Path, *, vcek: Path | None, collateral: Path | None,
                          chain: Path | None, at: datetime | None, wanted: Wanted | None = None,
-                         roots: Roots | None = None) -> Outcome:
+                         roots: Roots | None = None, crls: Sequence[Path] = (),
+                         ocsp: Sequence[Path] = ()) -> Outcome:
+    """`crls`, `ocsp`: revocation data saved from AMD KDS / Intel PCS / NVIDIA's responder
+    (gateway/attestation/offline_revocation.py); the outcome says whether it was checked."""
     raw = path.read_bytes()
     when = at or datetime.now(UTC)
     roots = roots or Roots.pinned()
+    given = Given([p.read_bytes() for p in crls], [p.read_bytes() for p in ocsp])
     if raw[:4].lower() in (b"11e0", b"12e0"):  # SPDM GET_MEASUREMENTS, as hex text
-        return _gpu(raw, chain, when, wanted, roots)
+        return _gpu(raw, chain, when, wanted, roots, given=given)
     if is_tdx_quote(raw):
-        return _tdx(raw, collateral, when, wanted, roots)
+        return _tdx(raw, collateral, when, wanted, roots, given=given)
     if len(raw) != REPORT_SIZE:
         return Outcome(False, reasons=[f"unrecognised evidence ({len(raw)} bytes): expected an "
                                        f"SEV-SNP report ({REPORT_SIZE} bytes) or a TDX quote"])
-    return _snp(raw, vcek, when, wanted, roots)
+    return _snp(raw, vcek, when, wanted, roots, given=given)
+
+
+@dataclass(frozen=True)
+class Given:
+    """Revocation data from files: CRLs (DER) and OCSP responses (DER)."""
+
+    crls: list[bytes]
+    ocsp: list[bytes]
 
 
 def is_tdx_quote(raw: bytes) -> bool:
@@ -62,31 +80,36 @@ def is_tdx_quote(raw: bytes) -> bool:
 
 
 def _tdx(raw: bytes, collateral: Path | None, when: datetime, wanted: Wanted | None,
-         roots: Roots) -> Outcome:
+         roots: Roots, *, given: Given) -> Outcome:
     if collateral is None:
         return Outcome(False, reasons=["a TDX quote needs --collateral DIR (TCB Info, QE "
                                        "Identity, chains and CRLs saved from Intel PCS)"])
     try:
-        verified = verify_quote(raw, collateral_from_dir(collateral, parse_quote(raw)), at=when,
-                                root=roots.intel)
+        quote = parse_quote(raw)
+        endorsed = tdx_collateral(collateral_from_dir(collateral, quote), quote, roots.intel,
+                                  given.crls)
+        verified = verify_quote(raw, endorsed, at=when, root=roots.intel)
     except EvidenceError as exc:
         return Outcome(False, reasons=[str(exc)])
+    revocation = tdx_revocation(endorsed)
 
     def problems(level: TrustLevel) -> list[str] | None:
         return tdx_problems(verified, level.tdx) if level.tdx else None
 
-    return _judged(dict(verified.values()), verified.quote.report.report_data, when, wanted,
-                   problems)
+    return _judged({**verified.values(), **revocation.values()},
+                   verified.quote.report.report_data, when, wanted, problems)
 
 
 def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
-         roots: Roots) -> Outcome:
+         roots: Roots, *, given: Given) -> Outcome:
     if chain is None:
         return Outcome(False, reasons=["NVIDIA GPU evidence needs --chain (the device "
                                        "certificate chain, PEM)"])
     try:
-        evidence = verify_gpu_evidence(bytes.fromhex(raw.decode().strip()), chain.read_bytes(),
+        chain_pem = chain.read_bytes()
+        evidence = verify_gpu_evidence(bytes.fromhex(raw.decode().strip()), chain_pem,
                                        expected_nonce=None, at=when, root=roots.nvidia)
+        revocation = gpu_revocation(chain_pem, given.ocsp, roots.nvidia, when)
     except (EvidenceError, ValueError) as exc:
         return Outcome(False, reasons=[str(exc) if isinstance(exc, EvidenceError)
                                        else "nvidia-gpu: evidence is not hex"])
@@ -95,25 +118,29 @@ def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
         return gpu_problems(evidence, level.nvidia_gpu) if level.nvidia_gpu else None
 
     values: dict[str, object] = {"format": "nvidia-gpu", **{
-        f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())}}
+        f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())},
+        **revocation.values()}
     return _judged(values, evidence.requester_nonce, when, wanted, problems)
 
 
 def _snp(raw: bytes, vcek: Path | None, when: datetime, wanted: Wanted | None,
-         roots: Roots) -> Outcome:
+         roots: Roots, *, given: Given) -> Outcome:
     if vcek is None:
         return Outcome(False, reasons=["an SEV-SNP report needs --vcek (its endorsement key "
                                        "certificate, from AMD's KDS)"])
     try:
-        verified = verify_report(raw, vcek.read_bytes(), at=when, roots=roots.amd)
+        endorsement = vcek.read_bytes()
+        verified = verify_report(raw, endorsement, at=when, roots=roots.amd)
+        revocation = snp_revocation(verified, endorsement, given.crls,
+                                    roots.amd[verified.product], when)
     except EvidenceError as exc:
         return Outcome(False, reasons=[str(exc)])
 
     def problems(level: TrustLevel) -> list[str] | None:
         return snp_problems(verified, level.sev_snp) if level.sev_snp else None
 
-    return _judged(dict(verified.values()), verified.report.report_data, when, wanted,
-                   problems)
+    return _judged({**verified.values(), **revocation.values()},
+                   verified.report.report_data, when, wanted, problems)
 
 
 def _judged(values: dict[str, object], report_data: bytes, when: datetime,

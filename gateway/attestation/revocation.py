@@ -26,6 +26,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from gateway.attestation.chains import common_name
+from gateway.attestation.snp import AmdRoots, VerifiedSnp
 from gateway.errors import EvidenceError
 
 CLOCK_SKEW = timedelta(minutes=5)  # a CRL's or response's thisUpdate may be this far ahead
@@ -62,6 +63,20 @@ def check_crl(crl_der: bytes, issuer: x509.Certificate,
             raise EvidenceError(f"{prefix}: {label} revoked ({common_name(cert.subject)!r}, "
                                 f"serial {cert.serial_number:x})")
     return crl.next_update_utc
+
+
+def check_snp_crl(crl_der: bytes, verified: VerifiedSnp, endorsement: x509.Certificate,
+                  pinned: AmdRoots, at: datetime) -> datetime:
+    """The ARK's CRL lists neither the ASK/ASVK nor the VCEK/VLEK (`endorsement`); answers its
+    nextUpdate."""
+    kind = verified.key_kind
+    intermediate = pinned.asvk if kind == "vlek" else pinned.ask
+    if intermediate is None:
+        raise EvidenceError(f"sev-snp: no {'ASVK' if kind == 'vlek' else 'ASK'} for "
+                            f"{verified.product}")
+    return check_crl(crl_der, pinned.ark, {"asvk" if kind == "vlek" else "ask": intermediate,
+                                           kind: endorsement},
+                     at, prefix="sev-snp", same_issuer=False)
 
 
 def ocsp_targets(chain: Sequence[x509.Certificate],
