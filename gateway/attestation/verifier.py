@@ -107,13 +107,19 @@ class AttestationService:
     # -- the request path: lookups only ------------------------------------------------------
 
     def meets(self, backend: str, policy: str, levels: tuple[str, ...]) -> bool:
+        """Every request asks this: a plain loop, since a generator under all() costs more
+        than the lookups themselves (tests/bench/attestation_speed.py, cached-check)."""
         if not levels:
             return True
         state = self._states.get(backend)
         if state is None or state.evidence is None:
             return False
         now = self._clock()
-        return all(state.met.get((policy, level), 0.0) > now for level in levels)
+        met = state.met
+        for level in levels:  # noqa: SIM110 (all() over a generator: twice the cost)
+            if met.get((policy, level), 0.0) <= now:
+                return False
+        return True
 
     def pin(self, backend: str) -> aiohttp.Fingerprint | None:
         state = self._states.get(backend)
