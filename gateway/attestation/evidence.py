@@ -203,7 +203,7 @@ class EvidenceVerifier:
         verified = verify_gpu_evidence(raw, chain, expected_nonce=expected[:32], at=at,
                                        root=self._roots.nvidia)
         for cert, issuer, responder in ocsp_targets(load_chain(chain), self._roots.nvidia):
-            response = next((r for r in stapled if ocsp_matches(r, cert)), None) \
+            response = next((r for r in stapled if ocsp_matches(r, cert, at)), None) \
                 or await self._collateral.ocsp(cert, issuer, responder)
             revocation.append(check_ocsp(response, cert, issuer, at))
         return verified

@@ -138,14 +138,25 @@ def ocsp_nonce_echoed(response_der: bytes, nonce: bytes) -> bool:
     return echoed == nonce
 
 
-def ocsp_matches(response_der: bytes, cert: x509.Certificate) -> bool:
-    """Whether a (stapled) response is about `cert`: looked at before it is checked."""
+def ocsp_matches(response_der: bytes, cert: x509.Certificate,
+                 at: datetime | None = None) -> bool:
+    """Whether a (stapled) response is about `cert` and, given `at`, current then: looked at
+    before it is checked, so a stapled response gone stale is passed over (the responder is
+    asked instead) rather than refusing the evidence."""
     try:
         response = ocsp.load_der_ocsp_response(response_der)
-        return response.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL and any(
-            single.serial_number == cert.serial_number for single in response.responses)
+        if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return False
+        return any(single.serial_number == cert.serial_number and (at is None or _current(
+            single, at)) for single in response.responses)
     except ValueError:
         return False
+
+
+def _current(single: ocsp.OCSPSingleResponse, at: datetime) -> bool:
+    next_update = single.next_update_utc
+    return single.this_update_utc <= at + CLOCK_SKEW and next_update is not None \
+        and at <= next_update
 
 
 def check_ocsp(response_der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
@@ -170,7 +181,7 @@ def check_ocsp(response_der: bytes, cert: x509.Certificate, issuer: x509.Certifi
     if single.certificate_status != ocsp.OCSPCertStatus.GOOD:
         raise EvidenceError(f"{prefix}: the OCSP status of {name!r} is unknown")
     next_update = single.next_update_utc
-    if single.this_update_utc > at + CLOCK_SKEW or next_update is None or at > next_update:
+    if not _current(single, at) or next_update is None:
         raise EvidenceError(f"{prefix}: the OCSP response for {name!r} is not current "
                             f"({single.this_update_utc.isoformat()}.."
                             f"{next_update.isoformat() if next_update else 'no nextUpdate'})")

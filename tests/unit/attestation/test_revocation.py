@@ -173,14 +173,40 @@ OCSP_REFUSALS = {
                                                     next_update=CRL_NEXT_UPDATE),
                         "is not current"),
     "about another certificate": (
-        lambda: VENDORS.nvidia.ocsp(cert=VENDORS.amd.ask), "unreachable"),
+        lambda: VENDORS.nvidia.ocsp(cert=VENDORS.amd.ask), "is not about"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(OCSP_REFUSALS))
 async def test_gpu_evidence_is_refused_by_ocsp(case: str) -> None:
+    """The responder's answer, checked: any of these refuses the evidence."""
     response, reason = OCSP_REFUSALS[case]
     with pytest.raises(EvidenceError, match=reason):
+        await verify(gpu(stapled=False), Issued(crls={"vcek": VENDORS.amd.crl()},
+                                                ocsp_responses=[response()]))
+
+
+@pytest.mark.parametrize("case", ["revoked", "signed by another key", "unknown"])
+async def test_a_current_stapled_response_that_fails_refuses(case: str) -> None:
+    """A stapled response is not a hint to ignore when it says something bad: it is checked,
+    and the responder is not asked to overrule it."""
+    response, reason = OCSP_REFUSALS[case]
+    issued = Issued(crls={"vcek": VENDORS.amd.crl()}, ocsp_responses=[VENDORS.nvidia.ocsp()])
+    with pytest.raises(EvidenceError, match=reason):
+        await verify(gpu(ocsp=response()), issued)
+    assert "ocsp " + OCSP_URL not in issued.asked
+
+
+@pytest.mark.parametrize("case", ["stale", "no next update", "from the future",
+                                  "about another certificate"])
+async def test_a_stapled_response_not_current_or_not_about_it_is_passed_over(case: str) -> None:
+    """Only a fresh stapled response stands in for the responder's: a stale one (an agent's
+    cache gone old) means asking the responder, whose answer must then hold."""
+    response, _ = OCSP_REFUSALS[case]
+    issued = Issued(crls={"vcek": VENDORS.amd.crl()}, ocsp_responses=[VENDORS.nvidia.ocsp()])
+    assert (await verify(gpu(ocsp=response()), issued)).gpu
+    assert issued.asked[-1] == "ocsp " + OCSP_URL
+    with pytest.raises(EvidenceError, match="unreachable"):  # and without it: refused
         await verify(gpu(ocsp=response()), Issued(crls={"vcek": VENDORS.amd.crl()}))
 
 
