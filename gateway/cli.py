@@ -262,6 +262,10 @@ def _attest_commands(commands: Commands) -> None:
     agent.add_argument("--collateral", help="TDX: folder of Intel PCS collateral to send")
     agent.add_argument("--no-gpu", action="store_true",
                        help="serve CPU evidence only, even where NVIDIA's nvattest is installed")
+    agent.add_argument("--staple-ocsp", metavar="CACHE_DIR",
+                       help="GPU: staple NVIDIA's OCSP responses about the device chain, "
+                            "fetched from its responder and kept in CACHE_DIR until they "
+                            "lapse (default: none; the gateway asks the responder)")
     _listen_options(agent, 8444)
     agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report",
                        help="the kernel's configfs-tsm report folder (default: %(default)s)")
@@ -371,7 +375,8 @@ def _attest_agent(args: argparse.Namespace) -> int:
     settings = AgentSettings(Path(args.cert), Path(args.vcek) if args.vcek else None,
                              Path(args.collateral) if args.collateral else None)
     run_agent(args.host, args.port, settings, Path(args.key) if args.key else None,
-              Path(args.tsm_root), gpu=gpu_source(enabled=not args.no_gpu))
+              Path(args.tsm_root), gpu=gpu_source(enabled=not args.no_gpu),
+              staple_ocsp=Path(args.staple_ocsp) if args.staple_ocsp else None)
     return 0
 
 

@@ -13,7 +13,8 @@ evidence must come over the connection whose key it binds.
 Where NVIDIA's `nvattest` is installed (gateway/attestation/nvattest.py), each GPU's SPDM
 measurements are asked with the first 32 bytes of the same binding and added as "nvidia-gpu"
 parts; without it the agent serves CPU evidence only and says so when it starts. A GPU tool
-that is there but fails refuses the request (503): evidence is never silently partial.
+that is there but fails refuses the request (503): evidence is never silently partial. With
+`--staple-ocsp` each GPU part carries the OCSP responses about its chain (stapling.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.attestation.binding import binding, spki_sha256
 from gateway.attestation.nvattest import GpuSource, find_nvattest
+from gateway.attestation.stapling import OcspStapler, network_stapler
 from gateway.attestation.tdx import collateral_from_dir, collateral_json, parse_quote
 from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
@@ -81,7 +83,8 @@ class AgentSettings:
 
 
 def build_agent_app(settings: AgentSettings, source: ReportSource,
-                    gpu: GpuSource | None = None) -> web.Application:
+                    gpu: GpuSource | None = None,
+                    stapler: OcspStapler | None = None) -> web.Application:
     try:
         cert = x509.load_pem_x509_certificate(settings.certificate.read_bytes())
     except ValueError:
@@ -104,15 +107,21 @@ def build_agent_app(settings: AgentSettings, source: ReportSource,
         if gpu is not None:
             try:
                 async with gpu_lock:
-                    parts += await asyncio.to_thread(gpu.parts, bound[:32])
+                    gpus = await asyncio.to_thread(gpu.parts, bound[:32])
             except EvidenceError as exc:
                 log.warning("gpu_evidence_failed", reason=str(exc))
                 return web.json_response({"error": f"GPU evidence: {exc}"}, status=503)
+            parts += [await stapler.staple(p) for p in gpus] if stapler else gpus
         log.info("evidence_served", provider=report.provider, gpus=len(parts) - 1)
         return web.json_response({"evidence": parts})
 
     app = web.Application()
     app.router.add_get(EVIDENCE_PATH, evidence)
+    if stapler is not None:
+        async def close(_: web.Application) -> None:
+            await stapler.close()
+
+        app.on_cleanup.append(close)
     return app
 
 
@@ -170,7 +179,10 @@ def gpu_source(enabled: bool = True, search_path: str | None = None) -> GpuSourc
 
 
 def run_agent(host: str, port: int, settings: AgentSettings, tls_key: Path | None,
-              tsm_root: Path = TSM_ROOT, *, gpu: GpuSource | None = None) -> None:
+              tsm_root: Path = TSM_ROOT, *, gpu: GpuSource | None = None,
+              staple_ocsp: Path | None = None) -> None:
+    """`staple_ocsp`: the folder OCSP responses for the GPU chains are kept in (None: staple
+    none, the gateway asks NVIDIA's responder)."""
     import ssl  # noqa: PLC0415
 
     context = None
@@ -180,5 +192,6 @@ def run_agent(host: str, port: int, settings: AgentSettings, tls_key: Path | Non
     if not tsm_root.is_dir():
         raise SystemExit(f"veil attest agent: {tsm_root} not found (needs Linux 6.7+ with "
                          "configfs-tsm, inside an SEV-SNP or TDX guest)")
-    web.run_app(build_agent_app(settings, ConfigfsTsm(tsm_root), gpu), host=host, port=port,
-                ssl_context=context, access_log=None, print=None)
+    stapler = network_stapler(staple_ocsp) if staple_ocsp and gpu else None
+    web.run_app(build_agent_app(settings, ConfigfsTsm(tsm_root), gpu, stapler), host=host,
+                port=port, ssl_context=context, access_log=None, print=None)

@@ -22,16 +22,21 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.attestation.agent import EVIDENCE_PATH, AgentSettings, build_agent_app, gpu_source
 from gateway.attestation.binding import binding, spki_sha256
+from gateway.attestation.collateral import CollateralStore
 from gateway.attestation.evidence import Evidence, EvidenceVerifier, Fetched
 from gateway.attestation.nvattest import Nvattest, find_nvattest, parts_from_output
 from gateway.attestation.nvidia import nvidia_root, verify_gpu_evidence
 from gateway.attestation.snp import SnpReport
+from gateway.attestation.stapling import OcspStapler
 from gateway.attestation.tdx import Collateral, TdxQuote
+from gateway.attestation.transport import NetworkTransport
 from gateway.attestation.trust_roots import Roots
 from gateway.errors import EvidenceError
+from gateway.settings import AttestationSettings, OcspResponder
 from tests.attestation_ca import OCSP_URL, self_signed
 from tests.integration.test_attest_agent import PlatformStandIn
 from tests.integration.test_attested_routing import VENDORS
+from tests.integration.test_ocsp_responder import Responder
 from tests.servers import ServerThread
 
 REPO = Path(__file__).parents[2]
@@ -131,7 +136,8 @@ class Agent:
 
 class NoCollateral:
     """Nothing the agent should have sent; revocation data as AMD KDS and NVIDIA's responder
-    would answer for the test vendors (the agent staples no OCSP response: the gateway asks)."""
+    would answer for the test vendors (an agent without --staple-ocsp staples none: the
+    gateway asks)."""
 
     async def vcek(self, report: SnpReport) -> bytes:
         raise AssertionError("the agent sent the VCEK")
@@ -245,3 +251,63 @@ def test_the_cli_can_turn_gpu_evidence_off(tmp_path: Path,
         main(["attest", "agent", "--cert", str(tmp_path / "vm.crt"), "--no-gpu",
               "--tsm-root", str(tmp_path / "no-tsm")])
     assert "gpu_evidence_off" in capsys.readouterr().err
+
+
+class MustBeStapled(NoCollateral):
+    """The gateway's side when the agent stapled: the responder must not be needed."""
+
+    async def ocsp(self, cert: x509.Certificate, issuer: x509.Certificate,
+                   responder: str) -> bytes:
+        raise AssertionError("the agent stapled no response about this certificate")
+
+
+def stapling_agent(tmp_path: Path, responder_url: str) -> Agent:
+    """An agent stapling what the loopback responder answers, asked as the gateway would
+    (POST with a nonce), kept in tmp_path/ocsp."""
+    settings = AttestationSettings(
+        amd_kds_url=None, intel_pcs_url=None, cache_dir=str(tmp_path / "ocsp"),
+        ocsp_responders={OCSP_URL: OcspResponder(method="post", url=responder_url + "/")})
+    transport = NetworkTransport()
+    stapler = OcspStapler(CollateralStore(settings, transport), VENDORS.nvidia.root,
+                          closing=transport.close)
+    tmp_path.mkdir(exist_ok=True)
+    tool = signing_tool(tmp_path / "bin")
+    agent = Agent(tmp_path, tool)
+    agent.app = build_agent_app(AgentSettings(tmp_path / "vm.crt"), agent.platform, tool,
+                                stapler)
+    return agent
+
+
+def test_the_agent_staples_the_responders_answer_and_the_gateway_takes_it(
+        tmp_path: Path) -> None:
+    responder = Responder(ca=VENDORS.nvidia)
+    with ServerThread(responder.app()) as ocsp_server:
+        agent = stapling_agent(tmp_path, ocsp_server.url)
+        with ServerThread(agent.app) as server:
+            nonces = [os.urandom(32), os.urandom(32)]
+            answers = [agent.ask(server, nonce) for nonce in nonces]
+    assert len(responder.requests) == 1  # the second request's staple came from the cache
+    for answer, nonce in zip(answers, nonces, strict=True):
+        gpu_part = answer.json()["evidence"][1]
+        assert len(gpu_part["ocsp"]) == 1
+        verifier = EvidenceVerifier(VENDORS.roots(), MustBeStapled(), clock=AT.timestamp)
+        fetched = Fetched(answer.content, agent.bound(nonce),
+                          hashlib.sha256(agent.certificate).digest())
+        assert asyncio.run(verifier.verify(fetched)).gpu is not None
+
+
+def test_a_revoked_stapled_answer_refuses_and_an_unreachable_responder_staples_none(
+        tmp_path: Path) -> None:
+    with ServerThread(Responder(status="revoked", ca=VENDORS.nvidia).app()) as ocsp_server:
+        agent = stapling_agent(tmp_path, ocsp_server.url)
+        nonce = os.urandom(32)
+        with ServerThread(agent.app) as server:
+            answer = agent.ask(server, nonce)
+    with pytest.raises(EvidenceError, match="is revoked"):
+        agent.verify(answer.content, nonce, VENDORS.roots())
+    agent = stapling_agent(tmp_path / "down", "http://127.0.0.1:9")
+    with ServerThread(agent.app) as server:
+        answer = agent.ask(server, nonce)
+    assert answer.status_code == 200  # evidence served; the gateway asks the responder
+    assert "ocsp" not in answer.json()["evidence"][1]
+    assert agent.verify(answer.content, nonce, VENDORS.roots()).gpu is not None

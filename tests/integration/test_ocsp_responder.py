@@ -24,7 +24,7 @@ from gateway.attestation.evidence import Evidence, EvidenceVerifier, Fetched
 from gateway.attestation.transport import NetworkTransport
 from gateway.errors import EvidenceError
 from gateway.settings import AttestationSettings, OcspResponder
-from tests.attestation_ca import OCSP_URL, Vendors
+from tests.attestation_ca import OCSP_URL, GpuTestCa, Vendors
 from tests.servers import ServerThread
 
 VENDORS = Vendors()
@@ -34,11 +34,12 @@ BOUND = bytes(range(64))
 
 @dataclass
 class Responder:
-    """The test NVIDIA's OCSP service: `status` for every certificate it is asked about;
+    """The test NVIDIA's (`ca`) OCSP service: `status` for every certificate it is asked about;
     `echo`: whether it copies the request's nonce into its answer; `canned`: one fixed answer
     whatever it is asked (a replay)."""
 
     status: str = "good"
+    ca: GpuTestCa = field(default_factory=lambda: VENDORS.nvidia)
     echo: bool = True
     canned: bytes | None = None
     requests: list[ocsp.OCSPRequest] = field(default_factory=list)
@@ -66,7 +67,7 @@ class Responder:
         nonce = None
         with contextlib.suppress(x509.ExtensionNotFound):
             nonce = asked.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
-        body = VENDORS.nvidia.ocsp(status=self.status, nonce=nonce if self.echo else None)
+        body = self.ca.ocsp(status=self.status, nonce=nonce if self.echo else None)
         return web.Response(body=body, content_type="application/ocsp-response")
 
 
