@@ -130,16 +130,18 @@ class CollateralStore:
         responder would have been asked (its nonce, once seen echoed, has done its job: the
         answer then holds until its nextUpdate like any other)."""
         how = _responder(self._settings.ocsp_responders, responder)
-        target = (how.url if how and how.url else responder)
-        key = ocsp_request_url(cert, issuer, target)
-        fetch = None
-        if how is not None and how.method == "post":
-            key = "POST " + ocsp_request_url(cert, issuer, responder)
+        target = how.url if how and how.url else responder
+        if how is None or how.method == "get":
+            found = await self._get(ocsp_request_url(cert, issuer, target),
+                                    expires=_ocsp_next_update)
+        else:
+            nonce = how.nonce
 
-            async def fetch() -> Response:
-                return await self._post_ocsp(target, cert, issuer, nonce=how.nonce)
+            async def post() -> Response:
+                return await self._post_ocsp(target, cert, issuer, nonce=nonce)
 
-        found = await self._get(key, expires=_ocsp_next_update, fetch=fetch)
+            found = await self._get("POST " + ocsp_request_url(cert, issuer, responder),
+                                    expires=_ocsp_next_update, fetch=post)
         if found is None:
             raise EvidenceError(f"nvidia-gpu: the OCSP responder {target} answered 404")
         return found[0]
