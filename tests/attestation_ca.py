@@ -450,7 +450,8 @@ class Vendors:
             quote = self.intel.quote(report_data=bound, mrtd=measurement)
             part: dict[str, Any] = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
             if endorsed:
-                part["collateral"] = self.intel.collateral(next_update=next_update)
+                part["collateral"] = {**self.intel.collateral(next_update=next_update),
+                                      "pck_crl": base64.b64encode(self.intel.pck_crl()).decode()}
         else:
             report = snp_report(self.vcek_key, report_data=bound, measurement=measurement,
                                 tcb=self.tcb)

@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -182,8 +182,15 @@ class EvidenceVerifier:
         except (KeyError, TypeError, binascii.Error):
             raise EvidenceError("tdx evidence needs a base64 'quote'") from None
         sent = part.get("collateral")
+        quote = parse_quote(raw)
         collateral = collateral_from_json(sent) if isinstance(sent, dict) \
-            else await self._collateral.tdx(parse_quote(raw))
+            else await self._collateral.tdx(quote)
+        if collateral.pck_crl is None:  # sent without it: from the folder or Intel PCS
+            collateral = replace(collateral, pck_crl=(await self._collateral.tdx(quote)).pck_crl)
+        if collateral.pck_crl is None:
+            raise EvidenceError("tdx: no PCK CRL (send pck_crl with the collateral, or put "
+                                "pck_crl_<platform|processor>.crl in intel_collateral_dir): a "
+                                "PCK certificate is never taken unchecked for revocation")
         verified = verify_quote(raw, collateral, at=at, root=self._roots.intel)
         if verified.quote.report.report_data != expected:
             raise EvidenceError("tdx: report_data is not bound to this nonce and TLS key "

@@ -381,3 +381,29 @@ async def test_a_future_dated_crl_or_response_is_not_kept(tmp_path: Path) -> Non
         await store(network, tmp_path, AT.timestamp()).amd_crl("Milan", "vcek")
         await store(network, tmp_path, AT.timestamp()).ocsp(leaf, root, OCSP_URL)
     assert len(network.asked) == 4
+
+
+@dataclass
+class PckCrlSource(Issued):
+    """The operator's folder or Intel PCS, answering the PCK CRL the backend left out (or a
+    folder without one: `pck_crl` None)."""
+
+    pck_crl: bytes | None = field(default_factory=VENDORS.intel.pck_crl)
+
+    async def tdx(self, quote: TdxQuote) -> Collateral:
+        self.asked.append("tdx collateral")
+        return Collateral("", b"", "", b"", pck_crl=self.pck_crl)
+
+
+async def test_tdx_collateral_sent_without_a_pck_crl_gets_one_or_is_refused() -> None:
+    """A PCK certificate is never taken unchecked: a CRL the backend did not send comes from
+    the collateral source, and with none there the evidence is refused."""
+    document = VENDORS.evidence(BOUND, kind="tdx")
+    del document["evidence"][0]["collateral"]["pck_crl"]
+    with pytest.raises(EvidenceError, match="tdx: no collateral"):  # Issued has none
+        await verify(document, Issued())
+    source = PckCrlSource()
+    assert (await verify(document, source)).tdx is not None
+    assert source.asked == ["tdx collateral"]
+    with pytest.raises(EvidenceError, match="tdx: no PCK CRL"):
+        await verify(document, PckCrlSource(pck_crl=None))
