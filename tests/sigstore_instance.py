@@ -91,8 +91,8 @@ def audit_path(index: int, leaves: list[bytes]) -> list[bytes]:
         return []
     k = _split(len(leaves))
     if index < k:
-        return audit_path(index, leaves[:k]) + [tree_root(leaves[k:])]
-    return audit_path(index - k, leaves[k:]) + [tree_root(leaves[:k])]
+        return [*audit_path(index, leaves[:k]), tree_root(leaves[k:])]
+    return [*audit_path(index - k, leaves[k:]), tree_root(leaves[:k])]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def multiplatform_statement(snp: str, rtmr1: str, rtmr2: str,
 
 
 @dataclass
-class TestSigstore:
+class PrivateSigstore:
     """One private instance: the CA, the CT log and Rekor keys, and the log's entries."""
 
     name: str = "veil-test"
