@@ -25,8 +25,10 @@ from gateway.attestation.snp import Tcb, verify_report
 from gateway.cli import main
 from gateway.errors import ConfigError, EvidenceError
 from gateway.policy.loader import load_policy
-from tests.attestation_ca import Vendors, snp_report
+from tests.attestation_ca import MEASUREMENT, Vendors, snp_report
 from tests.sigstore_instance import PrivateSigstore, Workflow, multiplatform_statement
+from tests.unit.attestation.test_verifier import LEVEL, POLICY, document, world
+from tests.unit.test_startup_progress import events
 
 ROOT = Path(__file__).parents[3]
 DATA = ROOT / "tests" / "data" / "attestation"
@@ -298,3 +300,21 @@ def test_attest_verify_names_the_release(sigstore: PrivateSigstore, tmp_path: Pa
     assert code == 0, out
     assert f"  measurement_from: {RELEASE}" in out.splitlines()
     assert "  trust_level: released-cpu: met" in out.splitlines()
+
+
+async def test_a_verdict_resting_on_a_release_names_it_in_the_log(
+        sigstore: PrivateSigstore, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The attestation service: a machine measured as only the release says meets the level
+    built from the bundle, and the `attested` line says which release vouched for it."""
+    write(tmp_path, good(sigstore, snp=MEASUREMENT.hex()), sigstore)
+    level = load_policy(policy(tmp_path)).policy.trust_levels["released-cpu"]
+    async with world(document(), {"sev-snp": {"measurements": ["00" * 48]}}) as w:
+        await w.attested()
+        assert not w.meets()
+        w.levels[0] = (POLICY, LEVEL, level)
+        w.service.policies_changed()
+        await w.attested(2)
+        assert w.meets()
+    attested = [line for line in events(capsys.readouterr().err) if line["event"] == "attested"]
+    assert attested[-1]["releases"] == [RELEASE]
+    assert "releases" not in attested[0]
