@@ -108,7 +108,7 @@ def verify_release(source: ReleaseSource, base: Path) -> Release:
         raise EvidenceError(f"{path}: cannot read the bundle ({exc.strerror})") from None
     if len(raw) > MAX_BUNDLE_BYTES:
         raise EvidenceError(f"{path}: larger than {MAX_BUNDLE_BYTES >> 10} KiB")
-    bundle, statement = _verified(raw, source, _trusted_root(source.trusted_root, base), path)
+    bundle, statement = _verified(raw, source, trusted_root(source.trusted_root, base), path)
     found = _measurements(statement, source.predicate_type, path)
     entry = bundle.log_entry._inner
     ref = _signing_ref(bundle.signing_certificate, source)
@@ -119,7 +119,7 @@ def verify_release(source: ReleaseSource, base: Path) -> Release:
                    "sha256:" + hashlib.sha256(raw).hexdigest(), **found)
 
 
-def _trusted_root(configured: str | None, base: Path) -> TrustedRoot:
+def trusted_root(configured: str | None, base: Path) -> TrustedRoot:
     """The pinned root: the file the policy names, else the public-good root inside the
     installed sigstore package (a snapshot; pin a newer file when Sigstore rotates keys)."""
     from importlib import resources

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sigstore.errors import VerificationError
+from sigstore.models import Bundle
+from sigstore.verify import Verifier
 
 from gateway.attestation.levels import TrustLevel, snp_problems
 from gateway.attestation.offline import Wanted, verify_evidence_file
 from gateway.attestation.releases import (
     HARDWARE,
     ReleaseSource,
+    WorkflowIdentity,
+    trusted_root,
     verify_release,
 )
 from gateway.attestation.snp import Tcb, verify_report
@@ -318,3 +323,23 @@ async def test_a_verdict_resting_on_a_release_names_it_in_the_log(
     attested = [line for line in events(capsys.readouterr().err) if line["event"] == "attested"]
     assert attested[-1]["releases"] == [RELEASE]
     assert "releases" not in attested[0]
+
+
+def test_a_genuine_public_good_bundle_meets_the_workflow_identity_offline() -> None:
+    """A real GitHub Actions release signature (sigstore-python's test assets, tests/data/
+    sigstore/README.md) against the public-good root shipped in the package: the identity
+    policy reads genuine Fulcio certificates as it reads the private instance's."""
+    data = ROOT / "tests" / "data" / "sigstore"
+    bundle = Bundle.from_json((data / "bundle_v3_github.whl.sigstore").read_bytes())
+    artifact = (data / "bundle_v3_github.whl").read_bytes()
+    verifier = Verifier(trusted_root=trusted_root(None, data))
+    rfc8785 = {"bundle": "bundle_v3_github.whl.sigstore", "repository": "trailofbits/rfc8785.py",
+               "workflow": ".github/workflows/release.yml"}
+    verifier.verify_artifact(artifact, bundle, WorkflowIdentity(
+        ReleaseSource.model_validate(rfc8785)))
+    for other in ({"repository": "trailofbits/rfc8785-fork"}, {"ref": r"refs/tags/v2\..*"},
+                  {"workflow": ".github/workflows/ci.yml"},
+                  {"issuer": "https://accounts.google.com"}):
+        with pytest.raises(VerificationError):
+            verifier.verify_artifact(artifact, bundle, WorkflowIdentity(
+                ReleaseSource.model_validate({**rfc8785, **other})))
