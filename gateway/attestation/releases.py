@@ -4,6 +4,8 @@ allow-lists, so approving an image means pinning who builds it rather than copyi
 
     measurements_from:
       - bundle: releases/v1.4.2.sigstore.json      # relative to the policy file
+        # url: https://.../v1.4.2.sigstore.json    # fetched once if `bundle` is missing, and
+        #                                          # kept there only after it verified
         repository: tinfoilsh/confidential-model
         workflow: .github/workflows/release.yml
         ref: refs/tags/v.*                           # a regex the signing ref matches in full
@@ -53,6 +55,7 @@ class ReleaseSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bundle: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     repository: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")]
     workflow: Annotated[str, Field(pattern=r"^\.github/workflows/[A-Za-z0-9._/-]+\.ya?ml$")]
     ref: str = r"refs/tags/v.+"
@@ -102,21 +105,53 @@ class Release:
 def verify_release(source: ReleaseSource, base: Path) -> Release:
     """The release `source` names, verified offline; `base` resolves relative paths."""
     path = base / source.bundle
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise EvidenceError(f"{path}: cannot read the bundle ({exc.strerror})") from None
+    fetched = source.url is not None and not path.exists()
+    raw = _fetched(source.url) if source.url is not None and fetched else _read(path)
     if len(raw) > MAX_BUNDLE_BYTES:
         raise EvidenceError(f"{path}: larger than {MAX_BUNDLE_BYTES >> 10} KiB")
     bundle, statement = _verified(raw, source, trusted_root(source.trusted_root, base), path)
     found = _measurements(statement, source.predicate_type, path)
     entry = bundle.log_entry._inner
     ref = _signing_ref(bundle.signing_certificate, source)
+    if fetched:
+        _keep(path, raw)
     return Release(source.repository, source.workflow, ref,
                    _extension(bundle.signing_certificate, "1.3.6.1.4.1.57264.1.13", "1.3.6.1.4.1."
                               "57264.1.3"), int(entry.log_index),
                    int(entry.integrated_time) if entry.integrated_time else None, str(path),
                    "sha256:" + hashlib.sha256(raw).hexdigest(), **found)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EvidenceError(f"{path}: cannot read the bundle ({exc.strerror})") from None
+
+
+def _fetched(url: str) -> bytes:
+    """A release's bundle never changes (a new release is a new bundle), so it is fetched
+    once, when its file is missing; the file is the cache."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http/https)
+            return bytes(response.read(MAX_BUNDLE_BYTES + 1))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise EvidenceError(f"{url}: cannot fetch the bundle ({exc})") from None
+
+
+def _keep(path: Path, raw: bytes) -> None:
+    """The verified bundle, written whole or not at all."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(raw)
+        partial.replace(path)
+    except OSError as exc:
+        raise EvidenceError(f"{path}: cannot keep the fetched bundle ({exc.strerror})") from None
 
 
 def trusted_root(configured: str | None, base: Path) -> TrustedRoot:

@@ -10,8 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from gateway.app import GATEWAY
+from gateway.errors import ConfigError
+from gateway.policy.loader import load_policy
 from tests.attestation_ca import MEASUREMENT, tls_context
 from tests.integration.test_attested_routing import (
     ConfidentialBackend,
@@ -77,3 +80,44 @@ def test_data_goes_where_the_signed_release_runs(tmp_path: Path,
             assert policies.current.policies[0].digest == digest  # v1.5.0 stays in force
             assert chat(gw.url, "mail jane.roe@example.com").status_code == 200
             assert backends["next"].served == 2
+
+
+def test_a_bundle_url_is_fetched_once_and_kept_only_when_it_verifies(tmp_path: Path) -> None:
+    sigstore = PrivateSigstore()
+    root = tmp_path / "trusted_root.json"
+    root.write_text(json.dumps(sigstore.trusted_root()))
+    good = sigstore.bundle(multiplatform_statement(MEASUREMENT.hex(), "11" * 48, "22" * 48))
+    forged = json.loads(json.dumps(good))
+    forged["dsseEnvelope"]["signatures"][0]["sig"] = "MEUCIQ" + "A" * 90
+    served: list[str] = []
+    answer = {"body": forged}
+
+    async def bundle(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return web.json_response(answer["body"])
+
+    app = web.Application()
+    app.router.add_get("/releases/v1.4.2.sigstore.json", bundle)
+    cached = tmp_path / "cache" / "v1.4.2.sigstore.json"
+    with ServerThread(app) as server:
+        path = tmp_path / "policy.yaml"
+        path.write_text(json.dumps({**TEST_POLICY, "trust_levels": {LEVEL: {
+            "sev-snp": {}, "measurements_from": [{
+                "bundle": "cache/v1.4.2.sigstore.json",
+                "url": server.url + "/releases/v1.4.2.sigstore.json",
+                "trusted_root": "trusted_root.json", "repository": Workflow().repository,
+                "workflow": Workflow().path}]}}}))
+        with pytest.raises(ConfigError, match="does not verify"):
+            load_policy(path)
+        assert not cached.exists()  # a bundle that does not verify is not kept
+        answer["body"] = good
+        level = load_policy(path).policy.trust_levels[LEVEL]
+        assert level.release_of(MEASUREMENT.hex()) is not None
+        assert json.loads(cached.read_text()) == good
+        assert len(served) == 2
+    level = load_policy(path).policy.trust_levels[LEVEL]  # the server is gone: the file is kept
+    assert level.release_of(MEASUREMENT.hex()) is not None
+    assert len(served) == 2
+    cached.unlink()
+    with pytest.raises(ConfigError, match="cannot fetch the bundle"):
+        load_policy(path)
