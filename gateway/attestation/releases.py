@@ -48,6 +48,9 @@ IN_TOTO = "application/vnd.in-toto+json"
 STATEMENT_TYPES = ("https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1")
 PUBLIC_GOOD_TUF = "https://tuf-repo-cdn.sigstore.dev"  # the directory sigstore ships its root in
 MAX_BUNDLE_BYTES = 1 << 20
+# Fulcio's extensions: the OIDC issuer (v2), the commit (v2 source digest, else v1 workflow sha)
+ISSUER_V2_OID = "1.3.6.1.4.1.57264.1.8"
+SOURCE_DIGEST_OID, WORKFLOW_SHA_OID = "1.3.6.1.4.1.57264.1.13", "1.3.6.1.4.1.57264.1.3"
 HEX48 = re.compile(r"^[0-9a-f]{96}$")
 
 
@@ -105,21 +108,22 @@ class Release:
 def verify_release(source: ReleaseSource, base: Path) -> Release:
     """The release `source` names, verified offline; `base` resolves relative paths."""
     path = base / source.bundle
-    fetched = source.url is not None and not path.exists()
-    raw = _fetched(source.url) if source.url is not None and fetched else _read(path)
+    url = source.url if source.url is not None and not path.exists() else None
+    raw = _read(path) if url is None else _fetched(url)
     if len(raw) > MAX_BUNDLE_BYTES:
         raise EvidenceError(f"{path}: larger than {MAX_BUNDLE_BYTES >> 10} KiB")
     bundle, statement = _verified(raw, source, trusted_root(source.trusted_root, base), path)
     found = _measurements(statement, source.predicate_type, path)
-    entry = bundle.log_entry._inner
-    ref = _signing_ref(bundle.signing_certificate, source)
-    if fetched:
+    if url is not None:
         _keep(path, raw)
-    return Release(source.repository, source.workflow, ref,
-                   _extension(bundle.signing_certificate, "1.3.6.1.4.1.57264.1.13", "1.3.6.1.4.1."
-                              "57264.1.3"), int(entry.log_index),
-                   int(entry.integrated_time) if entry.integrated_time else None, str(path),
-                   "sha256:" + hashlib.sha256(raw).hexdigest(), **found)
+    cert, entry = bundle.signing_certificate, bundle.log_entry._inner
+    return Release(
+        repository=source.repository, workflow=source.workflow,
+        ref=_signing_identity(cert, source)[len(source.identity_prefix):],
+        commit=_extension(cert, SOURCE_DIGEST_OID, WORKFLOW_SHA_OID),
+        log_index=int(entry.log_index),
+        integrated_time=int(entry.integrated_time) if entry.integrated_time else None,
+        bundle=str(path), bundle_sha256="sha256:" + hashlib.sha256(raw).hexdigest(), **found)
 
 
 def _read(path: Path) -> bytes:
@@ -212,7 +216,7 @@ class WorkflowIdentity:
         from sigstore.verify.policy import Identity, OIDCIssuer, OIDCIssuerV2
 
         try:
-            cert.extensions.get_extension_for_oid(ObjectIdentifier("1.3.6.1.4.1.57264.1.8"))
+            cert.extensions.get_extension_for_oid(ObjectIdentifier(ISSUER_V2_OID))
             OIDCIssuerV2(self._source.issuer).verify(cert)
         except ExtensionNotFound:
             OIDCIssuer(self._source.issuer).verify(cert)
@@ -238,10 +242,6 @@ def _signing_identity(cert: Certificate, source: ReleaseSource) -> str:
             return san
     raise VerificationError(f"signed by {', '.join(sans) or 'no URI identity'}, not by "
                             f"{prefix}<ref matching {source.ref}>")
-
-
-def _signing_ref(cert: Certificate, source: ReleaseSource) -> str:
-    return _signing_identity(cert, source)[len(source.identity_prefix):]
 
 
 def _extension(cert: Certificate, *oids: str) -> str | None:

@@ -343,3 +343,11 @@ def test_a_genuine_public_good_bundle_meets_the_workflow_identity_offline() -> N
         with pytest.raises(VerificationError):
             verifier.verify_artifact(artifact, bundle, WorkflowIdentity(
                 ReleaseSource.model_validate({**rfc8785, **other})))
+
+
+def test_a_trusted_root_that_does_not_parse_is_refused(sigstore: PrivateSigstore,
+                                                       tmp_path: Path) -> None:
+    write(tmp_path, good(sigstore), sigstore)
+    (tmp_path / "trusted_root.json").write_text('{"mediaType": "text/plain"}')
+    with pytest.raises(EvidenceError, match="not a usable Sigstore trusted root"):
+        verify_release(source(), tmp_path)
