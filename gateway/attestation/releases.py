@@ -17,8 +17,9 @@ A bundle counts only when the real `sigstore` verifier accepts it offline agains
 trust root: the Fulcio chain at the logged time, the embedded SCT, the signer's identity (OIDC
 issuer and the workflow's SAN URI), the DSSE signature, the log entry's consistency with the
 envelope, the Merkle inclusion proof against the signed checkpoint and the inclusion promise.
-Nothing is fetched (no TUF refresh, no Rekor lookup); measurements are read from the verified
-statement only. The module imports `sigstore` when a bundle is verified, not before.
+Verification fetches nothing (no TUF refresh, no Rekor lookup; a `url` is asked only while its
+bundle file is missing); measurements are read from the verified statement only. The module
+imports `sigstore` when a bundle is verified, not before.
 """
 
 from __future__ import annotations
