@@ -9,6 +9,8 @@
           products: [Milan, Genoa, Turin]
         # or, for an Intel TDX machine (a level lists one of sev-snp / tdx):
         # tdx: {mrtd: [...], rtmr: {1: [...]}, tcb_statuses: [UpToDate]}
+        measurements_from: [...]   # signed releases whose measurements join the lists above
+                                   # (attestation/releases.py): verified when the policy loads
         token:                                     # or an attestation service's verdict
           issuer: https://sharedeus.eus.attest.azure.net
           jwks_url: https://sharedeus.eus.attest.azure.net/certs
@@ -21,11 +23,13 @@ the CPU report and the GPU service's token: both must hold).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from gateway.attestation.nvidia import GpuEvidence
+from gateway.attestation.releases import Release, ReleaseSource
 from gateway.attestation.snp import VerifiedSnp
 from gateway.attestation.tdx import VerifiedTdx
 from gateway.attestation.tokens import ALLOWED_ALGORITHMS, VerifiedToken, claim
@@ -40,7 +44,9 @@ class Strict(BaseModel):
 
 
 class SnpRequirements(Strict):
-    measurements: list[Annotated[str, Field(pattern=r"^[0-9a-f]{96}$")]] = Field(min_length=1)
+    # may be empty when the level's measurements_from supplies them
+    measurements: list[Annotated[str, Field(pattern=r"^[0-9a-f]{96}$")]] = Field(
+        default_factory=list)
     products: list[Product] = Field(default_factory=lambda: list(get_args(Product)))
     signing_keys: list[KeyKind] = Field(default_factory=lambda: list(get_args(KeyKind)))
     min_tcb: dict[TcbComponent, Annotated[int, Field(ge=0, le=255)]] = Field(
@@ -55,7 +61,7 @@ Hex48 = Annotated[str, Field(pattern=r"^[0-9a-f]{96}$")]
 
 
 class TdxRequirements(Strict):
-    mrtd: list[Hex48] = Field(min_length=1)  # the TD's initial contents (firmware)
+    mrtd: list[Hex48] = Field(default_factory=list)  # the TD's initial contents (firmware)
     rtmr: dict[Literal[0, 1, 2, 3], list[Hex48]] = Field(default_factory=dict)  # allow-lists
     mrseam: list[Hex48] = Field(default_factory=list)  # empty: any module Intel signed
     tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
@@ -87,6 +93,8 @@ class TrustLevel(Strict):
     tdx: TdxRequirements | None = None
     nvidia_gpu: GpuRequirements | None = Field(default=None, alias="nvidia-gpu")
     token: TokenRequirements | None = None
+    measurements_from: list[ReleaseSource] = Field(default_factory=list)
+    _releases: tuple[Release, ...] = PrivateAttr(default=())  # verified, set by with_releases
 
     @model_validator(mode="after")
     def _some_evidence(self) -> TrustLevel:
@@ -96,7 +104,44 @@ class TrustLevel(Strict):
                              "(sev-snp, tdx, nvidia-gpu, token)")
         if self.sev_snp is not None and self.tdx is not None:
             raise ValueError("a machine runs SEV-SNP or TDX, not both: make one level for each")
+        if self.measurements_from:
+            if self.sev_snp is None and self.tdx is None:
+                raise ValueError("measurements_from needs sev-snp or tdx in the level")
+        elif self.sev_snp is not None and not self.sev_snp.measurements:
+            raise ValueError("sev-snp needs measurements (or the level's measurements_from)")
+        elif self.tdx is not None and not self.tdx.mrtd:
+            raise ValueError("tdx needs mrtd (or the level's measurements_from)")
         return self
+
+    def with_releases(self, releases: Sequence[Release]) -> TrustLevel:
+        """This level with the releases' measurements added to its allow-lists (a register
+        the level left open becomes limited to what the releases carry)."""
+        update: dict[str, Any] = {}
+        if self.sev_snp is not None:
+            snp = _union(self.sev_snp.measurements, (m for r in releases for m in r.snp))
+            if not snp:
+                raise ValueError("sev-snp: no measurement listed, and no release carries one")
+            update["sev_snp"] = self.sev_snp.model_copy(update={"measurements": snp})
+        if self.tdx is not None:
+            mrtd = _union(self.tdx.mrtd, (m for r in releases for m in r.mrtd))
+            if not mrtd:
+                raise ValueError("tdx: no mrtd listed, and no release carries one (a "
+                                 "hardware-measurements bundle does)")
+            rtmr: dict[int, list[str]] = dict(self.tdx.rtmr.items())
+            for index, value in ((i, v) for r in releases for i, v in r.rtmr):
+                rtmr[index] = _union(rtmr.get(index, []), [value])
+            update["tdx"] = self.tdx.model_copy(update={"mrtd": mrtd, "rtmr": rtmr})
+        level = self.model_copy(update=update)
+        level._releases = tuple(releases)
+        return level
+
+    def release_of(self, measurement: str) -> Release | None:
+        """The verified release a measurement value came from, if one did."""
+        return next((r for r in self._releases if r.measures(measurement)), None)
+
+
+def _union(listed: Iterable[str], more: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys([*listed, *more]))
 
 
 def snp_problems(verified: VerifiedSnp, wanted: SnpRequirements) -> list[str]:

@@ -154,6 +154,11 @@ def _judged(values: dict[str, object], report_data: bytes, when: datetime,
     if found is None:
         return Outcome(False, outcome.values, [f"policy has no trust level {wanted.name!r} for "
                                                f"{values['format']} evidence"])
+    level = wanted.level
+    releases = {r.label for v in values.values() if level is not None
+                and isinstance(v, str) and (r := level.release_of(v)) is not None}
+    if releases:  # the measurement is allowed because a verified release carries it
+        outcome.values["measurement_from"] = ", ".join(sorted(releases))
     outcome.reasons, outcome.ok = found, not found
     outcome.values["trust_level"] = f"{wanted.name}: {'met' if outcome.ok else 'not met'}"
     return outcome

@@ -40,6 +40,18 @@ def verdicts(evidence: Evidence, levels: Levels, keys: KeySets,
     return met
 
 
+def releases_behind(evidence: Evidence, levels: Levels,
+                    met: Mapping[tuple[str, str], float]) -> list[str]:
+    """The signed releases (measurements_from) that vouch for a measurement of this evidence in
+    a level it meets: what the verdict rests on besides the hardware, for the log."""
+    measured = [evidence.snp.report.measurement.hex()] if evidence.snp else []
+    if evidence.tdx is not None:
+        report = evidence.tdx.quote.report
+        measured += [report.mrtd.hex(), *(rtmr.hex() for rtmr in report.rtmrs)]
+    return sorted({release.label for policy, name, level in levels if (policy, name) in met
+                   for value in measured if (release := level.release_of(value)) is not None})
+
+
 def key_set_urls(levels: Levels) -> set[str]:
     """The JWKS URLs the levels name: the only places token keys are fetched from."""
     return {level.token.jwks_url for _, _, level in levels if level.token is not None}

@@ -40,7 +40,7 @@ from gateway.attestation.jwks import JwksCache
 from gateway.attestation.levels import TrustLevel
 from gateway.attestation.transport import NetworkTransport, Transport
 from gateway.attestation.trust_roots import Roots
-from gateway.attestation.verdicts import Levels, key_set_urls, verdicts
+from gateway.attestation.verdicts import Levels, key_set_urls, releases_behind, verdicts
 from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -193,8 +193,10 @@ class AttestationService:
         state.evidence, state.met = attested.evidence, attested.met
         state.nonce = attested.received.nonce
         self._metrics.attestations.labels(name, attested.source).inc()
+        releases = releases_behind(attested.evidence, self._trust_levels(), attested.met)
         log.info("attested", backend=name, digest=attested.evidence.digest,
-                 source=attested.source, levels=sorted({level for _, level in attested.met}))
+                 source=attested.source, levels=sorted({level for _, level in attested.met}),
+                 **({"releases": releases} if releases else {}))
         return True
 
     async def _attestation(self, state: BackendState) -> Attested:

@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ConfigError, ConfigIssue
+from gateway.attestation.releases import verify_release
+from gateway.errors import ConfigError, ConfigIssue, EvidenceError
 from gateway.policy.schema import BUILTIN_ENTITIES, Policy
 from gateway.yamlsource import KeyPath, YamlDocument, dotted, load_yaml, validate
 
@@ -60,9 +61,37 @@ def load_policy(path: str | Path, plugin_entities: PluginEntities | None = None
     issues = _cross_checks(policy, chain, plugin_entities)
     if issues:
         raise ConfigError(issues)
+    policy, issues = _with_releases(policy, chain)
+    if issues:
+        raise ConfigError(issues)
     digest = "sha256:" + hashlib.sha256(
         orjson.dumps(policy.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
     return LoadedPolicy(policy, tuple(d.file for d in chain), digest)
+
+
+def _with_releases(policy: Policy, chain: list[YamlDocument]
+                   ) -> tuple[Policy, list[ConfigIssue]]:
+    """Each level's `measurements_from` verified now, so a bundle that does not verify makes
+    the policy invalid (at start and on reload) rather than its level quietly empty. Paths are
+    relative to the file that names them."""
+    levels = dict(policy.trust_levels)
+    issues: list[ConfigIssue] = []
+    for name, level in policy.trust_levels.items():
+        releases = []
+        for i, source in enumerate(level.measurements_from):
+            path: KeyPath = ("trust_levels", name, "measurements_from", i)
+            file, position = _where(chain, path)
+            try:
+                releases.append(verify_release(source, Path(file).parent))
+            except EvidenceError as exc:
+                issues.append(ConfigIssue(file, position, dotted(path), str(exc)))
+        if releases and len(releases) == len(level.measurements_from):
+            try:
+                levels[name] = level.with_releases(releases)
+            except ValueError as exc:
+                file, position = _where(chain, ("trust_levels", name))
+                issues.append(ConfigIssue(file, position, f"trust_levels.{name}", str(exc)))
+    return policy.model_copy(update={"trust_levels": levels}), issues
 
 
 def _chain(path: Path) -> list[YamlDocument]:
