@@ -48,6 +48,9 @@ HARDWARE: PredicateType = "https://tinfoil.sh/predicate/hardware-measurements/v1
 IN_TOTO = "application/vnd.in-toto+json"
 STATEMENT_TYPES = ("https://in-toto.io/Statement/v1", "https://in-toto.io/Statement/v0.1")
 PUBLIC_GOOD_TUF = "https://tuf-repo-cdn.sigstore.dev"  # the directory sigstore ships its root in
+# The public-good root as sigstore 4.5.1 ships it: a changed file in site-packages is refused,
+# not trusted (a newer root is pinned by naming the file in the policy).
+PUBLIC_GOOD_ROOT_SHA256 = "6494e21ea73fa7ee769f85f57d5a3e6a08725eae1e38c755fc3517c9e6bc0b66"
 MAX_BUNDLE_BYTES = 1 << 20
 # Fulcio's extensions: the OIDC issuer (v2), the commit (v2 source digest, else v1 workflow sha)
 ISSUER_V2_OID = "1.3.6.1.4.1.57264.1.8"
@@ -173,9 +176,18 @@ def trusted_root(configured: str | None, base: Path) -> TrustedRoot:
         path = Path(str(resources.files("sigstore") / "_store" / quote(PUBLIC_GOOD_TUF, safe="")
                         / "trusted_root.json"))
     try:
+        if configured is None:
+            _check_shipped(path)
         return TrustedRoot.from_file(str(path))
     except (OSError, ValueError, Error) as exc:
         raise EvidenceError(f"{path}: not a usable Sigstore trusted root ({exc})") from None
+
+
+def _check_shipped(path: Path) -> None:
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != PUBLIC_GOOD_ROOT_SHA256:
+        raise EvidenceError(f"{path} has sha256 {actual}, expected {PUBLIC_GOOD_ROOT_SHA256} "
+                            "(the root sigstore 4.5.1 ships); name a pinned trusted_root instead")
 
 
 def _verified(raw: bytes, source: ReleaseSource, root: TrustedRoot,

@@ -351,3 +351,14 @@ def test_a_trusted_root_that_does_not_parse_is_refused(sigstore: PrivateSigstore
     (tmp_path / "trusted_root.json").write_text('{"mediaType": "text/plain"}')
     with pytest.raises(EvidenceError, match="not a usable Sigstore trusted root"):
         verify_release(source(), tmp_path)
+
+
+def test_a_changed_shipped_root_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    """The default root is trusted only as sigstore 4.5.1 ships it: someone who can write to
+    site-packages must not be able to swap in a root of their own."""
+    from gateway.attestation import releases  # noqa: PLC0415
+
+    monkeypatch.setattr(releases, "PUBLIC_GOOD_ROOT_SHA256", "0" * 64)
+    with pytest.raises(EvidenceError, match=r"expected 0{64}"):
+        releases.trusted_root(None, tmp_path)
