@@ -8,7 +8,8 @@ Nothing fetched here is trusted for being fetched: VCEKs and collateral are veri
 pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs are immutable
 for a (chip, TCB) and kept for good, collateral until its nextUpdate, and so are the ARK's CRLs
 (AMD KDS) and OCSP responses about NVIDIA's GPU certificates (the responder in the certificate's
-AIA, asked by GET with no nonce, so one certificate is always the same URL). With a shared store
+AIA, asked by GET with no nonce, so one certificate is always the same URL), and GPU RIMs from
+NVIDIA's RIM service until their certificates end. With a shared store
 (gateway/state/shared_attestation.py) what one replica fetched is read by the others before
 they ask the network: the disk first, then the shared store, then AMD KDS / Intel PCS.
 """
@@ -28,6 +29,7 @@ from cryptography import x509
 from cryptography.x509 import ocsp
 
 from gateway.attestation.revocation import ocsp_request_url
+from gateway.attestation.rims import rim_not_after
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
     Collateral,
@@ -122,6 +124,12 @@ class CollateralStore:
         if found is None:
             raise EvidenceError(f"nvidia-gpu: the OCSP responder {responder} answered 404")
         return found[0]
+
+    async def rim(self, url: str) -> bytes | None:
+        """A GPU RIM from NVIDIA's RIM service (JSON: the base64 XML in `rim`), cached until
+        its certificates expire; None when the service has none. Verified by the caller."""
+        found = await self._get(url, expires=_rim_not_after)
+        return found[0] if found is not None else None
 
     async def tdx(self, quote: TdxQuote) -> Collateral:
         if self._settings.intel_collateral_dir:
@@ -234,6 +242,14 @@ def _crl_next_update(body: bytes, now: float) -> float | None:
     except ValueError:
         return now
     return next_update.timestamp() if next_update else now
+
+
+def _rim_not_after(body: bytes, now: float) -> float | None:
+    """Kept until the first of its certificates ends; one that does not parse is not kept."""
+    try:
+        return rim_not_after(body).timestamp()
+    except EvidenceError:
+        return now
 
 
 def _ocsp_next_update(body: bytes, now: float) -> float | None:

@@ -1,0 +1,128 @@
+"""The RIMs that apply to a GPU being attested, obtained once per attestation for the sources
+the trust levels name (files, or NVIDIA's RIM service through the collateral cache) and kept,
+verified, so that verdicts are judged without I/O: again at a policy reload, like key sets.
+
+A RIM that cannot be had (no file for the version, the service down with nothing cached, a
+signature or chain that does not verify, another version than the GPU's) is kept as the reason
+instead: every level that needs it is then unmet, with that reason (fail closed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from gateway.attestation.levels import RimSource
+from gateway.attestation.nvidia import GpuEvidence
+from gateway.attestation.rims import (
+    MAX_RIM_BYTES,
+    GpuVersions,
+    Rim,
+    gpu_versions,
+    rim_problems,
+    verify_rim,
+)
+from gateway.errors import EvidenceError, FetchError
+from gateway.observability.logging import get_logger
+
+log = get_logger("veil.attestation")
+RimFetch = Callable[[str], Awaitable[bytes | None]]  # URL -> the service's answer (None: 404)
+Key = tuple[tuple[tuple[str, ...], str | None, str | None], str]  # (source, RIM id)
+
+
+class RimStore:
+    def __init__(self, fetch: RimFetch, root: x509.Certificate,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._fetch = fetch
+        self._root = root
+        self._clock = clock
+        self._found: dict[Key, Rim | str] = {}  # a verified RIM, or why there is none
+
+    async def refresh(self, gpu: GpuEvidence, sources: Iterable[RimSource]) -> None:
+        """Obtain and verify the driver and VBIOS RIMs of this GPU from every source."""
+        try:
+            versions = gpu_versions(gpu)
+        except EvidenceError:
+            return  # `references` gives the reason
+        at = datetime.fromtimestamp(self._clock(), UTC)
+        for source in {s.key(): s for s in sources}.values():
+            for kind, rim_id in versions.rim_ids().items():
+                try:
+                    found: Rim | str = await self._obtain(source, kind, versions, at)
+                except (EvidenceError, FetchError) as exc:
+                    found = f"{kind} RIM {rim_id}: {exc}"
+                    log.warning("gpu_rim_refused", rim=rim_id, reason=str(exc))
+                self._found[(source.key(), rim_id)] = found
+
+    def references(self, source: RimSource, gpu: GpuEvidence,
+                   now: float) -> tuple[list[str], float]:
+        """(what about the GPU's measurements its RIMs do not allow, until when the RIMs hold);
+        problems and 0 when a RIM is missing, refused or expired."""
+        try:
+            versions = gpu_versions(gpu)
+        except EvidenceError as exc:
+            return [str(exc)], 0.0
+        rims: dict[str, Rim] = {}
+        problems = []
+        for kind, rim_id in versions.rim_ids().items():
+            found = self._found.get((source.key(), rim_id))
+            if found is None:
+                problems.append(f"the {kind} RIM {rim_id} has not been obtained yet")
+            elif isinstance(found, str):
+                problems.append(found)
+            elif found.not_after.timestamp() <= now:
+                problems.append(f"the {kind} RIM {rim_id} expired {found.not_after.date()}")
+            else:
+                rims[kind] = found
+        if problems:
+            return problems, 0.0
+        return rim_problems(gpu, rims), min(r.not_after.timestamp() for r in rims.values())
+
+    async def _obtain(self, source: RimSource, kind: str, versions: GpuVersions,
+                      at: datetime) -> Rim:
+        root = _load_root(source.root) if source.root else self._root
+        version = versions.version(kind).lower()
+        matching = [rim for rim in _from_files(source.files, root, at)
+                    if rim.version.lower() == version]
+        if len(matching) > 1:
+            raise EvidenceError(f"more than one RIM file is for {kind} version {version}")
+        if matching:
+            return matching[0]
+        rim_id = versions.rim_ids()[kind]
+        if source.url is None:
+            raise EvidenceError(f"no RIM file is for {kind} version {version}")
+        body = await self._fetch(source.url.rstrip("/") + "/" + rim_id)
+        if body is None:
+            raise EvidenceError("the RIM service has no such RIM")
+        rim = verify_rim(body, root, at)
+        if rim.version.lower() != version:
+            raise EvidenceError(f"the RIM is for version {rim.version}, the GPU runs {version}")
+        return rim
+
+
+def _from_files(paths: Iterable[str], root: x509.Certificate, at: datetime) -> list[Rim]:
+    """Every file must verify: one that does not is an operator's mistake, refused by name."""
+    rims = []
+    for name in paths:
+        path = Path(name)
+        try:
+            with path.open("rb") as file:
+                body = file.read(2 * MAX_RIM_BYTES + 1)  # the JSON wrapper's base64 is longer
+        except OSError:
+            raise EvidenceError(f"RIM file {path.name} cannot be read") from None
+        try:
+            rims.append(verify_rim(body, root, at))
+        except EvidenceError as exc:
+            raise EvidenceError(f"RIM file {path.name}: {exc}") from None
+    return rims
+
+
+def _load_root(path: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError):
+        raise EvidenceError(f"the RIM root {Path(path).name} cannot be read") from None
