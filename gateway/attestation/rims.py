@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import struct
 import warnings
 from collections.abc import Mapping
@@ -57,6 +58,7 @@ SIGNED_AS = SignatureConfiguration(
                                  SignatureMethod.RSA_SHA512}),
     digest_algorithms=frozenset({DigestAlgorithm.SHA256, DigestAlgorithm.SHA384,
                                  DigestAlgorithm.SHA512}))
+logging.getLogger("signxml").setLevel(logging.WARNING)  # it logs every canonicalized document
 
 
 def _parser() -> etree.XMLParser:
@@ -207,7 +209,8 @@ def _parse(data: bytes) -> etree._Element:
 def _chain(document: etree._Element) -> list[x509.Certificate]:
     found = document.findall("ds:Signature/ds:KeyInfo/ds:X509Data/ds:X509Certificate", DS)
     if not found:
-        raise EvidenceError("nvidia-rim: no signing certificate in the signature")
+        raise EvidenceError("nvidia-rim: no signature with its certificate directly under "
+                            "the root element")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
