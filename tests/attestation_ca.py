@@ -527,12 +527,15 @@ class Vendors:
                  measurement: bytes = MEASUREMENT, endorsed: bool = True, gpu: bool = False,
                  tokens: tuple[str, ...] = (),
                  next_update: str = "2030-01-01T00:00:00Z",
-                 ocsp: bytes | None = None, stapled: bool = True) -> dict[str, Any]:
+                 ocsp: bytes | None = None, stapled: bool = True,
+                 gpu_measurements: dict[int, bytes] | None = None,
+                 gpu_opaque: bytes = b"opaq") -> dict[str, Any]:
         """The document a confidential machine answers with, every part bound to `bound`.
         `endorsed`: it sends its VCEK / TDX collateral (else the gateway fetches them);
         `gpu`: with the GPU's measurements, asked with the first half of the binding, and
         the OCSP response about its certificate stapled (`ocsp`, a good one unless given;
-        none with `stapled=False`: the gateway asks the responder)."""
+        none with `stapled=False`: the gateway asks the responder); `gpu_measurements` (SPDM
+        block -> value) and `gpu_opaque` replace the GPU's defaults."""
         if kind == "tdx":
             quote = self.intel.quote(report_data=bound, mrtd=measurement)
             part: dict[str, Any] = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
@@ -547,7 +550,9 @@ class Vendors:
         parts = [part, *({"format": "token", "token": token} for token in tokens)]
         if gpu:
             parts.append({"format": "nvidia-gpu",
-                          "evidence": self.nvidia.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
+                          "evidence": self.nvidia.evidence(
+                              bound[:32], gpu_measurements or {1: b"\x11" * 48},
+                              gpu_opaque).hex(),
                           "certificates": self.nvidia.chain_pem().decode(),
                           "ocsp": [base64.b64encode(ocsp or self.nvidia.ocsp()).decode()]
                           if stapled else []})

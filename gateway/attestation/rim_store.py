@@ -9,6 +9,7 @@ instead: every level that needs it is then unmet, with that reason (fail closed)
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -41,22 +42,45 @@ class RimStore:
         self._root = root
         self._clock = clock
         self._found: dict[Key, Rim | str] = {}  # a verified RIM, or why there is none
+        self._fetched: set[Key] = set()  # found ones from the service: kept until they end
+        self._locks: dict[Key, asyncio.Lock] = {}  # one fetch at a time per RIM
 
     async def refresh(self, gpu: GpuEvidence, sources: Iterable[RimSource]) -> None:
-        """Obtain and verify the driver and VBIOS RIMs of this GPU from every source."""
+        """Obtain and verify the driver and VBIOS RIMs of this GPU from every source (files
+        are read again each time; a RIM fetched from the service is kept until it ends), and
+        log what about the GPU they do not allow."""
         try:
             versions = gpu_versions(gpu)
         except EvidenceError:
             return  # `references` gives the reason
-        at = datetime.fromtimestamp(self._clock(), UTC)
-        for source in {s.key(): s for s in sources}.values():
+        unique = {s.key(): s for s in sources}.values()
+        for source in unique:
             for kind, rim_id in versions.rim_ids().items():
-                try:
-                    found: Rim | str = await self._obtain(source, kind, versions, at)
-                except (EvidenceError, FetchError) as exc:
-                    found = f"{kind} RIM {rim_id}: {exc}"
-                    log.warning("gpu_rim_refused", rim=rim_id, reason=str(exc))
-                self._found[(source.key(), rim_id)] = found
+                key = (source.key(), rim_id)
+                async with self._locks.setdefault(key, asyncio.Lock()):
+                    await self._refresh_one(key, source, kind, versions)
+        for source in unique:
+            problems, _ = self.references(source, gpu, self._clock())
+            if problems:
+                log.warning("gpu_rims_not_met", rims=sorted(versions.rim_ids().values()),
+                            reasons=problems)
+
+    async def _refresh_one(self, key: Key, source: RimSource, kind: str,
+                           versions: GpuVersions) -> None:
+        now = self._clock()
+        held = self._found.get(key)
+        if key in self._fetched and isinstance(held, Rim) and held.not_after.timestamp() > now:
+            return
+        self._fetched.discard(key)
+        try:
+            found, fetched = await self._obtain(source, kind, versions,
+                                                datetime.fromtimestamp(now, UTC))
+        except (EvidenceError, FetchError) as exc:
+            self._found[key] = f"{kind} RIM {key[1]}: {exc}"
+            return
+        self._found[key] = found
+        if fetched:
+            self._fetched.add(key)
 
     def references(self, source: RimSource, gpu: GpuEvidence,
                    now: float) -> tuple[list[str], float]:
@@ -83,7 +107,8 @@ class RimStore:
         return rim_problems(gpu, rims), min(r.not_after.timestamp() for r in rims.values())
 
     async def _obtain(self, source: RimSource, kind: str, versions: GpuVersions,
-                      at: datetime) -> Rim:
+                      at: datetime) -> tuple[Rim, bool]:
+        """The RIM, and whether it came from the service (else from a file)."""
         root = _load_root(source.root) if source.root else self._root
         version = versions.version(kind).lower()
         matching = [rim for rim in _from_files(source.files, root, at)
@@ -91,7 +116,7 @@ class RimStore:
         if len(matching) > 1:
             raise EvidenceError(f"more than one RIM file is for {kind} version {version}")
         if matching:
-            return matching[0]
+            return matching[0], False
         rim_id = versions.rim_ids()[kind]
         if source.url is None:
             raise EvidenceError(f"no RIM file is for {kind} version {version}")
@@ -101,7 +126,7 @@ class RimStore:
         rim = verify_rim(body, root, at)
         if rim.version.lower() != version:
             raise EvidenceError(f"the RIM is for version {rim.version}, the GPU runs {version}")
-        return rim
+        return rim, True
 
 
 def _from_files(paths: Iterable[str], root: x509.Certificate, at: datetime) -> list[Rim]:
