@@ -102,9 +102,10 @@ class RimStore:
                 problems.append(f"the {kind} RIM {rim_id} expired {found.not_after.date()}")
             else:
                 rims[kind] = found
+        problems += rim_problems(gpu, rims)  # the RIMs at hand are compared all the same
         if problems:
             return problems, 0.0
-        return rim_problems(gpu, rims), min(r.not_after.timestamp() for r in rims.values())
+        return [], min(r.not_after.timestamp() for r in rims.values())
 
     async def _obtain(self, source: RimSource, kind: str, versions: GpuVersions,
                       at: datetime) -> tuple[Rim, bool]:
@@ -127,6 +128,17 @@ class RimStore:
         if rim.version.lower() != version:
             raise EvidenceError(f"the RIM is for version {rim.version}, the GPU runs {version}")
         return rim, True
+
+
+def offline_rim_problems(gpu: GpuEvidence, source: RimSource, root: x509.Certificate,
+                         at: datetime) -> list[str]:
+    """`veil attest verify`: the source's RIM files only; a RIM service is not asked."""
+    async def offline(url: str) -> bytes | None:
+        raise FetchError("not fetched offline: give the RIM as a file under rims.files")
+
+    store = RimStore(offline, root, at.timestamp)
+    asyncio.run(store.refresh(gpu, [source]))
+    return store.references(source, gpu, at.timestamp())[0]
 
 
 def _from_files(paths: Iterable[str], root: x509.Certificate, at: datetime) -> list[Rim]:
