@@ -178,6 +178,10 @@ def verify_rim(body: bytes, root: x509.Certificate, at: datetime) -> Rim:
     to `root` and valid at `at`."""
     document = _parse(_bounded(unwrap(body)))
     chain = _chain(document)
+    # The chain is verified here, and signxml handed its verified leaf: signxml's own chain
+    # check (cryptography's web-PKI verifier) refuses NVIDIA's genuine RIM CAs (validity dates
+    # before 2050 in GeneralizedTime), and this way it is the same check, clock and messages
+    # as every other vendor's chain.
     verify_chain(chain, root, at, prefix="nvidia-rim", root_label="NVIDIA RIM")
     try:
         result = XMLVerifier().verify(

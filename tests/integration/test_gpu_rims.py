@@ -80,26 +80,37 @@ def wait_until(condition: Any, timeout: float = 15) -> None:
         time.sleep(0.05)
 
 
+def gpu_settings(tmp_path: Path, rims_url: str, backends: dict[str, str]) -> Any:
+    """One policy whose personal data needs the CPU report and the GPU's RIMs (fetched from
+    `rims_url`, verified to the test RIM root)."""
+    root = RIMS.root_pem(tmp_path / "rim_root.pem")
+    policy = {**TEST_POLICY, "data_classes": {"personal": {"entities": ["EMAIL"]}},
+              "routing": {"personal": {"require": LEVEL}},
+              "trust_levels": {LEVEL: {
+                  "sev-snp": {"measurements": [MEASUREMENT.hex()]},
+                  "nvidia-gpu": {"rims": {"url": f"{rims_url}/v1/rim/", "root": root}}}}}
+    return settings_for(
+        [attested(name, url) for name, url in backends.items()], policy=policy, attestation={
+            "amd_roots_dir": VENDORS.amd.roots_dir(tmp_path), "amd_kds_url": None,
+            "intel_pcs_url": None, "cache_dir": str(tmp_path / "cache")})
+
+
+def chat(url: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", headers=AUTH, timeout=30, json={
+        "model": "test-model", "messages": [{"role": "user", "content": "mail jane@example.com"}]})
+
+
 def test_only_the_gpu_its_rims_allow_receives_data_needing_the_level(
         tmp_path: Path, capfd: Any) -> None:
     asked: list[str] = []
     contexts = {name: tls_context(tmp_path, name) for name in ("genuine", "patched")}
     apps = {"genuine": confidential(contexts["genuine"][1], GENUINE),
             "patched": confidential(contexts["patched"][1], {**GENUINE, 4: b"\x04" * 48})}
-    root = RIMS.root_pem(tmp_path / "rim_root.pem")
     with ServerThread(rim_service(asked)) as rims, \
             ServerThread(apps["genuine"], ssl_context=contexts["genuine"][0]) as genuine, \
             ServerThread(apps["patched"], ssl_context=contexts["patched"][0]) as patched:
-        policy = {**TEST_POLICY, "data_classes": {"personal": {"entities": ["EMAIL"]}},
-                  "routing": {"personal": {"require": LEVEL}},
-                  "trust_levels": {LEVEL: {
-                      "sev-snp": {"measurements": [MEASUREMENT.hex()]},
-                      "nvidia-gpu": {"rims": {"url": f"{rims.url}/v1/rim/", "root": root}}}}}
-        settings = settings_for(
-            [attested("patched", patched.url), attested("genuine", genuine.url)],
-            policy=policy, attestation={
-                "amd_roots_dir": VENDORS.amd.roots_dir(tmp_path), "amd_kds_url": None,
-                "intel_pcs_url": None, "cache_dir": str(tmp_path / "cache")})
+        settings = gpu_settings(tmp_path, rims.url, {"patched": patched.url,
+                                                     "genuine": genuine.url})
         with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
             service = gw.app[GATEWAY].attestation
             digest = load_policy(gw.app[GATEWAY].settings.policies.files[0]).digest
@@ -107,10 +118,23 @@ def test_only_the_gpu_its_rims_allow_receives_data_needing_the_level(
             wait_until(lambda: service.digest("patched") is not None)
             assert not service.meets("patched", digest, (LEVEL,))
             for _ in range(2):
-                response = httpx.post(gw.url + "/v1/chat/completions", headers=AUTH, timeout=30,
-                                      json={"model": "test-model", "messages": [
-                                          {"role": "user", "content": "mail jane@example.com"}]})
-                assert response.status_code == 200
+                assert chat(gw.url).status_code == 200
     assert (len(apps["genuine"][SERVED]), len(apps["patched"][SERVED])) == (2, 0)
     assert sorted(asked) == [DRIVER_ID, VBIOS_ID]  # both backends' RIMs fetched once
     assert "GPU measurement index 3" in capfd.readouterr().err
+
+
+def test_without_the_rim_service_the_gpu_level_fails_closed(tmp_path: Path) -> None:
+    context, certificate = tls_context(tmp_path, "genuine")
+    app = confidential(certificate, GENUINE)
+    with ServerThread(rim_service([])) as rims:
+        down = rims.url  # stopped before the gateway ever asks it
+    with ServerThread(app, ssl_context=context) as backend:
+        settings = gpu_settings(tmp_path, down, {"genuine": backend.url})
+        with gateway_for(settings, outbound=Outbound(attestation_roots=VENDORS.roots())) as gw:
+            service = gw.app[GATEWAY].attestation
+            wait_until(lambda: service.digest("genuine") is not None)  # the evidence verified
+            response = chat(gw.url)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_attested_backend"
+    assert app[SERVED] == []
