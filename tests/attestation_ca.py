@@ -415,16 +415,43 @@ class RimTestCa:
 
     root_key: ec.EllipticCurvePrivateKey = field(default_factory=_p384)
     days: int = 3650
+    ocsp_url: str = "http://ocsp.rim.test"  # in the CA's and the signer's AIA
+    ocsp_next_update: datetime.datetime = CRL_NEXT_UPDATE
+    revoked: set[int] = field(default_factory=set)  # serials the responder says are revoked
 
     def __post_init__(self) -> None:
         self.ca_key, self.key = _p384(), _p384()
         ca_name = "Test NVIDIA Reference Value CA"
+        aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+            x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(
+                self.ocsp_url))])
         self.root = certificate(RIM_ROOT_NAME, RIM_ROOT_NAME, self.root_key.public_key(),
                                 self.root_key, ca=True)
         self.ca = certificate(ca_name, RIM_ROOT_NAME, self.ca_key.public_key(), self.root_key,
-                              ca=True)
+                              ca=True, more=(aia,))
         self.leaf = certificate("Test RIM signer", ca_name, self.key.public_key(), self.ca_key,
-                                ca=False, days=self.days)
+                                ca=False, days=self.days, more=(aia,))
+
+    def ocsp(self, serial: int) -> bytes:
+        """The responder's answer about the CA's or the signer's certificate, signed by its
+        issuer: good, or revoked when listed in `revoked`."""
+        cert, issuer, key = (self.leaf, self.ca, self.ca_key) \
+            if serial == self.leaf.serial_number else (self.ca, self.root, self.root_key)
+        revoked = serial in self.revoked
+        response = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert, issuer=issuer, algorithm=hashes.SHA384(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+            this_update=START, next_update=self.ocsp_next_update,
+            revocation_time=START if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        ).responder_id(ocsp.OCSPResponderEncoding.HASH, issuer).sign(key, hashes.SHA384())
+        return response.public_bytes(serialization.Encoding.DER)
+
+    async def responder(self, cert: x509.Certificate, issuer: x509.Certificate,
+                        url: str) -> bytes:
+        """As CollateralStore.ocsp answers, without the network."""
+        assert url == self.ocsp_url
+        return self.ocsp(cert.serial_number)
 
     def unsigned(self, version: str, measurements: dict[int, list[bytes]], *,
                  inactive: tuple[int, ...] = ()) -> Any:

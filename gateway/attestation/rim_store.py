@@ -2,9 +2,14 @@
 the trust levels name (files, or NVIDIA's RIM service through the collateral cache) and kept,
 verified, so that verdicts are judged without I/O: again at a policy reload, like key sets.
 
+Each certificate of a RIM's chain that NVIDIA's CAs issued is checked by OCSP (the responder in
+the issuer's AIA, as for the GPU's own chain; answers cached until their nextUpdate), and the
+RIM is relied on until the earliest nextUpdate, or its chain's end.
+
 A RIM that cannot be had (no file for the version, the service down with nothing cached, a
-signature or chain that does not verify, another version than the GPU's) is kept as the reason
-instead: every level that needs it is then unmet, with that reason (fail closed).
+signature or chain that does not verify, a revoked signer, another version than the GPU's) is
+kept as the reason instead: every level that needs it is then unmet, with that reason (fail
+closed).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from cryptography import x509
 
 from gateway.attestation.levels import RimSource
 from gateway.attestation.nvidia import GpuEvidence
+from gateway.attestation.revocation import check_ocsp, ocsp_targets
 from gateway.attestation.rims import (
     MAX_RIM_BYTES,
     GpuVersions,
@@ -32,15 +39,19 @@ from gateway.observability.logging import get_logger
 
 log = get_logger("veil.attestation")
 RimFetch = Callable[[str], Awaitable[bytes | None]]  # URL -> the service's answer (None: 404)
+# (certificate, its issuer, responder URL) -> the DER OCSP response: CollateralStore.ocsp
+OcspFetch = Callable[[x509.Certificate, x509.Certificate, str], Awaitable[bytes]]
 Key = tuple[tuple[tuple[str, ...], str | None, str | None], str]  # (source, RIM id)
 
 
 class RimStore:
     def __init__(self, fetch: RimFetch, root: x509.Certificate,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, ocsp: OcspFetch | None) -> None:
+        """`ocsp` None: the RIMs' revocation is not checked (`veil attest verify` only)."""
         self._fetch = fetch
         self._root = root
         self._clock = clock
+        self._ocsp = ocsp
         self._found: dict[Key, Rim | str] = {}  # a verified RIM, or why there is none
         self._fetched: set[Key] = set()  # found ones from the service: kept until they end
         self._locks: dict[Key, asyncio.Lock] = {}  # one fetch at a time per RIM
@@ -72,9 +83,10 @@ class RimStore:
         if key in self._fetched and isinstance(held, Rim) and held.not_after.timestamp() > now:
             return
         self._fetched.discard(key)
+        at = datetime.fromtimestamp(now, UTC)
         try:
-            found, fetched = await self._obtain(source, kind, versions,
-                                                datetime.fromtimestamp(now, UTC))
+            found, fetched = await self._obtain(source, kind, versions, at)
+            found = await self._not_revoked(found, source, at)
         except (EvidenceError, FetchError) as exc:
             self._found[key] = f"{kind} RIM {key[1]}: {exc}"
             return
@@ -107,10 +119,23 @@ class RimStore:
             return problems, 0.0
         return [], min(r.not_after.timestamp() for r in rims.values())
 
+    async def _not_revoked(self, rim: Rim, source: RimSource, at: datetime) -> Rim:
+        """The RIM relied on until its OCSP answers' earliest nextUpdate, if that is sooner."""
+        if self._ocsp is None:
+            return rim
+        ends = [rim.not_after]
+        for cert, issuer, responder in ocsp_targets(rim.chain, self._root_of(source)):
+            response = await self._ocsp(cert, issuer, responder)
+            ends.append(check_ocsp(response, cert, issuer, at, prefix="nvidia-rim"))
+        return replace(rim, not_after=min(ends))
+
+    def _root_of(self, source: RimSource) -> x509.Certificate:
+        return _load_root(source.root) if source.root else self._root
+
     async def _obtain(self, source: RimSource, kind: str, versions: GpuVersions,
                       at: datetime) -> tuple[Rim, bool]:
         """The RIM, and whether it came from the service (else from a file)."""
-        root = _load_root(source.root) if source.root else self._root
+        root = self._root_of(source)
         version = versions.version(kind).lower()
         # Verifying a RIM takes ~13 ms: off the event loop, which serves requests meanwhile.
         from_files = await asyncio.to_thread(_from_files, source.files, root, at)
@@ -133,11 +158,12 @@ class RimStore:
 
 def offline_rim_problems(gpu: GpuEvidence, source: RimSource, root: x509.Certificate,
                          at: datetime) -> list[str]:
-    """`veil attest verify`: the source's RIM files only; a RIM service is not asked."""
+    """`veil attest verify`: the source's RIM files only; neither a RIM service nor an OCSP
+    responder is asked (the RIMs' revocation is not checked offline)."""
     async def offline(url: str) -> bytes | None:
         raise FetchError("not fetched offline: give the RIM as a file under rims.files")
 
-    store = RimStore(offline, root, at.timestamp)
+    store = RimStore(offline, root, at.timestamp, ocsp=None)
     asyncio.run(store.refresh(gpu, [source]))
     return store.references(source, gpu, at.timestamp())[0]
 

@@ -72,8 +72,9 @@ class Rim:
 
     version: str  # colloquialVersion, as the RIM spells it
     measurements: Mapping[int, tuple[str, ...]]  # active RIM index -> allowed values (hex)
-    not_after: datetime  # the end of its certificate chain's validity
+    not_after: datetime  # relied on until then: its chain's end (or its OCSP's nextUpdate)
     signer: str  # the signing certificate's common name
+    chain: tuple[x509.Certificate, ...] = ()  # from KeyInfo, signer first (OCSP is asked)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def verify_rim(body: bytes, root: x509.Certificate, at: datetime) -> Rim:
         raise EvidenceError("nvidia-rim: the signature does not cover the whole RIM")
     return Rim(version=_version(signed), measurements=_measurements(signed),
                not_after=min(cert.not_valid_after_utc for cert in [*chain, root]),
-               signer=common_name(chain[0].subject))
+               signer=common_name(chain[0].subject), chain=tuple(chain))
 
 
 def _parse(data: bytes) -> etree._Element:

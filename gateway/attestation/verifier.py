@@ -102,7 +102,7 @@ class AttestationService:
         self._fetcher = EvidenceFetcher(transport, clock)
         collateral = CollateralStore(settings.attestation, transport, clock, shared)
         self._verifier = EvidenceVerifier(roots, collateral, clock)
-        self._rims = RimStore(collateral.rim, roots.nvidia_rim, clock)
+        self._rims = RimStore(collateral.rim, roots.nvidia_rim, clock, ocsp=collateral.ocsp)
         self._jwks = JwksCache(transport, clock)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cryptography import x509
 
 from gateway.attestation.collateral import CollateralStore
 from gateway.attestation.evidence import Evidence
@@ -23,6 +24,7 @@ from gateway.attestation.transport import NetworkTransport
 from gateway.attestation.verdicts import level_met, rim_sources
 from gateway.settings import AttestationSettings
 from tests.attestation_ca import GpuTestCa, RimTestCa, gpu_opaque
+from tests.rim_service import RimService
 
 NOW = datetime(2025, 1, 31, tzinfo=UTC).timestamp()
 DRIVER_ID, VBIOS_ID = "NV_GPU_DRIVER_GH100_550.90.07", "NV_GPU_VBIOS_1010_0200_882_960074001A"
@@ -58,6 +60,11 @@ async def no_fetch(url: str) -> bytes | None:
     raise AssertionError(f"fetched {url}")
 
 
+def offline_store(ca: RimTestCa, root: x509.Certificate | None = None) -> RimStore:
+    """RIMs from files only; the test CA answers OCSP about its certificates."""
+    return RimStore(no_fetch, root or ca.root, Clock(), ocsp=ca.responder)
+
+
 def files(tmp_path: Path, ca: RimTestCa, **versions: str) -> list[str]:
     made = {"driver": ca.rim(versions.get("driver", "550.90.07"), DRIVER),
             "vbios": ca.served(ca.rim(versions.get("vbios", "96.00.74.00.1A"), VBIOS), "x")}
@@ -80,11 +87,10 @@ async def test_rim_files_meet_the_level_until_the_rims_expire(tmp_path: Path) ->
     ca = RimTestCa(days=400)  # the signer ends 2025-02-04, within the level's max age
     wanted = TrustLevel.model_validate({"max_age_s": 7 * 24 * 3600, "nvidia-gpu": {"rims": {
         "files": files(tmp_path, ca), "root": ca.root_pem(tmp_path / "root.pem")}}})
-    problems, until = await judged(RimStore(no_fetch, nvidia_rim_root(), Clock()), wanted,
-                                   gpu())
+    problems, until = await judged(offline_store(ca, nvidia_rim_root()), wanted, gpu())
     assert problems == []
     assert until == ca.leaf.not_valid_after_utc.timestamp() < NOW + 7 * 24 * 3600
-    problems, until = await judged(RimStore(no_fetch, nvidia_rim_root(), Clock()), wanted,
+    problems, until = await judged(offline_store(ca, nvidia_rim_root()), wanted,
                                    gpu(i3=b"\x33" * 48))  # the other alternative
     assert (problems, until is not None) == ([], True)
 
@@ -92,8 +98,7 @@ async def test_rim_files_meet_the_level_until_the_rims_expire(tmp_path: Path) ->
 async def test_a_measurement_the_rim_does_not_allow_names_its_index(tmp_path: Path) -> None:
     ca = RimTestCa()
     wanted = level({"files": files(tmp_path, ca), "root": ca.root_pem(tmp_path / "root.pem")})
-    problems, until = await judged(RimStore(no_fetch, ca.root, Clock()), wanted,
-                                   gpu(i21=b"\x99" * 48))
+    problems, until = await judged(offline_store(ca), wanted, gpu(i21=b"\x99" * 48))
     assert problems == [f"GPU measurement index 21 {'99' * 8}... is not one of the 1 the "
                         "driver RIM 550.90.07 allows"]
     assert until is None
@@ -106,12 +111,12 @@ async def test_a_broken_or_foreign_rim_file_fails_the_level(tmp_path: Path) -> N
                                                  b"<ds:SignatureValue>AAAA", 1)
     Path(paths[0]).write_bytes(broken)
     wanted = level({"files": paths, "root": ca.root_pem(tmp_path / "root.pem")})
-    problems, until = await judged(RimStore(no_fetch, ca.root, Clock()), wanted, gpu())
+    problems, until = await judged(offline_store(ca), wanted, gpu())
     assert until is None
     assert problems[0].startswith(f"driver RIM {DRIVER_ID}: RIM file driver.swidtag: "
                                   "nvidia-rim: the signature does not verify")
     # Under the default root (NVIDIA's), the test CA's RIMs are refused.
-    problems, until = await judged(RimStore(no_fetch, nvidia_rim_root(), Clock()),
+    problems, until = await judged(offline_store(ca, nvidia_rim_root()),
                                    level({"files": files(tmp_path, ca)}), gpu())
     assert until is None
     assert "does not end at the pinned NVIDIA RIM root" in problems[0]
@@ -121,7 +126,7 @@ async def test_no_rim_file_for_the_gpus_version(tmp_path: Path) -> None:
     ca = RimTestCa()
     wanted = level({"files": files(tmp_path, ca, driver="535.104.05"),
                     "root": ca.root_pem(tmp_path / "root.pem")})
-    problems, until = await judged(RimStore(no_fetch, ca.root, Clock()), wanted, gpu())
+    problems, until = await judged(offline_store(ca), wanted, gpu())
     assert (problems, until) == ([f"driver RIM {DRIVER_ID}: no RIM file is for driver version "
                                   "550.90.07"], None)
 
@@ -133,33 +138,24 @@ def test_a_rim_source_needs_files_or_a_url() -> None:
         level({"url": "ftp://rim"})
 
 
-class RimService:
-    """NVIDIA's RIM service on loopback: /v1/rim/<id> -> {"id", "rim": base64 XML}."""
+class Loopback:
+    """The test RIM service (tests/rim_service.py) served on 127.0.0.1."""
 
-    def __init__(self, rims: dict[str, bytes]) -> None:
-        self.rims = rims
-        self.asked: list[str] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
+    def __init__(self) -> None:
+        self.service = RimService()
+        self.runner = web.AppRunner(self.service.app())
+        self.origin = ""
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/rim/{id}", self.rim)
-        self.runner = web.AppRunner(app)
+    async def start(self) -> Loopback:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/v1/rim/"
+        self.origin = f"http://127.0.0.1:{port}"
+        return self
 
     async def stop(self) -> None:
-        assert self.runner is not None
         await self.runner.cleanup()
-
-    async def rim(self, request: web.Request) -> web.Response:
-        self.asked.append(request.match_info["id"])
-        body = self.rims.get(request.match_info["id"])
-        return web.Response(status=404) if body is None else web.Response(body=body)
 
 
 @pytest.fixture
@@ -170,25 +166,29 @@ async def network() -> AsyncIterator[NetworkTransport]:
 
 
 def fetched_store(tmp_path: Path, network: NetworkTransport, clock: Clock) -> RimStore:
+    """As the gateway has it: RIMs and OCSP answers through the collateral cache on disk."""
     collateral = CollateralStore(AttestationSettings(cache_dir=str(tmp_path / "cache")),
                                  network, clock)
-    return RimStore(collateral.rim, nvidia_rim_root(), clock)
+    return RimStore(collateral.rim, nvidia_rim_root(), clock, ocsp=collateral.ocsp)
 
 
 async def test_fetched_once_cached_and_used_while_the_service_is_down_until_expiry(
         tmp_path: Path, network: NetworkTransport) -> None:
-    ca = RimTestCa(days=400)  # the signer ends 2025-02-04
-    service = RimService({DRIVER_ID: ca.served(ca.rim("550.90.07", DRIVER), DRIVER_ID),
-                          VBIOS_ID: ca.served(ca.rim("96.00.74.00.1A", VBIOS), VBIOS_ID)})
-    await service.start()
+    loopback = await Loopback().start()
+    service = loopback.service
+    ca = service.make_ca(loopback.origin, days=400)  # the signer ends 2025-02-04
+    service.rims = {DRIVER_ID: ca.rim("550.90.07", DRIVER), VBIOS_ID: ca.rim("96.00.74.00.1A",
+                                                                              VBIOS)}
     clock = Clock()
-    wanted = level({"url": service.url, "root": ca.root_pem(tmp_path / "root.pem")})
+    wanted = level({"url": f"{loopback.origin}/v1/rim/",
+                    "root": ca.root_pem(tmp_path / "root.pem")})
     store = fetched_store(tmp_path, network, clock)
     for _ in range(2):
         problems, until = await judged(store, wanted, gpu())
         assert (problems, until) == ([], NOW + 3600)
-    assert sorted(service.asked) == [DRIVER_ID, VBIOS_ID]  # once each, then from the cache
-    await service.stop()
+    assert sorted(service.asked) == [DRIVER_ID, VBIOS_ID]  # once each, then kept
+    assert service.ocsp_asked == 2  # the signer and its CA: cached for both RIMs
+    await loopback.stop()
     restarted = fetched_store(tmp_path, network, clock)  # the disk cache outlives the process
     problems, until = await judged(restarted, wanted, gpu())
     assert (problems, until) == ([], NOW + 3600)
@@ -201,12 +201,10 @@ async def test_fetched_once_cached_and_used_while_the_service_is_down_until_expi
 
 async def test_service_down_before_anything_was_cached_fails_closed(
         tmp_path: Path, network: NetworkTransport) -> None:
-    service = RimService({})
-    await service.start()
-    url = service.url
-    await service.stop()
+    loopback = await Loopback().start()
+    await loopback.stop()
     problems, until = await judged(fetched_store(tmp_path, network, Clock()),
-                                   level({"url": url}), gpu())
+                                   level({"url": f"{loopback.origin}/v1/rim/"}), gpu())
     assert until is None
     assert len(problems) == 2
     assert all("unreachable" in p for p in problems)
@@ -214,24 +212,60 @@ async def test_service_down_before_anything_was_cached_fails_closed(
 
 async def test_service_without_the_rim_or_with_another_version(
         tmp_path: Path, network: NetworkTransport) -> None:
-    ca = RimTestCa()
-    service = RimService({DRIVER_ID: ca.served(ca.rim("535.104.05", DRIVER), DRIVER_ID)})
-    await service.start()
+    loopback = await Loopback().start()
+    ca = loopback.service.make_ca(loopback.origin)
+    loopback.service.rims = {DRIVER_ID: ca.rim("535.104.05", DRIVER)}
     try:
         problems, until = await judged(
             fetched_store(tmp_path, network, Clock()),
-            level({"url": service.url, "root": ca.root_pem(tmp_path / "root.pem")}), gpu())
+            level({"url": f"{loopback.origin}/v1/rim/",
+                   "root": ca.root_pem(tmp_path / "root.pem")}), gpu())
     finally:
-        await service.stop()
+        await loopback.stop()
     assert until is None
     assert problems == [f"driver RIM {DRIVER_ID}: the RIM is for version 535.104.05, the GPU "
                         "runs 550.90.07",
                         f"vbios RIM {VBIOS_ID}: the RIM service has no such RIM"]
 
 
+async def test_a_revoked_rim_signer_is_refused(tmp_path: Path,
+                                               network: NetworkTransport) -> None:
+    loopback = await Loopback().start()
+    ca = loopback.service.make_ca(loopback.origin)
+    loopback.service.rims = {DRIVER_ID: ca.rim("550.90.07", DRIVER),
+                             VBIOS_ID: ca.rim("96.00.74.00.1A", VBIOS)}
+    ca.revoked.add(ca.leaf.serial_number)
+    try:
+        problems, until = await judged(
+            fetched_store(tmp_path, network, Clock()),
+            level({"url": f"{loopback.origin}/v1/rim/",
+                   "root": ca.root_pem(tmp_path / "root.pem")}), gpu())
+    finally:
+        await loopback.stop()
+    assert until is None
+    assert problems == [f"{kind} RIM {rim_id}: nvidia-rim: certificate 'Test RIM signer' is "
+                        "revoked (key_compromise)"
+                        for kind, rim_id in (("driver", DRIVER_ID), ("vbios", VBIOS_ID))]
+
+
+async def test_rims_are_relied_on_until_their_ocsp_next_update(tmp_path: Path) -> None:
+    ca = RimTestCa(ocsp_next_update=datetime(2025, 2, 1, 12, tzinfo=UTC))
+    wanted = TrustLevel.model_validate({"max_age_s": 7 * 24 * 3600, "nvidia-gpu": {"rims": {
+        "files": files(tmp_path, ca), "root": ca.root_pem(tmp_path / "root.pem")}}})
+    problems, until = await judged(offline_store(ca), wanted, gpu())
+    assert (problems, until) == ([], datetime(2025, 2, 1, 12, tzinfo=UTC).timestamp())
+    async def unsigned(cert: x509.Certificate, issuer: x509.Certificate, url: str) -> bytes:
+        return b"not OCSP"
+
+    store = RimStore(no_fetch, ca.root, Clock(), ocsp=unsigned)
+    problems, until = await judged(store, wanted, gpu())
+    assert until is None
+    assert "OCSP response for 'Test RIM signer' does not parse" in problems[0]
+
+
 async def test_evidence_without_versions_and_a_level_judged_without_rims() -> None:
     measured = parse_evidence(GpuTestCa().evidence(bytes(32), {1: bytes(48)}))
-    store = RimStore(no_fetch, nvidia_rim_root(), Clock())
+    store = offline_store(RimTestCa(), nvidia_rim_root())
     wanted = level({"url": "https://rim.test/v1/rim/"})
     problems, until = await judged(store, wanted, measured)
     assert until is None
