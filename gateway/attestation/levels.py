@@ -69,7 +69,8 @@ class RimSource(Strict):
     """Reference values from NVIDIA's signed RIMs for the driver and VBIOS the GPU reports
     (gateway/attestation/rims.py): from `files` (the RIM XML, or the RIM service's JSON),
     else fetched from `url` + the RIM's id and cached until its certificates expire; verified
-    to `root` (a PEM file; default: NVIDIA's RIM root, shipped with the package)."""
+    to `root` (a PEM file; default: NVIDIA's RIM root, shipped with the package), its signer
+    checked by OCSP."""
 
     files: list[str] = Field(default_factory=list)
     url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # .../v1/rim/
