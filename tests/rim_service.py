@@ -20,8 +20,8 @@ class RimService:
         self.asked: list[str] = []
         self.ocsp_asked = 0
 
-    def make_ca(self, origin: str, **options: object) -> RimTestCa:
-        self.ca = RimTestCa(ocsp_url=f"{origin}/ocsp", **options)  # type: ignore[arg-type]
+    def make_ca(self, origin: str, days: int = 3650) -> RimTestCa:
+        self.ca = RimTestCa(days=days, ocsp_url=f"{origin}/ocsp")
         return self.ca
 
     def app(self) -> web.Application:
