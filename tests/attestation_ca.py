@@ -26,6 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
+from lxml import etree
+from signxml import XMLSigner, methods  # type: ignore[attr-defined]
+from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
 from gateway.attestation.snp import HWID_OID, PRODUCT_OID, TCB_OIDS, AmdRoots, Tcb
 from gateway.attestation.trust_roots import Roots
@@ -385,19 +388,138 @@ class GpuTestCa:
     def chain_pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
 
-    def evidence(self, nonce: bytes, measurements: dict[int, bytes]) -> bytes:
-        return spdm_evidence(self.key, nonce, measurements)
+    def evidence(self, nonce: bytes, measurements: dict[int, bytes],
+                 opaque: bytes = b"opaq") -> bytes:
+        return spdm_evidence(self.key, nonce, measurements, opaque)
+
+
+def gpu_opaque(driver: str = "550.90.07", vbios: str = "96.00.74.00.1a", *,
+               project: str = "1010", project_sku: str = "0200", chip_sku: str = "882") -> bytes:
+    """The opaque data an H100 signs with its measurements (TLVs), with the fields that name
+    its RIMs: NV_GPU_DRIVER_GH100_<driver>, NV_GPU_VBIOS_<project>_<sku>_<chip sku>_<vbios>."""
+    parts = vbios.split(".")
+    number = int("".join(parts[:4]), 16) | int(parts[4], 16) << 32
+    fields = {3: driver.encode() + b"\0", 6: number.to_bytes(8, "little"),
+              15: chip_sku.encode() + b"\0", 17: project.encode() + b"\0",
+              18: project_sku.encode() + b"\0", 11: b"\x55"}
+    return b"".join(struct.pack("<HH", kind, len(value)) + value
+                    for kind, value in fields.items())
+
+
+RIM_ROOT_NAME = "Test NVIDIA CoRIM signing Root CA"
+SWID_NS = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd"
+SHA384_NS = "http://www.w3.org/2001/04/xmlenc#sha384"
+
+
+def _p384() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP384R1())
+
+
+@dataclass
+class RimTestCa:
+    """A test NVIDIA RIM signer (root, CA, signing key; ECDSA P-384) making SWID tags shaped
+    like NVIDIA's and signed the way NVIDIA signs them (enveloped, C14N 1.1, ECDSA-SHA384,
+    the chain with the root in KeyInfo/X509Data)."""
+
+    root_key: ec.EllipticCurvePrivateKey = field(default_factory=_p384)
+    days: int = 3650
+    ocsp_url: str = "http://ocsp.rim.test"  # in the CA's and the signer's AIA
+    ocsp_next_update: datetime.datetime = CRL_NEXT_UPDATE
+    revoked: set[int] = field(default_factory=set)  # serials the responder says are revoked
+
+    def __post_init__(self) -> None:
+        self.ca_key, self.key = _p384(), _p384()
+        ca_name = "Test NVIDIA Reference Value CA"
+        aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+            x509.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(
+                self.ocsp_url))])
+        self.root = certificate(RIM_ROOT_NAME, RIM_ROOT_NAME, self.root_key.public_key(),
+                                self.root_key, ca=True)
+        self.ca = certificate(ca_name, RIM_ROOT_NAME, self.ca_key.public_key(), self.root_key,
+                              ca=True, more=(aia,))
+        self.leaf = certificate("Test RIM signer", ca_name, self.key.public_key(), self.ca_key,
+                                ca=False, days=self.days, more=(aia,))
+
+    def ocsp(self, serial: int) -> bytes:
+        """The responder's answer about the CA's or the signer's certificate, signed by its
+        issuer: good, or revoked when listed in `revoked`."""
+        cert, issuer, key = (self.leaf, self.ca, self.ca_key) \
+            if serial == self.leaf.serial_number else (self.ca, self.root, self.root_key)
+        revoked = serial in self.revoked
+        response = ocsp.OCSPResponseBuilder().add_response(
+            cert=cert, issuer=issuer, algorithm=hashes.SHA384(),
+            cert_status=ocsp.OCSPCertStatus.REVOKED if revoked else ocsp.OCSPCertStatus.GOOD,
+            this_update=START, next_update=self.ocsp_next_update,
+            revocation_time=START if revoked else None,
+            revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+        ).responder_id(ocsp.OCSPResponderEncoding.HASH, issuer).sign(key, hashes.SHA384())
+        return response.public_bytes(serialization.Encoding.DER)
+
+    async def responder(self, cert: x509.Certificate, issuer: x509.Certificate,
+                        url: str) -> bytes:
+        """As CollateralStore.ocsp answers, without the network."""
+        assert url == self.ocsp_url
+        return self.ocsp(cert.serial_number)
+
+    def unsigned(self, version: str, measurements: dict[int, list[bytes]], *,
+                 inactive: tuple[int, ...] = ()) -> Any:
+        """The SWID tag before signing: `measurements` are RIM indices (SPDM block - 1) and
+        their allowed values; `inactive` indices are listed with zeros, not to be compared."""
+        root = etree.Element(f"{{{SWID_NS}}}SoftwareIdentity",
+                             nsmap={None: SWID_NS, "ns2": SHA384_NS}, name="GH100",
+                             tagId=os.urandom(8).hex(), version="1.0")
+        etree.SubElement(root, f"{{{SWID_NS}}}Entity", name="NVIDIA Corporation",
+                         role="softwareCreator tagCreator")
+        etree.SubElement(root, f"{{{SWID_NS}}}Meta", colloquialVersion=version,
+                         product="GH100")
+        payload = etree.SubElement(root, f"{{{SWID_NS}}}Payload")
+        rows = {**{i: (False, [bytes(48)]) for i in inactive},
+                **{i: (True, v) for i, v in measurements.items()}}
+        for index, (active, values) in sorted(rows.items()):
+            resource = etree.SubElement(payload, f"{{{SWID_NS}}}Resource", type="Measurement",
+                                        index=str(index), active=str(active),
+                                        alternatives=str(len(values)),
+                                        name=f"Measurement_{index}", size="48")
+            for n, value in enumerate(values):
+                resource.set(f"{{{SHA384_NS}}}Hash{n}", value.hex())
+        return root
+
+    def sign(self, tree: Any, *, key: ec.EllipticCurvePrivateKey | None = None,
+             reference_uri: str | None = None) -> bytes:
+        signer = XMLSigner(method=methods.enveloped,
+                           signature_algorithm=SignatureMethod.ECDSA_SHA384,
+                           digest_algorithm=DigestAlgorithm.SHA384,
+                           c14n_algorithm=CanonicalizationMethod.CANONICAL_XML_1_1)
+        pem = [c.public_bytes(serialization.Encoding.PEM).decode()
+               for c in (self.leaf, self.ca, self.root)]
+        signed = signer.sign(tree, key=key or self.key, cert=pem,
+                             reference_uri=reference_uri)
+        return bytes(etree.tostring(signed))
+
+    def rim(self, version: str, measurements: dict[int, list[bytes]], *,
+            inactive: tuple[int, ...] = ()) -> bytes:
+        return self.sign(self.unsigned(version, measurements, inactive=inactive))
+
+    def served(self, rim: bytes, rim_id: str) -> bytes:
+        """What NVIDIA's RIM service answers at /v1/rim/<id>."""
+        return json.dumps({"id": rim_id, "rim": base64.b64encode(rim).decode(),
+                           "sha256": hashlib.sha256(rim).hexdigest()}).encode()
+
+    def root_pem(self, path: Path) -> str:
+        path.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
+        return str(path)
 
 
 def spdm_evidence(key: ec.EllipticCurvePrivateKey, nonce: bytes,
-                  measurements: dict[int, bytes]) -> bytes:
-    """An SPDM 1.1 GET_MEASUREMENTS request with `nonce` and its response signed by `key`."""
+                  measurements: dict[int, bytes], opaque: bytes = b"opaq") -> bytes:
+    """An SPDM 1.1 GET_MEASUREMENTS request with `nonce` and its response signed by `key`
+    (`opaque`: the opaque data, see `gpu_opaque`)."""
     request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\0"
     record = b"".join(struct.pack("<BBH", i, 1, len(v) + 3) + struct.pack("<BH", 1, len(v))
                       + v for i, v in sorted(measurements.items()))
     response = (bytes([0x11, 0x60, 0, 0, len(measurements)])
                 + len(record).to_bytes(3, "little") + record + os.urandom(32)
-                + struct.pack("<H", 4) + b"opaq")
+                + struct.pack("<H", len(opaque)) + opaque)
     r, s = decode_dss_signature(key.sign(request + response, ec.ECDSA(hashes.SHA384())))
     return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
@@ -440,12 +562,15 @@ class Vendors:
                  measurement: bytes = MEASUREMENT, endorsed: bool = True, gpu: bool = False,
                  tokens: tuple[str, ...] = (),
                  next_update: str = "2030-01-01T00:00:00Z",
-                 ocsp: bytes | None = None, stapled: bool = True) -> dict[str, Any]:
+                 ocsp: bytes | None = None, stapled: bool = True,
+                 gpu_measurements: dict[int, bytes] | None = None,
+                 gpu_opaque: bytes = b"opaq") -> dict[str, Any]:
         """The document a confidential machine answers with, every part bound to `bound`.
         `endorsed`: it sends its VCEK / TDX collateral (else the gateway fetches them);
         `gpu`: with the GPU's measurements, asked with the first half of the binding, and
         the OCSP response about its certificate stapled (`ocsp`, a good one unless given;
-        none with `stapled=False`: the gateway asks the responder)."""
+        none with `stapled=False`: the gateway asks the responder); `gpu_measurements` (SPDM
+        block -> value) and `gpu_opaque` replace the GPU's defaults."""
         if kind == "tdx":
             quote = self.intel.quote(report_data=bound, mrtd=measurement)
             part: dict[str, Any] = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
@@ -461,7 +586,9 @@ class Vendors:
         parts = [part, *({"format": "token", "token": token} for token in tokens)]
         if gpu:
             parts.append({"format": "nvidia-gpu",
-                          "evidence": self.nvidia.evidence(bound[:32], {1: b"\x11" * 48}).hex(),
+                          "evidence": self.nvidia.evidence(
+                              bound[:32], gpu_measurements or {1: b"\x11" * 48},
+                              gpu_opaque).hex(),
                           "certificates": self.nvidia.chain_pem().decode(),
                           "ocsp": [base64.b64encode(ocsp or self.nvidia.ocsp()).decode()]
                           if stapled else []})

@@ -9,10 +9,10 @@ pinned roots like anything a backend sends. The cache is keyed by the URL; VCEKs
 for a (chip, TCB) and kept for good, collateral until its nextUpdate, and so are the ARK's CRLs
 (AMD KDS) and OCSP responses about NVIDIA's GPU certificates (the responder in the certificate's
 AIA, asked by GET with no nonce, so one certificate is always the same URL, or by POST with a
-nonce for a responder `ocsp_responders` names, NVIDIA's by default, as NVIDIA's SDK asks it).
-With a shared store (gateway/state/shared_attestation.py) what one replica fetched is read by
-the others before they ask the network: the disk first, then the shared store, then AMD KDS /
-Intel PCS.
+nonce for a responder `ocsp_responders` names, NVIDIA's by default, as NVIDIA's SDK asks it),
+and GPU RIMs from NVIDIA's RIM service until their certificates end. With a shared store
+(gateway/state/shared_attestation.py) what one replica fetched is read by the others before
+they ask the network: the disk first, then the shared store, then AMD KDS / Intel PCS.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from gateway.attestation.revocation import (
     ocsp_request,
     ocsp_request_url,
 )
+from gateway.attestation.rims import rim_not_after
 from gateway.attestation.snp import SnpReport, Tcb
 from gateway.attestation.tdx import (
     Collateral,
@@ -157,6 +158,12 @@ class CollateralStore:
             raise EvidenceError(f"nvidia-gpu: the OCSP responder {url} did not echo this "
                                 "request's nonce (a replayed or cached answer)")
         return response
+
+    async def rim(self, url: str) -> bytes | None:
+        """A GPU RIM from NVIDIA's RIM service (JSON: the base64 XML in `rim`), cached until
+        its certificates expire; None when the service has none. Verified by the caller."""
+        found = await self._get(url, expires=_rim_not_after)
+        return found[0] if found is not None else None
 
     async def tdx(self, quote: TdxQuote) -> Collateral:
         if self._settings.intel_collateral_dir:
@@ -280,6 +287,14 @@ def _crl_next_update(body: bytes, now: float) -> float | None:
     if crl.next_update_utc is None or _from_the_future(crl.last_update_utc, now):
         return now  # refused by the check: asked again next time, not held until nextUpdate
     return crl.next_update_utc.timestamp()
+
+
+def _rim_not_after(body: bytes, now: float) -> float | None:
+    """Kept until the first of its certificates ends; one that does not parse is not kept."""
+    try:
+        return rim_not_after(body).timestamp()
+    except EvidenceError:
+        return now
 
 
 def _ocsp_next_update(body: bytes, now: float) -> float | None:

@@ -11,6 +11,8 @@
         # tdx: {mrtd: [...], rtmr: {1: [...]}, tcb_statuses: [UpToDate]}
         measurements_from: [...]   # signed releases whose measurements join the lists above
                                    # (attestation/releases.py): verified when the policy loads
+        nvidia-gpu:                                # GPU measurements as NVIDIA's signed RIMs
+          rims: {url: https://rim.attestation.nvidia.com/v1/rim/}   # say, or files: [...]
         token:                                     # or an attestation service's verdict
           issuer: https://sharedeus.eus.attest.azure.net
           jwks_url: https://sharedeus.eus.attest.azure.net/certs
@@ -69,13 +71,36 @@ class TdxRequirements(Strict):
     allow_debug: bool = False
 
 
+class RimSource(Strict):
+    """Reference values from NVIDIA's signed RIMs for the driver and VBIOS the GPU reports
+    (gateway/attestation/rims.py): from `files` (the RIM XML, or the RIM service's JSON),
+    else fetched from `url` + the RIM's id and cached until its certificates expire; verified
+    to `root` (a PEM file; default: NVIDIA's RIM root, shipped with the package), its signer
+    checked by OCSP."""
+
+    files: list[str] = Field(default_factory=list)
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None  # .../v1/rim/
+    root: str | None = None
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> RimSource:
+        if not self.files and self.url is None:
+            raise ValueError("rims needs files, a url (https://rim.attestation.nvidia.com/v1/"
+                             "rim/), or both")
+        return self
+
+    def key(self) -> tuple[tuple[str, ...], str | None, str | None]:
+        return tuple(self.files), self.url, self.root
+
+
 class GpuRequirements(Strict):
     """A genuine NVIDIA GPU in confidential-computing mode; optionally, allowed values per SPDM
-    measurement index (from NVIDIA's reference integrity manifests for your driver/VBIOS)."""
+    measurement index written here, and/or NVIDIA's RIMs for the GPU's driver and VBIOS."""
 
     measurements: dict[Annotated[int, Field(ge=0, le=254)],
                        list[Annotated[str, Field(pattern=r"^[0-9a-f]+$")]]] = Field(
         default_factory=dict)
+    rims: RimSource | None = None
 
 
 class TokenRequirements(Strict):

@@ -43,6 +43,7 @@ class GpuEvidence:
     measurements: dict[int, bytes]  # index -> measurement value
     signed: bytes
     signature: bytes  # DER
+    opaque: bytes = b""  # signed with the measurements: driver and VBIOS versions (rims.py)
 
 
 def parse_evidence(raw: bytes) -> GpuEvidence:
@@ -70,7 +71,7 @@ def parse_evidence(raw: bytes) -> GpuEvidence:
     der = encode_dss_signature(int.from_bytes(signature[:48], "big"),
                                int.from_bytes(signature[48:], "big"))
     return GpuEvidence(requester_nonce, responder_nonce, measurements,
-                       raw[:REQUEST_SIZE + signed_end], der)
+                       raw[:REQUEST_SIZE + signed_end], der, response[end + 34:signed_end])
 
 
 def _blocks(record: bytes, count: int) -> dict[int, bytes]:

@@ -12,13 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.attestation.levels import TrustLevel, gpu_problems, snp_problems, tdx_problems
-from gateway.attestation.nvidia import verify_gpu_evidence
+from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
 from gateway.attestation.offline_revocation import (
     gpu_revocation,
     snp_revocation,
     tdx_collateral,
     tdx_revocation,
 )
+from gateway.attestation.rim_store import offline_rim_problems
+from gateway.attestation.rims import gpu_versions
 from gateway.attestation.snp import REPORT_SIZE, verify_report
 from gateway.attestation.tdx import collateral_from_dir, parse_quote, verify_quote
 from gateway.attestation.trust_roots import Roots
@@ -115,12 +117,27 @@ def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
                                        else "nvidia-gpu: evidence is not hex"])
 
     def problems(level: TrustLevel) -> list[str] | None:
-        return gpu_problems(evidence, level.nvidia_gpu) if level.nvidia_gpu else None
+        wanted = level.nvidia_gpu
+        if wanted is None:
+            return None
+        rims = offline_rim_problems(evidence, wanted.rims, roots.nvidia_rim, when) \
+            if wanted.rims else []
+        return gpu_problems(evidence, wanted) + rims
 
-    values: dict[str, object] = {"format": "nvidia-gpu", **{
+    values: dict[str, object] = {"format": "nvidia-gpu", **_rim_ids(evidence), **{
         f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())},
         **revocation.values()}
     return _judged(values, evidence.requester_nonce, when, wanted, problems)
+
+
+def _rim_ids(evidence: GpuEvidence) -> dict[str, object]:
+    """The RIMs that apply (what to save as files for an offline check), when it says."""
+    try:
+        versions = gpu_versions(evidence)
+    except EvidenceError:
+        return {}
+    return {"driver_version": versions.driver, "vbios_version": versions.vbios,
+            "driver_rim": versions.driver_rim, "vbios_rim": versions.vbios_rim}
 
 
 def _snp(raw: bytes, vcek: Path | None, when: datetime, wanted: Wanted | None,

@@ -4,9 +4,10 @@ without fetching anything.
 
 A level is met until the earliest of: the verification time plus the level's `max_age_s`, the
 end of the SNP endorsement certificate, the nextUpdate of Intel's collateral, of every CRL and
-OCSP response the evidence was checked against (Evidence.not_after), and the expiry of the token
-that satisfied the level's `token` requirement. Every evidence kind the level lists
-must be present and meet it.
+OCSP response the evidence was checked against (Evidence.not_after), the expiry of the token
+that satisfied the level's `token` requirement, and the end of the GPU RIMs' certificates (the
+RIMs are obtained beforehand: gateway/attestation/rim_store.py). Every evidence kind the level
+lists must be present and meet it.
 """
 
 from __future__ import annotations
@@ -16,25 +17,29 @@ from typing import Any
 
 from gateway.attestation.evidence import Evidence
 from gateway.attestation.levels import (
+    RimSource,
     TrustLevel,
     gpu_problems,
     snp_problems,
     tdx_problems,
     token_problems,
 )
+from gateway.attestation.nvidia import GpuEvidence
 from gateway.attestation.tokens import verify_token
 from gateway.errors import EvidenceError
 
 Levels = Sequence[tuple[str, str, TrustLevel]]  # (policy digest, level name, level)
 KeySets = Callable[[str], Mapping[str, Any] | None]  # JWKS URL -> its keys, if fetched
+# (source, GPU, now) -> (what its RIMs do not allow, until when they hold): RimStore.references
+RimReferences = Callable[[RimSource, GpuEvidence, float], tuple[list[str], float]]
 
 
-def verdicts(evidence: Evidence, levels: Levels, keys: KeySets,
-             now: float) -> dict[tuple[str, str], float]:
+def verdicts(evidence: Evidence, levels: Levels, keys: KeySets, now: float,
+             rims: RimReferences | None = None) -> dict[tuple[str, str], float]:
     """(policy digest, level name) -> until when it is met, for the levels that are."""
     met: dict[tuple[str, str], float] = {}
     for policy, name, level in levels:
-        until = level_met(evidence, level, keys, now)
+        until = level_met(evidence, level, keys, now, rims)
         if until is not None:
             met[(policy, name)] = until
     return met
@@ -57,12 +62,22 @@ def key_set_urls(levels: Levels) -> set[str]:
     return {level.token.jwks_url for _, _, level in levels if level.token is not None}
 
 
-def level_met(evidence: Evidence, level: TrustLevel, keys: KeySets,
-              now: float) -> float | None:
-    """Until when the evidence meets the level, or None."""
+def rim_sources(levels: Levels) -> list[RimSource]:
+    """Where the levels say GPU reference values come from."""
+    return [level.nvidia_gpu.rims for _, _, level in levels
+            if level.nvidia_gpu is not None and level.nvidia_gpu.rims is not None]
+
+
+def level_met(evidence: Evidence, level: TrustLevel, keys: KeySets, now: float,
+              rims: RimReferences | None = None) -> float | None:
+    """Until when the evidence meets the level, or None (a level naming RIMs, judged
+    without a RimStore, is not met)."""
     if not _hardware_meets(evidence, level):
         return None
-    until = min(evidence.verified_at + level.max_age_s, evidence.not_after())
+    rims_until = _rims_until(evidence, level, rims, now)
+    if rims_until is None:
+        return None
+    until = min(evidence.verified_at + level.max_age_s, evidence.not_after(), rims_until)
     wanted = level.token
     if wanted is None:
         return until
@@ -91,3 +106,15 @@ def _hardware_meets(evidence: Evidence, level: TrustLevel) -> bool:
         return False
     return level.nvidia_gpu is None or (
         evidence.gpu is not None and not gpu_problems(evidence.gpu, level.nvidia_gpu))
+
+
+def _rims_until(evidence: Evidence, level: TrustLevel, rims: RimReferences | None,
+                now: float) -> float | None:
+    """Until when the GPU's RIMs allow its measurements (forever: the level names none)."""
+    wanted = level.nvidia_gpu.rims if level.nvidia_gpu is not None else None
+    if wanted is None:
+        return float("inf")
+    if rims is None or evidence.gpu is None:
+        return None
+    problems, until = rims(wanted, evidence.gpu, now)
+    return None if problems else until

@@ -38,9 +38,16 @@ from gateway.attestation.evidence import Evidence, EvidenceVerifier
 from gateway.attestation.fetch import EvidenceFetcher, Presented, Received
 from gateway.attestation.jwks import JwksCache
 from gateway.attestation.levels import TrustLevel
+from gateway.attestation.rim_store import RimStore
 from gateway.attestation.transport import NetworkTransport, Transport
 from gateway.attestation.trust_roots import Roots
-from gateway.attestation.verdicts import Levels, key_set_urls, releases_behind, verdicts
+from gateway.attestation.verdicts import (
+    Levels,
+    key_set_urls,
+    releases_behind,
+    rim_sources,
+    verdicts,
+)
 from gateway.errors import EvidenceError
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
@@ -99,8 +106,9 @@ class AttestationService:
         roots = roots or Roots.pinned(settings.attestation.amd_roots_dir)
         self._shared = shared
         self._fetcher = EvidenceFetcher(transport, clock)
-        self._verifier = EvidenceVerifier(
-            roots, CollateralStore(settings.attestation, transport, clock, shared), clock)
+        collateral = CollateralStore(settings.attestation, transport, clock, shared)
+        self._verifier = EvidenceVerifier(roots, collateral, clock)
+        self._rims = RimStore(collateral.rim, roots.nvidia_rim, clock, ocsp=collateral.ocsp)
         self._jwks = JwksCache(transport, clock)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -145,7 +153,8 @@ class AttestationService:
         levels = self._trust_levels()
         for state in self._states.values():
             if state.evidence is not None:
-                state.met = verdicts(state.evidence, levels, self._jwks.keys, self._clock())
+                state.met = verdicts(state.evidence, levels, self._jwks.keys, self._clock(),
+                                     self._rims.references)
             state.wake.set()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -236,7 +245,8 @@ class AttestationService:
             return None
         now = self._clock()
         if any(met.get(level, 0.0) <= now for level in verdicts(
-                replace(evidence, verified_at=now), levels, self._jwks.keys, now)):
+                replace(evidence, verified_at=now), levels, self._jwks.keys, now,
+                self._rims.references)):
             return None  # too old for a level in force: evidence of our own would meet it
         return Attested(received, evidence, met, "shared")
 
@@ -246,7 +256,10 @@ class AttestationService:
         counts from when the nonce was sent, whoever sent it."""
         verified = await self._verifier.verify(presented.bind(received))
         evidence = replace(verified, verified_at=min(verified.verified_at, received.at))
-        return evidence, verdicts(evidence, levels, self._jwks.keys, self._clock())
+        if evidence.gpu is not None:
+            await self._rims.refresh(evidence.gpu, rim_sources(levels))
+        return evidence, verdicts(evidence, levels, self._jwks.keys, self._clock(),
+                                  self._rims.references)
 
     @staticmethod
     def _refresh_s(state: BackendState) -> float:

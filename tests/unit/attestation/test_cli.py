@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
+from tests.servers import TEST_POLICY, write_policy
 
 ROOT = Path(__file__).parents[3]
 DATA = ROOT / "tests" / "data" / "attestation"
@@ -76,3 +77,23 @@ def test_a_level_the_policy_does_not_define_is_refused(capsys: pytest.CaptureFix
                     "--policy", str(HEALTHCARE), "--level", "confidential-nope")
     assert code == 1
     assert "policy has no trust level 'confidential-nope' for sev-snp evidence" in out
+
+
+def test_genuine_gpu_evidence_against_nvidia_rim_files(capsys: pytest.CaptureFixture[str],
+                                                       tmp_path: Path) -> None:
+    """Offline, RIMs come from files: NVIDIA's genuine VBIOS RIM for this H100 allows all but
+    index 9 of its measurements, and no file is given for its driver."""
+    rim = DATA / "nvidia" / "NV_GPU_VBIOS_1010_0200_882_960074001A.swidtag"
+    policy = write_policy({**TEST_POLICY, "trust_levels": {"gpu": {"nvidia-gpu": {
+        "rims": {"files": [str(rim)]}}}}}, tmp_path)
+    code, out = run(capsys, str(DATA / "nvidia" / "hopper_coco_report1.txt"), "--chain",
+                    str(DATA / "nvidia" / "hopper_coco_certs1.txt"), "--at",
+                    "2025-01-01T00:00:00Z", "--policy", policy, "--level", "gpu", "--json")
+    result = json.loads(out)
+    assert code == 1
+    assert (result["driver_rim"], result["vbios_rim"]) == (
+        "NV_GPU_DRIVER_GH100_580.95.05", "NV_GPU_VBIOS_1010_0200_882_960074001A")
+    assert result["reasons"] == [
+        "driver RIM NV_GPU_DRIVER_GH100_580.95.05: no RIM file is for driver version 580.95.05",
+        "GPU measurement index 9 059b32e712a153f4... is not one of the 1 the vbios RIM "
+        "96.00.74.00.1A allows"]
