@@ -75,9 +75,10 @@ class SemanticScorer:
         await self._epochs.start()  # no epoch: refuse to start, as with no key store
         if self._remote is None:  # seconds of loading: logged before and after
             started = time.monotonic()
-            log.info("embedding_model_loading")
+            log.info("embedding_model_loading", embedder=self._settings.embedder)
             self._embedder = await asyncio.to_thread(local_embedder, self._settings)
-            log.info("embedding_model_loaded", seconds=round(time.monotonic() - started, 2))
+            log.info("embedding_model_loaded", embedder=self._settings.embedder,
+                     seconds=round(time.monotonic() - started, 2))
         else:
             self._text_windows = await asyncio.to_thread(TextWindows, self._windows)
         self._session = self._session_factory()

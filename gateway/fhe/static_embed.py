@@ -81,13 +81,15 @@ def _digest(rows: npt.NDArray[np.float32]) -> str:
 
 def distill(cache_dir: str | Path, progress: Progress = lambda done, total: None,
             threads: int = 1) -> Path:
-    """Writes the table (atomically: a reader never sees half a file) and returns its path."""
-    rows = TokenRows(threads).table(progress)
+    """Writes the table (atomically: a reader never sees half a file) and returns its path.
+    The folder and the file are made first: a folder it cannot write fails at once, not after
+    the work."""
     path = table_path(cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".distill-", suffix=".npz")
     try:
         with os.fdopen(handle, "wb") as out:
+            rows = TokenRows(threads).table(progress)
             np.savez(out, rows=rows, model_sha256=np.array(MODEL_SHA256),
                      recipe=np.array(RECIPE), rows_sha256=np.array(_digest(rows)))
         os.replace(temporary, path)
@@ -143,7 +145,12 @@ class StaticEmbedder:
             if not build_missing:
                 raise EmbeddingModelError(f"no static embedding table at {path}: run "
                                           "`veil scorer distill`")
-            distill(cache_dir)
+            try:
+                distill(cache_dir)
+            except OSError as exc:
+                raise EmbeddingModelError(f"cannot write the static embedding table to {path} "
+                                          f"({exc.strerror}): run `veil scorer distill` where "
+                                          "fhe.embedder_cache_dir points") from None
         model = TokenRows()
         self._tokenizer = model.tokenizer
         first_word = token_id(model.tokenizer, "the")

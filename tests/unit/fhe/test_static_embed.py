@@ -114,6 +114,12 @@ def test_a_missing_or_foreign_file_is_refused(tmp_path: Path) -> None:
         StaticEmbedder(tmp_path, build_missing=False)
 
 
+def test_a_cache_it_cannot_write_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")  # a file where the folder should be
+    with pytest.raises(EmbeddingModelError, match="cannot write the static embedding table"):
+        StaticEmbedder(tmp_path / "file" / "cache")
+
+
 def test_model_files_record_their_embedder(tmp_path: Path) -> None:
     weights = np.eye(3, 384)
     save_model(tmp_path / "m.npz", ModelFile("m", "reference_set", weights, ("a", "b", "c"),
