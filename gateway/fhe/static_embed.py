@@ -157,14 +157,20 @@ class StaticEmbedder:
         self._table = weighted(load_rows(path, model), first_word)
         self._empty = [token_id(model.tokenizer, t) for t in ("[CLS]", "[SEP]")]
 
+    def _ids(self, text: str) -> list[int]:
+        """The tokenizer's ids without its offsets (a third of the time on a 20 KB prompt)."""
+        ids: list[int] = self._tokenizer.encode_batch_fast(
+            [text], add_special_tokens=False)[0].ids
+        return ids
+
     def embed(self, text: str) -> npt.NDArray[np.float64]:
-        ids = self._tokenizer.encode(text, add_special_tokens=False).ids or self._empty
+        ids = self._ids(text) or self._empty
         vector: npt.NDArray[np.float64] = _unit(self._table[ids].sum(axis=0, dtype=np.float64))
         return vector
 
     def embed_windows(self, text: str, windows: Windows) -> npt.NDArray[np.float64]:
         """One row per window (raises TooManyChunks first)."""
-        ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+        ids = self._ids(text)
         if not ids:
             return self.embed(text)[None, :]
         rows = self._table[np.asarray(ids)]

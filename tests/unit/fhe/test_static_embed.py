@@ -55,6 +55,16 @@ def test_each_row_is_its_window_embedded_alone(embedder: StaticEmbedder) -> None
         embedder.embed_windows(text, Windows(16, 4, 2))
 
 
+def test_its_token_ids_are_the_tokenizers(embedder: StaticEmbedder) -> None:
+    """Ids come from the tokenizer's fast path (no offsets): the same ids as `encode`."""
+    from gateway.fhe.embed import load_tokenizer  # noqa: PLC0415
+
+    tokenizer = load_tokenizer()
+    for text in ("", "Ünïcödé naïve café 東京 🙂 x\u200by", DEAL * 40, "a\n\nb\tc  d"):
+        assert embedder._ids(text) == tokenizer.encode(
+            text, add_special_tokens=False).ids
+
+
 def test_related_text_scores_above_unrelated(embedder: StaticEmbedder) -> None:
     reference = embedder.embed(DEAL)
     related = embedder.embed("Prepare the key terms for buying out Globex")
