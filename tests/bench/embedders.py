@@ -8,7 +8,9 @@
    texts and other topics' paraphrases. AUC, the score distributions, and the threshold that
    best separates them (with the true and false positive rates there); then the long-prompt
    case of tests/integration/test_fhe_scoring.py (deal talk after ~4 KB of baking).
-3. With --distill: the time to distill the static table from the model (~30-40 s).
+3. The window size's trade (fhe.chunk_tokens, overlap an eighth): the long-prompt case's scores
+   and the windows a 2 KB and a 20 KB prompt need (each one a query for the scorer).
+4. With --distill: the time to distill the static table from the model (~30-40 s).
 
 Run: .venv/bin/python tests/bench/embedders.py [--distill]
 """
@@ -92,6 +94,20 @@ def quality(embedders: dict[str, TextEmbedder]) -> None:
               f"{fpr:>6.3f} {bread:>6.2f} {deal:>6.2f}")
 
 
+def window_sizes(embedders: dict[str, TextEmbedder]) -> None:
+    print("\n3. window size: long-prompt scores (baking / baking + deal) and windows per prompt")
+    print(f"{'embedder':>16} {'tokens':>6} {'bread':>6} {'+deal':>6} {'2 KB':>5} {'20 KB':>6}")
+    for name, embedder in embedders.items():
+        deals = np.array([embedder.embed(x) for x in EXAMPLES["labels"]["m-and-a"]])
+        for size in (64, 128, 256):
+            windows = Windows(size - 2, size // 8, 1024)
+            bread = float((embedder.embed_windows(BREAD * 20, windows) @ deals.T).max())
+            deal = float((embedder.embed_windows(BREAD * 20 + DEAL, windows) @ deals.T).max())
+            counts = [len(embedder.embed_windows(PROMPTS[p][0], windows))
+                      for p in ("2 KB", "20 KB")]
+            print(f"{name:>16} {size:>6} {bread:>6.2f} {deal:>6.2f} {counts[0]:>5} {counts[1]:>6}")
+
+
 def best_threshold(pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64]
                    ) -> tuple[float, float, float]:
     """The cut maximizing TPR - FPR (Youden's J), and the rates there."""
@@ -101,16 +117,18 @@ def best_threshold(pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64]
 
 
 def main() -> None:
-    if "--distill" in sys.argv:
-        with tempfile.TemporaryDirectory() as cache:
-            started = time.perf_counter()
-            distill(cache)
-            print(f"0. distilling the static table: {time.perf_counter() - started:.1f} s\n")
     embedders: dict[str, TextEmbedder] = {
         "minilm 1 thread": Embedder(), "minilm 2 threads": Embedder(threads=2),
         "static": StaticEmbedder(static_table_dir())}
     speed(embedders)
-    quality({"minilm": embedders["minilm 1 thread"], "static": embedders["static"]})
+    by_kind = {"minilm": embedders["minilm 1 thread"], "static": embedders["static"]}
+    quality(by_kind)
+    window_sizes(by_kind)
+    if "--distill" in sys.argv:
+        with tempfile.TemporaryDirectory() as cache:
+            started = time.perf_counter()
+            distill(cache)
+            print(f"\n4. distilling the static table: {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":
