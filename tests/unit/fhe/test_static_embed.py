@@ -164,3 +164,23 @@ def test_a_scorer_model_of_another_embedder_is_refused(embedder: StaticEmbedder)
                                           f"with {NAME}"):
         asyncio.run(scorer._check_embedder(
             OneModelClient("minilm"), "topics"))  # type: ignore[arg-type]
+
+
+def test_a_gateway_with_a_tampered_table_refuses_to_start(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.fhe.keys import KeyStore  # noqa: PLC0415
+    from gateway.fhe.semantic import SemanticScorer  # noqa: PLC0415
+    from gateway.observability.metrics import Metrics  # noqa: PLC0415
+    from gateway.settings import FheSettings  # noqa: PLC0415
+
+    monkeypatch.setenv("VEIL_TEST_FHE_MASTER", "11" * 32)
+    KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
+    rows = rows_of_the_suite()
+    rows[100] = 0
+    cache = tampered(tmp_path / "cache", rows=rows)
+    settings = FheSettings(keys_dir=str(tmp_path / "keys"), master_key_env="VEIL_TEST_FHE_MASTER",
+                           scorers=[{"name": "vendor", "url": "http://127.0.0.1:9"}],  # type: ignore[list-item]
+                           embedder_cache_dir=str(cache))
+    scorer = SemanticScorer(settings, Metrics())
+    with pytest.raises(EmbeddingModelError, match="does not hash"):
+        asyncio.run(scorer.start())
