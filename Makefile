@@ -45,6 +45,7 @@ bench: $(DEV)
 	$(BIN)/python tests/bench/stream_ttft.py
 	$(BIN)/python tests/bench/attestation_speed.py
 	$(BIN)/python tests/bench/fhe_scoring.py
+	$(BIN)/python tests/bench/embedders.py
 	$(BIN)/python tests/bench/soak.py                # 300 s
 
 install: $(DEV)

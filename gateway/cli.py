@@ -303,6 +303,14 @@ def _fhe_commands(commands: Commands) -> None:
                        help="YAML: {kind: reference_set, aggregate: max, labels: {label: [texts]}}")
     build.add_argument("--out", required=True,
                        help="the model file (.npz); its folder is created if missing")
+    build.add_argument("--embedder", choices=["static", "minilm"], default="static",
+                       help="the gateways' fhe.embedder (default: %(default)s)")
+    build.add_argument("--cache", default="var/fhe-embedder",
+                       help="static: the gateways' fhe.embedder_cache_dir (default: %(default)s)")
+    distill = scorer_commands.add_parser(
+        "distill", help="derive the static embedder's table from the pinned model (~30-40 s)")
+    distill.add_argument("--cache", default="var/fhe-embedder",
+                         help="the gateways' fhe.embedder_cache_dir (default: %(default)s)")
     bench = scorer_commands.add_parser("bench", help="numpy vs TenSEAL matmul vs Veil, per K")
     bench.add_argument("--k", type=_k_values, default=[10, 100, 1000],
                        help="comma-separated K values (default: 10,100,1000)")
@@ -442,16 +450,29 @@ def _scorer(args: argparse.Namespace) -> int:
                     access_log=None, print=None)
         return 0
     if args.scorer_command == "build":
-        return _scorer_build(Path(args.examples), Path(args.out))
+        return _scorer_build(Path(args.examples), Path(args.out), args.embedder, args.cache)
+    if args.scorer_command == "distill":
+        return _scorer_distill(args.cache)
     from gateway.fhe.bench import run_bench
 
     run_bench(args.k, compare_matmul=args.compare_matmul)
     return 0
 
 
-def _scorer_build(examples: Path, out: Path) -> int:
+def _scorer_distill(cache: str) -> int:
+    from gateway.fhe.static_embed import StaticEmbedder, distill
+
+    started = time.monotonic()
+    path = distill(cache, _progress("distilled", started))
+    StaticEmbedder(cache, build_missing=False)  # verified as a gateway will verify it
+    print(f"wrote {path} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+def _scorer_build(examples: Path, out: Path, embedder_name: str, cache: str) -> int:
     from gateway.fhe.build import build_model
-    from gateway.fhe.embed import Embedder
+    from gateway.fhe.embed import Embedder, TextEmbedder
+    from gateway.fhe.static_embed import StaticEmbedder
 
     if out.is_dir():
         print(f"veil scorer build: --out {out} is a folder; give the model file's path",
@@ -460,11 +481,12 @@ def _scorer_build(examples: Path, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     started = time.monotonic()
     _say("loading the embedding model")
-    embedder = Embedder()
+    embedder: TextEmbedder = Embedder() if embedder_name == "minilm" else StaticEmbedder(cache)
     _say(f"embedding model loaded ({time.monotonic() - started:.1f} s)")
     model = build_model(examples, out, embedder, _progress("embedded", started))
     print(f"wrote {out}: {model.kind}, {model.weights.shape[0]} rows, labels "
-          f"{sorted(set(model.labels))} ({time.monotonic() - started:.1f} s)")
+          f"{sorted(set(model.labels))}, embedder {model.embedder} "
+          f"({time.monotonic() - started:.1f} s)")
     return 0
 
 

@@ -460,6 +460,12 @@ class FheSettings(Strict):
     # 384-dim vectors, the space the scorer's models were built in.
     embedding_backend: str | None = None
     embedding_model: str | None = None
+    # The gateway's own embedder: `static` (a table distilled from MiniLM, microseconds a
+    # window; kept in embedder_cache_dir, built by `veil scorer distill` or at first start) or
+    # `minilm` (the model itself, ~0.4 ms a token). The scorer's models must be built with the
+    # same one (`veil scorer build --embedder`); a mismatch is refused.
+    embedder: Literal["static", "minilm"] = "static"
+    embedder_cache_dir: str = "var/fhe-embedder"
     # The whole prompt is scored in windows of `chunk_tokens` (MiniLM's 128-token training
     # length: at 256 a protected paragraph among filler scores far lower), neighbours sharing
     # `chunk_overlap_tokens`. A prompt needing more than `max_chunks` windows is refused
@@ -650,7 +656,7 @@ PATH_SETTINGS: tuple[tuple[str, ...], ...] = (
     ("audit", "path"), ("audit", "key_file"),
     ("attestation", "amd_roots_dir"), ("attestation", "intel_collateral_dir"),
     ("attestation", "cache_dir"),
-    ("fhe", "keys_dir"), ("fhe", "master_key_file"),
+    ("fhe", "keys_dir"), ("fhe", "master_key_file"), ("fhe", "embedder_cache_dir"),
 )
 
 

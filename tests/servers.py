@@ -18,6 +18,7 @@ from gateway.app import Outbound, build_app
 from gateway.ingress.auth import hash_api_key
 from gateway.server import runner_for
 from gateway.settings import Settings
+from tests.static_table import static_table_dir
 
 T = TypeVar("T")
 TEST_KEY = "veil-test-key-0123456789"
@@ -95,6 +96,8 @@ def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | 
         "policies": {"files": [write_policy(policy or TEST_POLICY)], "watch_interval_s": 0},
     }
     data.update(overrides)
+    if data.get("fhe", {}).get("scorers"):  # the suite's one static table, not var/ each
+        data["fhe"] = {"embedder_cache_dir": static_table_dir(), **data["fhe"]}
     return Settings.model_validate(data)
 
 

@@ -20,16 +20,17 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import ConfigError, ConfigIssue
-from gateway.fhe.embed import Embedder
+from gateway.fhe.embed import TextEmbedder
 from gateway.fhe.scoring import ModelFile, save_model
 from gateway.yamlsource import load_yaml
 
 Progress = Callable[[int, int], None]  # (examples embedded so far, all of them)
 
 
-def build_model(examples: Path, out: Path, embedder: Embedder | None = None,
+def build_model(examples: Path, out: Path, embedder: TextEmbedder,
                 progress: Progress = lambda done, total: None) -> ModelFile:
-    """Raises ConfigError for an examples file that is not what the docstring above shows."""
+    """Raises ConfigError for an examples file that is not what the docstring above shows. The
+    model records `embedder.name`: gateways embedding with another one refuse it."""
     spec = load_yaml(examples).data
     if not isinstance(spec, dict) or not isinstance(spec.get("labels"), dict) or not all(
             isinstance(texts, list) for texts in spec["labels"].values()):
@@ -39,7 +40,6 @@ def build_model(examples: Path, out: Path, embedder: Embedder | None = None,
     if kind not in ("reference_set", "linear"):
         raise ConfigError([ConfigIssue(str(examples), None, "kind",
                                        "kind must be reference_set or linear")])
-    embedder = embedder or Embedder()
     pairs = [(str(label), str(text)) for label, texts in spec["labels"].items()
              for text in texts]
     if not pairs:
@@ -52,11 +52,12 @@ def build_model(examples: Path, out: Path, embedder: Embedder | None = None,
     matrix = np.array(vectors)
     if kind == "reference_set":
         model = ModelFile(out.stem, "reference_set", matrix, tuple(labels), None,
-                          str(spec.get("aggregate", "max")))
+                          str(spec.get("aggregate", "max")), embedder.name)
     elif kind == "linear":
         classes = sorted(set(labels))
         weights, bias = _logistic(matrix, labels, classes)
-        model = ModelFile(out.stem, "linear", weights, tuple(classes), bias, "max")
+        model = ModelFile(out.stem, "linear", weights, tuple(classes), bias, "max",
+                          embedder.name)
     save_model(out, model)
     return model
 

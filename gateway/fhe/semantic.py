@@ -21,10 +21,11 @@ import numpy.typing as npt
 from gateway.errors import ScorerError
 from gateway.fhe.chunks import Windows
 from gateway.fhe.client import ScorerClient
-from gateway.fhe.embed import Embedder, TextWindows
+from gateway.fhe.embed import NAME, Embedder, TextEmbedder, TextWindows
 from gateway.fhe.epochs import Epochs, LocalEpochs
 from gateway.fhe.keys import KeyStore
 from gateway.fhe.remote_embed import RemoteEmbedder
+from gateway.fhe.static_embed import StaticEmbedder
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.policy.schema import SemanticRule
@@ -57,7 +58,7 @@ class SemanticScorer:
             epochs = LocalEpochs(KeyStore.open(settings.keys_dir, settings.master_key_env,
                                                settings.master_key_file))
         self._epochs = epochs
-        self._embedder: Embedder | None = None
+        self._embedder: TextEmbedder | None = None
         self._text_windows: TextWindows | None = None
         self._windows = Windows(settings.chunk_tokens - 2, settings.chunk_overlap_tokens,
                                 settings.max_chunks)  # - 2: [CLS] and [SEP]
@@ -74,9 +75,10 @@ class SemanticScorer:
         await self._epochs.start()  # no epoch: refuse to start, as with no key store
         if self._remote is None:  # seconds of loading: logged before and after
             started = time.monotonic()
-            log.info("embedding_model_loading")
-            self._embedder = await asyncio.to_thread(Embedder)
-            log.info("embedding_model_loaded", seconds=round(time.monotonic() - started, 2))
+            log.info("embedding_model_loading", embedder=self._settings.embedder)
+            self._embedder = await asyncio.to_thread(local_embedder, self._settings)
+            log.info("embedding_model_loaded", embedder=self._settings.embedder,
+                     seconds=round(time.monotonic() - started, 2))
         else:
             self._text_windows = await asyncio.to_thread(TextWindows, self._windows)
         self._session = self._session_factory()
@@ -112,12 +114,23 @@ class SemanticScorer:
     async def _score(self, scorer: str, model: str,
                      embedding: npt.NDArray[np.float64]) -> dict[str, float]:
         client = await self._client(scorer)
+        await self._check_embedder(client, model)
         started = asyncio.get_running_loop().time()
         try:
             return await client.score(model, embedding)
         finally:
             self._metrics.scorer_seconds.labels(scorer).observe(
                 asyncio.get_running_loop().time() - started)
+
+    async def _check_embedder(self, client: ScorerClient, model: str) -> None:
+        """A model built with another embedder scores vectors from another space: meaningless
+        numbers, so refused (a model the scorer lacks is the client's to report)."""
+        info = (await client.models()).get(model)
+        ours = self._embedder.name if self._embedder is not None else NAME
+        if info is not None and info.embedder != ours:
+            raise ScorerError(f"scorer {client.name} model {model} was built with embedder "
+                              f"{info.embedder}, this gateway embeds with {ours} "
+                              f"(fhe.embedder; rebuild: veil scorer build --embedder)")
 
     async def _client(self, name: str) -> ScorerClient:
         if self._epochs is None:
@@ -131,6 +144,13 @@ class SemanticScorer:
             client = ScorerClient(name, endpoint.url, keys, self._session, endpoint.timeout_s)
             self._clients[name] = client
         return client
+
+
+def local_embedder(settings: FheSettings) -> TextEmbedder:
+    """The embedder `fhe.embedder` names (seconds to load: called in a thread)."""
+    if settings.embedder == "minilm":
+        return Embedder()
+    return StaticEmbedder(settings.embedder_cache_dir)
 
 
 def over_chunks(chunks: Sequence[dict[str, float]], rule: SemanticRule) -> float:

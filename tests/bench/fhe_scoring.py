@@ -7,7 +7,8 @@
 2. Added latency of a chat request with one semantic rule at K=1,000 (embedding, encryption,
    the scorer round trip over HTTP, decryption), against the same gateway without the rule,
    interleaved, medians, for a one-sentence, a 2 KB and a 20 KB prompt (the whole prompt is
-   scored, window by window: fhe.chunk_tokens). Targets: <= 45 ms at 2 KB, <= 120 ms at 20 KB.
+   scored, window by window: fhe.chunk_tokens), with each embedder (fhe.embedder: the static
+   table, then MiniLM). Targets: <= 45 ms at 2 KB, <= 120 ms at 20 KB.
 
 Run: .venv/bin/python tests/bench/fhe_scoring.py [--chat-only]
 """
@@ -34,6 +35,7 @@ from gateway.demo.upstream import build_demo_app  # noqa: E402
 from gateway.fhe.bench import run_bench  # noqa: E402
 from gateway.fhe.keys import KeyStore  # noqa: E402
 from gateway.fhe.scoring import ModelFile, save_model  # noqa: E402
+from gateway.fhe.static_embed import NAME as STATIC  # noqa: E402
 from gateway.observability.logging import configure_logging  # noqa: E402
 from tests.servers import (  # noqa: E402
     TEST_KEY,
@@ -44,6 +46,7 @@ from tests.servers import (  # noqa: E402
     gateway_for,
     settings_for,
 )
+from tests.static_table import static_table_dir  # noqa: E402
 
 
 def free_port() -> int:
@@ -65,7 +68,8 @@ PROMPTS = {"one sentence": (SENTENCE, 40), "2 KB": (prompt_of(2_000), 20),
            "20 KB": (prompt_of(20_000), 5)}
 
 
-def added_latency() -> dict[str, tuple[float, float]]:
+def added_latency(embedder: str) -> dict[str, tuple[float, float]]:
+    """`embedder`: fhe.embedder (the scorer's model is marked as built with it)."""
     tmp = Path(tempfile.mkdtemp(prefix="veil-fhe-bench-"))
     (tmp / "models").mkdir()
     rng = np.random.default_rng(3)
@@ -73,7 +77,8 @@ def added_latency() -> dict[str, tuple[float, float]]:
     weights /= np.linalg.norm(weights, axis=1, keepdims=True)
     labels = tuple(f"topic-{i % 10}" for i in range(1000))
     save_model(tmp / "models" / "topics.npz",
-               ModelFile("topics", "reference_set", weights, labels, None, "max"))
+               ModelFile("topics", "reference_set", weights, labels, None, "max",
+                         STATIC if embedder == "static" else "minilm"))
     port = free_port()
     scorer = subprocess.Popen([sys.executable, "-m", "gateway", "scorer", "serve", "--models",
                                str(tmp / "models"), "--keys", str(tmp / "received"),
@@ -81,7 +86,8 @@ def added_latency() -> dict[str, tuple[float, float]]:
     os.environ["VEIL_BENCH_FHE"] = "22" * 32
     KeyStore.open(str(tmp / "keys"), "VEIL_BENCH_FHE", None).init()
     fhe = {"keys_dir": str(tmp / "keys"), "master_key_env": "VEIL_BENCH_FHE",
-           "scorers": [{"name": "s", "url": f"http://127.0.0.1:{port}", "timeout_s": 30}]}
+           "scorers": [{"name": "s", "url": f"http://127.0.0.1:{port}", "timeout_s": 30}],
+           "embedder": embedder, "embedder_cache_dir": static_table_dir()}
     rule = {"name": "t", "scorer": "s", "model": "topics", "label": "topic-3",
             "threshold": 0.99, "block": True}
     unlimited = {"requests_per_second": 1e6, "burst": 1_000_000}
@@ -130,9 +136,11 @@ def main() -> None:
         run_bench([10, 100, 1000], compare_matmul=True)
         run_bench([10_000], compare_matmul=False)
     print("\n2. chat request through the gateway, K = 1,000, one semantic rule (ms, medians)")
-    print(f"{'prompt':>14} {'without rule':>14} {'with rule':>10} {'added':>8}")
-    for name, (without, with_rule) in added_latency().items():
-        print(f"{name:>14} {without:>14.2f} {with_rule:>10.2f} {with_rule - without:>8.2f}")
+    print(f"{'embedder':>8} {'prompt':>14} {'without rule':>14} {'with rule':>10} {'added':>8}")
+    for embedder in ("static", "minilm"):
+        for name, (without, with_rule) in added_latency(embedder).items():
+            print(f"{embedder:>8} {name:>14} {without:>14.2f} {with_rule:>10.2f} "
+                  f"{with_rule - without:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ from aiohttp import ClientSession, web
 
 from gateway.app import GATEWAY
 from gateway.fhe.build import build_model
+from gateway.fhe.embed import Embedder, TextEmbedder
 from gateway.fhe.keys import KeyStore
 from gateway.fhe.seal import load, new_context, to_bytes
+from gateway.fhe.static_embed import StaticEmbedder
 from tests.conftest import Demo
 from tests.servers import (
     TEST_KEY,
@@ -36,6 +38,7 @@ from tests.servers import (
     gateway_for,
     settings_for,
 )
+from tests.static_table import static_table_dir
 
 ROOT = Path(__file__).parents[2]
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -46,12 +49,23 @@ EXAMPLES = {"kind": "reference_set", "aggregate": "max", "labels": {
                 "Summarize the due diligence findings for the takeover target"],
     "layoffs": ["Prepare the list of employees affected by next month's layoffs",
                 "Write the announcement for the workforce reduction plan"]}}
-POLICY = {**TEST_POLICY,
-          "data_classes": {"confidential-topic": {}},
-          "semantic": [{"name": "no-deals", "scorer": "vendor", "model": "topics",
-                        "label": "m-and-a", "threshold": 0.55, "block": True},
-                       {"name": "hr", "scorer": "vendor", "model": "topics", "label": "layoffs",
-                        "threshold": 0.55, "data_class": "confidential-topic"}]}
+# Each embedder has its own scale of cosines (tests/bench/embedders.py): the static table's
+# are lower, deal talk diluted in a window of baking scores ~0.34 there against ~0.61.
+THRESHOLDS = {"static": 0.3, "minilm": 0.55}
+
+
+def policy_for(embedder: str) -> dict[str, Any]:
+    threshold = THRESHOLDS[embedder]
+    return {**TEST_POLICY,
+            "data_classes": {"confidential-topic": {}},
+            "semantic": [{"name": "no-deals", "scorer": "vendor", "model": "topics",
+                          "label": "m-and-a", "threshold": threshold, "block": True},
+                         {"name": "hr", "scorer": "vendor", "model": "topics",
+                          "label": "layoffs", "threshold": threshold,
+                          "data_class": "confidential-topic"}]}
+
+
+POLICY = policy_for("static")  # fhe.embedder's default
 
 
 def free_port() -> int:
@@ -89,13 +103,18 @@ class Recorder:
         return app
 
 
+def embedder_named(name: str) -> TextEmbedder:
+    return Embedder() if name == "minilm" else StaticEmbedder(static_table_dir())
+
+
 @contextmanager
-def running_scorer(tmp: Path) -> Iterator[str]:
-    """`veil scorer serve` with the topics model, in its own process; yields its URL."""
+def running_scorer(tmp: Path, embedder: str = "static") -> Iterator[str]:
+    """`veil scorer serve` with the topics model built with `embedder`, in its own process;
+    yields its URL."""
     (tmp / "models").mkdir()
     examples = tmp / "topics.yaml"
     examples.write_text(yaml.safe_dump(EXAMPLES))
-    build_model(examples, tmp / "models" / "topics.npz")
+    build_model(examples, tmp / "models" / "topics.npz", embedder_named(embedder))
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "scorer", "serve", "--models", str(tmp / "models"),
@@ -125,6 +144,13 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def minilm_scorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same topics, built with MiniLM (fhe.embedder: minilm, and remote embeddings)."""
+    with running_scorer(tmp_path_factory.mktemp("scorer"), "minilm") as url:
+        yield url
+
+
 @dataclass
 class World:
     gateway: ServerThread
@@ -132,18 +158,35 @@ class World:
     store: KeyStore
 
 
-@pytest.fixture
-def world(scorer: str, demo: Demo, tmp_path: Path) -> Iterator[World]:
+@contextmanager
+def world_of(scorer: str, demo: Demo, tmp_path: Path, embedder: str) -> Iterator[World]:
     os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
     store = KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None)
     store.init()
     recorder = Recorder(scorer)
     with ServerThread(recorder.app()) as proxy:
         fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
-               "scorers": [{"name": "vendor", "url": proxy.url, "timeout_s": 30}]}
-        settings = settings_for([demo_backend("d", demo.url)], policy=POLICY, fhe=fhe)
+               "scorers": [{"name": "vendor", "url": proxy.url, "timeout_s": 30}],
+               "embedder": embedder}
+        settings = settings_for([demo_backend("d", demo.url)], policy=policy_for(embedder),
+                                fhe=fhe)
         with gateway_for(settings) as gw:
             yield World(gw, recorder, store)
+
+
+@pytest.fixture
+def world(scorer: str, demo: Demo, tmp_path: Path) -> Iterator[World]:
+    with world_of(scorer, demo, tmp_path, "static") as world:
+        yield world
+
+
+@pytest.fixture(params=["static", "minilm"])
+def either_world(request: pytest.FixtureRequest, demo: Demo, tmp_path: Path
+                 ) -> Iterator[World]:
+    """A gateway embedding with each embedder, its scorer's model built with the same one."""
+    scorer = request.getfixturevalue("scorer" if request.param == "static" else "minilm_scorer")
+    with world_of(scorer, demo, tmp_path, request.param) as world:
+        yield world
 
 
 def chat(url: str, content: str) -> httpx.Response:
@@ -151,7 +194,8 @@ def chat(url: str, content: str) -> httpx.Response:
         "model": "test-model", "messages": [{"role": "user", "content": content}]})
 
 
-def test_protected_topic_is_blocked_and_others_pass(world: World, demo: Demo) -> None:
+def test_protected_topic_is_blocked_and_others_pass(either_world: World, demo: Demo) -> None:
+    world = either_world
     blocked = chat(world.gateway.url, "Can you draft a term sheet for acquiring Globex Corp?")
     assert blocked.status_code == 400, blocked.text
     assert "semantic.no-deals" in blocked.json()["error"]["message"]
@@ -170,10 +214,11 @@ DEAL = ("We are preparing to acquire Globex Corporation. Draft the term sheet fo
         "the due diligence findings on the takeover target. ")
 
 
-def test_protected_text_at_the_end_of_a_long_prompt_is_blocked(world: World,
+def test_protected_text_at_the_end_of_a_long_prompt_is_blocked(either_world: World,
                                                                demo: Demo) -> None:
     """The whole prompt is scored, chunk by chunk, not its first 256 tokens: deal talk after
     ~4 KB of baking is still found (and the baking alone still passes)."""
+    world = either_world
     assert chat(world.gateway.url, BREAD * 20).status_code == 200
     demo.state.last_body = None
     blocked = chat(world.gateway.url, BREAD * 20 + DEAL)
@@ -288,10 +333,27 @@ def test_a_prompt_past_max_chunks_is_refused_not_scored_in_part(scorer: str, dem
                 assert within.status_code == 400, within.text
 
 
-def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> None:
+def test_a_model_built_with_another_embedder_is_refused(minilm_scorer: str, demo: Demo,
+                                                       tmp_path: Path) -> None:
+    """A gateway embedding with the static table, a scorer whose model was built with MiniLM:
+    the two spaces do not compare, so the request fails closed and nothing is forwarded."""
+    os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
+    KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
+    fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
+           "scorers": [{"name": "vendor", "url": minilm_scorer, "timeout_s": 30}]}
+    with gateway_for(settings_for([demo_backend("d", demo.url)], policy=POLICY,
+                                  fhe=fhe)) as gw:
+        demo.state.last_body = None
+        r = chat(gw.url, "What is a good recipe for sourdough bread?")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "scorer_failed"
+    assert demo.state.last_body is None
+
+
+def test_embeddings_from_an_attested_backend(minilm_scorer: str, tmp_path: Path) -> None:
     """fhe.embedding_backend: the prompt's embedding comes from the attested backend over the
-    pinned connection; with no valid attestation, scoring fails closed."""
-    from gateway.fhe.embed import Embedder  # noqa: PLC0415
+    pinned connection; with no valid attestation, scoring fails closed. The backend serves
+    MiniLM's space: the scorer's model is built with MiniLM."""
     from tests.integration.test_attested_routing import (  # noqa: PLC0415
         ConfidentialBackend,
         attested,
@@ -312,7 +374,7 @@ def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> Non
     os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
     KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
     fhe = {"keys_dir": str(tmp_path / "keys"), "master_key_env": "VEIL_TEST_FHE_MASTER",
-           "scorers": [{"name": "vendor", "url": scorer, "timeout_s": 30}],
+           "scorers": [{"name": "vendor", "url": minilm_scorer, "timeout_s": 30}],
            "embedding_backend": "tee", "embedding_model": "all-minilm"}
     for measurement_ok in (True, False):
         context, certificate = tls_context(tmp_path, f"tee-{measurement_ok}")
@@ -321,7 +383,8 @@ def test_embeddings_from_an_attested_backend(scorer: str, tmp_path: Path) -> Non
         app = backend.app()
         app.router.add_post("/v1/embeddings", embeddings)
         with ServerThread(app, ssl_context=context) as tee:
-            settings = settings_for([attested("tee", tee.url)], policy=POLICY, fhe=fhe,
+            settings = settings_for([attested("tee", tee.url)], policy=policy_for("minilm"),
+                                    fhe=fhe,
                                     attestation={"amd_roots_dir": roots_dir(tmp_path)})
             with gateway_for(settings) as gw:
                 if measurement_ok:
@@ -368,6 +431,7 @@ def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path
     import numpy as np  # noqa: PLC0415
 
     from gateway.fhe.scoring import ModelFile, save_model  # noqa: PLC0415
+    from gateway.fhe.static_embed import NAME  # noqa: PLC0415
 
     models, received = tmp_path / "models", tmp_path / "received"
     models.mkdir()
@@ -377,7 +441,7 @@ def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path
         weights = rng.standard_normal((rows, 384))
         weights /= np.linalg.norm(weights, axis=1, keepdims=True)
         save_model(models / f"{name}.npz", ModelFile(name, "reference_set", weights,
-                                                     ("x",) * rows, None, "max"))
+                                                     ("x",) * rows, None, "max", NAME))
 
     model("small", 10)
     os.environ["VEIL_TEST_FHE_MASTER"] = MASTER_HEX
@@ -418,7 +482,7 @@ def test_old_epochs_are_dropped_after_the_grace_period(world: World, tmp_path: P
     (tmp_path / "models").mkdir()
     examples = tmp_path / "topics.yaml"
     examples.write_text(yaml.safe_dump(EXAMPLES))
-    build_model(examples, tmp_path / "models" / "topics.npz")
+    build_model(examples, tmp_path / "models" / "topics.npz", embedder_named("static"))
     received, port = tmp_path / "received", free_port()
     scorer = start_scorer(tmp_path / "models", received, port, "--grace-s", "2")
     world.recorder.target = f"http://127.0.0.1:{port}"

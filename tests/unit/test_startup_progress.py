@@ -13,6 +13,7 @@ from gateway.fhe.semantic import SemanticScorer
 from gateway.observability.metrics import Metrics
 from gateway.privacy.ner_pool import NerPool
 from gateway.settings import FheSettings
+from tests.static_table import static_table_dir
 
 
 def events(stderr: str) -> list[dict[str, object]]:
@@ -48,10 +49,13 @@ async def test_embedding_model_load_is_logged_with_its_duration(
     monkeypatch.setenv("VEIL_TEST_FHE_MASTER", "11" * 32)
     KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
     settings = FheSettings(keys_dir=str(tmp_path / "keys"), master_key_env="VEIL_TEST_FHE_MASTER",
-                           scorers=[{"name": "vendor", "url": "http://127.0.0.1:9"}])  # type: ignore[list-item]
+                           scorers=[{"name": "vendor", "url": "http://127.0.0.1:9"}],  # type: ignore[list-item]
+                           embedder_cache_dir=static_table_dir())
     scorer = SemanticScorer(settings, Metrics())
     try:
         await scorer.start()
     finally:
         await scorer.close()
-    around(events(capsys.readouterr().err), "embedding_model_loading", "embedding_model_loaded")
+    loaded = around(events(capsys.readouterr().err), "embedding_model_loading",
+                    "embedding_model_loaded")
+    assert loaded["embedder"] == "static"

@@ -6,6 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from gateway.fhe.scoring import load_model
+from gateway.fhe.static_embed import NAME as STATIC
+from tests.static_table import static_table_dir
+
 ROOT = Path(__file__).parents[3]
 
 
@@ -44,15 +50,20 @@ def test_scorer_bench_prints_the_documented_columns() -> None:
     assert float(values[4]) < 1e-5
 
 
-def test_scorer_build_makes_the_out_folder_and_reports_progress(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("embedder", "recorded"), [("static", STATIC), ("minilm", "minilm")])
+def test_scorer_build_makes_the_out_folder_and_reports_progress(
+        tmp_path: Path, embedder: str, recorded: str) -> None:
     examples = tmp_path / "examples.yaml"
     examples.write_text("kind: reference_set\nlabels:\n  m-and-a: [" + ", ".join(
         f'"acquire company {i}"' for i in range(30)) + "]\n  weather: [sunny, rainy]\n")
     out = tmp_path / "models" / "new" / "deals.npz"
-    result = veil("scorer", "build", "--examples", str(examples), "--out", str(out))
+    result = veil("scorer", "build", "--examples", str(examples), "--out", str(out),
+                  "--embedder", embedder, "--cache", static_table_dir())
     assert result.returncode == 0, result.stderr
     assert out.is_file()
     assert result.stdout.startswith(f"wrote {out}: reference_set, 32 rows")
+    assert f"embedder {recorded} (" in result.stdout
+    assert load_model(out).embedder == recorded
     progress = result.stderr.splitlines()
     assert progress[0] == "veil: loading the embedding model"
     assert progress[1].startswith("veil: embedding model loaded (")
