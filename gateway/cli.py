@@ -303,7 +303,7 @@ def _fhe_commands(commands: Commands) -> None:
                        help="YAML: {kind: reference_set, aggregate: max, labels: {label: [texts]}}")
     build.add_argument("--out", required=True,
                        help="the model file (.npz); its folder is created if missing")
-    build.add_argument("--embedder", choices=["static", "minilm"], default="static",
+    build.add_argument("--embedder", choices=["static", "minilm"], default="minilm",
                        help="the gateways' fhe.embedder (default: %(default)s)")
     build.add_argument("--cache", default="var/fhe-embedder",
                        help="static: the gateways' fhe.embedder_cache_dir (default: %(default)s)")

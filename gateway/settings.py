@@ -460,11 +460,13 @@ class FheSettings(Strict):
     # 384-dim vectors, the space the scorer's models were built in.
     embedding_backend: str | None = None
     embedding_model: str | None = None
-    # The gateway's own embedder: `static` (a table distilled from MiniLM, microseconds a
-    # window; kept in embedder_cache_dir, built by `veil scorer distill` or at first start) or
-    # `minilm` (the model itself, ~0.4 ms a token). The scorer's models must be built with the
-    # same one (`veil scorer build --embedder`); a mismatch is refused.
-    embedder: Literal["static", "minilm"] = "static"
+    # The gateway's own embedder: `minilm` (the model itself, ~0.4 ms a token, the better
+    # judge: AUC 0.998 against 0.984 on tests/bench/paraphrases.yaml) or `static` (a table
+    # distilled from MiniLM, ~100x faster; kept in embedder_cache_dir, built by `veil scorer
+    # distill` or at first start; its cosines run lower, so thresholds differ). The scorer's
+    # models must be built with the same one (`veil scorer build --embedder`); a mismatch is
+    # refused. minilm stays the default so existing models and thresholds keep their meaning.
+    embedder: Literal["static", "minilm"] = "minilm"
     embedder_cache_dir: str = "var/fhe-embedder"
     # The whole prompt is scored in windows of `chunk_tokens` (MiniLM's 128-token training
     # length: at 256 a protected paragraph among filler scores far lower), neighbours sharing

@@ -97,7 +97,9 @@ def settings_for(backends: list[dict[str, Any]], models: dict[str, list[str]] | 
     }
     data.update(overrides)
     if data.get("fhe", {}).get("scorers"):  # the suite's one static table, not var/ each
-        data["fhe"] = {"embedder_cache_dir": static_table_dir(), **data["fhe"]}
+        # the suite embeds with the static table (fast; tests of MiniLM name it)
+        data["fhe"] = {"embedder_cache_dir": static_table_dir(), "embedder": "static",
+                       **data["fhe"]}
     return Settings.model_validate(data)
 
 

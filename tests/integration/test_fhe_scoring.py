@@ -65,7 +65,7 @@ def policy_for(embedder: str) -> dict[str, Any]:
                           "data_class": "confidential-topic"}]}
 
 
-POLICY = policy_for("static")  # fhe.embedder's default
+POLICY = policy_for("static")  # the suite's embedder (tests/servers.py settings_for)
 
 
 def free_port() -> int:

@@ -50,7 +50,7 @@ async def test_embedding_model_load_is_logged_with_its_duration(
     KeyStore.open(str(tmp_path / "keys"), "VEIL_TEST_FHE_MASTER", None).init()
     settings = FheSettings(keys_dir=str(tmp_path / "keys"), master_key_env="VEIL_TEST_FHE_MASTER",
                            scorers=[{"name": "vendor", "url": "http://127.0.0.1:9"}],  # type: ignore[list-item]
-                           embedder_cache_dir=static_table_dir())
+                           embedder="static", embedder_cache_dir=static_table_dir())
     scorer = SemanticScorer(settings, Metrics())
     try:
         await scorer.start()

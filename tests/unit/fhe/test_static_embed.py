@@ -180,7 +180,7 @@ def test_a_gateway_with_a_tampered_table_refuses_to_start(tmp_path: Path,
     cache = tampered(tmp_path / "cache", rows=rows)
     settings = FheSettings(keys_dir=str(tmp_path / "keys"), master_key_env="VEIL_TEST_FHE_MASTER",
                            scorers=[{"name": "vendor", "url": "http://127.0.0.1:9"}],  # type: ignore[list-item]
-                           embedder_cache_dir=str(cache))
+                           embedder="static", embedder_cache_dir=str(cache))
     scorer = SemanticScorer(settings, Metrics())
     with pytest.raises(EmbeddingModelError, match="does not hash"):
         asyncio.run(scorer.start())
