@@ -298,7 +298,11 @@ class TdxTestCa:
 
     def quote(self, *, report_data: bytes = b"", mrtd: bytes = MRTD, td_attributes: int = 0,
               cpusvn: int = 2, rtmr1: bytes = bytes(48),
-              tee_tcb_svn: bytes = bytes([1] * 16), seam_attributes: bytes = bytes(8)) -> bytes:
+              tee_tcb_svn: bytes = bytes([1] * 16), seam_attributes: bytes = bytes(8),
+              rtmrs: dict[int, bytes] | None = None,
+              tee_tcb_svn2: bytes | None = None) -> bytes:
+        """A v4 quote; with `tee_tcb_svn2`, a v5 quote with a TD report 1.5 body carrying it.
+        `rtmrs` (index -> value) sets RTMRs besides `rtmr1`."""
         pck_key = ec.generate_private_key(ec.SECP256R1())
         pck = certificate("Test SGX PCK Certificate", "Test SGX PCK Platform CA",
                           pck_key.public_key(), self.pck_ca_key, ca=False,
@@ -307,14 +311,19 @@ class TdxTestCa:
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         point = attestation_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
-        header = struct.pack("<HHIHH", 4, 2, 0x81, 0, 0) + bytes(16) + bytes(20)
-        body = bytearray(584)
+        version = 4 if tee_tcb_svn2 is None else 5
+        header = struct.pack("<HHIHH", version, 2, 0x81, 0, 0) + bytes(16) + bytes(20)
+        body = bytearray(584 if tee_tcb_svn2 is None else 648)
         body[0:16] = tee_tcb_svn  # [0]: TDX module SVN, [1]: its major version
         body[112:120] = seam_attributes
         body[120:128] = td_attributes.to_bytes(8, "little")
         body[136:184] = mrtd
-        body[376:424] = rtmr1
+        for index, value in {1: rtmr1, **(rtmrs or {})}.items():
+            body[328 + 48 * index:376 + 48 * index] = value
         body[520:584] = report_data.ljust(64, b"\0")
+        if tee_tcb_svn2 is not None:
+            body[584:600] = tee_tcb_svn2  # the TDX module running now (TD report 1.5)
+            header += struct.pack("<HI", 3, len(body))  # v5 body descriptor: TD report 1.5
         signed = header + bytes(body)
         auth = bytes(32)
         qe_report = bytearray(384)
