@@ -266,9 +266,12 @@ class TdxTestCa:
     def collateral(self, *, tcb_status: str = "UpToDate",
                    next_update: str = "2030-01-01T00:00:00Z", module_status: str = "UpToDate",
                    module_mrsigner: bytes = bytes(48),
-                   module_ids: tuple[str, ...] = ("TDX_01",)) -> dict[str, str]:
+                   module_ids: tuple[str, ...] = ("TDX_01",),
+                   module_levels: tuple[tuple[int, str], ...] | None = None) -> dict[str, str]:
         """TCB Info v3 with one platform level and, per id in `module_ids`, a TDX module
-        identity whose single level (isvsvn 1, the test quote's) says `module_status`."""
+        identity whose single level (isvsvn 1, the test quote's) says `module_status`, or
+        whose levels are `module_levels` ((isvsvn, status), newest first)."""
+        levels = module_levels or ((1, module_status),)
         level = {"tcb": {"sgxtcbcomponents": [{"svn": 2}] * 16, "pcesvn": 10,
                          "tdxtcbcomponents": [{"svn": 1}] * 16},
                  "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": tcb_status}
@@ -280,8 +283,8 @@ class TdxTestCa:
                     "tdxModuleIdentities": [
                         {"id": module_id, "mrsigner": module_mrsigner.hex().upper(),
                          "attributes": "00" * 8, "attributesMask": "FF" * 8,
-                         "tcbLevels": [{"tcb": {"isvsvn": 1}, "tcbDate": "2024-01-01T00:00:00Z",
-                                        "tcbStatus": module_status}]}
+                         "tcbLevels": [{"tcb": {"isvsvn": svn}, "tcbDate": "2024-01-01T00:00:00Z",
+                                        "tcbStatus": status} for svn, status in levels]}
                         for module_id in module_ids],
                     "tcbLevels": [level]}
         identity = {"id": "TD_QE", "version": 2, "issueDate": "2024-01-01T00:00:00Z",
@@ -295,6 +298,18 @@ class TdxTestCa:
         return {"tcb_info": self.signed_json("tcbInfo", tcb_info), "tcb_info_chain": chain,
                 "qe_identity": self.signed_json("enclaveIdentity", identity),
                 "qe_identity_chain": chain}
+
+    def write_collateral(self, folder: Path, **options: Any) -> Path:
+        """`collateral(**options)` and an empty PCK CRL under the names `veil attest verify
+        --collateral` reads (tdx.collateral_from_dir)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        collateral, fmspc = self.collateral(**options), FMSPC.hex()
+        (folder / f"tcb_info_{fmspc}.json").write_text(collateral["tcb_info"])
+        (folder / f"tcb_info_{fmspc}_chain.pem").write_text(collateral["tcb_info_chain"])
+        (folder / "qe_identity.json").write_text(collateral["qe_identity"])
+        (folder / "qe_identity_chain.pem").write_text(collateral["qe_identity_chain"])
+        (folder / "pck_crl_platform.crl").write_bytes(self.pck_crl())
+        return folder
 
     def quote(self, *, report_data: bytes = b"", mrtd: bytes = MRTD, td_attributes: int = 0,
               cpusvn: int = 2, rtmr1: bytes = bytes(48),

@@ -77,6 +77,7 @@ class TdxRequirements(Strict):
     mrtd: list[Hex48] = Field(default_factory=list)  # the TD's initial contents (firmware)
     rtmr: dict[Literal[0, 1, 2, 3], list[Hex48]] = Field(default_factory=dict)  # allow-lists
     mrseam: list[Hex48] = Field(default_factory=list)  # empty: any module Intel signed
+    # Intel's statuses, TDRelaunchAdvised(ConfigurationNeeded) included (attestation/tdx.py)
     tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
     qe_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
     allow_debug: bool = False
@@ -286,6 +287,9 @@ def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
     if verified.tcb_status not in wanted.tcb_statuses:
         module = verified.module
         problems.append(
+            f"TCB status {verified.tcb_status} is not accepted (launched under TDX module "
+            f"{module.identity} {module.tcb_status}, since updated: relaunch the TD)"
+            if verified.relaunch_advised else
             f"platform TCB status {verified.tcb_status} is not accepted"
             if verified.tcb_status == verified.platform_tcb_status else
             f"TCB status {verified.tcb_status} is not accepted (platform "

@@ -35,7 +35,7 @@ from gateway.attestation.verdicts import releases_behind
 from gateway.cli import main
 from gateway.errors import ConfigError, EvidenceError
 from gateway.policy.loader import load_policy
-from tests.attestation_ca import FMSPC, MEASUREMENT, MRTD, Vendors, snp_report
+from tests.attestation_ca import MEASUREMENT, MRTD, Vendors, snp_report
 from tests.sigstore_instance import PrivateSigstore, Workflow, multiplatform_statement
 from tests.unit.attestation.test_verifier import LEVEL, POLICY, document, world
 from tests.unit.test_startup_progress import events
@@ -490,8 +490,7 @@ def test_attest_verify_names_the_one_tdx_release(sigstore: PrivateSigstore,
     mixed quote is refused with the reason."""
     level = tdx_level(sigstore, tmp_path)
     vendors = Vendors()
-    collateral = tmp_path / "collateral"
-    write_tdx_collateral(vendors, collateral)
+    collateral = vendors.intel.write_collateral(tmp_path / "collateral")
     for rtmr2, ok in ((A2, True), (B2, False)):
         quote = tmp_path / "quote.dat"
         quote.write_bytes(vendors.intel.quote(rtmrs={1: bytes.fromhex(A1),
@@ -508,14 +507,3 @@ def test_attest_verify_names_the_one_tdx_release(sigstore: PrivateSigstore,
             assert outcome.reasons == [f"no one signed release measures RTMR1 {A1[:16]}..., "
                                        f"RTMR2 {B2[:16]}... as a whole"]
 
-
-def write_tdx_collateral(vendors: Vendors, folder: Path) -> None:
-    """The test Intel's collateral under the names `veil attest verify --collateral` reads."""
-    folder.mkdir()
-    collateral = vendors.intel.collateral()
-    fmspc = FMSPC.hex()
-    (folder / f"tcb_info_{fmspc}.json").write_text(collateral["tcb_info"])
-    (folder / f"tcb_info_{fmspc}_chain.pem").write_text(collateral["tcb_info_chain"])
-    (folder / "qe_identity.json").write_text(collateral["qe_identity"])
-    (folder / "qe_identity_chain.pem").write_text(collateral["qe_identity_chain"])
-    (folder / "pck_crl_platform.crl").write_bytes(vendors.intel.pck_crl())
