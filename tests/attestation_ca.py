@@ -266,9 +266,12 @@ class TdxTestCa:
     def collateral(self, *, tcb_status: str = "UpToDate",
                    next_update: str = "2030-01-01T00:00:00Z", module_status: str = "UpToDate",
                    module_mrsigner: bytes = bytes(48),
-                   module_ids: tuple[str, ...] = ("TDX_01",)) -> dict[str, str]:
+                   module_ids: tuple[str, ...] = ("TDX_01",),
+                   module_levels: tuple[tuple[int, str], ...] | None = None) -> dict[str, str]:
         """TCB Info v3 with one platform level and, per id in `module_ids`, a TDX module
-        identity whose single level (isvsvn 1, the test quote's) says `module_status`."""
+        identity whose single level (isvsvn 1, the test quote's) says `module_status`, or
+        whose levels are `module_levels` ((isvsvn, status), newest first)."""
+        levels = module_levels or ((1, module_status),)
         level = {"tcb": {"sgxtcbcomponents": [{"svn": 2}] * 16, "pcesvn": 10,
                          "tdxtcbcomponents": [{"svn": 1}] * 16},
                  "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": tcb_status}
@@ -280,8 +283,8 @@ class TdxTestCa:
                     "tdxModuleIdentities": [
                         {"id": module_id, "mrsigner": module_mrsigner.hex().upper(),
                          "attributes": "00" * 8, "attributesMask": "FF" * 8,
-                         "tcbLevels": [{"tcb": {"isvsvn": 1}, "tcbDate": "2024-01-01T00:00:00Z",
-                                        "tcbStatus": module_status}]}
+                         "tcbLevels": [{"tcb": {"isvsvn": svn}, "tcbDate": "2024-01-01T00:00:00Z",
+                                        "tcbStatus": status} for svn, status in levels]}
                         for module_id in module_ids],
                     "tcbLevels": [level]}
         identity = {"id": "TD_QE", "version": 2, "issueDate": "2024-01-01T00:00:00Z",
@@ -296,9 +299,25 @@ class TdxTestCa:
                 "qe_identity": self.signed_json("enclaveIdentity", identity),
                 "qe_identity_chain": chain}
 
+    def write_collateral(self, folder: Path, **options: Any) -> Path:
+        """`collateral(**options)` and an empty PCK CRL under the names `veil attest verify
+        --collateral` reads (tdx.collateral_from_dir)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        collateral, fmspc = self.collateral(**options), FMSPC.hex()
+        (folder / f"tcb_info_{fmspc}.json").write_text(collateral["tcb_info"])
+        (folder / f"tcb_info_{fmspc}_chain.pem").write_text(collateral["tcb_info_chain"])
+        (folder / "qe_identity.json").write_text(collateral["qe_identity"])
+        (folder / "qe_identity_chain.pem").write_text(collateral["qe_identity_chain"])
+        (folder / "pck_crl_platform.crl").write_bytes(self.pck_crl())
+        return folder
+
     def quote(self, *, report_data: bytes = b"", mrtd: bytes = MRTD, td_attributes: int = 0,
               cpusvn: int = 2, rtmr1: bytes = bytes(48),
-              tee_tcb_svn: bytes = bytes([1] * 16), seam_attributes: bytes = bytes(8)) -> bytes:
+              tee_tcb_svn: bytes = bytes([1] * 16), seam_attributes: bytes = bytes(8),
+              rtmrs: dict[int, bytes] | None = None,
+              tee_tcb_svn2: bytes | None = None) -> bytes:
+        """A v4 quote; with `tee_tcb_svn2`, a v5 quote with a TD report 1.5 body carrying it.
+        `rtmrs` (index -> value) sets RTMRs besides `rtmr1`."""
         pck_key = ec.generate_private_key(ec.SECP256R1())
         pck = certificate("Test SGX PCK Certificate", "Test SGX PCK Platform CA",
                           pck_key.public_key(), self.pck_ca_key, ca=False,
@@ -307,14 +326,19 @@ class TdxTestCa:
         attestation_key = ec.generate_private_key(ec.SECP256R1())
         point = attestation_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
-        header = struct.pack("<HHIHH", 4, 2, 0x81, 0, 0) + bytes(16) + bytes(20)
-        body = bytearray(584)
+        version = 4 if tee_tcb_svn2 is None else 5
+        header = struct.pack("<HHIHH", version, 2, 0x81, 0, 0) + bytes(16) + bytes(20)
+        body = bytearray(584 if tee_tcb_svn2 is None else 648)
         body[0:16] = tee_tcb_svn  # [0]: TDX module SVN, [1]: its major version
         body[112:120] = seam_attributes
         body[120:128] = td_attributes.to_bytes(8, "little")
         body[136:184] = mrtd
-        body[376:424] = rtmr1
+        for index, value in {1: rtmr1, **(rtmrs or {})}.items():
+            body[328 + 48 * index:376 + 48 * index] = value
         body[520:584] = report_data.ljust(64, b"\0")
+        if tee_tcb_svn2 is not None:
+            body[584:600] = tee_tcb_svn2  # the TDX module running now (TD report 1.5)
+            header += struct.pack("<HI", 3, len(body))  # v5 body descriptor: TD report 1.5
         signed = header + bytes(body)
         auth = bytes(32)
         qe_report = bytearray(384)

@@ -9,8 +9,9 @@
           products: [Milan, Genoa, Turin]
         # or, for an Intel TDX machine (a level lists one of sev-snp / tdx):
         # tdx: {mrtd: [...], rtmr: {1: [...]}, tcb_statuses: [UpToDate]}
-        measurements_from: [...]   # signed releases whose measurements join the lists above
-                                   # (attestation/releases.py): verified when the policy loads
+        measurements_from: [...]   # signed releases the machine must be measured as, one
+                                   # release as a whole (attestation/releases.py): verified
+                                   # when the policy loads
         nvidia-gpu:                                # GPU measurements as NVIDIA's signed RIMs
           rims: {url: https://rim.attestation.nvidia.com/v1/rim/}   # say, or files: [...]
         token:                                     # or an attestation service's verdict
@@ -21,17 +22,27 @@
 A backend meets a level when its current verdict is no older than `max_age_s` and every
 evidence kind the level lists verified and meets every requirement under it (a GPU level lists
 the CPU report and the GPU service's token: both must hold).
+
+Hand-kept lists (`measurements`, `mrtd`, `rtmr`) allow values register by register. A level with
+`measurements_from` also needs ONE release to vouch for the machine as a whole: every register
+one of its measurements names must equal that measurement (for TDX, a multiplatform release's
+RTMR1 and RTMR2 together; a hardware-measurements platform's MRTD and RTMR0 together), so values
+from two releases never combine. Releases of the two predicate types are separate requirements,
+each met by one release (Tinfoil's split: the hardware's firmware, the image's code). Hand-kept
+values still constrain such a level: a listed register must be in its list as well, so a list
+only narrows what the releases allow (a level whose lists no release can satisfy does not load);
+a register nothing names is left open, as without releases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from gateway.attestation.nvidia import GpuEvidence
-from gateway.attestation.releases import Release, ReleaseSource
+from gateway.attestation.releases import Measurement, Registers, Release, ReleaseSource
 from gateway.attestation.snp import VerifiedSnp
 from gateway.attestation.tdx import VerifiedTdx
 from gateway.attestation.tokens import ALLOWED_ALGORITHMS, VerifiedToken, claim
@@ -66,6 +77,7 @@ class TdxRequirements(Strict):
     mrtd: list[Hex48] = Field(default_factory=list)  # the TD's initial contents (firmware)
     rtmr: dict[Literal[0, 1, 2, 3], list[Hex48]] = Field(default_factory=dict)  # allow-lists
     mrseam: list[Hex48] = Field(default_factory=list)  # empty: any module Intel signed
+    # Intel's statuses, TDRelaunchAdvised(ConfigurationNeeded) included (attestation/tdx.py)
     tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
     qe_tcb_statuses: list[str] = Field(default_factory=lambda: ["UpToDate"])
     allow_debug: bool = False
@@ -139,41 +151,110 @@ class TrustLevel(Strict):
         return self
 
     def with_releases(self, releases: Sequence[Release]) -> TrustLevel:
-        """This level with the releases' measurements added to its allow-lists (a register
-        the level left open becomes limited to what the releases carry)."""
-        update: dict[str, Any] = {}
-        if self.sev_snp is not None:
-            snp = _union(self.sev_snp.measurements, (m for r in releases for m in r.snp))
-            if not snp:
-                raise ValueError("sev-snp: no measurement listed, and no release carries one")
-            update["sev_snp"] = self.sev_snp.model_copy(update={"measurements": snp})
-        if self.tdx is not None:
-            mrtd = _union(self.tdx.mrtd, (m for r in releases for m in r.mrtd))
-            if not mrtd:
-                raise ValueError("tdx: no mrtd listed, and no release carries one (a "
-                                 "hardware-measurements bundle does)")
-            rtmr: dict[int, list[str]] = dict(self.tdx.rtmr.items())
-            for index, value in ((i, v) for r in releases for i, v in r.rtmr):
-                rtmr[index] = _union(rtmr.get(index, []), [value])
-            update["tdx"] = self.tdx.model_copy(update={"mrtd": mrtd, "rtmr": rtmr})
-        level = self.model_copy(update=update)
+        """This level resting on the verified releases its measurements_from names."""
+        tee, wanted = ("sev-snp", "snp") if self.sev_snp is not None else ("tdx", "mrtd")
+        if self.sev_snp is None and self.tdx is None:
+            raise ValueError("measurements_from needs sev-snp or tdx in the level")
+        if not any(r.for_tee(tee) for r in releases):
+            raise ValueError(f"{tee}: no release in measurements_from measures {tee}")
+        if wanted not in _listed(self) and not any(r.carries(tee, wanted) for r in releases):
+            raise ValueError("sev-snp: no measurement listed, and no release carries one"
+                             if tee == "sev-snp" else "tdx: no mrtd listed, and no release "
+                             "carries one (a hardware-measurements bundle does)")
+        for kind in dict.fromkeys(r.predicate_type for r in releases if r.for_tee(tee)):
+            if not any(_within(m, _listed(self)) for r in releases
+                       if r.predicate_type == kind for m in r.for_tee(tee)):
+                raise ValueError(f"{tee}: the hand-kept lists allow no measurement of the "
+                                 f"{kind.rsplit('/', 2)[-2]} releases: the level could never "
+                                 "be met")
+        level = self.model_copy()
         level._releases = tuple(releases)
         return level
 
-    def release_of(self, measurement: str) -> Release | None:
-        """The verified release a measurement value came from, if one did."""
-        return next((r for r in self._releases if r.measures(measurement)), None)
+    @property
+    def releases(self) -> tuple[Release, ...]:
+        return self._releases
+
+    def releases_matched(self, tee: str, measured: Registers
+                         ) -> list[tuple[Release, Measurement]] | None:
+        """For each predicate type among the releases measuring this TEE, the first release
+        one of whose measurements the registers match whole; None when a type has none (or
+        the level's measurements_from was never verified)."""
+        if self.measurements_from and not self._releases:
+            return None
+        matched = []
+        for kind in dict.fromkeys(r.predicate_type for r in self._releases if r.for_tee(tee)):
+            found = next(((r, m) for r in self._releases if r.predicate_type == kind
+                          if (m := r.match(tee, measured)) is not None), None)
+            if found is None:
+                return None
+            matched.append(found)
+        return matched
+
+    def release_problems(self, tee: str, measured: Registers) -> list[str]:
+        if not self.measurements_from:
+            return []
+        if self.releases_matched(tee, measured) is not None:
+            return []
+        if not self._releases:
+            return ["measurements_from was not verified"]
+        names = sorted({name for r in self._releases for m in r.for_tee(tee)
+                        for name, _ in m.registers})
+        shown = ", ".join(f"{name.upper()} {measured.get(name, '')[:16]}..." for name in names)
+        return [f"no one signed release measures {shown} as a whole"]
+
+    def release_labels(self, tee: str, measured: Registers) -> list[str]:
+        """The releases the verdict rests on, by name (a hardware platform named too)."""
+        return [release.label + (f", platform {m.platform}" if m.platform else "")
+                for release, m in self.releases_matched(tee, measured) or []]
 
 
-def _union(listed: Iterable[str], more: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys([*listed, *more]))
+def _listed(level: TrustLevel) -> dict[str, list[str]]:
+    """The registers the hand-kept lists constrain, as snp_problems and tdx_problems read them
+    (an empty `measurements` or `mrtd` constrains nothing; an RTMR listed empty allows none)."""
+    snp = level.sev_snp.measurements if level.sev_snp is not None else []
+    tdx = level.tdx or TdxRequirements()
+    return {**({"snp": snp} if snp else {}), **({"mrtd": tdx.mrtd} if tdx.mrtd else {}),
+            **{f"rtmr{i}": v for i, v in tdx.rtmr.items()}}
+
+
+def _within(measurement: Measurement, listed: dict[str, list[str]]) -> bool:
+    return all(name not in listed or value in listed[name]
+               for name, value in measurement.registers)
+
+
+def snp_registers(verified: VerifiedSnp) -> dict[str, str]:
+    return {"snp": verified.report.measurement.hex()}
+
+
+def tdx_registers(verified: VerifiedTdx) -> dict[str, str]:
+    report = verified.quote.report
+    return {"mrtd": report.mrtd.hex(),
+            **{f"rtmr{i}": value.hex() for i, value in enumerate(report.rtmrs)}}
+
+
+def level_snp_problems(verified: VerifiedSnp, level: TrustLevel) -> list[str]:
+    """The report against the level's sev-snp requirements and its signed releases."""
+    if level.sev_snp is None:
+        return ["the level lists no sev-snp requirements"]
+    return snp_problems(verified, level.sev_snp) + \
+        level.release_problems("sev-snp", snp_registers(verified))
+
+
+def level_tdx_problems(verified: VerifiedTdx, level: TrustLevel) -> list[str]:
+    """The quote against the level's tdx requirements and its signed releases."""
+    if level.tdx is None:
+        return ["the level lists no tdx requirements"]
+    return tdx_problems(verified, level.tdx) + \
+        level.release_problems("tdx", tdx_registers(verified))
 
 
 def snp_problems(verified: VerifiedSnp, wanted: SnpRequirements) -> list[str]:
     """Everything about the report that the level does not accept (empty: it meets it)."""
     report = verified.report
     problems = []
-    if report.measurement.hex() not in wanted.measurements:
+    # empty only beside measurements_from (TrustLevel's validator): the releases decide then
+    if wanted.measurements and report.measurement.hex() not in wanted.measurements:
         problems.append(f"measurement {report.measurement.hex()} is not allowed")
     if verified.product not in wanted.products:
         problems.append(f"product {verified.product} is not allowed")
@@ -196,7 +277,7 @@ def snp_problems(verified: VerifiedSnp, wanted: SnpRequirements) -> list[str]:
 def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
     report = verified.quote.report
     problems = []
-    if report.mrtd.hex() not in wanted.mrtd:
+    if wanted.mrtd and report.mrtd.hex() not in wanted.mrtd:  # empty: as for SNP above
         problems.append(f"MRTD {report.mrtd.hex()} is not allowed")
     for index, allowed in sorted(wanted.rtmr.items()):
         if report.rtmrs[index].hex() not in allowed:
@@ -206,6 +287,9 @@ def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
     if verified.tcb_status not in wanted.tcb_statuses:
         module = verified.module
         problems.append(
+            f"TCB status {verified.tcb_status} is not accepted (launched under TDX module "
+            f"{module.identity} {module.tcb_status}, since updated: relaunch the TD)"
+            if verified.relaunch_advised else
             f"platform TCB status {verified.tcb_status} is not accepted"
             if verified.tcb_status == verified.platform_tcb_status else
             f"TCB status {verified.tcb_status} is not accepted (platform "

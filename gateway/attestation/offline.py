@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.attestation.levels import TrustLevel, gpu_problems, snp_problems, tdx_problems
+from gateway.attestation.levels import (
+    TrustLevel,
+    gpu_problems,
+    level_snp_problems,
+    level_tdx_problems,
+    snp_registers,
+    tdx_registers,
+)
 from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
 from gateway.attestation.offline_revocation import (
     gpu_revocation,
@@ -96,10 +103,11 @@ def _tdx(raw: bytes, collateral: Path | None, when: datetime, wanted: Wanted | N
     revocation = tdx_revocation(endorsed)
 
     def problems(level: TrustLevel) -> list[str] | None:
-        return tdx_problems(verified, level.tdx) if level.tdx else None
+        return level_tdx_problems(verified, level) if level.tdx else None
 
     return _judged({**verified.values(), **revocation.values()},
-                   verified.quote.report.report_data, when, wanted, problems)
+                   verified.quote.report.report_data, when, wanted, problems,
+                   releases=lambda level: level.release_labels("tdx", tdx_registers(verified)))
 
 
 def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
@@ -154,15 +162,18 @@ def _snp(raw: bytes, vcek: Path | None, when: datetime, wanted: Wanted | None,
         return Outcome(False, reasons=[str(exc)])
 
     def problems(level: TrustLevel) -> list[str] | None:
-        return snp_problems(verified, level.sev_snp) if level.sev_snp else None
+        return level_snp_problems(verified, level) if level.sev_snp else None
 
     return _judged({**verified.values(), **revocation.values()},
-                   verified.report.report_data, when, wanted, problems)
+                   verified.report.report_data, when, wanted, problems,
+                   releases=lambda level: level.release_labels("sev-snp", snp_registers(verified)))
 
 
 def _judged(values: dict[str, object], report_data: bytes, when: datetime,
-            wanted: Wanted | None, problems: Callable[[TrustLevel], list[str] | None]) -> Outcome:
-    """Verified evidence, and when asked, whether it meets the trust level."""
+            wanted: Wanted | None, problems: Callable[[TrustLevel], list[str] | None], *,
+            releases: Callable[[TrustLevel], list[str]] = lambda level: []) -> Outcome:
+    """Verified evidence, and when asked, whether it meets the trust level (and which signed
+    release vouches for its measurement)."""
     outcome = Outcome(True, {**values, "report_data": report_data.hex(),
                              "verified_at": when.isoformat()})
     if wanted is None:
@@ -171,11 +182,9 @@ def _judged(values: dict[str, object], report_data: bytes, when: datetime,
     if found is None:
         return Outcome(False, outcome.values, [f"policy has no trust level {wanted.name!r} for "
                                                f"{values['format']} evidence"])
-    level = wanted.level
-    releases = {r.label for v in values.values() if level is not None
-                and isinstance(v, str) and (r := level.release_of(v)) is not None}
-    if releases:  # the measurement is allowed because a verified release carries it
-        outcome.values["measurement_from"] = ", ".join(sorted(releases))
+    named = releases(wanted.level) if wanted.level is not None else []
+    if named:  # the measurement is allowed because one verified release carries it whole
+        outcome.values["measurement_from"] = ", ".join(named)
     outcome.reasons, outcome.ok = found, not found
     outcome.values["trust_level"] = f"{wanted.name}: {'met' if outcome.ok else 'not met'}"
     return outcome

@@ -1,6 +1,6 @@
 """Launch measurements from signed releases: a trust level's `measurements_from` names Sigstore
-bundles that a release workflow published, and the measurements they carry join the level's
-allow-lists, so approving an image means pinning who builds it rather than copying digests.
+bundles that a release workflow published, and a machine must be measured as one of them says,
+so approving an image means pinning who builds it rather than copying digests.
 
     measurements_from:
       - bundle: releases/v1.4.2.sigstore.json      # relative to the policy file
@@ -12,6 +12,12 @@ allow-lists, so approving an image means pinning who builds it rather than copyi
         # issuer: https://token.actions.githubusercontent.com
         # predicate_type: https://tinfoil.sh/predicate/snp-tdx-multiplatform/v1
         # trusted_root: sigstore/trusted_root.json  # default: the public-good root sigstore ships
+
+A release vouches for its measurements as a whole: a TDX quote meets it only when every register
+one of its measurements names (RTMR1 and RTMR2 of a multiplatform release, MRTD and RTMR0 of one
+platform of a hardware-measurements release) equals that measurement's value, so registers from
+two releases (or two platforms) never combine into a set that no release produced
+(`TrustLevel.release_problems`, gateway/attestation/levels.py).
 
 A bundle counts only when the real `sigstore` verifier accepts it offline against a pinned
 trust root: the Fulcio chain at the logged time, the embedded SCT, the signer's identity (OIDC
@@ -27,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -84,6 +91,22 @@ class ReleaseSource(BaseModel):
         return f"https://github.com/{self.repository}/{self.workflow}@"
 
 
+Registers = Mapping[str, str]  # "snp", "mrtd", "rtmr0".."rtmr3" -> the value, lowercase hex
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One set of register values a release signed together, for one kind of TEE: all of them
+    must match for the release to vouch for the machine."""
+
+    tee: Literal["sev-snp", "tdx"]
+    registers: tuple[tuple[str, str], ...]  # (register, value)
+    platform: str | None = None  # the hardware-measurements entry it came from
+
+    def matches(self, measured: Registers) -> bool:
+        return all(measured.get(name) == value for name, value in self.registers)
+
+
 @dataclass(frozen=True)
 class Release:
     """What one verified bundle vouches for, and where it came from."""
@@ -96,17 +119,23 @@ class Release:
     integrated_time: int | None
     bundle: str
     bundle_sha256: str
-    snp: tuple[str, ...] = ()
-    mrtd: tuple[str, ...] = ()
-    rtmr: tuple[tuple[int, str], ...] = ()  # (register, value)
+    predicate_type: str = MULTIPLATFORM
+    measurements: tuple[Measurement, ...] = ()
 
     @property
     def label(self) -> str:
         return (f"release {self.repository}@{self.ref.removeprefix('refs/tags/')} "
                 f"(log index {self.log_index})")
 
-    def measures(self, value: str) -> bool:
-        return value in self.snp or value in self.mrtd or any(v == value for _, v in self.rtmr)
+    def for_tee(self, tee: str) -> list[Measurement]:
+        return [m for m in self.measurements if m.tee == tee]
+
+    def carries(self, tee: str, register: str) -> bool:
+        return any(name == register for m in self.for_tee(tee) for name, _ in m.registers)
+
+    def match(self, tee: str, measured: Registers) -> Measurement | None:
+        """The one measurement of this release the machine's registers all equal, if any."""
+        return next((m for m in self.for_tee(tee) if m.matches(measured)), None)
 
 
 def verify_release(source: ReleaseSource, base: Path) -> Release:
@@ -127,7 +156,8 @@ def verify_release(source: ReleaseSource, base: Path) -> Release:
         commit=_extension(cert, SOURCE_DIGEST_OID, WORKFLOW_SHA_OID),
         log_index=int(entry.log_index),
         integrated_time=int(entry.integrated_time) if entry.integrated_time else None,
-        bundle=str(path), bundle_sha256="sha256:" + hashlib.sha256(raw).hexdigest(), **found)
+        bundle=str(path), bundle_sha256="sha256:" + hashlib.sha256(raw).hexdigest(),
+        predicate_type=source.predicate_type, measurements=found)
 
 
 def _read(path: Path) -> bytes:
@@ -274,25 +304,29 @@ def _extension(cert: Certificate, *oids: str) -> str | None:
 
 
 def _measurements(statement: dict[str, Any], predicate_type: str,
-                  path: Path) -> dict[str, Any]:
+                  path: Path) -> tuple[Measurement, ...]:
     predicate = statement.get("predicate")
     if not isinstance(predicate, dict):
         raise EvidenceError(f"{path}: the statement has no predicate")
     if predicate_type == MULTIPLATFORM:
         tdx = predicate.get("tdx_measurement")
         tdx = tdx if isinstance(tdx, dict) else {}
-        return {"snp": (_hex48(predicate.get("snp_measurement"), "snp_measurement", path),),
-                "rtmr": ((1, _hex48(tdx.get("rtmr1"), "tdx_measurement.rtmr1", path)),
-                         (2, _hex48(tdx.get("rtmr2"), "tdx_measurement.rtmr2", path)))}
-    mrtd, rtmr0 = [], []
+        snp = _hex48(predicate.get("snp_measurement"), "snp_measurement", path)
+        return (Measurement("sev-snp", (("snp", snp),)),
+                Measurement("tdx", (("rtmr1", _hex48(tdx.get("rtmr1"), "tdx_measurement.rtmr1",
+                                                     path)),
+                                    ("rtmr2", _hex48(tdx.get("rtmr2"), "tdx_measurement.rtmr2",
+                                                     path)))))
+    platforms = []
     for platform, values in sorted(predicate.items()):
         if not isinstance(values, dict):
             raise EvidenceError(f"{path}: platform {platform!r} has no measurements")
-        mrtd.append(_hex48(values.get("mrtd"), f"{platform}.mrtd", path))
-        rtmr0.append((0, _hex48(values.get("rtmr0"), f"{platform}.rtmr0", path)))
-    if not mrtd:
+        platforms.append(Measurement("tdx", (
+            ("mrtd", _hex48(values.get("mrtd"), f"{platform}.mrtd", path)),
+            ("rtmr0", _hex48(values.get("rtmr0"), f"{platform}.rtmr0", path))), str(platform)))
+    if not platforms:
         raise EvidenceError(f"{path}: the predicate lists no platform")
-    return {"mrtd": tuple(mrtd), "rtmr": tuple(rtmr0)}
+    return tuple(platforms)
 
 
 def _hex48(value: object, name: str, path: Path) -> str:

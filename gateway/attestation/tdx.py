@@ -21,6 +21,22 @@ TEE_TCB_SVN[0] its SVN. Version 0 is checked against `tdxModule` alone; a later 
 module's status, and the platform's levels then skip those two bytes. The verdict's status is the
 two converged the way Intel's QVL does it: a revoked module revokes, an out-of-date one makes an
 up-to-date platform out of date.
+
+TD relaunch (TDX module 1.5+, Intel's QVL TDRelaunchCheck, quote verification step 4.1.2.4.17.4.3):
+after TD-preserving module updates a TD keeps running on a newer module than the one it was
+launched under. Its TD report 1.5 body (a v5 quote, body type 3) carries both: TEE_TCB_SVN is
+the one the TD was launched under (all the checks above read it), TEE_TCB_SVN2 the one running
+now. When the quoting enclave is not out of date, revoked or unsupported, the SGX part of the
+platform is UpToDate, SWHardeningNeeded, ConfigurationNeeded or ConfigurationAndSWHardeningNeeded,
+the status is OutOfDate or OutOfDateConfigurationNeeded and the launch module is OutOfDate, the
+running module is compared with Intel's latest: its SVN (TEE_TCB_SVN2[0]) against the newest
+isvsvn of the identity its major version (TEE_TCB_SVN2[1]) names (for version 0, against the
+newest TCB level's first TDX component), and TEE_TCB_SVN2[2] against that level's third. At or
+above both, the status is `TDRelaunchAdvised` (`TDRelaunchAdvisedConfigurationNeeded` when a
+configuration is needed): relaunching the TD would bring it up to date. Otherwise it stays
+OutOfDate. A running module whose major version Intel does not list is refused (QVL's
+TDX_MODULE_MISMATCH); one whose identity lists no level is TcbNotSupported. "Newest TCB level"
+is the first Intel lists (PCS lists them newest first; the platform's match reads them so too).
 """
 
 from __future__ import annotations
@@ -60,6 +76,11 @@ SGX_EXTENSIONS_OID = "1.2.840.113741.1.13.1"
 TD_ATTRIBUTES_DEBUG = 1 << 0
 TCB_NOT_SUPPORTED = "TcbNotSupported"  # below every level Intel lists: only a policy can accept
 MODULE_STATUSES = ("UpToDate", "OutOfDate", "Revoked")  # what a module's tcbLevels may say
+BODY_TD_REPORT15 = 3  # v5 body type of a TD report 1.5 (TDX module 1.5+): has TEE_TCB_SVN2
+RELAUNCH_ADVISED = "TDRelaunchAdvised"
+RELAUNCH_ADVISED_CONFIGURATION = "TDRelaunchAdvisedConfigurationNeeded"
+_CONFIGURATION_NEEDED = ("ConfigurationNeeded", "OutOfDateConfigurationNeeded",
+                         "ConfigurationAndSWHardeningNeeded", RELAUNCH_ADVISED_CONFIGURATION)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,7 @@ class TdReport:
     mrownerconfig: bytes
     rtmrs: tuple[bytes, bytes, bytes, bytes]
     report_data: bytes
+    tee_tcb_svn2: bytes | None = None  # TD report 1.5: the TDX module running now
 
     @property
     def debug(self) -> bool:
@@ -109,7 +131,7 @@ def parse_quote(raw: bytes) -> TdxQuote:
         body_type, body_size = struct.unpack("<HI", reader.take(6))
         if (body_type, body_size) not in ((2, BODY_V4_SIZE), (3, BODY_15_SIZE)):
             raise EvidenceError(f"tdx: unknown v5 body type {body_type} of {body_size} bytes")
-    report = _td_report(reader.take(body_size))
+    report = _td_report(reader.take(body_size), body_size == BODY_15_SIZE)
     signed = raw[:reader.offset]
     (signature_size,) = struct.unpack("<I", reader.take(4))
     signature_data = _Reader(reader.take(signature_size))
@@ -134,7 +156,7 @@ def parse_quote(raw: bytes) -> TdxQuote:
                     qe_report_signature, qe_auth_data, chain)
 
 
-def _td_report(body: bytes) -> TdReport:
+def _td_report(body: bytes, td15: bool) -> TdReport:
     def field(offset: int, size: int) -> bytes:
         return body[offset:offset + size]
 
@@ -145,7 +167,7 @@ def _td_report(body: bytes) -> TdReport:
         td_attributes=int.from_bytes(field(120, 8), "little"),
         xfam=int.from_bytes(field(128, 8), "little"), mrtd=field(136, 48),
         mrconfigid=field(184, 48), mrowner=field(232, 48), mrownerconfig=field(280, 48),
-        rtmrs=rtmrs, report_data=field(520, 64))
+        rtmrs=rtmrs, report_data=field(520, 64), tee_tcb_svn2=field(584, 16) if td15 else None)
 
 
 @dataclass(frozen=True)
@@ -176,6 +198,7 @@ class VerifiedTdx:
     next_update: datetime  # the earliest of the collateral's and its CRLs'
     platform_tcb_status: str  # from TCB Info's tcbLevels alone
     module: TdxModuleStatus
+    relaunch_advised: bool = False  # TEE_TCB_SVN2 is current: the status says TDRelaunchAdvised
 
     def values(self) -> dict[str, Any]:
         report = self.quote.report
@@ -188,7 +211,9 @@ class VerifiedTdx:
                 "rtmr0": report.rtmrs[0].hex(), "rtmr1": report.rtmrs[1].hex(),
                 "rtmr2": report.rtmrs[2].hex(), "rtmr3": report.rtmrs[3].hex(),
                 "mrconfigid": report.mrconfigid.hex(), "debug": report.debug,
-                "tee_tcb_svn": report.tee_tcb_svn.hex()}
+                "tee_tcb_svn": report.tee_tcb_svn.hex(),
+                **({"tee_tcb_svn2": report.tee_tcb_svn2.hex()}
+                   if report.tee_tcb_svn2 is not None else {})}
 
 
 def pck_fmspc(quote: TdxQuote) -> bytes:
@@ -297,8 +322,13 @@ def verify_quote(raw: bytes, collateral: Collateral, *, at: datetime,
     module = _module_status(tcb_info, quote.report)
     platform = _platform_status(tcb_info, extensions, quote.report)
     qe_status = _qe_status(identity, quote.qe_report)
-    return VerifiedTdx(quote, fmspc, _converge(platform, module.tcb_status), qe_status,
-                       min(tcb_next, qe_next, *crls_next), platform, module)
+    launched = _converge(platform, module.tcb_status)
+    status = launched if quote.report.tee_tcb_svn2 is None else _relaunch_status(
+        tcb_info, quote.report.tee_tcb_svn2, sgx=_sgx_status(tcb_info, extensions),
+        tdx=launched, module=module.tcb_status, qe=qe_status)
+    advised = status in (RELAUNCH_ADVISED, RELAUNCH_ADVISED_CONFIGURATION)
+    return VerifiedTdx(quote, fmspc, status, qe_status, min(tcb_next, qe_next, *crls_next),
+                       platform, module, relaunch_advised=advised)
 
 
 def _verify_chain(chain: Sequence[x509.Certificate], root: x509.Certificate, at: datetime,
@@ -369,6 +399,59 @@ def _platform_status(tcb_info: Mapping[str, Any], extensions: Mapping[str, Any],
                                                            tdx[skip:], strict=False)):
             return str(level["tcbStatus"])
     return TCB_NOT_SUPPORTED
+
+
+def _sgx_status(tcb_info: Mapping[str, Any], extensions: Mapping[str, Any]) -> str:
+    """The first TCB level the platform's SGX part (CPU SVN, PCE SVN) alone is at or above."""
+    for level in tcb_info.get("tcbLevels", []):
+        tcb = level["tcb"]
+        sgx = [c["svn"] for c in tcb["sgxtcbcomponents"]]
+        if all(have >= need for have, need in zip(extensions["cpusvn"], sgx, strict=False)) \
+                and extensions["pcesvn"] >= tcb["pcesvn"]:
+            return str(level["tcbStatus"])
+    return TCB_NOT_SUPPORTED
+
+
+def _relaunch_status(tcb_info: Mapping[str, Any], svn2: bytes, *, sgx: str, tdx: str,
+                     module: str, qe: str) -> str:
+    """`tdx` (the status at launch), or TDRelaunchAdvised when the module running now is
+    Intel's latest and relaunching would cure it (the module docstring says when)."""
+    if qe in ("OutOfDate", "Revoked", TCB_NOT_SUPPORTED) or sgx not in (
+            "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded",
+            "ConfigurationAndSWHardeningNeeded") \
+            or tdx not in ("OutOfDate", "OutOfDateConfigurationNeeded") or module != "OutOfDate":
+        return tdx
+    try:
+        current = _running_is_latest(tcb_info, svn2)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise EvidenceError("tdx: TCB Info's levels are malformed") from None
+    if current is None:
+        return TCB_NOT_SUPPORTED
+    if not current:
+        return tdx
+    return RELAUNCH_ADVISED_CONFIGURATION if sgx in _CONFIGURATION_NEEDED \
+        or tdx in _CONFIGURATION_NEEDED else RELAUNCH_ADVISED
+
+
+def _running_is_latest(tcb_info: Mapping[str, Any], svn2: bytes) -> bool | None:
+    """Whether TEE_TCB_SVN2 is at Intel's newest module SVN and newest TDX component 2 (None:
+    Intel lists no level to compare with)."""
+    levels = tcb_info.get("tcbLevels") or []
+    if not levels:
+        return None
+    latest = [int(c["svn"]) for c in levels[0]["tcb"]["tdxtcbcomponents"]]
+    if svn2[1] == 0:
+        return svn2[0] >= latest[0] and svn2[2] >= latest[2]
+    name = f"TDX_{svn2[1]:02X}"
+    running = next((m for m in tcb_info.get("tdxModuleIdentities") or []
+                    if isinstance(m, dict) and str(m.get("id", "")).upper() == name), None)
+    if running is None:
+        raise EvidenceError(f"tdx: TCB Info lists no TDX module identity {name} for the module "
+                            "the TD runs on now (TEE_TCB_SVN2)")
+    if not running.get("tcbLevels"):
+        return None
+    newest = max(int(level["tcb"]["isvsvn"]) for level in running["tcbLevels"])
+    return svn2[0] >= newest and svn2[2] >= latest[2]
 
 
 def _module_status(tcb_info: Mapping[str, Any], report: TdReport) -> TdxModuleStatus:

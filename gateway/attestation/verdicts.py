@@ -20,8 +20,10 @@ from gateway.attestation.levels import (
     RimSource,
     TrustLevel,
     gpu_problems,
-    snp_problems,
-    tdx_problems,
+    level_snp_problems,
+    level_tdx_problems,
+    snp_registers,
+    tdx_registers,
     token_problems,
 )
 from gateway.attestation.nvidia import GpuEvidence
@@ -47,14 +49,14 @@ def verdicts(evidence: Evidence, levels: Levels, keys: KeySets, now: float,
 
 def releases_behind(evidence: Evidence, levels: Levels,
                     met: Mapping[tuple[str, str], float]) -> list[str]:
-    """The signed releases (measurements_from) that vouch for a measurement of this evidence in
-    a level it meets: what the verdict rests on besides the hardware, for the log."""
-    measured = [evidence.snp.report.measurement.hex()] if evidence.snp else []
+    """The signed releases (measurements_from) whose measurement this evidence matched as a
+    whole in a level it meets: what the verdict rests on besides the hardware, for the log."""
+    measured = [("sev-snp", snp_registers(evidence.snp))] if evidence.snp else []
     if evidence.tdx is not None:
-        report = evidence.tdx.quote.report
-        measured += [report.mrtd.hex(), *(rtmr.hex() for rtmr in report.rtmrs)]
-    return sorted({release.label for policy, name, level in levels if (policy, name) in met
-                   for value in measured if (release := level.release_of(value)) is not None})
+        measured.append(("tdx", tdx_registers(evidence.tdx)))
+    return sorted({label for policy, name, level in levels if (policy, name) in met
+                   for tee, registers in measured
+                   for label in level.release_labels(tee, registers)})
 
 
 def key_set_urls(levels: Levels) -> set[str]:
@@ -99,10 +101,10 @@ def level_met(evidence: Evidence, level: TrustLevel, keys: KeySets, now: float,
 
 def _hardware_meets(evidence: Evidence, level: TrustLevel) -> bool:
     if level.sev_snp is not None and (
-            evidence.snp is None or snp_problems(evidence.snp, level.sev_snp)):
+            evidence.snp is None or level_snp_problems(evidence.snp, level)):
         return False
     if level.tdx is not None and (
-            evidence.tdx is None or tdx_problems(evidence.tdx, level.tdx)):
+            evidence.tdx is None or level_tdx_problems(evidence.tdx, level)):
         return False
     return level.nvidia_gpu is None or (
         evidence.gpu is not None and not gpu_problems(evidence.gpu, level.nvidia_gpu))

@@ -64,8 +64,11 @@ def load_policy(path: str | Path, plugin_entities: PluginEntities | None = None
     policy, issues = _with_releases(policy, chain)
     if issues:
         raise ConfigError(issues)
-    digest = "sha256:" + hashlib.sha256(
-        orjson.dumps(policy.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    released = {name: [r.bundle_sha256 for r in level.releases]  # a new release: a new digest
+                for name, level in policy.trust_levels.items() if level.releases}
+    digest = "sha256:" + hashlib.sha256(orjson.dumps(
+        policy.model_dump(mode="json") | ({"releases": released} if released else {}),
+        option=orjson.OPT_SORT_KEYS)).hexdigest()
     return LoadedPolicy(policy, tuple(d.file for d in chain), digest)
 
 

@@ -112,11 +112,11 @@ def test_a_bundle_url_is_fetched_once_and_kept_only_when_it_verifies(tmp_path: P
         assert not cached.exists()  # a bundle that does not verify is not kept
         answer["body"] = good
         level = load_policy(path).policy.trust_levels[LEVEL]
-        assert level.release_of(MEASUREMENT.hex()) is not None
+        assert level.release_labels("sev-snp", {"snp": MEASUREMENT.hex()})
         assert json.loads(cached.read_text()) == good
         assert len(served) == 2
     level = load_policy(path).policy.trust_levels[LEVEL]  # the server is gone: the file is kept
-    assert level.release_of(MEASUREMENT.hex()) is not None
+    assert level.release_labels("sev-snp", {"snp": MEASUREMENT.hex()})
     assert len(served) == 2
     cached.unlink()
     with pytest.raises(ConfigError, match="cannot fetch the bundle"):

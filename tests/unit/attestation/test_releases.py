@@ -13,24 +13,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sigstore.errors import VerificationError
 from sigstore.models import Bundle
 from sigstore.verify import Verifier
 
-from gateway.attestation.levels import TrustLevel, snp_problems
+from gateway.attestation.evidence import Evidence
+from gateway.attestation.levels import TrustLevel, level_snp_problems, level_tdx_problems
 from gateway.attestation.offline import Wanted, verify_evidence_file
 from gateway.attestation.releases import (
     HARDWARE,
+    Measurement,
     ReleaseSource,
     WorkflowIdentity,
     trusted_root,
     verify_release,
 )
 from gateway.attestation.snp import Tcb, verify_report
+from gateway.attestation.tdx import VerifiedTdx, collateral_from_json, verify_quote
+from gateway.attestation.verdicts import releases_behind
 from gateway.cli import main
 from gateway.errors import ConfigError, EvidenceError
 from gateway.policy.loader import load_policy
-from tests.attestation_ca import MEASUREMENT, Vendors, snp_report
+from tests.attestation_ca import MEASUREMENT, MRTD, Vendors, snp_report
 from tests.sigstore_instance import PrivateSigstore, Workflow, multiplatform_statement
 from tests.unit.attestation.test_verifier import LEVEL, POLICY, document, world
 from tests.unit.test_startup_progress import events
@@ -78,7 +83,8 @@ def test_a_release_bundle_verifies_offline_and_says_where_it_came_from(
         sigstore: PrivateSigstore, tmp_path: Path) -> None:
     path = write(tmp_path, good(sigstore), sigstore)
     release = verify_release(source(), tmp_path)
-    assert (release.snp, release.rtmr) == ((SNP,), ((1, RTMR1), (2, RTMR2)))
+    assert release.measurements == (Measurement("sev-snp", (("snp", SNP),)),
+                                    Measurement("tdx", (("rtmr1", RTMR1), ("rtmr2", RTMR2))))
     assert release.label == RELEASE
     assert (release.ref, release.commit) == ("refs/tags/v1.4.2", "a" * 40)
     assert release.integrated_time == int(datetime.datetime(
@@ -193,11 +199,13 @@ def test_hardware_measurements_give_mrtd_and_rtmr0(sigstore: PrivateSigstore,
                  "predicate": {"genoa-h100": {"mrtd": "AB" * 48, "rtmr0": "cd" * 48}}}
     write(tmp_path, sigstore.bundle(statement), sigstore)
     release = verify_release(source(predicate_type=HARDWARE), tmp_path)
-    assert (release.mrtd, release.rtmr) == (("ab" * 48,), ((0, "cd" * 48),))
+    assert release.measurements == (
+        Measurement("tdx", (("mrtd", "ab" * 48), ("rtmr0", "cd" * 48)), "genoa-h100"),)
     level = TrustLevel.model_validate({"tdx": {}, "measurements_from": [
         source(predicate_type=HARDWARE).model_dump()]}).with_releases([release])
-    assert level.tdx is not None
-    assert (level.tdx.mrtd, level.tdx.rtmr) == (["ab" * 48], {0: ["cd" * 48]})
+    assert level.releases == (release,)
+    assert level.release_labels("tdx", {"mrtd": "ab" * 48, "rtmr0": "cd" * 48}) == [
+        f"{RELEASE}, platform genoa-h100"]
 
 
 def test_a_level_without_measurements_needs_measurements_from() -> None:
@@ -224,7 +232,7 @@ def test_a_policy_takes_measurements_from_the_release(sigstore: PrivateSigstore,
     write(tmp_path, good(sigstore), sigstore)
     level = load_policy(policy(tmp_path)).policy.trust_levels["released-cpu"]
     assert level.sev_snp is not None
-    assert level.sev_snp.measurements == [SNP]
+    assert level.sev_snp.measurements == []  # the release decides, not a copied list
     vendors = Vendors()
     tcb = Tcb(bootloader=3, tee=0, snp=8, microcode=115)
     key, vcek = vendors.amd.vcek(tcb)
@@ -232,12 +240,10 @@ def test_a_policy_takes_measurements_from_the_release(sigstore: PrivateSigstore,
     released = verify_report(snp_report(key, measurement=bytes.fromhex(SNP)), vcek, at=at,
                              roots=vendors.amd.roots)
     other = verify_report(snp_report(key), vcek, at=at, roots=vendors.amd.roots)
-    assert snp_problems(released, level.sev_snp) == []
-    assert snp_problems(other, level.sev_snp) == [
-        f"measurement {other.report.measurement.hex()} is not allowed"]
-    release = level.release_of(SNP)
-    assert release is not None
-    assert release.label == RELEASE
+    assert level_snp_problems(released, level) == []
+    assert level_snp_problems(other, level) == [
+        f"no one signed release measures SNP {other.report.measurement.hex()[:16]}... as a whole"]
+    assert level.release_labels("sev-snp", {"snp": SNP}) == [RELEASE]
 
     report, cert = tmp_path / "report.bin", tmp_path / "vcek.der"
     report.write_bytes(snp_report(key, measurement=bytes.fromhex(SNP)))
@@ -248,13 +254,19 @@ def test_a_policy_takes_measurements_from_the_release(sigstore: PrivateSigstore,
     assert outcome.values["measurement_from"] == RELEASE
 
 
-def test_a_hand_kept_list_and_a_release_add_up(sigstore: PrivateSigstore, tmp_path: Path) -> None:
+def test_a_hand_kept_list_narrows_what_the_releases_allow(sigstore: PrivateSigstore,
+                                                          tmp_path: Path) -> None:
+    """Beside measurements_from a hand-kept value still constrains: a measurement must be both
+    listed and signed, and a list no release can satisfy makes the level invalid."""
     write(tmp_path, good(sigstore), sigstore)
-    level = load_policy(policy(tmp_path, {"measurements": ["77" * 48]})).policy \
+    with pytest.raises(ConfigError, match="the hand-kept lists allow no measurement of the "
+                                          "snp-tdx-multiplatform releases"):
+        load_policy(policy(tmp_path, {"measurements": ["77" * 48]}))
+    level = load_policy(policy(tmp_path, {"measurements": [SNP, "77" * 48]})).policy \
         .trust_levels["released-cpu"]
-    assert level.sev_snp is not None
-    assert level.sev_snp.measurements == ["77" * 48, SNP]
-    assert level.release_of("77" * 48) is None
+    assert level.release_problems("sev-snp", {"snp": SNP}) == []
+    assert level.release_problems("sev-snp", {"snp": "77" * 48}) == [
+        "no one signed release measures SNP 7777777777777777... as a whole"]
 
 
 def test_a_policy_naming_a_bundle_that_does_not_verify_does_not_load(
@@ -279,11 +291,14 @@ def test_a_policy_reload_verifies_the_bundle_again(sigstore: PrivateSigstore,
     reload (what is loaded is what verified)."""
     path = policy(tmp_path)
     write(tmp_path, good(sigstore), sigstore)
-    assert load_policy(path).policy.trust_levels["released-cpu"].release_of(SNP) is not None
+    first = load_policy(path)
+    assert first.policy.trust_levels["released-cpu"].release_labels("sev-snp", {"snp": SNP})
     write(tmp_path, good(sigstore, snp="99" * 48), sigstore)
-    level = load_policy(path).policy.trust_levels["released-cpu"]
-    assert level.sev_snp is not None
-    assert level.sev_snp.measurements == ["99" * 48]
+    loaded = load_policy(path)
+    level = loaded.policy.trust_levels["released-cpu"]
+    assert level.release_labels("sev-snp", {"snp": "99" * 48}) == [RELEASE]
+    assert level.release_labels("sev-snp", {"snp": SNP}) == []
+    assert loaded.digest != first.digest  # decisions say which release was in force
     forged = good(sigstore)
     _signature(forged)
     write(tmp_path, forged, sigstore)
@@ -362,3 +377,133 @@ def test_a_changed_shipped_root_is_refused(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(releases, "PUBLIC_GOOD_ROOT_SHA256", "0" * 64)
     with pytest.raises(EvidenceError, match=r"expected 0{64}"):
         releases.trusted_root(None, tmp_path)
+
+
+# -- one release as a whole (TDX) ----------------------------------------------------------
+
+A1, A2, B1, B2 = "a1" * 48, "a2" * 48, "b1" * 48, "b2" * 48
+RELEASE_A = "release veil-test/confidential-model@v1.0.0 (log index 41000006)"
+RELEASE_B = "release veil-test/confidential-model@v2.0.0 (log index 41000006)"
+TDX_AT = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+
+
+def tdx_level(sigstore: PrivateSigstore, directory: Path,
+              hardware: dict[str, dict[str, str]] | None = None,
+              tdx: dict[str, Any] | None = None) -> TrustLevel:
+    """A TDX level resting on two multiplatform releases (v1.0.0: RTMR1 A1, RTMR2 A2; v2.0.0:
+    B1, B2) and, given `hardware`, a hardware-measurements release with those platforms."""
+    (directory / "trusted_root.json").write_text(json.dumps(sigstore.trusted_root()))
+    releases = {"a": ("v1.0.0", multiplatform_statement(SNP, A1, A2)),
+                "b": ("v2.0.0", multiplatform_statement(SNP, B1, B2))}
+    if hardware is not None:
+        releases["hw"] = ("v0.9.0", {"_type": "https://in-toto.io/Statement/v1", "subject": [],
+                                     "predicateType": HARDWARE, "predicate": hardware})
+    for name, (tag, statement) in releases.items():
+        (directory / f"{name}.sigstore.json").write_text(json.dumps(sigstore.bundle(
+            statement, Workflow(ref=f"refs/tags/{tag}"))))
+    path = directory / "policy.yaml"
+    entries = [source(bundle=f"{name}.sigstore.json",
+                      **({"predicate_type": HARDWARE} if name == "hw" else {}))
+               .model_dump(exclude_none=True) for name in releases]
+    wanted = tdx if tdx is not None else {} if hardware else {"mrtd": [MRTD.hex()]}
+    path.write_text(yaml.safe_dump({"version": 1, "name": "releases", "trust_levels": {
+        "released-td": {"tdx": wanted, "measurements_from": entries}}}))  # RTMR keys: ints
+    return load_policy(path).policy.trust_levels["released-td"]
+
+
+def td(vendors: Vendors, mrtd: bytes = MRTD, **rtmrs: str) -> VerifiedTdx:
+    raw = vendors.intel.quote(mrtd=mrtd, rtmrs={int(k[-1]): bytes.fromhex(v)
+                                                for k, v in rtmrs.items()})
+    return verify_quote(raw, collateral_from_json(vendors.intel.collateral()), at=TDX_AT,
+                        root=vendors.intel.root)
+
+
+def named(verified: VerifiedTdx, level: TrustLevel) -> list[str]:
+    """The releases the gateway's `attested` line names for this quote meeting the level."""
+    evidence = Evidence(snp=None, tdx=verified, gpu=None, tokens=(), expected_nonce="",
+                        certificate_sha256=b"", verified_at=0.0, digest="")
+    return releases_behind(evidence, [("p", "released-td", level)],
+                           {("p", "released-td"): 1.0})
+
+
+def test_registers_from_two_releases_never_combine(sigstore: PrivateSigstore,
+                                                   tmp_path: Path) -> None:
+    """v1.0.0's RTMR1 with v2.0.0's RTMR2 is a machine no release built: refused, though each
+    register alone is some release's; each release's own quote meets the level, named."""
+    level = tdx_level(sigstore, tmp_path)
+    vendors = Vendors()
+    mixed = td(vendors, rtmr1=A1, rtmr2=B2)
+    assert level_tdx_problems(mixed, level) == [
+        f"no one signed release measures RTMR1 {A1[:16]}..., RTMR2 {B2[:16]}... as a whole"]
+    for rtmr1, rtmr2, release in ((A1, A2, RELEASE_A), (B1, B2, RELEASE_B)):
+        own = td(vendors, rtmr1=rtmr1, rtmr2=rtmr2)
+        assert level_tdx_problems(own, level) == []
+        assert named(own, level) == [release]
+    assert named(mixed, level) == []
+    assert level_tdx_problems(td(vendors, mrtd=bytes(48), rtmr1=A1, rtmr2=A2), level) == [
+        f"MRTD {'00' * 48} is not allowed"]  # the hand-kept MRTD still constrains
+
+
+def test_a_hardware_platform_counts_whole_and_beside_the_code_release(
+        sigstore: PrivateSigstore, tmp_path: Path) -> None:
+    """MRTD and RTMR0 must be one platform's; the code (RTMR1, RTMR2) one multiplatform
+    release's: two requirements, each met by one release, and the verdict names both."""
+    p, q = {"mrtd": MRTD.hex(), "rtmr0": "c0" * 48}, {"mrtd": "d0" * 48, "rtmr0": "d1" * 48}
+    level = tdx_level(sigstore, tmp_path, hardware={"platform-p": p, "platform-q": q})
+    vendors = Vendors()
+    whole = td(vendors, rtmr0=p["rtmr0"], rtmr1=B1, rtmr2=B2)
+    assert level_tdx_problems(whole, level) == []
+    hardware = "release veil-test/confidential-model@v0.9.0 (log index 41000006), platform " \
+        "platform-p"
+    assert named(whole, level) == sorted([RELEASE_B, hardware])
+    crossed = td(vendors, rtmr0=q["rtmr0"], rtmr1=B1, rtmr2=B2)  # P's MRTD, Q's RTMR0
+    assert level_tdx_problems(crossed, level) == [
+        f"no one signed release measures MRTD {MRTD.hex()[:16]}..., RTMR0 {'d1' * 8}..., "
+        f"RTMR1 {B1[:16]}..., RTMR2 {B2[:16]}... as a whole"]
+    no_code = td(vendors, rtmr0=p["rtmr0"], rtmr1=A1, rtmr2=B2)
+    assert level_tdx_problems(no_code, level) != []
+
+
+def test_hand_kept_rtmrs_no_release_satisfies_make_the_level_invalid(
+        sigstore: PrivateSigstore, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="the hand-kept lists allow no measurement"):
+        tdx_level(sigstore, tmp_path, tdx={"mrtd": [MRTD.hex()], "rtmr": {1: [A1], 2: [B2]}})
+    narrowed = tdx_level(sigstore, tmp_path, tdx={"mrtd": [MRTD.hex()], "rtmr": {1: [A1]}})
+    vendors = Vendors()
+    assert level_tdx_problems(td(vendors, rtmr1=A1, rtmr2=A2), narrowed) == []
+    assert level_tdx_problems(td(vendors, rtmr1=B1, rtmr2=B2), narrowed) == [
+        f"RTMR1 {B1} is not allowed"]
+
+
+def test_a_level_never_given_its_releases_meets_nothing() -> None:
+    """measurements_from that was never verified (a level built without the loader) is not
+    an open level."""
+    level = TrustLevel.model_validate({"tdx": {}, "measurements_from": [source().model_dump()]})
+    assert level.release_problems("tdx", {"mrtd": "00" * 48}) == [
+        "measurements_from was not verified"]
+    assert level.release_labels("tdx", {"mrtd": "00" * 48}) == []
+
+
+def test_attest_verify_names_the_one_tdx_release(sigstore: PrivateSigstore,
+                                                 tmp_path: Path) -> None:
+    """`veil attest verify` on a quote from the test Intel: the release matched is named; a
+    mixed quote is refused with the reason."""
+    level = tdx_level(sigstore, tmp_path)
+    vendors = Vendors()
+    collateral = vendors.intel.write_collateral(tmp_path / "collateral")
+    for rtmr2, ok in ((A2, True), (B2, False)):
+        quote = tmp_path / "quote.dat"
+        quote.write_bytes(vendors.intel.quote(rtmrs={1: bytes.fromhex(A1),
+                                                     2: bytes.fromhex(rtmr2)}))
+        outcome = verify_evidence_file(quote, vcek=None, collateral=collateral, chain=None,
+                                       at=TDX_AT, wanted=Wanted("released-td", level),
+                                       roots=vendors.roots())
+        assert outcome.ok is ok, outcome.lines()
+        if ok:
+            assert outcome.values["measurement_from"] == RELEASE_A
+            assert "  trust_level: released-td: met" in outcome.lines()
+        else:
+            assert "measurement_from" not in outcome.values
+            assert outcome.reasons == [f"no one signed release measures RTMR1 {A1[:16]}..., "
+                                       f"RTMR2 {B2[:16]}... as a whole"]
+

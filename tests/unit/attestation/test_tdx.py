@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from gateway.attestation.levels import TdxRequirements, tdx_problems
+from gateway.attestation import tdx as tdx_module
+from gateway.attestation.levels import TdxRequirements, TrustLevel, tdx_problems
+from gateway.attestation.offline import Wanted, verify_evidence_file
 from gateway.attestation.tdx import (
     Collateral,
     VerifiedTdx,
@@ -20,6 +23,7 @@ from gateway.attestation.tdx import (
     verify_quote,
     verify_quote_signatures,
 )
+from gateway.attestation.trust_roots import Roots
 from gateway.errors import EvidenceError
 from tests.attestation_ca import MRTD, TdxTestCa
 
@@ -285,3 +289,107 @@ def test_unexpected_seam_attributes_are_refused() -> None:
     with pytest.raises(EvidenceError, match="SEAM attributes 0100000000000000 do not match "
                                             "Intel's TDX_01"):
         verify_quote(raw, collateral_from_json(CA.collateral()), at=AT, root=CA.root)
+
+
+# TDX 1.5 relaunch (Intel QVL TDRelaunchCheck): TEE_TCB_SVN2 is the module the TD runs on now.
+
+def go_tdx_guest_v5_tcb_info() -> dict[str, object]:
+    """Intel's signed TCB Info for the v5 sample's platform (go-tdx-guest's testdata)."""
+    tcb_info: dict[str, object] = json.loads(
+        (DATA / "sample_tcbinfo_response_v5").read_text())["tcbInfo"]
+    return tcb_info
+
+
+def test_the_genuine_v5_quote_carries_tee_tcb_svn2_and_needs_no_relaunch() -> None:
+    """The sample TD launched under TDX_01 SVN 11 and runs on SVN 13: the launch module is
+    already above Intel's newest level (6), so the relaunch rule does not apply."""
+    raw = (DATA / "quote_v5_sample.dat").read_bytes()
+    collateral = replace(collateral_from_dir(DATA, parse_quote(raw)),  # its chain: today's
+                         tcb_info=(DATA / "sample_tcbinfo_response_v5").read_text())
+    verified = verify_quote(raw, collateral, at=PCS_AT)
+    assert verified.quote.report.tee_tcb_svn2 == bytes([13, 1, 4]) + bytes(13)
+    assert (verified.tcb_status, verified.relaunch_advised) == ("UpToDate", False)
+    assert verified.values()["tee_tcb_svn2"] == "0d0104" + "00" * 13
+    assert "tee_tcb_svn2" not in verify_quote(spr_quote(), go_tdx_guest_collateral(),
+                                              at=SPR_AT).values()  # a v4 body has none
+
+
+@pytest.mark.parametrize(("svn2", "sgx", "tdx", "status"), [
+    (bytes([13, 1, 4]), "UpToDate", "OutOfDate", "TDRelaunchAdvised"),  # the sample's SVN2
+    (bytes([6, 1, 3]), "ConfigurationNeeded", "OutOfDateConfigurationNeeded",
+     "TDRelaunchAdvisedConfigurationNeeded"),
+    (bytes([5, 1, 4]), "UpToDate", "OutOfDate", "OutOfDate"),  # below TDX_01's newest, 6
+    (bytes([13, 1, 2]), "UpToDate", "OutOfDate", "OutOfDate"),  # below the newest level's 3
+    (bytes([13, 1, 4]), "OutOfDate", "OutOfDate", "OutOfDate"),  # the SGX part is stale
+])
+def test_intels_relaunch_rule_against_its_genuine_tcb_info(svn2: bytes, sgx: str, tdx: str,
+                                                          status: str) -> None:
+    assert tdx_module._relaunch_status(go_tdx_guest_v5_tcb_info(), svn2 + bytes(13), sgx=sgx,
+                                       tdx=tdx, module="OutOfDate", qe="UpToDate") == status
+
+
+def test_the_rule_needs_an_out_of_date_launch_module_and_a_current_qe() -> None:
+    svn2 = bytes([13, 1, 4]) + bytes(13)
+    for module, qe in (("UpToDate", "UpToDate"), ("OutOfDate", "OutOfDate"),
+                       ("OutOfDate", "Revoked")):
+        assert tdx_module._relaunch_status(go_tdx_guest_v5_tcb_info(), svn2, sgx="UpToDate",
+                                           tdx="OutOfDate", module=module, qe=qe) == "OutOfDate"
+
+
+RELAUNCH_LEVELS = (("module_levels", ((3, "UpToDate"), (1, "OutOfDate"))),)
+
+
+def relaunch_verdict(svn2: bytes | None, **collateral: object) -> VerifiedTdx:
+    """A TD launched under TDX_01 SVN 1 (OutOfDate; Intel's newest is 3), running on `svn2`."""
+    raw = CA.quote(tee_tcb_svn2=None if svn2 is None else svn2 + bytes(16 - len(svn2)))
+    options = {**dict(RELAUNCH_LEVELS), **collateral}
+    return verify_quote(raw, collateral_from_json(CA.collateral(**options)),  # type: ignore[arg-type]
+                        at=AT, root=CA.root)
+
+
+def test_a_td_on_a_current_module_is_advised_to_relaunch() -> None:
+    verified = relaunch_verdict(bytes([3, 1, 1]))
+    assert (verified.quote.version, verified.module.tcb_status) == (5, "OutOfDate")
+    assert (verified.tcb_status, verified.relaunch_advised) == ("TDRelaunchAdvised", True)
+    assert tdx_problems(verified, WANT) == [
+        "TCB status TDRelaunchAdvised is not accepted (launched under TDX module TDX_01 "
+        "OutOfDate, since updated: relaunch the TD)"]
+    accepting = WANT.model_copy(update={"tcb_statuses": ["UpToDate", "TDRelaunchAdvised"]})
+    assert tdx_problems(verified, accepting) == []
+    configured = relaunch_verdict(bytes([3, 1, 1]), tcb_status="ConfigurationNeeded")
+    assert configured.tcb_status == "TDRelaunchAdvisedConfigurationNeeded"
+
+
+@pytest.mark.parametrize("svn2", [
+    bytes([2, 1, 1]),  # the running module is below Intel's newest SVN (3) too
+    bytes([3, 1, 0]),  # TEE_TCB_SVN2[2] below the newest TCB level's TDX component 2
+    None,  # a v4 quote (TD report 1.0): nothing says what runs now
+])
+def test_a_td_whose_running_module_is_out_of_date_stays_out_of_date(svn2: bytes | None) -> None:
+    verified = relaunch_verdict(svn2)
+    assert (verified.tcb_status, verified.relaunch_advised) == ("OutOfDate", False)
+    assert tdx_problems(verified, WANT) == [
+        "TCB status OutOfDate is not accepted (platform UpToDate, TDX module TDX_01 OutOfDate)"]
+
+
+def test_a_running_module_intel_does_not_list_is_refused() -> None:
+    with pytest.raises(EvidenceError, match=r"no TDX module identity TDX_05 for the module the "
+                                            r"TD runs on now \(TEE_TCB_SVN2\)"):
+        relaunch_verdict(bytes([3, 5, 1]))
+
+
+def test_attest_verify_shows_the_relaunch_status(tmp_path: Path) -> None:
+    """`veil attest verify` on such a quote: the status and both SVN arrays are printed."""
+    quote = tmp_path / "quote.dat"
+    quote.write_bytes(CA.quote(tee_tcb_svn2=bytes([3, 1, 1]) + bytes(13)))
+    collateral = CA.write_collateral(tmp_path / "collateral", **dict(RELAUNCH_LEVELS))
+    roots = Roots(amd={}, intel=CA.root, nvidia=CA.root)
+    level = TrustLevel.model_validate({"tdx": {"mrtd": [MRTD.hex()]}})
+    outcome = verify_evidence_file(quote, vcek=None, collateral=collateral, chain=None, at=AT,
+                                   wanted=Wanted("td", level), roots=roots)
+    lines = outcome.lines()
+    assert "  tcb_status: TDRelaunchAdvised" in lines
+    assert f"  tee_tcb_svn2: 030101{'00' * 13}" in lines
+    assert outcome.reasons == [
+        "TCB status TDRelaunchAdvised is not accepted (launched under TDX module TDX_01 "
+        "OutOfDate, since updated: relaunch the TD)"]
