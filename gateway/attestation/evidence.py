@@ -227,25 +227,26 @@ class EvidenceVerifier:
             asyncio.to_thread(_verified_gpu, index, part, expected, at, self._roots.nvidia)
             for index, part in enumerate(parts)), return_exceptions=True)
         problems: list[str] = []
-        gpus: list[VerifiedGpu] = []
+        checked = []
         for outcome in signed:
             if isinstance(outcome, EvidenceError):
                 problems.append(str(outcome))
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                gpu, chain, stapled = outcome
-                try:
-                    revocation += await self._gpu_not_revoked(gpu, chain, stapled, at)
-                    gpus.append(gpu)
-                except EvidenceError as exc:
-                    problems.append(_about(gpu.index, gpu.serial, exc))
+                checked.append(outcome)
+        gpus = [gpu for gpu, _, _ in checked]
         problems += _duplicates(gpus)
+        for gpu, chain, stapled in checked:
+            try:
+                revocation += await self._gpu_not_revoked(chain, stapled, at)
+            except EvidenceError as exc:
+                problems.append(_about(gpu.index, gpu.serial, exc))
         if problems:
             raise EvidenceError("; ".join(problems))
         return tuple(gpus)
 
-    async def _gpu_not_revoked(self, gpu: VerifiedGpu, chain: list[x509.Certificate],
+    async def _gpu_not_revoked(self, chain: list[x509.Certificate],
                                stapled: list[bytes], at: datetime) -> list[datetime]:
         """OCSP says good for every certificate of the chain an NVIDIA CA issued (stapled by
         the backend, else asked of the responder); until the answers' nextUpdate."""
@@ -264,13 +265,7 @@ def _verified_gpu(index: int, part: Mapping[str, Any], expected: bytes, at: date
     GPU with the first 32 bytes of the binding); errors name the GPU."""
     serial = None
     try:
-        try:
-            raw = bytes.fromhex(str(part["evidence"]))
-            chain_pem = str(part["certificates"]).encode()
-            stapled = [base64.b64decode(r, validate=True) for r in part.get("ocsp") or []]
-        except (KeyError, ValueError, TypeError):
-            raise EvidenceError("nvidia-gpu: the part needs hex 'evidence', PEM "
-                                "'certificates' and, if any, base64 'ocsp' responses") from None
+        raw, chain_pem, stapled = gpu_part_fields(part)
         chain = load_chain(chain_pem)
         serial = certificate_serial(chain[0]) if chain else None
         evidence = verify_gpu_evidence(raw, chain_pem, expected_nonce=expected[:32], at=at,
@@ -279,6 +274,16 @@ def _verified_gpu(index: int, part: Mapping[str, Any], expected: bytes, at: date
         raise EvidenceError(_about(index, serial, exc)) from None
     assert serial is not None  # noqa: S101 (verify_gpu_evidence refuses an empty chain)
     return VerifiedGpu(index, serial, key_sha256(chain[0]), evidence), chain, stapled
+
+
+def gpu_part_fields(part: Mapping[str, Any]) -> tuple[bytes, bytes, list[bytes]]:
+    """(SPDM transcript, PEM chain, stapled OCSP responses) of an nvidia-gpu part."""
+    try:
+        return (bytes.fromhex(str(part["evidence"])), str(part["certificates"]).encode(),
+                [base64.b64decode(r, validate=True) for r in part.get("ocsp") or []])
+    except (KeyError, ValueError, TypeError):
+        raise EvidenceError("nvidia-gpu: the part needs hex 'evidence', PEM 'certificates' "
+                            "and, if any, base64 'ocsp' responses") from None
 
 
 def _about(index: int, serial: str | None, exc: EvidenceError) -> str:

@@ -232,14 +232,17 @@ def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
 
 def gpus_problems(gpus: Sequence[VerifiedGpu], wanted: GpuRequirements) -> list[str]:
     """The count, and every GPU's own problems, each named: none is hidden by another's."""
-    problems = []
-    if wanted.count is not None and len(gpus) != wanted.count:
-        problems.append(f"{len(gpus)} GPU(s) attested, the level requires {wanted.count}")
-    elif len(gpus) < wanted.min_count:
-        problems.append(f"{len(gpus)} GPU(s) attested, the level requires at least "
-                        f"{wanted.min_count}")
-    return problems + [f"{gpu.label()}: {problem}" for gpu in gpus
-                       for problem in gpu_problems(gpu.evidence, wanted)]
+    return gpu_count_problems(len(gpus), wanted) + [
+        f"{gpu.label()}: {problem}" for gpu in gpus
+        for problem in gpu_problems(gpu.evidence, wanted)]
+
+
+def gpu_count_problems(attested: int, wanted: GpuRequirements) -> list[str]:
+    if wanted.count is not None and attested != wanted.count:
+        return [f"{attested} GPU(s) attested, the level requires {wanted.count}"]
+    if attested < wanted.min_count:
+        return [f"{attested} GPU(s) attested, the level requires at least {wanted.min_count}"]
+    return []
 
 
 def gpu_problems(evidence: GpuEvidence, wanted: GpuRequirements) -> list[str]:
