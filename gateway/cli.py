@@ -236,8 +236,9 @@ def _attest_commands(commands: Commands) -> None:
                                             title="commands", metavar="COMMAND")
     attest_verify = attest_commands.add_parser(
         "verify", help="verify evidence offline; exit 0 only when it verifies")
-    attest_verify.add_argument("file", help="the evidence: an SEV-SNP report, a TDX quote, or "
-                                            "NVIDIA GPU measurements (hex)")
+    attest_verify.add_argument("file", help="the evidence: an SEV-SNP report, a TDX quote, "
+                                            "NVIDIA GPU measurements (hex), or a backend's "
+                                            "evidence document (JSON: every GPU part)")
     attest_verify.add_argument("--vcek", help="SNP: the VCEK/VLEK certificate (DER or PEM)")
     attest_verify.add_argument("--collateral", help="TDX: folder of collateral from Intel PCS")
     attest_verify.add_argument("--chain", help="NVIDIA GPU: the device certificate chain (PEM)")

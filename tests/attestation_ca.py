@@ -366,14 +366,25 @@ class GpuTestCa:
         default_factory=lambda: ec.generate_private_key(ec.SECP384R1()))
 
     def __post_init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP384R1())
         root = ROOT_NAME
         self.root = certificate(root, root, self.root_key.public_key(), self.root_key, ca=True)
-        self.leaf = certificate("Test GH100 attestation key", root, self.key.public_key(),
+        self.key, self.leaf = self.certify(ec.generate_private_key(ec.SECP384R1()))
+        self.devices = [(self.key, self.leaf)]
+
+    def certify(self, key: ec.EllipticCurvePrivateKey) -> tuple[ec.EllipticCurvePrivateKey,
+                                                                 x509.Certificate]:
+        """A GPU's attestation key certified by the root (a new certificate every time)."""
+        return key, certificate("Test GH100 attestation key", ROOT_NAME, key.public_key(),
                                 self.root_key, ca=False, more=(x509.AuthorityInformationAccess(
                                     [x509.AccessDescription(
                                         x509.AuthorityInformationAccessOID.OCSP,
                                         x509.UniformResourceIdentifier(OCSP_URL))]),))
+
+    def device(self, index: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The node's GPU `index` (0 is `key`/`leaf`), each with its own key and certificate."""
+        while len(self.devices) <= index:
+            self.devices.append(self.certify(ec.generate_private_key(ec.SECP384R1())))
+        return self.devices[index]
 
     def ocsp(self, *, status: str = "good", cert: x509.Certificate | None = None,
              signer: ec.EllipticCurvePrivateKey | None = None, delegated: bool = False,
@@ -409,8 +420,22 @@ class GpuTestCa:
         response = builder.sign(key, hashes.SHA384())
         return response.public_bytes(serialization.Encoding.DER)
 
-    def chain_pem(self) -> bytes:
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (self.leaf, self.root))
+    def chain_pem(self, leaf: x509.Certificate | None = None) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM)
+                        for c in (leaf or self.leaf, self.root))
+
+    def part(self, nonce: bytes, device: int = 0, *,
+             measurements: dict[int, bytes] | None = None, opaque: bytes = b"opaq",
+             ocsp: bytes | None = None, stapled: bool = True) -> dict[str, Any]:
+        """GPU `device`'s nvidia-gpu part, asked with `nonce` (32 bytes), OCSP stapled (a
+        good answer about its certificate unless `ocsp`; none with `stapled=False`)."""
+        key, leaf = self.device(device)
+        return {"format": "nvidia-gpu",
+                "evidence": spdm_evidence(key, nonce, measurements or {1: b"\x11" * 48},
+                                          opaque).hex(),
+                "certificates": self.chain_pem(leaf).decode(),
+                "ocsp": [base64.b64encode(ocsp or self.ocsp(cert=leaf)).decode()]
+                if stapled else []}
 
     def evidence(self, nonce: bytes, measurements: dict[int, bytes],
                  opaque: bytes = b"opaq") -> bytes:
@@ -588,13 +613,14 @@ class Vendors:
                  next_update: str = "2030-01-01T00:00:00Z",
                  ocsp: bytes | None = None, stapled: bool = True,
                  gpu_measurements: dict[int, bytes] | None = None,
-                 gpu_opaque: bytes = b"opaq") -> dict[str, Any]:
+                 gpu_opaque: bytes = b"opaq", gpus: int = 1) -> dict[str, Any]:
         """The document a confidential machine answers with, every part bound to `bound`.
         `endorsed`: it sends its VCEK / TDX collateral (else the gateway fetches them);
         `gpu`: with the GPU's measurements, asked with the first half of the binding, and
         the OCSP response about its certificate stapled (`ocsp`, a good one unless given;
         none with `stapled=False`: the gateway asks the responder); `gpu_measurements` (SPDM
-        block -> value) and `gpu_opaque` replace the GPU's defaults."""
+        block -> value) and `gpu_opaque` replace the GPU's defaults; `gpus`: how many GPUs
+        (the test NVIDIA's devices 0..gpus-1, each its own key; `ocsp` is about the first)."""
         if kind == "tdx":
             quote = self.intel.quote(report_data=bound, mrtd=measurement)
             part: dict[str, Any] = {"format": "tdx", "quote": base64.b64encode(quote).decode()}
@@ -609,13 +635,9 @@ class Vendors:
                 part["vcek"] = base64.b64encode(self.vcek).decode()
         parts = [part, *({"format": "token", "token": token} for token in tokens)]
         if gpu:
-            parts.append({"format": "nvidia-gpu",
-                          "evidence": self.nvidia.evidence(
-                              bound[:32], gpu_measurements or {1: b"\x11" * 48},
-                              gpu_opaque).hex(),
-                          "certificates": self.nvidia.chain_pem().decode(),
-                          "ocsp": [base64.b64encode(ocsp or self.nvidia.ocsp()).decode()]
-                          if stapled else []})
+            parts += [self.nvidia.part(bound[:32], device, measurements=gpu_measurements,
+                                       opaque=gpu_opaque, ocsp=ocsp if device == 0 else None,
+                                       stapled=stapled) for device in range(gpus)]
         return {"evidence": parts}
 
 

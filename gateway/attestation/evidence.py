@@ -10,10 +10,16 @@ Evidence protocol (documented in the README):
                       {"format": "nvidia-gpu", "evidence": <hex SPDM request+response>,
                        "certificates": <PEM chain>, "ocsp": [<base64 DER OCSP response>]},
                       {"format": "token", "token": <JWT>}]}
+
+One "nvidia-gpu" part per GPU (at most MAX_GPUS), each verified on its own and all of them
+reported: one GPU that fails refuses the whole document, named by its place among the GPU
+parts and its device certificate's serial. The same GPU twice (the same attestation key) is
+refused, so one good GPU cannot stand in for another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -26,7 +32,14 @@ from typing import Any, Protocol
 import orjson
 from cryptography import x509
 
-from gateway.attestation.nvidia import GpuEvidence, load_chain, verify_gpu_evidence
+from gateway.attestation.nvidia import (
+    VerifiedGpu,
+    certificate_serial,
+    gpu_label,
+    key_sha256,
+    load_chain,
+    verify_gpu_evidence,
+)
 from gateway.attestation.revocation import (
     check_ocsp,
     check_snp_crl,
@@ -51,8 +64,9 @@ from gateway.attestation.tdx import (
 from gateway.attestation.trust_roots import Roots
 from gateway.errors import EvidenceError
 
-MAX_EVIDENCE_BYTES = 256 * 1024
-HARDWARE = ("sev-snp", "tdx", "nvidia-gpu")  # at most one part of each
+MAX_EVIDENCE_BYTES = 1024 * 1024  # 16 GPUs (~25 KB each, OCSP stapled) and the CPU's part
+MAX_GPUS = 16  # an HGX node has 8
+CPU_HARDWARE = ("sev-snp", "tdx")  # at most one part of each
 
 
 @dataclass(frozen=True)
@@ -87,7 +101,7 @@ class Evidence:
 
     snp: VerifiedSnp | None
     tdx: VerifiedTdx | None
-    gpu: GpuEvidence | None
+    gpus: tuple[VerifiedGpu, ...]  # one per nvidia-gpu part, in the document's order
     tokens: tuple[str, ...]  # checked per trust level: each level names its issuer and keys
     expected_nonce: str  # hex binding a token's nonce claim must carry
     certificate_sha256: bytes
@@ -120,7 +134,7 @@ class EvidenceVerifier:
         at = datetime.fromtimestamp(now, UTC)
         snp: VerifiedSnp | None = None
         tdx: VerifiedTdx | None = None
-        gpu: GpuEvidence | None = None
+        gpu_parts: list[Mapping[str, Any]] = []
         tokens: list[str] = []
         seen: set[str] = set()
         revocation: list[datetime] = []
@@ -129,24 +143,28 @@ class EvidenceVerifier:
             if kind == "token" and isinstance(part.get("token"), str):
                 tokens.append(part["token"])
                 continue
-            if not isinstance(kind, str) or kind not in HARDWARE:
+            if kind == "nvidia-gpu":
+                gpu_parts.append(part)
+                continue
+            if not isinstance(kind, str) or kind not in CPU_HARDWARE:
                 raise EvidenceError(f"unsupported evidence part {_show(kind)}")
             if kind in seen:
                 raise EvidenceError(f"evidence has more than one {kind!r} part")
             seen.add(kind)
             if kind == "sev-snp":
                 snp = await self._snp(part, fetched.binding, at, revocation)
-            elif kind == "tdx":
-                tdx = await self._tdx(part, fetched.binding, at)
             else:
-                gpu = await self._gpu(part, fetched.binding, at, revocation)
+                tdx = await self._tdx(part, fetched.binding, at)
+        gpus = await self._gpus(gpu_parts, fetched.binding, at, revocation)
         values = {"snp": snp.values() if snp else None, "tdx": tdx.values() if tdx else None,
-                  "gpu": {str(i): v.hex() for i, v in gpu.measurements.items()} if gpu else None,
+                  "gpus": [{"serial": g.serial, "measurements": {
+                      str(i): v.hex() for i, v in g.evidence.measurements.items()}}
+                      for g in gpus],
                   "tokens": len(tokens),
                   "certificate_sha256": fetched.certificate_sha256.hex()}
         digest = "sha256:" + hashlib.sha256(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
                                             ).hexdigest()
-        return Evidence(snp=snp, tdx=tdx, gpu=gpu, tokens=tuple(tokens),
+        return Evidence(snp=snp, tdx=tdx, gpus=gpus, tokens=tuple(tokens),
                         expected_nonce=fetched.binding.hex(),
                         certificate_sha256=fetched.certificate_sha256, verified_at=now,
                         digest=digest, revocation_until=min(
@@ -197,23 +215,99 @@ class EvidenceVerifier:
                                 "(a replayed quote, or evidence from another machine)")
         return verified
 
-    async def _gpu(self, part: Mapping[str, Any], expected: bytes, at: datetime,
-                   revocation: list[datetime]) -> GpuEvidence:
-        try:
-            raw = bytes.fromhex(str(part["evidence"]))
-            chain = str(part["certificates"]).encode()
-            stapled = [base64.b64decode(r, validate=True) for r in part.get("ocsp") or []]
-        except (KeyError, ValueError, TypeError):
-            raise EvidenceError("nvidia-gpu evidence needs hex 'evidence', PEM 'certificates' "
-                                "and, if any, base64 'ocsp' responses") from None
-        # The agent asks the GPU with the first 32 bytes of the binding as the SPDM nonce.
-        verified = verify_gpu_evidence(raw, chain, expected_nonce=expected[:32], at=at,
-                                       root=self._roots.nvidia)
-        for cert, issuer, responder in ocsp_targets(load_chain(chain), self._roots.nvidia):
+    async def _gpus(self, parts: list[Mapping[str, Any]], expected: bytes, at: datetime,
+                    revocation: list[datetime]) -> tuple[VerifiedGpu, ...]:
+        """Chains and signatures checked in threads, all GPUs at once (eight of them on the
+        event loop would hold every request meanwhile); then OCSP, GPU by GPU, so answers
+        about the CAs they share are fetched once and read from the cache after."""
+        if len(parts) > MAX_GPUS:
+            raise EvidenceError(f"evidence has {len(parts)} nvidia-gpu parts, more than "
+                                f"{MAX_GPUS}")
+        signed = await asyncio.gather(*(
+            asyncio.to_thread(_verified_gpu, index, part, expected, at, self._roots.nvidia)
+            for index, part in enumerate(parts)), return_exceptions=True)
+        problems: list[str] = []
+        checked = []
+        for outcome in signed:
+            if isinstance(outcome, EvidenceError):
+                problems.append(str(outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                checked.append(outcome)
+        gpus = [gpu for gpu, _, _ in checked]
+        problems += _duplicates(gpus)
+        for gpu, chain, stapled in checked:
+            try:
+                revocation += await self._gpu_not_revoked(chain, stapled, at)
+            except EvidenceError as exc:
+                problems.append(_about(gpu.index, gpu.serial, exc))
+        if problems:
+            raise EvidenceError("; ".join(problems))
+        return tuple(gpus)
+
+    async def _gpu_not_revoked(self, chain: list[x509.Certificate],
+                               stapled: list[bytes], at: datetime) -> list[datetime]:
+        """OCSP says good for every certificate of the chain an NVIDIA CA issued (stapled by
+        the backend, else asked of the responder); until the answers' nextUpdate. Each
+        answer's signature is checked in a thread, like the chains: 8 GPUs' answers, a few ms
+        each, would otherwise hold the loop for tens of ms."""
+        ends = []
+        for cert, issuer, responder in ocsp_targets(chain, self._roots.nvidia):
             response = next((r for r in stapled if ocsp_matches(r, cert, at)), None) \
                 or await self._collateral.ocsp(cert, issuer, responder)
-            revocation.append(check_ocsp(response, cert, issuer, at))
-        return verified
+            ends.append(await asyncio.to_thread(check_ocsp, response, cert, issuer, at))
+        return ends
+
+
+def _verified_gpu(index: int, part: Mapping[str, Any], expected: bytes, at: datetime,
+                  root: x509.Certificate) -> tuple[VerifiedGpu, list[x509.Certificate],
+                                                   list[bytes]]:
+    """One GPU part's chain to NVIDIA's root, its signature and its nonce (the agent asks every
+    GPU with the first 32 bytes of the binding); errors name the GPU."""
+    serial = None
+    try:
+        raw, chain_pem, stapled = gpu_part_fields(part)
+        chain = load_chain(chain_pem)
+        serial = certificate_serial(chain[0]) if chain else None
+        evidence = verify_gpu_evidence(raw, chain_pem, expected_nonce=expected[:32], at=at,
+                                       root=root)
+    except EvidenceError as exc:
+        raise EvidenceError(_about(index, serial, exc)) from None
+    assert serial is not None  # noqa: S101 (verify_gpu_evidence refuses an empty chain)
+    return VerifiedGpu(index, serial, key_sha256(chain[0]), evidence), chain, stapled
+
+
+def gpu_part_fields(part: Mapping[str, Any]) -> tuple[bytes, bytes, list[bytes]]:
+    """(SPDM transcript, PEM chain, stapled OCSP responses) of an nvidia-gpu part."""
+    try:
+        return (bytes.fromhex(str(part["evidence"])), str(part["certificates"]).encode(),
+                [base64.b64decode(r, validate=True) for r in part.get("ocsp") or []])
+    except (KeyError, ValueError, TypeError):
+        raise EvidenceError("nvidia-gpu: the part needs hex 'evidence', PEM 'certificates' "
+                            "and, if any, base64 'ocsp' responses") from None
+
+
+def _about(index: int, serial: str | None, exc: EvidenceError) -> str:
+    """A GPU's problem, naming the GPU: "nvidia-gpu: GPU 3 (certificate serial 5a..): ..."."""
+    reason = str(exc).removeprefix("nvidia-gpu: ")
+    return f"nvidia-gpu: {gpu_label(index, serial)}: {reason}"
+
+
+def _duplicates(gpus: list[VerifiedGpu]) -> list[str]:
+    """The same GPU twice: its one attestation key signs both, whatever certificate each
+    part carries (a chain that is not the key's would not have verified)."""
+    first: dict[bytes, VerifiedGpu] = {}
+    problems = []
+    for gpu in gpus:
+        key = gpu.key_sha256
+        if key in first:
+            problems.append(f"nvidia-gpu: {gpu.label()} is the same GPU as "
+                            f"{first[key].label()} (the same attestation key): each GPU "
+                            "must be attested once")
+        else:
+            first[key] = gpu
+    return problems
 
 
 def parse_parts(body: bytes) -> list[Mapping[str, Any]]:

@@ -14,6 +14,7 @@
                                    # when the policy loads
         nvidia-gpu:                                # GPU measurements as NVIDIA's signed RIMs
           rims: {url: https://rim.attestation.nvidia.com/v1/rim/}   # say, or files: [...]
+          count: 8                                 # exactly 8 GPUs (or min_count; default 1)
         token:                                     # or an attestation service's verdict
           issuer: https://sharedeus.eus.attest.azure.net
           jwks_url: https://sharedeus.eus.attest.azure.net/certs
@@ -21,7 +22,8 @@
 
 A backend meets a level when its current verdict is no older than `max_age_s` and every
 evidence kind the level lists verified and meets every requirement under it (a GPU level lists
-the CPU report and the GPU service's token: both must hold).
+the CPU report and the GPU service's token: both must hold), and every GPU meets the GPU
+requirements: one that does not fails the level for the whole machine.
 
 Hand-kept lists (`measurements`, `mrtd`, `rtmr`) allow values register by register. A level with
 `measurements_from` also needs ONE release to vouch for the machine as a whole: every register
@@ -41,7 +43,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from gateway.attestation.nvidia import GpuEvidence
+from gateway.attestation.nvidia import GpuEvidence, VerifiedGpu
 from gateway.attestation.releases import Measurement, Registers, Release, ReleaseSource
 from gateway.attestation.snp import VerifiedSnp
 from gateway.attestation.tdx import VerifiedTdx
@@ -106,13 +108,24 @@ class RimSource(Strict):
 
 
 class GpuRequirements(Strict):
-    """A genuine NVIDIA GPU in confidential-computing mode; optionally, allowed values per SPDM
-    measurement index written here, and/or NVIDIA's RIMs for the GPU's driver and VBIOS."""
+    """Genuine NVIDIA GPUs in confidential-computing mode, each of them meeting: optionally,
+    allowed values per SPDM measurement index written here, and/or NVIDIA's RIMs for the GPU's
+    driver and VBIOS. `count`: exactly that many GPUs attested (a node's GPU left out of the
+    evidence is one nobody checked), else at least `min_count`."""
 
     measurements: dict[Annotated[int, Field(ge=0, le=254)],
                        list[Annotated[str, Field(pattern=r"^[0-9a-f]+$")]]] = Field(
         default_factory=dict)
     rims: RimSource | None = None
+    count: Annotated[int, Field(ge=1, le=16)] | None = None
+    min_count: Annotated[int, Field(ge=1, le=16)] = 1
+
+    @model_validator(mode="after")
+    def _one_count(self) -> GpuRequirements:
+        if self.count is not None and "min_count" in self.model_fields_set:
+            raise ValueError("nvidia-gpu takes count (exactly) or min_count (at least), "
+                             "not both")
+        return self
 
 
 class TokenRequirements(Strict):
@@ -299,6 +312,21 @@ def tdx_problems(verified: VerifiedTdx, wanted: TdxRequirements) -> list[str]:
     if report.debug and not wanted.allow_debug:
         problems.append("the TD is debuggable")
     return problems
+
+
+def gpus_problems(gpus: Sequence[VerifiedGpu], wanted: GpuRequirements) -> list[str]:
+    """The count, and every GPU's own problems, each named: none is hidden by another's."""
+    return gpu_count_problems(len(gpus), wanted) + [
+        f"{gpu.label()}: {problem}" for gpu in gpus
+        for problem in gpu_problems(gpu.evidence, wanted)]
+
+
+def gpu_count_problems(attested: int, wanted: GpuRequirements) -> list[str]:
+    if wanted.count is not None and attested != wanted.count:
+        return [f"{attested} GPU(s) attested, the level requires {wanted.count}"]
+    if attested < wanted.min_count:
+        return [f"{attested} GPU(s) attested, the level requires at least {wanted.min_count}"]
+    return []
 
 
 def gpu_problems(evidence: GpuEvidence, wanted: GpuRequirements) -> list[str]:

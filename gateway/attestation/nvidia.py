@@ -15,6 +15,7 @@ opaque length u16, opaque data, signature[96].
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from importlib import resources
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -44,6 +45,34 @@ class GpuEvidence:
     signed: bytes
     signature: bytes  # DER
     opaque: bytes = b""  # signed with the measurements: driver and VBIOS versions (rims.py)
+
+
+@dataclass(frozen=True)
+class VerifiedGpu:
+    """One GPU of a backend's evidence: its place among the document's nvidia-gpu parts and
+    its device certificate's serial, which is how every message about it names it."""
+
+    index: int
+    serial: str  # hex, of the attestation key's certificate (the chain's first)
+    key_sha256: bytes  # of that key (SubjectPublicKeyInfo): the same GPU has the same key
+    evidence: GpuEvidence
+
+    def label(self) -> str:
+        return gpu_label(self.index, self.serial)
+
+
+def gpu_label(index: int, serial: str | None) -> str:
+    return f"GPU {index}" + (f" (certificate serial {serial})" if serial else "")
+
+
+def certificate_serial(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def key_sha256(cert: x509.Certificate) -> bytes:
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).digest()
 
 
 def parse_evidence(raw: bytes) -> GpuEvidence:

@@ -1,25 +1,46 @@
 """`veil attest verify`: verify evidence from files, offline, and say why it is or is not
 trusted. The format is detected from the content; the exit code is 0 only when the evidence
 verifies (and, with --policy and --level, meets that trust level). Loading the policy is the
-CLI's business: this module is handed the level, so attestation depends on no policy code."""
+CLI's business: this module is handed the level, so attestation depends on no policy code.
+
+An evidence document as a backend serves it ({"evidence": [...]}, e.g. saved from `veil attest
+agent`) is read for its nvidia-gpu parts, one per GPU, each with its chain and stapled OCSP
+answers: every GPU is verified and shown (gpu_<n>_...), and the level must be met by all."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from gateway.attestation.evidence import (
+    MAX_EVIDENCE_BYTES,
+    MAX_GPUS,
+    gpu_part_fields,
+    parse_parts,
+)
 from gateway.attestation.levels import (
     TrustLevel,
+    gpu_count_problems,
     gpu_problems,
+    gpus_problems,
     level_snp_problems,
     level_tdx_problems,
     snp_registers,
     tdx_registers,
 )
-from gateway.attestation.nvidia import GpuEvidence, verify_gpu_evidence
+from gateway.attestation.nvidia import (
+    GpuEvidence,
+    VerifiedGpu,
+    certificate_serial,
+    gpu_label,
+    key_sha256,
+    load_chain,
+    verify_gpu_evidence,
+)
 from gateway.attestation.offline_revocation import (
     gpu_revocation,
     snp_revocation,
@@ -67,6 +88,8 @@ def verify_evidence_file(path: Path, *, vcek: Path | None, collateral: Path | No
     given = Given([p.read_bytes() for p in crls], [p.read_bytes() for p in ocsp])
     if raw[:4].lower() in (b"11e0", b"12e0"):  # SPDM GET_MEASUREMENTS, as hex text
         return _gpu(raw, chain, when, wanted, roots, given=given)
+    if raw.lstrip()[:1] == b"{":
+        return _document(raw, when, wanted, roots, given=given)
     if is_tdx_quote(raw):
         return _tdx(raw, collateral, when, wanted, roots, given=given)
     if len(raw) != REPORT_SIZE:
@@ -130,12 +153,90 @@ def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
             return None
         rims = offline_rim_problems(evidence, wanted.rims, roots.nvidia_rim, when) \
             if wanted.rims else []
-        return gpu_problems(evidence, wanted) + rims
+        return gpu_count_problems(1, wanted) + gpu_problems(evidence, wanted) + rims
 
     values: dict[str, object] = {"format": "nvidia-gpu", **_rim_ids(evidence), **{
         f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())},
         **revocation.values()}
     return _judged(values, evidence.requester_nonce, when, wanted, problems)
+
+
+def _document(raw: bytes, when: datetime, wanted: Wanted | None, roots: Roots, *,
+              given: Given) -> Outcome:
+    """Every GPU of a backend's evidence document: each verified (chain, signature, OCSP from
+    the part or --ocsp), all asked with the same nonce, none twice; every problem named."""
+    if len(raw) > MAX_EVIDENCE_BYTES:
+        return Outcome(False, reasons=[f"evidence larger than {MAX_EVIDENCE_BYTES // 1024} KiB"])
+    try:
+        parts = [p for p in parse_parts(raw) if p.get("format") == "nvidia-gpu"]
+    except EvidenceError as exc:
+        return Outcome(False, reasons=[str(exc)])
+    if not parts:
+        return Outcome(False, reasons=["the document has no nvidia-gpu part (an SEV-SNP report "
+                                       "or TDX quote is verified from its own file)"])
+    if len(parts) > MAX_GPUS:
+        return Outcome(False, reasons=[f"{len(parts)} nvidia-gpu parts, more than {MAX_GPUS}"])
+    values: dict[str, object] = {"format": "nvidia-gpu", "gpus": len(parts)}
+    reasons: list[str] = []
+    gpus: list[VerifiedGpu] = []
+    for index, part in enumerate(parts):
+        try:
+            gpu, shown = _document_gpu(index, part, when, roots, given)
+        except EvidenceError as exc:
+            reasons.append(str(exc))
+            continue
+        gpus.append(gpu)
+        values.update({f"gpu_{index}_{key}": value for key, value in shown.items()})
+    reasons += _not_together(gpus)
+    if reasons:
+        return Outcome(False, values, reasons)
+
+    def problems(level: TrustLevel) -> list[str] | None:
+        wanted = level.nvidia_gpu
+        if wanted is None:
+            return None
+        rims = [f"{gpu.label()}: {problem}" for gpu in gpus for problem in
+                offline_rim_problems(gpu.evidence, wanted.rims, roots.nvidia_rim, when)] \
+            if wanted.rims else []
+        return gpus_problems(gpus, wanted) + rims
+
+    return _judged(values, gpus[0].evidence.requester_nonce, when, wanted, problems)
+
+
+def _document_gpu(index: int, part: Mapping[str, Any], when: datetime, roots: Roots,
+                  given: Given) -> tuple[VerifiedGpu, dict[str, object]]:
+    """One GPU part verified, and what to show about it; errors name the GPU."""
+    serial = None
+    try:
+        raw, chain_pem, stapled = gpu_part_fields(part)
+        chain = load_chain(chain_pem)
+        serial = certificate_serial(chain[0]) if chain else None
+        evidence = verify_gpu_evidence(raw, chain_pem, expected_nonce=None, at=when,
+                                       root=roots.nvidia)
+        revocation = gpu_revocation(chain_pem, [*stapled, *given.ocsp], roots.nvidia, when)
+    except EvidenceError as exc:
+        reason = str(exc).removeprefix("nvidia-gpu: ")
+        raise EvidenceError(f"nvidia-gpu: {gpu_label(index, serial)}: {reason}") from None
+    assert serial is not None  # noqa: S101 (verify_gpu_evidence refuses an empty chain)
+    shown = {"certificate_serial": serial, **_rim_ids(evidence), **{
+        f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())},
+        **revocation.values()}
+    return VerifiedGpu(index, serial, key_sha256(chain[0]), evidence), shown
+
+
+def _not_together(gpus: Sequence[VerifiedGpu]) -> list[str]:
+    """GPUs of one document answer one request: the same nonce, and each GPU once."""
+    problems = []
+    first: dict[bytes, VerifiedGpu] = {}
+    for gpu in gpus:
+        if gpu.evidence.requester_nonce != gpus[0].evidence.requester_nonce:
+            problems.append(f"nvidia-gpu: {gpu.label()} was asked with another nonce than "
+                            f"{gpus[0].label()} (not evidence of the same exchange)")
+        if gpu.key_sha256 in first:
+            problems.append(f"nvidia-gpu: {gpu.label()} is the same GPU as "
+                            f"{first[gpu.key_sha256].label()} (the same attestation key)")
+        first.setdefault(gpu.key_sha256, gpu)
+    return problems
 
 
 def _rim_ids(evidence: GpuEvidence) -> dict[str, object]:

@@ -35,9 +35,7 @@ from gateway.attestation.rims import (
     verify_rim,
 )
 from gateway.errors import EvidenceError, FetchError
-from gateway.observability.logging import get_logger
 
-log = get_logger("veil.attestation")
 RimFetch = Callable[[str], Awaitable[bytes | None]]  # URL -> the service's answer (None: 404)
 # (certificate, its issuer, responder URL) -> the DER OCSP response: CollateralStore.ocsp
 OcspFetch = Callable[[x509.Certificate, x509.Certificate, str], Awaitable[bytes]]
@@ -56,25 +54,24 @@ class RimStore:
         self._fetched: set[Key] = set()  # found ones from the service: kept until they end
         self._locks: dict[Key, asyncio.Lock] = {}  # one fetch at a time per RIM
 
-    async def refresh(self, gpu: GpuEvidence, sources: Iterable[RimSource]) -> None:
-        """Obtain and verify the driver and VBIOS RIMs of this GPU from every source (files
-        are read again each time; a RIM fetched from the service is kept until it ends), and
-        log what about the GPU they do not allow."""
-        try:
-            versions = gpu_versions(gpu)
-        except EvidenceError:
-            return  # `references` gives the reason
-        unique = {s.key(): s for s in sources}.values()
-        for source in unique:
+    async def refresh(self, gpus: Iterable[GpuEvidence], sources: Iterable[RimSource]) -> None:
+        """Obtain and verify the driver and VBIOS RIMs of these GPUs from every source, each
+        RIM once however many GPUs run that version (files are read again each time; a RIM
+        fetched from the service is kept until it ends). What they do not allow is for
+        `references` to say, GPU by GPU."""
+        wanted: dict[str, tuple[str, GpuVersions]] = {}  # RIM id -> (kind, versions)
+        for gpu in gpus:
+            try:
+                versions = gpu_versions(gpu)
+            except EvidenceError:
+                continue  # `references` gives the reason
             for kind, rim_id in versions.rim_ids().items():
+                wanted.setdefault(rim_id, (kind, versions))
+        for source in {s.key(): s for s in sources}.values():
+            for rim_id, (kind, versions) in wanted.items():
                 key = (source.key(), rim_id)
                 async with self._locks.setdefault(key, asyncio.Lock()):
                     await self._refresh_one(key, source, kind, versions)
-        for source in unique:
-            problems, _ = self.references(source, gpu, self._clock())
-            if problems:
-                log.warning("gpu_rims_not_met", rims=sorted(versions.rim_ids().values()),
-                            reasons=problems)
 
     async def _refresh_one(self, key: Key, source: RimSource, kind: str,
                            versions: GpuVersions) -> None:
@@ -164,7 +161,7 @@ def offline_rim_problems(gpu: GpuEvidence, source: RimSource, root: x509.Certifi
         raise FetchError("not fetched offline: give the RIM as a file under rims.files")
 
     store = RimStore(offline, root, at.timestamp, ocsp=None)
-    asyncio.run(store.refresh(gpu, [source]))
+    asyncio.run(store.refresh([gpu], [source]))
     return store.references(source, gpu, at.timestamp())[0]
 
 

@@ -6,8 +6,9 @@ A level is met until the earliest of: the verification time plus the level's `ma
 end of the SNP endorsement certificate, the nextUpdate of Intel's collateral, of every CRL and
 OCSP response the evidence was checked against (Evidence.not_after), the expiry of the token
 that satisfied the level's `token` requirement, and the end of the GPU RIMs' certificates (the
-RIMs are obtained beforehand: gateway/attestation/rim_store.py). Every evidence kind the level
-lists must be present and meet it.
+RIMs are obtained beforehand: gateway/attestation/rim_store.py), the earliest over all GPUs.
+Every evidence kind the level lists must be present and meet it, and every GPU its GPU
+requirements.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gateway.attestation.evidence import Evidence
 from gateway.attestation.levels import (
     RimSource,
     TrustLevel,
-    gpu_problems,
+    gpus_problems,
     level_snp_problems,
     level_tdx_problems,
     snp_registers,
@@ -106,17 +107,35 @@ def _hardware_meets(evidence: Evidence, level: TrustLevel) -> bool:
     if level.tdx is not None and (
             evidence.tdx is None or level_tdx_problems(evidence.tdx, level)):
         return False
-    return level.nvidia_gpu is None or (
-        evidence.gpu is not None and not gpu_problems(evidence.gpu, level.nvidia_gpu))
+    return level.nvidia_gpu is None or not gpus_problems(evidence.gpus, level.nvidia_gpu)
 
 
 def _rims_until(evidence: Evidence, level: TrustLevel, rims: RimReferences | None,
                 now: float) -> float | None:
-    """Until when the GPU's RIMs allow its measurements (forever: the level names none)."""
+    """Until when every GPU's RIMs allow its measurements (forever: the level names none)."""
     wanted = level.nvidia_gpu.rims if level.nvidia_gpu is not None else None
     if wanted is None:
         return float("inf")
-    if rims is None or evidence.gpu is None:
+    if rims is None or not evidence.gpus:
         return None
-    problems, until = rims(wanted, evidence.gpu, now)
-    return None if problems else until
+    until = float("inf")
+    for gpu in evidence.gpus:
+        problems, held = rims(wanted, gpu.evidence, now)
+        if problems:
+            return None
+        until = min(until, held)
+    return until
+
+
+def gpu_level_problems(evidence: Evidence, level: TrustLevel, now: float,
+                       rims: RimReferences | None = None) -> list[str]:
+    """Why the GPUs do not meet the level's GPU requirements, every GPU named (for the log:
+    the verdict itself is level_met's)."""
+    wanted = level.nvidia_gpu
+    if wanted is None:
+        return []
+    problems = gpus_problems(evidence.gpus, wanted)
+    if wanted.rims is not None and rims is not None:
+        problems += [f"{gpu.label()}: {problem}" for gpu in evidence.gpus
+                     for problem in rims(wanted.rims, gpu.evidence, now)[0]]
+    return problems

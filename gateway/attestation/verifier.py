@@ -43,6 +43,7 @@ from gateway.attestation.transport import NetworkTransport, Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verdicts import (
     Levels,
+    gpu_level_problems,
     key_set_urls,
     releases_behind,
     rim_sources,
@@ -218,7 +219,7 @@ class AttestationService:
         if adopted is not None:
             return adopted
         received = await self._fetcher.fetch(state.backend, presented)
-        evidence, met = await self._evaluate(presented, received, levels)
+        evidence, met = await self._evaluate(state.backend.name, presented, received, levels)
         if self._shared is not None:
             await self._shared.publish(state.backend.name, presented.sha256, received,
                                        self._refresh_s(state))
@@ -238,7 +239,7 @@ class AttestationService:
         if not -CLOCK_SKEW_S <= age < self._refresh_s(state):
             return None
         try:
-            evidence, met = await self._evaluate(presented, received, levels)
+            evidence, met = await self._evaluate(name, presented, received, levels)
         except Exception as exc:  # whatever it is, our own evidence decides
             log.warning("shared_evidence_refused", backend=name,
                         reason=str(exc) if isinstance(exc, EvidenceError) else type(exc).__name__)
@@ -250,16 +251,24 @@ class AttestationService:
             return None  # too old for a level in force: evidence of our own would meet it
         return Attested(received, evidence, met, "shared")
 
-    async def _evaluate(self, presented: Presented, received: Received,
+    async def _evaluate(self, backend: str, presented: Presented, received: Received,
                         levels: Levels) -> tuple[Evidence, Met]:
         """Verify the evidence bound to this certificate and its nonce; a level's max age
         counts from when the nonce was sent, whoever sent it."""
         verified = await self._verifier.verify(presented.bind(received))
         evidence = replace(verified, verified_at=min(verified.verified_at, received.at))
-        if evidence.gpu is not None:
-            await self._rims.refresh(evidence.gpu, rim_sources(levels))
-        return evidence, verdicts(evidence, levels, self._jwks.keys, self._clock(),
-                                  self._rims.references)
+        if evidence.gpus:
+            await self._rims.refresh([gpu.evidence for gpu in evidence.gpus],
+                                     rim_sources(levels))
+        now = self._clock()
+        met = verdicts(evidence, levels, self._jwks.keys, now, self._rims.references)
+        for policy, name, level in levels:
+            problems = [] if (policy, name) in met else gpu_level_problems(
+                evidence, level, now, self._rims.references)
+            if problems:  # which GPU of the machine keeps it from the level
+                log.warning("gpu_level_not_met", backend=backend, level=name,
+                            reasons=problems)
+        return evidence, met
 
     @staticmethod
     def _refresh_s(state: BackendState) -> float:

@@ -170,9 +170,8 @@ def test_gpu_evidence_is_bound_to_the_nonce_and_verifies_at_the_gateway(
     evidence = agent.verify(answer.content, nonce, VENDORS.roots())
     assert evidence.snp is not None
     assert evidence.snp.report.report_data == bound
-    assert evidence.gpu is not None
-    assert evidence.gpu.requester_nonce == bound[:32]
-    assert evidence.gpu.measurements == {1: MEASUREMENT}
+    assert [gpu.evidence.requester_nonce for gpu in evidence.gpus] == [bound[:32]]
+    assert evidence.gpus[0].evidence.measurements == {1: MEASUREMENT}
     # The same document presented for another nonce is a replay.
     with pytest.raises(EvidenceError, match="not bound to this nonce"):
         agent.verify(answer.content, os.urandom(32), VENDORS.roots())
@@ -293,7 +292,7 @@ def test_the_agent_staples_the_responders_answer_and_the_gateway_takes_it(
         verifier = EvidenceVerifier(VENDORS.roots(), MustBeStapled(), clock=AT.timestamp)
         fetched = Fetched(answer.content, agent.bound(nonce),
                           hashlib.sha256(agent.certificate).digest())
-        assert asyncio.run(verifier.verify(fetched)).gpu is not None
+        assert len(asyncio.run(verifier.verify(fetched)).gpus) == 1
 
 
 def test_a_revoked_stapled_answer_refuses_and_an_unreachable_responder_staples_none(
@@ -310,4 +309,4 @@ def test_a_revoked_stapled_answer_refuses_and_an_unreachable_responder_staples_n
         answer = agent.ask(server, nonce)
     assert answer.status_code == 200  # evidence served; the gateway asks the responder
     assert "ocsp" not in answer.json()["evidence"][1]
-    assert agent.verify(answer.content, nonce, VENDORS.roots()).gpu is not None
+    assert len(agent.verify(answer.content, nonce, VENDORS.roots()).gpus) == 1

@@ -84,8 +84,9 @@ def test_hostile_prompts_do_not_stall_the_gateway(patterns_gateway: ServerThread
     assert elapsed < 10, elapsed  # was 23 s for the PEM headers
     assert prober.latencies
     # /healthz kept answering meanwhile (the benchmark measures the 50 ms target; here a
-    # generous bound that a blocked loop would blow by seconds)
-    assert max(prober.latencies) < 1.0, max(prober.latencies)
+    # generous bound that a blocked loop would blow by seconds: a request of several seconds
+    # held on the loop. 1.0 s was exceeded, at 1.12 s, on a 2-core machine running 7 processes)
+    assert max(prober.latencies) < 2.0, max(prober.latencies)
 
 
 def test_a_chat_of_a_thousand_distinct_names_is_linear(patterns_gateway: ServerThread) -> None:

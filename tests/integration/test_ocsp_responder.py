@@ -103,7 +103,7 @@ POST = OcspResponder(method="post", nonce=True)
 
 def test_a_good_certificate_is_accepted_by_post_with_a_nonce(tmp_path: Path) -> None:
     responder = Responder()
-    assert verify_with(responder, POST, tmp_path).gpu is not None
+    assert verify_with(responder, POST, tmp_path).gpus
     assert responder.methods == ["POST application/ocsp-request"]
     (asked,) = responder.requests
     assert asked.serial_number == VENDORS.nvidia.leaf.serial_number
@@ -137,14 +137,14 @@ def test_a_post_answer_is_kept_until_its_next_update(tmp_path: Path) -> None:
 
 def test_without_a_nonce_post_takes_an_answer_without_one(tmp_path: Path) -> None:
     responder = Responder(echo=False)
-    assert verify_with(responder, OcspResponder(method="post", nonce=False), tmp_path).gpu
+    assert verify_with(responder, OcspResponder(method="post", nonce=False), tmp_path).gpus
     (asked,) = responder.requests
     assert list(asked.extensions) == []
 
 
 def test_get_is_still_chosen_per_responder(tmp_path: Path) -> None:
     responder = Responder()
-    assert verify_with(responder, OcspResponder(method="get", nonce=False), tmp_path).gpu
+    assert verify_with(responder, OcspResponder(method="get", nonce=False), tmp_path).gpus
     assert responder.methods == ["GET"]
 
 

@@ -61,7 +61,8 @@ def _gpu_part() -> dict[str, Any]:
 # kind -> (the part, when it is valid, the binding it carries, the refusal of any other binding)
 # and, for those whose revocation data is not available offline, the refusal that follows.
 REVOCATION_OFFLINE = {"sev-snp": "sev-snp: no CRL for the Milan VCEK chain",
-                      "nvidia-gpu": "nvidia-gpu: no OCSP response from http://ocsp.ndis.nvidia"}
+                      "nvidia-gpu": r"nvidia-gpu: GPU 0 \(certificate serial [0-9a-f]+\): no OCSP "
+                                    r"response from http://ocsp.ndis.nvidia"}
 GENUINE = {
     "sev-snp": ({"format": "sev-snp", "report": _b64("virtee_milan_report.bin"),
                  "vcek": _b64("virtee_milan_vcek.der")}, datetime(2024, 6, 1, tzinfo=UTC),
@@ -73,7 +74,8 @@ GENUINE = {
             "tdx: report_data is not bound"),
     "nvidia-gpu": (_gpu_part(), datetime(2025, 1, 1, tzinfo=UTC),
                    bytes.fromhex(_gpu_part()["evidence"])[4:36] + bytes(32),
-                   "nvidia-gpu: the request nonce is not this gateway's"),
+                   r"nvidia-gpu: GPU 0 \(certificate serial [0-9a-f]+\): the request nonce "
+                   "is not this gateway's"),
 }
 
 
@@ -108,7 +110,7 @@ async def test_genuine_evidence_does_not_verify_to_private_roots() -> None:
 
 
 @pytest.mark.parametrize(("body", "reason"), [
-    (b"x" * (MAX_EVIDENCE_BYTES + 1), "evidence larger than 256 KiB"),
+    (b"x" * (MAX_EVIDENCE_BYTES + 1), "evidence larger than 1024 KiB"),
     (b"<html>", "evidence is not JSON"),
     (b"[]", "evidence must be"),
     (b'{"evidence": []}', "evidence must be"),
@@ -117,7 +119,8 @@ async def test_genuine_evidence_does_not_verify_to_private_roots() -> None:
     (b'{"evidence": [{"format": "sgx"}]}', "unsupported evidence part 'sgx'"),
     (b'{"evidence": [{"format": "sev-snp"}]}', "sev-snp evidence needs a base64 'report'"),
     (b'{"evidence": [{"format": "tdx", "quote": "%%%"}]}', "tdx evidence needs a base64"),
-    (b'{"evidence": [{"format": "nvidia-gpu", "evidence": "zz"}]}', "nvidia-gpu evidence needs"),
+    (b'{"evidence": [{"format": "nvidia-gpu", "evidence": "zz"}]}',
+     "nvidia-gpu: GPU 0: the part needs hex"),
 ])
 async def test_malformed_documents_are_refused_with_the_reason(body: bytes, reason: str) -> None:
     with pytest.raises(EvidenceError, match=reason):

@@ -420,7 +420,7 @@ def td(vendors: Vendors, mrtd: bytes = MRTD, **rtmrs: str) -> VerifiedTdx:
 
 def named(verified: VerifiedTdx, level: TrustLevel) -> list[str]:
     """The releases the gateway's `attested` line names for this quote meeting the level."""
-    evidence = Evidence(snp=None, tdx=verified, gpu=None, tokens=(), expected_nonce="",
+    evidence = Evidence(snp=None, tdx=verified, gpus=(), tokens=(), expected_nonce="",
                         certificate_sha256=b"", verified_at=0.0, digest="")
     return releases_behind(evidence, [("p", "released-td", level)],
                            {("p", "released-td"): 1.0})

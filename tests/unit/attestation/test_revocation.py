@@ -23,7 +23,7 @@ from cryptography.x509 import ocsp
 from gateway.attestation.collateral import CollateralStore
 from gateway.attestation.evidence import Evidence, EvidenceVerifier, Fetched
 from gateway.attestation.levels import TrustLevel
-from gateway.attestation.nvidia import GpuEvidence
+from gateway.attestation.nvidia import GpuEvidence, VerifiedGpu
 from gateway.attestation.revocation import check_ocsp
 from gateway.attestation.snp import SnpReport
 from gateway.attestation.tdx import Collateral, TdxQuote
@@ -141,18 +141,18 @@ def gpu(**options: Any) -> dict[str, Any]:
 async def test_a_good_stapled_ocsp_response_is_accepted() -> None:
     issued = Issued(crls={"vcek": VENDORS.amd.crl()})
     evidence = await verify(gpu(), issued)
-    assert evidence.gpu is not None
+    assert len(evidence.gpus) == 1
     assert "ocsp " + OCSP_URL not in issued.asked  # stapled: the responder is not asked
 
 
 async def test_a_response_from_a_delegated_responder_is_accepted() -> None:
     issued = Issued(crls={"vcek": VENDORS.amd.crl()})
-    assert (await verify(gpu(ocsp=VENDORS.nvidia.ocsp(delegated=True)), issued)).gpu
+    assert (await verify(gpu(ocsp=VENDORS.nvidia.ocsp(delegated=True)), issued)).gpus
 
 
 async def test_without_a_stapled_response_the_responder_is_asked() -> None:
     issued = Issued(crls={"vcek": VENDORS.amd.crl()}, ocsp_responses=[VENDORS.nvidia.ocsp()])
-    assert (await verify(gpu(stapled=False), issued)).gpu
+    assert (await verify(gpu(stapled=False), issued)).gpus
     assert issued.asked[-1] == "ocsp " + OCSP_URL
     with pytest.raises(EvidenceError, match="unreachable"):  # unobtainable: fail closed
         await verify(gpu(stapled=False), Issued(crls={"vcek": VENDORS.amd.crl()}))
@@ -160,7 +160,8 @@ async def test_without_a_stapled_response_the_responder_is_asked() -> None:
 
 OCSP_REFUSALS = {
     "revoked": (lambda: VENDORS.nvidia.ocsp(status="revoked"),
-                r"nvidia-gpu: certificate 'Test GH100 attestation key' is revoked "
+                r"nvidia-gpu: GPU 0 \(certificate serial [0-9a-f]+\): certificate "
+                r"'Test GH100 attestation key' is revoked "
                 r"\(key_compromise\)"),
     "signed by another key": (
         lambda: VENDORS.nvidia.ocsp(signer=ec.generate_private_key(ec.SECP384R1())),
@@ -204,7 +205,7 @@ async def test_a_stapled_response_not_current_or_not_about_it_is_passed_over(cas
     cache gone old) means asking the responder, whose answer must then hold."""
     response, _ = OCSP_REFUSALS[case]
     issued = Issued(crls={"vcek": VENDORS.amd.crl()}, ocsp_responses=[VENDORS.nvidia.ocsp()])
-    assert (await verify(gpu(ocsp=response()), issued)).gpu
+    assert (await verify(gpu(ocsp=response()), issued)).gpus
     assert issued.asked[-1] == "ocsp " + OCSP_URL
     with pytest.raises(EvidenceError, match="unreachable"):  # and without it: refused
         await verify(gpu(ocsp=response()), Issued(crls={"vcek": VENDORS.amd.crl()}))
@@ -363,7 +364,8 @@ async def test_the_verdict_lapses_at_the_ocsp_responses_next_update() -> None:
 def test_a_level_met_is_met_no_longer_than_the_revocation_data() -> None:
     """verdicts.py takes the evidence's not_after as a bound: a level with a long max age
     still lapses at the revocation data's nextUpdate."""
-    evidence = Evidence(snp=None, tdx=None, gpu=GpuEvidence(b"", b"", {}, b"", b""), tokens=(),
+    gpu = VerifiedGpu(0, "1", b"", GpuEvidence(b"", b"", {}, b"", b""))
+    evidence = Evidence(snp=None, tdx=None, gpus=(gpu,), tokens=(),
                         expected_nonce="", certificate_sha256=bytes(32),
                         verified_at=AT.timestamp(), digest="",
                         revocation_until=AT.timestamp() + 60)

@@ -17,7 +17,7 @@ from cryptography import x509
 from gateway.attestation.collateral import CollateralStore
 from gateway.attestation.evidence import Evidence
 from gateway.attestation.levels import TrustLevel
-from gateway.attestation.nvidia import GpuEvidence, parse_evidence
+from gateway.attestation.nvidia import GpuEvidence, VerifiedGpu, parse_evidence
 from gateway.attestation.rim_store import RimStore
 from gateway.attestation.rims import nvidia_rim_root
 from gateway.attestation.transport import NetworkTransport
@@ -44,7 +44,8 @@ def level(rims: dict[str, Any]) -> TrustLevel:
 
 
 def evidence(measured: GpuEvidence) -> Evidence:
-    return Evidence(snp=None, tdx=None, gpu=measured, tokens=(), expected_nonce="",
+    return Evidence(snp=None, tdx=None, gpus=(VerifiedGpu(0, "1", b"", measured),), tokens=(),
+                    expected_nonce="",
                     certificate_sha256=b"", verified_at=NOW, digest="")
 
 
@@ -75,7 +76,7 @@ def files(tmp_path: Path, ca: RimTestCa, **versions: str) -> list[str]:
 
 async def judged(store: RimStore, wanted: TrustLevel, measured: GpuEvidence,
                  now: float = NOW) -> tuple[list[str], float | None]:
-    await store.refresh(measured, rim_sources([("p", "gpu", wanted)]))
+    await store.refresh([measured], rim_sources([("p", "gpu", wanted)]))
     assert wanted.nvidia_gpu is not None
     assert wanted.nvidia_gpu.rims is not None
     problems, _ = store.references(wanted.nvidia_gpu.rims, measured, now)
