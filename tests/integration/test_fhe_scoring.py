@@ -80,7 +80,8 @@ class Recorder:
             async with ClientSession() as session, session.request(
                     request.method, self.target + request.path_qs, data=body,
                     headers={k: v for k, v in request.headers.items()
-                             if k.lower() in ("x-veil-key-id", "content-type")}) as upstream:
+                             if k.lower() in ("x-veil-key-id", "x-veil-queries",
+                                            "content-type")}) as upstream:
                 return web.Response(status=upstream.status, body=await upstream.read(),
                                     content_type=upstream.content_type)
 
@@ -397,7 +398,7 @@ def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path
                 assert chat(gw.url, "hello").status_code == 200
             scorer.send_signal(signal.SIGTERM)
             scorer.wait(timeout=20)
-            model("large", 1000)  # needs rotations the small model did not
+            model("large", 5000)  # needs rotations the small model did not (16 baby steps)
             scorer = start_scorer(models, received, port)
             both = settings_for([demo_backend("d", demo.url)], fhe=fhe,
                                 policy={**TEST_POLICY, "semantic": rules})
