@@ -141,9 +141,10 @@ def compile_layout(model: ModelFile, layout: Layout, context: seal.SEALContext
 
 
 def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Evaluator,
-             galois: seal.GaloisKeys) -> list[seal.Ciphertext]:
-    """y = W x by BSGS over complex diagonals; one rescaled ciphertext per output set. The
-    fold rotations come after the rescale: at one prime they cost half as much."""
+             galois: seal.GaloisKeys, sets: range | None = None) -> list[seal.Ciphertext]:
+    """y = W x by BSGS over complex diagonals; one rescaled ciphertext per output set (those
+    in `sets`, default all). The fold rotations come after the rescale: at one prime they cost
+    half as much."""
     layout = compiled.layout
     baby = [query]
     for step in range(1, layout.baby):
@@ -151,7 +152,8 @@ def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Ev
         evaluator.rotate_vector(query, step, galois, rotated)
         baby.append(rotated)
     out = []
-    for index, plaintexts in enumerate(compiled.plaintexts):
+    for index in sets if sets is not None else range(len(compiled.plaintexts)):
+        plaintexts = compiled.plaintexts[index]
         total = None
         for j in range(layout.giant):
             inner = None
