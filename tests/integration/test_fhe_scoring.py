@@ -68,6 +68,7 @@ class Recorder:
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)
     # ("PUT", key id) for evaluation keys, ("POST", key id) for a query, in order
     key_ids: list[tuple[str, str]] = field(default_factory=list)
+    packings: list[str] = field(default_factory=list)  # X-Veil-Queries of each query
 
     def app(self) -> web.Application:
         async def forward(request: web.Request) -> web.Response:
@@ -77,6 +78,7 @@ class Recorder:
                 self.key_ids.append(("PUT", request.path.rsplit("/", 1)[-1]))
             elif request.method == "POST":
                 self.key_ids.append(("POST", request.headers.get("X-Veil-Key-Id", "")))
+                self.packings.append(request.headers.get("X-Veil-Queries", ""))
             async with ClientSession() as session, session.request(
                     request.method, self.target + request.path_qs, data=body,
                     headers={k: v for k, v in request.headers.items()
