@@ -39,6 +39,8 @@ class Batcher:
 
     async def score(self, scorer: str, model: str, embeddings: Sequence[Embedding]
                     ) -> list[Scores]:
+        if not embeddings:
+            return []
         loop = asyncio.get_running_loop()
         key = (scorer, model)
         waiting = self._waiting.setdefault(key, _Waiting())

@@ -11,8 +11,10 @@ models declare (every packing each offers).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from gateway.fhe.packing import (
     PACKINGS,
     Layout,
     layout_for,
-    packing_for,
+    passes_for,
     query,
     read_scores,
 )
@@ -80,26 +82,28 @@ class ScorerClient:
         """Per label: the max (or top-k mean) cosine, or the sigmoid of the class logit."""
         return (await self.score_many(model, [embedding]))[0]
 
-    async def max_packing(self, model: str) -> int:
-        """The most queries one pass of `model` may carry."""
-        return max((await self._info(model)).packings)
-
     async def score_many(self, model: str, embeddings: Sequence[npt.NDArray[np.float64]]
                          ) -> list[dict[str, float]]:
-        """One pass for all: per embedding, in order, its own scores (as `score`)."""
+        """Per embedding, in order, its own scores (as `score`): in passes of the packings
+        the model offers, concurrently."""
         info = await self._info(model)
-        if not embeddings or len(embeddings) > max(info.packings):
-            raise ScorerError(f"{len(embeddings)} queries for one pass of {model!r}")
         for embedding in embeddings:
             if embedding.shape != (INPUT_DIM,):
                 raise ScorerError(f"embedding has shape {embedding.shape}")
-        queries = min(q for q in info.packings if q >= packing_for(len(embeddings)))
-        layout = info.layout(queries)
+        bounds = list(itertools.accumulate(passes_for(len(embeddings), info.packings),
+                                           initial=0))
+        parts = await asyncio.gather(*[self._pass(info, embeddings[start:end])
+                                       for start, end in itertools.pairwise(bounds)])
+        return [scores for part in parts for scores in part]
+
+    async def _pass(self, info: ModelInfo, embeddings: Sequence[npt.NDArray[np.float64]]
+                    ) -> list[dict[str, float]]:
+        layout = info.layout(len(embeddings))
         body = self._encrypt(embeddings, layout)
-        reply = await self._post(model, queries, body)
+        reply = await self._post(info.name, layout.queries, body)
         if reply is None:  # the scorer does not know this key epoch yet
             await self._send_keys()
-            reply = await self._post(model, queries, body)
+            reply = await self._post(info.name, layout.queries, body)
             if reply is None:
                 raise ScorerError(f"scorer {self.name} refused our evaluation keys")
         scores = self._decrypt(reply, info, layout, len(embeddings))

@@ -87,12 +87,16 @@ def layout_for(rows: int, queries: int = 1) -> Layout:
     return min(candidates, key=lambda c: (c.baby - 1 + c.sets * (c.giant - 1), c.baby))
 
 
-def packing_for(count: int) -> int:
-    """The fewest blocks that hold `count` queries."""
-    for queries in PACKINGS:
-        if count <= queries:
-            return queries
-    raise ValueError(f"at most {PACKINGS[-1]} queries a ciphertext, not {count}")
+def passes_for(count: int, packings: Sequence[int] = PACKINGS) -> list[int]:
+    """Queries a pass for `count` queries: the largest packing that the rest fills, again and
+    again (5 = 4 + 1), so no block is padded: a pass costs about the same whether its blocks
+    are full or not, and the passes run side by side on the scorer's workers."""
+    sizes = []
+    while count > 0:
+        size = max(q for q in packings if q <= count)
+        sizes.append(size)
+        count -= size
+    return sizes
 
 
 def _positions(layout: Layout) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:

@@ -111,20 +111,13 @@ class SemanticScorer:
 
     async def _pass(self, scorer: str, model: str, embeddings: list[npt.NDArray[np.float64]]
                     ) -> list[dict[str, float]]:
-        """One batch under one key epoch: as few passes as the model's packings allow."""
+        """One batch, under one key epoch."""
         client = await self._client(scorer)
-        size = min(self._settings.max_batch, await client.max_packing(model))
-        parts = await asyncio.gather(*[self._score(client, model, embeddings[i:i + size])
-                                       for i in range(0, len(embeddings), size)])
-        return [scores for part in parts for scores in part]
-
-    async def _score(self, client: ScorerClient, model: str,
-                     embeddings: list[npt.NDArray[np.float64]]) -> list[dict[str, float]]:
         started = asyncio.get_running_loop().time()
         try:
             return await client.score_many(model, embeddings)
         finally:
-            self._metrics.scorer_seconds.labels(client.name).observe(
+            self._metrics.scorer_seconds.labels(scorer).observe(
                 asyncio.get_running_loop().time() - started)
 
     async def _client(self, name: str) -> ScorerClient:

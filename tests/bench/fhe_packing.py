@@ -6,12 +6,15 @@
    Unpacked: one pass a query (fhe.batch_window_ms 0, max_batch 1: what the gateway did before
    packing). Packed: queries arriving within 2 ms share a pass, up to 8. Rounds alternate the
    two; medians of requests/s and the ratio. Target: packed >= 5x unpacked.
-2. Added latency of a chat request with one semantic rule at K = 1,000 through the gateway
+2. The scoring part alone of one long prompt (its windows, fhe.chunk_tokens: a one-sentence
+   prompt is 1 window, 2 KB ~5, 20 KB ~45), unpacked and packed, medians: what packing does to
+   the latency of a long prompt without the embedder's cost.
+3. Added latency of a chat request with one semantic rule at K = 1,000 through the gateway
    (embedding included), for a one-sentence, a 2 KB and a 20 KB prompt, unpacked and packed
    (a long prompt's windows share passes), against the same gateway without the rule,
    interleaved, medians.
 
-Run: .venv/bin/python tests/bench/fhe_packing.py [--throughput-only] [--rounds N]
+Run: .venv/bin/python tests/bench/fhe_packing.py [--scoring-only] [--rounds N]
 """
 
 from __future__ import annotations
@@ -127,6 +130,34 @@ async def throughput(url: str, keys_dir: Path, rounds: int, seconds: float
         return results
 
 
+WINDOWS = {"one sentence": 1, "2 KB": 5, "20 KB": 45}
+
+
+async def prompt_latency(url: str, keys_dir: Path, rounds: int) -> dict[str, tuple[float, float]]:
+    """Per prompt size: median ms to score all its windows, unpacked and packed."""
+    keys = KeyStore.open(str(keys_dir), MASTER_ENV, None).load()
+    rng = np.random.default_rng(5)
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        client = ScorerClient("s", url, keys, session, 120)
+
+        async def one_pass(_: str, model: str, embeddings: list[Any]) -> list[dict[str, float]]:
+            return await client.score_many(model, embeddings)
+
+        unpacked, packed = Batcher(one_pass, 0, 1), Batcher(one_pass, 2 / 1000, 8)
+        await packed.score("s", "topics", [np.ones(384) / np.sqrt(384)] * 8)
+        medians = {}
+        for name, windows in WINDOWS.items():
+            samples: tuple[list[float], list[float]] = ([], [])
+            for _ in range(rounds):
+                xs = [x / np.linalg.norm(x) for x in rng.standard_normal((windows, 384))]
+                for batcher, sample in zip((unpacked, packed), samples, strict=True):
+                    started = time.perf_counter()
+                    await batcher.score("s", "topics", xs)
+                    sample.append((time.perf_counter() - started) * 1000)
+            medians[name] = (statistics.median(samples[0]), statistics.median(samples[1]))
+        return medians
+
+
 def added_latency(url: str, keys_dir: Path) -> dict[str, tuple[float, float, float]]:
     fhe = {"keys_dir": str(keys_dir), "master_key_env": MASTER_ENV,
            "scorers": [{"name": "s", "url": url, "timeout_s": 60}]}
@@ -183,9 +214,13 @@ def main() -> None:
         for mode, value in (("unpacked", unpacked), ("packed", packed)):
             print(f"{mode:>10} {value:>20.1f} {' '.join(f'{v:.1f}' for v in results[mode]):>40}")
         print(f"{'ratio':>10} {packed / unpacked:>20.2f}   (target >= 5)")
-        if "--throughput-only" in sys.argv:
+        print(f"\n2. scoring one prompt's windows, K = {ROWS:,} (ms, medians of {rounds})")
+        print(f"{'prompt':>14} {'windows':>8} {'unpacked':>9} {'packed':>9} {'ratio':>6}")
+        for name, (off, on) in asyncio.run(prompt_latency(url, tmp / "keys", rounds)).items():
+            print(f"{name:>14} {WINDOWS[name]:>8} {off:>9.1f} {on:>9.1f} {off / on:>6.2f}")
+        if "--scoring-only" in sys.argv:
             return
-        print(f"\n2. chat request through the gateway, K = {ROWS:,}, one semantic rule "
+        print(f"\n3. chat request through the gateway, K = {ROWS:,}, one semantic rule "
               "(ms, medians; added = with rule - without)")
         print(f"{'prompt':>14} {'without':>9} {'unpacked':>9} {'packed':>9} "
               f"{'added unpacked':>15} {'added packed':>13}")

@@ -14,7 +14,7 @@ from gateway.fhe.packing import (
     PACKINGS,
     SLOTS,
     layout_for,
-    packing_for,
+    passes_for,
     query,
     read_scores,
     simulate,
@@ -69,10 +69,10 @@ def test_layout_arithmetic(rows: int, queries: int) -> None:
     assert all(0 < step < SLOTS for step in layout.rotation_steps())
 
 
-def test_packing_for_rounds_up() -> None:
-    assert [packing_for(n) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
-    with pytest.raises(ValueError, match="at most 8"):
-        packing_for(9)
+def test_passes_never_pad_a_block() -> None:
+    assert [passes_for(n) for n in (1, 3, 5, 8, 19)] == [[1], [2, 1], [4, 1], [8], [8, 8, 2, 1]]
+    assert passes_for(5, (1, 2)) == [2, 2, 1]
+    assert passes_for(0) == []
 
 
 def test_bad_shapes_are_refused() -> None:
