@@ -475,6 +475,11 @@ class FheSettings(Strict):
     chunk_tokens: Annotated[int, Field(ge=16, le=256)] = 128
     chunk_overlap_tokens: Annotated[int, Field(ge=0, le=64)] = 16
     max_chunks: Annotated[int, Field(ge=1, le=1024)] = 64
+    # Queries for one (scorer, model) arriving within `batch_window_ms` share one encrypted
+    # pass, up to `max_batch` a ciphertext (gateway/fhe/batching.py); 0: a request's own
+    # windows are packed together, never with another request's.
+    batch_window_ms: Annotated[float, Field(ge=0, le=100)] = 2.0
+    max_batch: Annotated[int, Field(ge=1, le=8)] = 8
 
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:

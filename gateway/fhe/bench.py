@@ -19,7 +19,7 @@ import numpy.typing as npt
 import tenseal.sealapi as seal
 
 from gateway.fhe.packing import layout_for, query, read_scores
-from gateway.fhe.scoring import CompiledModel, ModelFile, compile_model, evaluate
+from gateway.fhe.scoring import CompiledModel, ModelFile, compile_layout, evaluate
 from gateway.fhe.seal import SCALE, checked_ciphertext, galois_element, load, new_context, to_bytes
 
 
@@ -40,8 +40,8 @@ def _prepare(weights: npt.NDArray[np.float64], galois: bytes) -> None:
     load(keys, context, galois)
     model = ModelFile("bench", "reference_set", weights,
                       tuple("x" for _ in range(weights.shape[0])), None, "max")
-    _scorer.append(_Scorer(context, keys, compile_model(model, context),
-                           seal.Evaluator(context)))
+    compiled = compile_layout(model, layout_for(weights.shape[0]), context)
+    _scorer.append(_Scorer(context, keys, compiled, seal.Evaluator(context)))
 
 
 def _evaluate(query_bytes: bytes, repeats: int) -> tuple[float, list[bytes]]:
@@ -87,7 +87,7 @@ def run_bench(ks: list[int], *, compare_matmul: bool = False, repeats: int = 5) 
         galois = to_bytes(generator.create_galois_keys(
             [galois_element(s) for s in layout.rotation_steps()]))
         plaintext = seal.Plaintext()
-        encoder.encode(query(x, layout).tolist(), SCALE, plaintext)
+        encoder.encode(query([x], layout).tolist(), SCALE, plaintext)
         query_bytes = to_bytes(encryptor.encrypt_symmetric(plaintext))
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn, initializer=_prepare,
                                                     initargs=(weights, galois)) as scorer:
@@ -97,7 +97,7 @@ def run_bench(ks: list[int], *, compare_matmul: bool = False, repeats: int = 5) 
             decrypted = seal.Plaintext()
             decryptor.decrypt(checked_ciphertext(context, raw, parms_id=reply_level), decrypted)
             blocks.append(np.array(encoder.decode_complex(decrypted)))
-        error = float(np.abs(read_scores(blocks, layout) - weights @ x).max())
+        error = float(np.abs(read_scores(blocks, layout, 1)[0] - weights @ x).max())
         print(f"{k:>6} {numpy_ms:>10.4f} {matmul_ms:>10.2f} {veil_ms:>10.2f} {error:>12.2e}")
 
 

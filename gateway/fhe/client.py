@@ -2,16 +2,21 @@
 and validate the reply before decrypting (the bytes come from a party we do not trust, into the
 process that holds the secret key). Scores never go back to the scorer.
 
-Per query: one seeded symmetric ciphertext (~113 KiB) out; one ciphertext per output block
-back. Evaluation keys are sent once per key epoch, for exactly the rotations the scorer's models
-declare.
+Per pass: one seeded symmetric ciphertext (~113 KiB) out, holding up to 8 queries (one a
+block of slots: gateway/fhe/packing.py); one ciphertext per output set back. Only this process
+knows which block is whose: each query's scores are read from its own block and handed back
+alone. Evaluation keys are sent once per key epoch, for exactly the rotations the scorer's
+models declare (every packing each offers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,15 @@ import tenseal.sealapi as seal
 
 from gateway.errors import BodyTooLarge, CiphertextError, ScorerError
 from gateway.fhe.keys import FheKeys
-from gateway.fhe.packing import INPUT_DIM, Layout, layout_for, query, read_scores
+from gateway.fhe.packing import (
+    INPUT_DIM,
+    PACKINGS,
+    Layout,
+    layout_for,
+    passes_for,
+    query,
+    read_scores,
+)
 from gateway.fhe.seal import SCALE, checked_ciphertext, to_bytes
 from gateway.streams import read_at_most
 
@@ -39,12 +52,16 @@ class ModelInfo:
     rows: int
     labels: tuple[str, ...]
     aggregate: str
+    packings: tuple[int, ...]  # queries a ciphertext the scorer compiled this model for
     rotation_steps: tuple[int, ...]
     embedder: str = "minilm"  # what the model's rows were embedded with (scorers of old: minilm)
 
-    @property
-    def layout(self) -> Layout:
-        return layout_for(self.rows)
+    def layout(self, queries: int) -> Layout:
+        return layout_for(self.rows, queries)
+
+    def expected_steps(self) -> list[int]:
+        return sorted({step for queries in self.packings
+                       for step in self.layout(queries).rotation_steps()})
 
 
 class ScorerClient:
@@ -64,22 +81,43 @@ class ScorerClient:
 
     async def score(self, model: str, embedding: npt.NDArray[np.float64]) -> dict[str, float]:
         """Per label: the max (or top-k mean) cosine, or the sigmoid of the class logit."""
+        return (await self.score_many(model, [embedding]))[0]
+
+    async def score_many(self, model: str, embeddings: Sequence[npt.NDArray[np.float64]]
+                         ) -> list[dict[str, float]]:
+        """Per embedding, in order, its own scores (as `score`): in passes of the packings
+        the model offers, concurrently."""
+        info = await self._info(model)
+        for embedding in embeddings:
+            if embedding.shape != (INPUT_DIM,):
+                raise ScorerError(f"embedding has shape {embedding.shape}")
+        bounds = list(itertools.accumulate(passes_for(len(embeddings), info.packings),
+                                           initial=0))
+        parts = await asyncio.gather(*[self._pass(info, embeddings[start:end])
+                                       for start, end in itertools.pairwise(bounds)])
+        return [scores for part in parts for scores in part]
+
+    async def _pass(self, info: ModelInfo, embeddings: Sequence[npt.NDArray[np.float64]]
+                    ) -> list[dict[str, float]]:
+        layout = info.layout(len(embeddings))
+        body = self._encrypt(embeddings, layout)
+        reply = await self._post(info.name, layout.queries, body)
+        if reply is None:  # the scorer does not know this key epoch yet
+            await self._send_keys()
+            reply = await self._post(info.name, layout.queries, body)
+            if reply is None:
+                raise ScorerError(f"scorer {self.name} refused our evaluation keys")
+        scores = self._decrypt(reply, info, layout, len(embeddings))
+        return [aggregate(info, row) for row in scores]
+
+    async def _info(self, model: str) -> ModelInfo:
         info = (await self.models()).get(model)
         if info is None:  # perhaps deployed since we asked: ask once more
             self._models = None
             info = (await self.models()).get(model)
         if info is None:
             raise ScorerError(f"scorer {self.name} has no model {model!r}")
-        if embedding.shape != (INPUT_DIM,):
-            raise ScorerError(f"embedding has shape {embedding.shape}")
-        body = self._encrypt(embedding, info.layout)
-        reply = await self._post(model, body)
-        if reply is None:  # the scorer does not know this key epoch yet
-            await self._send_keys()
-            reply = await self._post(model, body)
-            if reply is None:
-                raise ScorerError(f"scorer {self.name} refused our evaluation keys")
-        return aggregate(info, self._decrypt(reply, info))
+        return info
 
     async def models(self) -> dict[str, ModelInfo]:
         if self._models is None:
@@ -87,32 +125,37 @@ class ScorerClient:
             try:
                 self._models = {m["name"]: ModelInfo(
                     m["name"], m["kind"], int(m["rows"]), tuple(m["labels"]), m["aggregate"],
+                    tuple(int(q) for q in m["packings"]),
                     tuple(int(s) for s in m["rotation_steps"]), str(m.get("embedder", "minilm")))
                     for m in document["models"]}
             except (KeyError, TypeError, ValueError):
                 raise ScorerError(f"scorer {self.name}: malformed model list") from None
             for info in self._models.values():
-                if list(info.rotation_steps) != info.layout.rotation_steps() \
+                if not info.packings or not set(info.packings) <= set(PACKINGS) \
+                        or 1 not in info.packings \
+                        or list(info.rotation_steps) != info.expected_steps() \
                         or len(info.labels) != info.rows:
                     raise ScorerError(f"scorer {self.name}: model {info.name} does not match "
                                       "the packing this gateway uses")
         return self._models
 
-    def _encrypt(self, embedding: npt.NDArray[np.float64], layout: Layout) -> bytes:
+    def _encrypt(self, embeddings: Sequence[npt.NDArray[np.float64]], layout: Layout) -> bytes:
         encoder = self._keys.encoder()
         plaintext = seal.Plaintext()
-        encoder.encode(query(embedding, layout).tolist(), SCALE, plaintext)
+        encoder.encode(query(embeddings, layout).tolist(), SCALE, plaintext)
         return to_bytes(self._keys.encryptor().encrypt_symmetric(plaintext))
 
-    def _decrypt(self, reply: dict[str, Any], info: ModelInfo) -> npt.NDArray[np.float64]:
-        """Validate everything, then decrypt: count, key id, model, sizes, SEAL checks."""
-        layout = info.layout
+    def _decrypt(self, reply: dict[str, Any], info: ModelInfo, layout: Layout, count: int
+                 ) -> npt.NDArray[np.float64]:
+        """Validate everything, then decrypt: count, key id, model, packing, sizes, SEAL
+        checks. [count, K]: row k from block k only."""
         texts = reply.get("ciphertexts")
-        if reply.get("key_id") != self._keys.key_id or reply.get("model") != info.name:
-            raise ScorerError("reply is for another key or model")
-        if not isinstance(texts, list) or len(texts) != layout.blocks \
+        if reply.get("key_id") != self._keys.key_id or reply.get("model") != info.name \
+                or reply.get("queries") != layout.queries:
+            raise ScorerError("reply is for another key, model or packing")
+        if not isinstance(texts, list) or len(texts) != layout.sets \
                 or not all(isinstance(t, str) for t in texts):
-            raise ScorerError(f"reply must hold {layout.blocks} ciphertexts")
+            raise ScorerError(f"reply must hold {layout.sets} ciphertexts")
         decryptor = self._keys.decryptor()
         encoder = self._keys.encoder()
         blocks = []
@@ -126,15 +169,16 @@ class ScorerClient:
             plaintext = seal.Plaintext()
             decryptor.decrypt(ciphertext, plaintext)
             blocks.append(np.array(encoder.decode_complex(plaintext)))
-        scores = read_scores(blocks, layout)
+        scores = read_scores(blocks, layout, count)
         _range_check(scores, info.kind)
         return scores
 
-    async def _post(self, model: str, body: bytes) -> dict[str, Any] | None:
+    async def _post(self, model: str, queries: int, body: bytes) -> dict[str, Any] | None:
         try:
             async with self._session.post(
                     f"{self._url}/v1/score/{model}", data=body, timeout=self._timeout,
                     headers={"X-Veil-Key-Id": self._keys.key_id,
+                             "X-Veil-Queries": str(queries),
                              "Content-Type": "application/octet-stream"}) as response:
                 payload = await read_at_most(response.content, MAX_REPLY_BYTES)
                 status = response.status

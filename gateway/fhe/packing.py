@@ -1,29 +1,40 @@
-"""How a matrix-vector product y = W x is laid out in CKKS slots. Pure numpy: the scorer turns
-these arrays into plaintexts, the gateway encodes the query and reads the scores; tests check
-the layout by simulating rotations with `np.roll`.
+"""How y = W x is laid out in CKKS slots, for one query or several packed into one ciphertext.
+Pure numpy: the scorer turns these arrays into plaintexts, the gateway encodes the queries and
+reads the scores; tests check the layout by simulating rotations with `np.roll`.
 
-Slots: 4096 complex (N = 8192). The input (384 dims) is padded to n = 512 and repeated 8 times,
-so rotating it by i reads column (t + i) mod n in slot t. Diagonal method: slot t accumulates
-sum_i D_i[t] * x[(t + i) mod n] over d diagonals, a window of d columns. For K rows we fold:
-each output gets c = n / d slots (chunks of d columns) which a rotate-and-add by d, 2d, ...
-sums; outputs per ciphertext = 4096 / c. Complex packing halves the work again: the query is
-z = x + i*rot(x, d/2), the plaintexts P_i = D_i - i*D_(i+d/2), and Re(P_i * rot(z, i)) covers
-two diagonals at once. Baby-step/giant-step over the d/2 complex diagonals: B baby rotations of
-the query (shared by every output block) and G giant rotations per block, B * G = d/2.
+Slots: 4096 complex (N = 8192), cut into `queries` blocks (1, 2, 4 or 8) of `width` slots, one
+query a block; the gateway alone knows which block is whose. In its block the 384-dim input
+repeats with period 384 (slot p holds x[p mod 384]), so every rotation the scorer makes reads
+the block's own query as long as a read stays inside the block: outputs are placed only where
+that holds (`repeats` stretches of 384 slots, the rest of the block is read-only tail).
+
+Diagonal method, d = 128 columns a chunk, 3 chunks an output: in a stretch, output e is
+summed in the slots e, e + 128, e + 256 (chunk q reads columns q*128 + e .. + 127, mod 384),
+then folded by rotating 128 and 256. Complex packing halves the multiplications: the query is
+z = x + i*x(shifted 64), the plaintexts P_i = D_i - i*D_(i+64), and Re(P_i * rot(z, i)) covers
+two diagonals at once (64 complex diagonals). Baby-step/giant-step: B baby rotations of the
+query, shared by every output set, and G giant rotations per set, B * G = 64. An output set is
+one reply ciphertext: per query, `per_set` rows. Packing Q queries shares the baby steps, the
+encryption and the round trip among them; the multiplications grow with Q (each block is a
+different query), the rotations by the giant and fold steps of the extra sets only.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 SLOTS = 4096
-WIDTH = 512  # the input, padded
 INPUT_DIM = 384
-COPIES = SLOTS // WIDTH
+CHUNK = 128  # d: columns a chunk
+CHUNKS = INPUT_DIM // CHUNK  # slots summed into one output
+HALF = CHUNK // 2  # complex diagonals
+PACKINGS = (1, 2, 4, 8)  # queries a ciphertext
+BABIES = (4, 8, 16)  # baby-step counts considered (each needs B - 1 rotation keys)
 
 Complex = npt.NDArray[np.complex128]
 Real = npt.NDArray[np.float64]
@@ -31,107 +42,155 @@ Real = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Layout:
-    rows: int  # K, the outputs
-    diagonals: int  # d: columns per chunk (real diagonals)
-    chunks: int  # c = WIDTH / d: slots summed into one output
-    blocks: int  # ciphertexts of output
+    rows: int  # K, the outputs a query
+    queries: int  # blocks: queries packed in one ciphertext
     baby: int  # B
-    giant: int  # G, with B * G = d / 2
+    giant: int  # G, with B * G = HALF
 
     @property
-    def per_block(self) -> int:
-        return SLOTS // self.chunks
+    def width(self) -> int:
+        return SLOTS // self.queries
+
+    @property
+    def repeats(self) -> int:
+        """Stretches of 384 output slots a block, all reads (up to HALF - 1 past) inside it."""
+        return (self.width - HALF + 1) // INPUT_DIM
+
+    @property
+    def per_set(self) -> int:
+        return self.repeats * CHUNK
+
+    @property
+    def sets(self) -> int:
+        """Reply ciphertexts."""
+        return math.ceil(self.rows / self.per_set)
+
+    @property
+    def plaintexts(self) -> int:
+        return self.sets * HALF
 
     def rotation_steps(self) -> list[int]:
-        """Every rotation the scorer needs for this layout (the keys the gateway must send)."""
+        """Every rotation the scorer makes for this layout (the keys the gateway sends)."""
         steps = set(range(1, self.baby))
         steps |= {self.baby * j for j in range(1, self.giant)}
-        steps |= {self.diagonals * (1 << s) for s in range(int(math.log2(self.chunks)))}
+        steps |= {CHUNK * q for q in range(1, CHUNKS)}
         return sorted(steps)
 
 
-def layout_for(rows: int) -> Layout:
-    """Fewest diagonals that hold `rows` outputs: d = WIDTH * K' / SLOTS (at least 32)."""
+def layout_for(rows: int, queries: int = 1) -> Layout:
+    """The baby-step count with the fewest rotations: (B - 1) + sets * (G - 1)."""
     if rows < 1:
         raise ValueError("a model needs at least one row")
-    per_block = min(SLOTS, max(SLOTS * 32 // WIDTH, 1 << math.ceil(math.log2(rows))))
-    diagonals = WIDTH * per_block // SLOTS
-    half = diagonals // 2
-    baby = 1 << math.ceil(math.log2(math.isqrt(half))) if half > 1 else 1
-    baby = min(baby, half)
-    return Layout(rows=rows, diagonals=diagonals, chunks=WIDTH // diagonals,
-                  blocks=math.ceil(rows / per_block), baby=baby, giant=half // baby)
+    if queries not in PACKINGS:
+        raise ValueError(f"queries a ciphertext is one of {PACKINGS}, not {queries}")
+    candidates = [Layout(rows, queries, baby, HALF // baby) for baby in BABIES]
+    return min(candidates, key=lambda c: (c.baby - 1 + c.sets * (c.giant - 1), c.baby))
 
 
-def slot_of(layout: Layout, output: int, chunk: int) -> int:
-    """Slot holding `chunk` of `output` within its block: block a of WIDTH slots, chunk q at
-    q*d, offset e, for output a*d + e."""
-    a, e = divmod(output, layout.diagonals)
-    return a * WIDTH + chunk * layout.diagonals + e
+def passes_for(count: int, packings: Sequence[int] = PACKINGS) -> list[int]:
+    """Queries a pass for `count` queries: the largest packing that the rest fills, again and
+    again (5 = 4 + 1), so no block is padded: a pass costs about the same whether its blocks
+    are full or not, and the passes run side by side on the scorer's workers."""
+    sizes = []
+    while count > 0:
+        size = max(q for q in packings if q <= count)
+        sizes.append(size)
+        count -= size
+    return sizes
 
 
-def query(x: Real, layout: Layout) -> Complex:
-    """The gateway's plaintext: the padded input, repeated, with the half-shifted copy."""
-    if x.shape != (INPUT_DIM,):
-        raise ValueError(f"expected a {INPUT_DIM}-dim vector, got {x.shape}")
-    padded = np.zeros(WIDTH)
-    padded[:INPUT_DIM] = x
-    repeated = np.tile(padded, COPIES)
-    return repeated + 1j * np.roll(repeated, -(layout.diagonals // 2))
+def _positions(layout: Layout) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Per slot: its output row within a set (or -1: not an output slot) and its place in its
+    stretch (s = chunk * CHUNK + e: the columns it reads start at s)."""
+    slots = np.arange(SLOTS)
+    stretch, s = np.divmod(slots % layout.width, INPUT_DIM)
+    row = np.where(stretch < layout.repeats, stretch * CHUNK + s % CHUNK, -1)
+    return row, s
+
+
+def query(xs: Sequence[Real], layout: Layout) -> Complex:
+    """The gateway's plaintext: query k in block k (empty blocks zero), with the copy of each
+    shifted by HALF within its own block."""
+    if not 1 <= len(xs) <= layout.queries:
+        raise ValueError(f"{len(xs)} queries for a layout of {layout.queries}")
+    for x in xs:
+        if x.shape != (INPUT_DIM,):
+            raise ValueError(f"expected a {INPUT_DIM}-dim vector, got {x.shape}")
+    local = np.arange(layout.width)
+    z = np.zeros(SLOTS, dtype=complex)
+    for k, x in enumerate(xs):
+        z[k * layout.width:(k + 1) * layout.width] = (
+            x[local % INPUT_DIM] + 1j * x[(local + HALF) % INPUT_DIM])
+    return z
 
 
 def diagonals(weights: Real, layout: Layout) -> list[list[Complex]]:
-    """Per output block, the complex plaintexts in BSGS order (giant j, baby b), each already
-    rotated right by j*B so one giant rotation after the inner sum aligns it."""
-    rows = weights.shape[0]
-    padded = np.zeros((rows, WIDTH))
-    padded[:, :weights.shape[1]] = weights
-    d, half = layout.diagonals, layout.diagonals // 2
+    """Per output set, the complex plaintexts in BSGS order (giant j, baby b), each already
+    rotated right by j*B so one giant rotation after the inner sum aligns it. Every block gets
+    the same values: each block's query meets the same rows."""
+    row, s = _positions(layout)
     out: list[list[Complex]] = []
-    slots = np.arange(SLOTS)
-    for block in range(layout.blocks):
-        # Which (output, column) each slot reads for real diagonal i: output by slot position.
-        a, rest = np.divmod(slots, WIDTH)
-        q, e = np.divmod(rest, d)
-        output = block * layout.per_block + a * d + e
-        valid = (output < rows) & (q < layout.chunks)
-        safe_output = np.where(valid, output, 0)
+    for index in range(layout.sets):
+        rows = index * layout.per_set + row
+        valid = (row >= 0) & (rows < weights.shape[0])
+        safe = np.where(valid, rows, 0)
 
-        def real_diagonal(i: int, rows: npt.NDArray[np.int64] = safe_output,
+        def real_diagonal(i: int, rows: npt.NDArray[np.int64] = safe,
                           keep: npt.NDArray[np.bool_] = valid) -> Real:
-            values = padded[rows, (slots + i) % WIDTH]
-            return np.where(keep, values, 0.0)
+            return np.where(keep, weights[rows, (s + i) % INPUT_DIM], 0.0)
 
         plaintexts = []
         for j in range(layout.giant):
             for b in range(layout.baby):
                 i = j * layout.baby + b
-                p = real_diagonal(i) - 1j * real_diagonal(i + half)
+                p = real_diagonal(i) - 1j * real_diagonal(i + HALF)
                 plaintexts.append(np.roll(p, j * layout.baby))
         out.append(plaintexts)
     return out
 
 
-def read_scores(blocks: list[Complex], layout: Layout) -> Real:
-    """The K outputs from the decrypted blocks (real parts, at chunk 0 of each output)."""
-    scores = np.empty(layout.rows)
-    for k in range(layout.rows):
-        block, local = divmod(k, layout.per_block)
-        scores[k] = blocks[block][slot_of(layout, local, 0)].real
-    return scores
+def output_slots(layout: Layout) -> npt.NDArray[np.int64]:
+    """Per set-local row, its slot in block 0 (chunk 0 of its stretch); block k adds k*width."""
+    stretch, e = np.divmod(np.arange(layout.per_set), CHUNK)
+    return stretch * INPUT_DIM + e
 
 
-def simulate(x: Real, weights: Real, layout: Layout) -> Real:
+def bias_slots(bias: Real, layout: Layout, index: int) -> Real:
+    """Set `index`'s bias at each output's slot in every block (the fold adds it once)."""
+    slots = np.zeros(SLOTS)
+    rows = index * layout.per_set + np.arange(layout.per_set)
+    keep = rows < layout.rows
+    for k in range(layout.queries):
+        slots[k * layout.width + output_slots(layout)[keep]] = bias[rows[keep]]
+    return slots
+
+
+def read_scores(sets: Sequence[Complex], layout: Layout, count: int) -> Real:
+    """[count, K]: query k's outputs from block k of the decrypted sets (real parts), and
+    nothing from any other block."""
+    if len(sets) != layout.sets:
+        raise ValueError(f"{len(sets)} sets for a layout of {layout.sets}")
+    scores = np.empty((count, layout.sets * layout.per_set))
+    offsets = output_slots(layout)
+    for k in range(count):
+        for index, values in enumerate(sets):
+            scores[k, index * layout.per_set:(index + 1) * layout.per_set] = (
+                values[k * layout.width + offsets].real)
+    return scores[:, :layout.rows]
+
+
+def simulate(xs: Sequence[Real], weights: Real, layout: Layout) -> Real:
     """The scorer's computation in numpy (rotation = np.roll left): for tests and the bench."""
-    z = query(x, layout)
+    z = query(xs, layout)
     baby = [np.roll(z, -b) for b in range(layout.baby)]
-    results = []
+    results: list[Complex] = []
     for plaintexts in diagonals(weights, layout):
         total = np.zeros(SLOTS, dtype=complex)
         for j in range(layout.giant):
             inner = sum(plaintexts[j * layout.baby + b] * baby[b] for b in range(layout.baby))
             total += np.roll(inner, -j * layout.baby)
-        for s in range(int(math.log2(layout.chunks))):
-            total += np.roll(total, -layout.diagonals * (1 << s))
-        results.append(total)
-    return read_scores(results, layout)
+        folded = total.copy()
+        for q in range(1, CHUNKS):
+            folded += np.roll(total, -CHUNK * q)
+        results.append(folded)
+    return read_scores(results, layout, len(xs))

@@ -4,13 +4,16 @@ holds a secret key and never sees an input or a score.
 
     GET  /v1/models                       what each model is (labels, rotations), no weights
     PUT  /v1/keys/<key id>                a gateway's evaluation (Galois) keys for a key epoch
-    POST /v1/score/<model>                body: a query ciphertext; X-Veil-Key-Id header
-         -> {"model", "key_id", "ciphertexts": [base64, one per output block]}
+    POST /v1/score/<model>                body: a query ciphertext; X-Veil-Key-Id header;
+                                          X-Veil-Queries: how many queries it packs (1, 2, 4
+                                          or 8: one of the model's `packings`; default 1)
+         -> {"model", "key_id", "queries", "ciphertexts": [base64, one per output set]}
          -> 409 {"error": {"code": "unknown_key"}} when the key id was not sent yet, or was
             dropped after going unused for --grace-s (the gateway then sends it again)
 
 Scoring runs in one worker process per core (the SEAL bindings hold the GIL); each worker
-compiles the models (encoded diagonals) once and loads each key epoch's keys once.
+compiles the models (encoded diagonals, for every packing) once, before the port opens, and
+loads each key epoch's keys once. A pass with several output sets is shared among the workers.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import itertools
 import multiprocessing
 import os
 import re
@@ -68,9 +72,10 @@ def _init_worker(models_dir: str, keys_dir: str) -> None:
                                     for name, model in load_models(Path(models_dir)).items()})
 
 
-def _score(model: str, key_id: str, query: bytes) -> list[bytes]:
+def _score(model: str, queries: int, key_id: str, query: bytes, sets: tuple[int, int]
+           ) -> list[bytes]:
     context: seal.SEALContext = _worker["context"]
-    compiled: CompiledModel = _worker["models"][model]
+    compiled: CompiledModel = _worker["models"][model][queries]
     path: Path = _worker["keys_dir"] / f"{key_id}.galois"
     try:
         version = path.stat().st_mtime_ns  # keys re-sent for the same epoch replace the file
@@ -91,7 +96,19 @@ def _score(model: str, key_id: str, query: bytes) -> list[bytes]:
     ciphertext = checked_ciphertext(context, query, parms_id=context.first_parms_id(),
                                     max_bytes=MAX_QUERY_BYTES)
     return [to_bytes(block) for block in evaluate(ciphertext, compiled, _worker["evaluator"],
-                                                  galois)]
+                                                  galois, range(*sets))]
+
+
+def _shares(sets: int, workers: int) -> list[tuple[int, int]]:
+    """A pass's output sets cut into one contiguous share per worker: a packed pass uses every
+    core (each worker repeats only the baby steps)."""
+    parts = min(sets, workers)
+    bounds = [sets * i // parts for i in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def _ready() -> bool:
+    return bool(_worker)
 
 
 # -- the HTTP service -----------------------------------------------------------------------
@@ -127,26 +144,31 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
         log.info("keys_received", key_id=key_id, bytes=len(body))
         return web.Response(status=204)
 
+    sets = {name: {layout.queries: layout.sets for layout in m.packings()}
+            for name, m in models.items()}
+
     async def score(request: web.Request) -> web.Response:
         model, key_id = request.match_info["model"], request.headers.get("X-Veil-Key-Id", "")
-        if model not in models:
-            return _error(404, "unknown_model", f"no model {model!r}")
-        if not KEY_ID.match(key_id) or not (settings.keys_dir / f"{key_id}.galois").is_file():
-            return _error(409, "unknown_key", "send the evaluation keys for this key id first")
+        queries = request.headers.get("X-Veil-Queries", "1")
+        if (refused := _refusal(sets, settings.keys_dir, model, queries, key_id)) is not None:
+            return refused
         grace.used(key_id)
         try:
             body = await read_at_most(request.content, MAX_QUERY_BYTES)
         except BodyTooLarge:
             return _error(413, "too_large", "a query is one ciphertext (under 300 KiB)")
         try:
-            blocks = await asyncio.get_running_loop().run_in_executor(
-                pool, _score, model, key_id, body)
+            shares = await asyncio.gather(*[
+                asyncio.get_running_loop().run_in_executor(
+                    pool, _score, model, int(queries), key_id, body, share)
+                for share in _shares(sets[model][int(queries)], settings.workers)])
         except CiphertextError as exc:
             return _error(400, "bad_ciphertext", str(exc))
         except MissingKeys:
             return _error(409, "unknown_key", "these keys lack rotations this model needs")
-        return web.json_response({"model": model, "key_id": key_id, "ciphertexts": [
-            base64.b64encode(block).decode() for block in blocks]})
+        return web.json_response({"model": model, "key_id": key_id, "queries": int(queries),
+                                  "ciphertexts": [base64.b64encode(block).decode()
+                                                  for blocks in shares for block in blocks]})
 
     async def prune_keys() -> None:
         while True:
@@ -154,6 +176,11 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
             grace.prune()
 
     async def lifecycle(_: web.Application) -> Any:
+        # Every worker compiles its models before the port opens: a first query waiting on a
+        # compile could outlive a short --grace-s, and would be a latency outlier anyway.
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*[loop.run_in_executor(pool, _ready)
+                               for _ in range(settings.workers)])
         pruning = asyncio.create_task(prune_keys())
         yield
         pruning.cancel()
@@ -165,6 +192,18 @@ def build_scorer_app(settings: ScorerSettings) -> web.Application:
     app.router.add_post("/v1/score/{model}", score)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def _refusal(sets: dict[str, dict[int, int]], keys_dir: Path, model: str, queries: str,
+             key_id: str) -> web.Response | None:
+    """Why a score request is refused before its body is read, if it is."""
+    if model not in sets:
+        return _error(404, "unknown_model", f"no model {model!r}")
+    if not queries.isdigit() or int(queries) not in sets[model]:
+        return _error(400, "bad_packing", f"model {model} packs {sorted(sets[model])} queries")
+    if not KEY_ID.match(key_id) or not (keys_dir / f"{key_id}.galois").is_file():
+        return _error(409, "unknown_key", "send the evaluation keys for this key id first")
+    return None
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -24,10 +24,22 @@ import numpy as np
 import numpy.typing as npt
 import tenseal.sealapi as seal
 
-from gateway.fhe.packing import INPUT_DIM, Layout, diagonals, layout_for, slot_of
+from gateway.fhe.packing import (
+    CHUNK,
+    CHUNKS,
+    INPUT_DIM,
+    PACKINGS,
+    Layout,
+    bias_slots,
+    diagonals,
+    layout_for,
+)
 from gateway.fhe.seal import SCALE
 
 ModelKind = Literal["reference_set", "linear"]
+# Plaintexts a worker keeps per model, over its packings (~128 KiB each: 2048 is 256 MiB). One
+# query a ciphertext is always compiled; packings of more are offered while they fit.
+MAX_PLAINTEXTS = 2048
 
 
 @dataclass(frozen=True)
@@ -40,15 +52,30 @@ class ModelFile:
     aggregate: str  # "max" or "topK" (reference sets)
     embedder: str = "minilm"
 
-    @property
-    def layout(self) -> Layout:
-        return layout_for(self.weights.shape[0])
+    def packings(self) -> list[Layout]:
+        """One query a ciphertext, then 2, 4, 8 while the plaintexts fit MAX_PLAINTEXTS."""
+        rows = self.weights.shape[0]
+        layouts: list[Layout] = []
+        total = 0
+        for queries in PACKINGS:
+            layout = layout_for(rows, queries)
+            total += layout.plaintexts
+            if layouts and total > MAX_PLAINTEXTS:
+                break
+            layouts.append(layout)
+        return layouts
 
     def describe(self) -> dict[str, object]:
         """What the gateway needs to use it: never the weights."""
         return {"name": self.name, "kind": self.kind, "rows": int(self.weights.shape[0]),
                 "labels": list(self.labels), "aggregate": self.aggregate,
-                "embedder": self.embedder, "rotation_steps": self.layout.rotation_steps()}
+                "embedder": self.embedder,
+                "packings": [layout.queries for layout in self.packings()],
+                "rotation_steps": rotation_steps(self.packings())}
+
+
+def rotation_steps(layouts: list[Layout]) -> list[int]:
+    return sorted({step for layout in layouts for step in layout.rotation_steps()})
 
 
 def load_model(path: Path) -> ModelFile:
@@ -85,41 +112,45 @@ def save_model(path: Path, model: ModelFile) -> None:
 class CompiledModel:
     model: ModelFile
     layout: Layout
-    plaintexts: list[list[seal.Plaintext]]  # per output block, BSGS order
-    bias: list[seal.Plaintext] | None  # per block, at the product's scale
+    plaintexts: list[list[seal.Plaintext]]  # per output set, BSGS order
+    bias: list[seal.Plaintext] | None  # per set, at the product's scale
 
 
-def compile_model(model: ModelFile, context: seal.SEALContext) -> CompiledModel:
-    """Encode every diagonal once, at load: queries then cost only multiplies and rotations."""
+def compile_model(model: ModelFile, context: seal.SEALContext) -> dict[int, CompiledModel]:
+    """Per packing (queries a ciphertext), every diagonal encoded once, at load: queries then
+    cost only multiplies and rotations."""
+    return {layout.queries: compile_layout(model, layout, context)
+            for layout in model.packings()}
+
+
+def compile_layout(model: ModelFile, layout: Layout, context: seal.SEALContext
+                   ) -> CompiledModel:
     encoder = seal.CKKSEncoder(context)
     parms_id = context.first_parms_id()
-    layout = model.layout
-    blocks = []
-    for block_values in diagonals(model.weights, layout):
+    sets = []
+    for set_values in diagonals(model.weights, layout):
         encoded = []
-        for values in block_values:
+        for values in set_values:
             plaintext = seal.Plaintext()
             encoder.encode(values.tolist(), parms_id, SCALE, plaintext)
             encoded.append(plaintext)
-        blocks.append(encoded)
+        sets.append(encoded)
     bias = None
     if model.bias is not None:
         bias = []
-        for index in range(layout.blocks):
-            slots = np.zeros(encoder.slot_count())
-            for local in range(layout.per_block):
-                row = index * layout.per_block + local
-                if row < layout.rows:
-                    slots[slot_of(layout, local, 0)] = model.bias[row]
+        for index in range(layout.sets):
             plaintext = seal.Plaintext()
-            encoder.encode(slots.tolist(), parms_id, SCALE * SCALE, plaintext)
+            encoder.encode(bias_slots(model.bias, layout, index).tolist(), parms_id,
+                           SCALE * SCALE, plaintext)
             bias.append(plaintext)
-    return CompiledModel(model, layout, blocks, bias)
+    return CompiledModel(model, layout, sets, bias)
 
 
 def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Evaluator,
-             galois: seal.GaloisKeys) -> list[seal.Ciphertext]:
-    """y = W x by BSGS over complex diagonals; one rescaled ciphertext per output block."""
+             galois: seal.GaloisKeys, sets: range | None = None) -> list[seal.Ciphertext]:
+    """y = W x by BSGS over complex diagonals; one rescaled ciphertext per output set (those
+    in `sets`, default all). The fold rotations come after the rescale: at one prime they cost
+    half as much."""
     layout = compiled.layout
     baby = [query]
     for step in range(1, layout.baby):
@@ -127,7 +158,8 @@ def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Ev
         evaluator.rotate_vector(query, step, galois, rotated)
         baby.append(rotated)
     out = []
-    for block, plaintexts in enumerate(compiled.plaintexts):
+    for index in sets if sets is not None else range(len(compiled.plaintexts)):
+        plaintexts = compiled.plaintexts[index]
         total = None
         for j in range(layout.giant):
             inner = None
@@ -146,14 +178,15 @@ def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Ev
             else:
                 evaluator.add_inplace(total, inner)
         assert total is not None  # noqa: S101 (giant >= 1)
-        shift = layout.diagonals
-        while shift < layout.diagonals * layout.chunks:
-            rotated = seal.Ciphertext()
-            evaluator.rotate_vector(total, shift, galois, rotated)
-            evaluator.add_inplace(total, rotated)
-            shift *= 2
-        if compiled.bias is not None:
-            evaluator.add_plain_inplace(total, compiled.bias[block])
+        if compiled.bias is not None:  # at each output's chunk 0: the fold adds it once
+            evaluator.add_plain_inplace(total, compiled.bias[index])
         evaluator.rescale_to_next_inplace(total)
+        chunks = []
+        for q in range(1, CHUNKS):
+            rotated = seal.Ciphertext()
+            evaluator.rotate_vector(total, CHUNK * q, galois, rotated)
+            chunks.append(rotated)
+        for rotated in chunks:
+            evaluator.add_inplace(total, rotated)
         out.append(total)
     return out

@@ -1,6 +1,7 @@
 """Semantic scores for a request, for the policy's `semantic` rules: embed the request's whole
 text on the gateway, window by window (gateway/fhe/chunks.py), then one encrypted query per
-window and (scorer, model) the rules name, concurrently; each rule decides on its aggregate
+window and (scorer, model) the rules name, packed with the other windows and with concurrent
+requests' into shared passes (gateway/fhe/batching.py); each rule decides on its aggregate
 (max by default) over the windows.
 
 The key epoch comes from `Epochs` (gateway/fhe/epochs.py: this replica's keys_dir, or Redis for
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.errors import ScorerError
+from gateway.fhe.batching import Batcher
 from gateway.fhe.chunks import Windows
 from gateway.fhe.client import ScorerClient
 from gateway.fhe.embed import NAME, Embedder, TextEmbedder, TextWindows
@@ -64,6 +66,7 @@ class SemanticScorer:
                                 settings.max_chunks)  # - 2: [CLS] and [SEP]
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, ScorerClient] = {}
+        self._batcher = Batcher(self._pass, settings.batch_window_ms / 1000, settings.max_batch)
 
     @property
     def configured(self) -> bool:
@@ -84,6 +87,7 @@ class SemanticScorer:
         self._session = self._session_factory()
 
     async def close(self) -> None:
+        await self._batcher.close()
         if self._session is not None:
             await self._session.close()
 
@@ -91,15 +95,11 @@ class SemanticScorer:
                      ) -> dict[str, float]:
         """rule.key -> score for every rule, over every window of the prompt; raises
         ScorerError (TooManyChunks past fhe.max_chunks)."""
-        embeddings = await self._embed("\n".join(texts))
+        embeddings = list(await self._embed("\n".join(texts)))
         wanted = sorted({(rule.scorer, rule.model) for rule in rules})
-        results = await asyncio.gather(*[self._score(scorer, model, embedding)
-                                         for scorer, model in wanted
-                                         for embedding in embeddings])
-        per_chunk: dict[tuple[str, str], list[dict[str, float]]] = {}
-        for (scorer, model), by_label in zip(
-                [pair for pair in wanted for _ in embeddings], results, strict=True):
-            per_chunk.setdefault((scorer, model), []).append(by_label)
+        results = await asyncio.gather(*[self._batcher.score(scorer, model, embeddings)
+                                         for scorer, model in wanted])
+        per_chunk = dict(zip(wanted, results, strict=True))
         return {rule.key: over_chunks(per_chunk[rule.scorer, rule.model], rule)
                 for rule in rules}
 
@@ -111,13 +111,14 @@ class SemanticScorer:
             return await asyncio.to_thread(self._embedder.embed_windows, text, self._windows)
         raise ScorerError("encrypted scoring is not configured (fhe.scorers)")
 
-    async def _score(self, scorer: str, model: str,
-                     embedding: npt.NDArray[np.float64]) -> dict[str, float]:
+    async def _pass(self, scorer: str, model: str, embeddings: list[npt.NDArray[np.float64]]
+                    ) -> list[dict[str, float]]:
+        """One batch, under one key epoch."""
         client = await self._client(scorer)
         await self._check_embedder(client, model)
         started = asyncio.get_running_loop().time()
         try:
-            return await client.score(model, embedding)
+            return await client.score_many(model, embeddings)
         finally:
             self._metrics.scorer_seconds.labels(scorer).observe(
                 asyncio.get_running_loop().time() - started)

@@ -82,6 +82,7 @@ class Recorder:
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)
     # ("PUT", key id) for evaluation keys, ("POST", key id) for a query, in order
     key_ids: list[tuple[str, str]] = field(default_factory=list)
+    packings: list[str] = field(default_factory=list)  # X-Veil-Queries of each query
 
     def app(self) -> web.Application:
         async def forward(request: web.Request) -> web.Response:
@@ -91,10 +92,12 @@ class Recorder:
                 self.key_ids.append(("PUT", request.path.rsplit("/", 1)[-1]))
             elif request.method == "POST":
                 self.key_ids.append(("POST", request.headers.get("X-Veil-Key-Id", "")))
+                self.packings.append(request.headers.get("X-Veil-Queries", ""))
             async with ClientSession() as session, session.request(
                     request.method, self.target + request.path_qs, data=body,
                     headers={k: v for k, v in request.headers.items()
-                             if k.lower() in ("x-veil-key-id", "content-type")}) as upstream:
+                             if k.lower() in ("x-veil-key-id", "x-veil-queries",
+                                            "content-type")}) as upstream:
                 return web.Response(status=upstream.status, body=await upstream.read(),
                                     content_type=upstream.content_type)
 
@@ -461,7 +464,7 @@ def test_a_model_deployed_later_gets_the_rotations_it_needs(demo: Demo, tmp_path
                 assert chat(gw.url, "hello").status_code == 200
             scorer.send_signal(signal.SIGTERM)
             scorer.wait(timeout=20)
-            model("large", 1000)  # needs rotations the small model did not
+            model("large", 5000)  # needs rotations the small model did not (16 baby steps)
             scorer = start_scorer(models, received, port)
             both = settings_for([demo_backend("d", demo.url)], fhe=fhe,
                                 policy={**TEST_POLICY, "semantic": rules})

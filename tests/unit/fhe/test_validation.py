@@ -102,23 +102,29 @@ class _Client(ScorerClient):
 
 
 def info(rows: int = 3) -> ModelInfo:
-    return ModelInfo("topics", "reference_set", rows, ("a", "b", "c")[:rows], "max",
+    return ModelInfo("topics", "reference_set", rows, ("a", "b", "c")[:rows], "max", (1,),
                      tuple(layout_for(rows).rotation_steps()))
 
 
 def reply(keys: FheKeys, texts: list[str], **fields: Any) -> dict[str, Any]:
-    return {"model": "topics", "key_id": keys.key_id, "ciphertexts": texts, **fields}
+    return {"model": "topics", "key_id": keys.key_id, "queries": 1, "ciphertexts": texts,
+            **fields}
+
+
+def decrypt(client: ScorerClient, document: dict[str, Any]) -> np.ndarray:
+    return client._decrypt(document, info(), layout_for(3), 1)
 
 
 def test_reply_checks_before_decryption(keys: FheKeys) -> None:
     client = _Client(keys)
     good = base64.b64encode(valid_reply(keys)).decode()
-    assert np.allclose(client._decrypt(reply(keys, [good]), info()), 0.5, atol=1e-4)
+    assert np.allclose(decrypt(client, reply(keys, [good])), 0.5, atol=1e-4)
     for bad, reason in [
         (reply(keys, [good, good]), "must hold 1 ciphertexts"),
         (reply(keys, []), "must hold 1"),
-        (reply(keys, [good], key_id="fhe-other"), "another key or model"),
-        (reply(keys, [good], model="other"), "another key or model"),
+        (reply(keys, [good], key_id="fhe-other"), "another key, model"),
+        (reply(keys, [good], model="other"), "another key, model"),
+        (reply(keys, [good], queries=8), "another key, model or packing"),
         (reply(keys, ["!!notbase64"]), "refused before decryption"),
         (reply(keys, [base64.b64encode(b"x" * 64).decode()]), "refused before decryption"),
         (reply(keys, [base64.b64encode(valid_reply(keys, 7.0)).decode()]), "out of range"),
@@ -126,7 +132,7 @@ def test_reply_checks_before_decryption(keys: FheKeys) -> None:
         (reply(keys, [base64.b64encode(tampered(valid_reply(keys))).decode()]), "out of range"),
     ]:
         with pytest.raises(ScorerError, match=reason):
-            client._decrypt(bad, info())
+            decrypt(client, bad)
 
 
 def test_reply_under_another_key_is_caught_by_the_range_check(keys: FheKeys,
@@ -136,5 +142,5 @@ def test_reply_under_another_key_is_caught_by_the_range_check(keys: FheKeys,
     wrong = base64.b64encode(valid_reply(other)).decode()
     client = _Client(keys)
     with pytest.raises(ScorerError, match="out of range"):
-        client._decrypt(reply(keys, [wrong]), info())
+        decrypt(client, reply(keys, [wrong]))
     assert struct.calcsize("<HBBBBHQ") == HEADER.size
