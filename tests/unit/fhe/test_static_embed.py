@@ -146,7 +146,7 @@ class OneModelClient:
     name = "vendor"
 
     def __init__(self, embedder: str) -> None:
-        self._info = ModelInfo("topics", "reference_set", 1, ("x",), "max", (), embedder)
+        self._info = ModelInfo("topics", "reference_set", 1, ("x",), "max", (1,), (), embedder)
 
     async def models(self) -> dict[str, ModelInfo]:
         return {"topics": self._info}
