@@ -25,8 +25,6 @@ import numpy.typing as npt
 import tenseal.sealapi as seal
 
 from gateway.fhe.packing import (
-    CHUNK,
-    CHUNKS,
     INPUT_DIM,
     PACKINGS,
     Layout,
@@ -181,12 +179,19 @@ def evaluate(query: seal.Ciphertext, compiled: CompiledModel, evaluator: seal.Ev
         if compiled.bias is not None:  # at each output's chunk 0: the fold adds it once
             evaluator.add_plain_inplace(total, compiled.bias[index])
         evaluator.rescale_to_next_inplace(total)
-        chunks = []
-        for q in range(1, CHUNKS):
-            rotated = seal.Ciphertext()
-            evaluator.rotate_vector(total, CHUNK * q, galois, rotated)
-            chunks.append(rotated)
-        for rotated in chunks:
-            evaluator.add_inplace(total, rotated)
+        _fold(total, layout, evaluator, galois)
         out.append(total)
     return out
+
+
+def _fold(total: seal.Ciphertext, layout: Layout, evaluator: seal.Evaluator,
+          galois: seal.GaloisKeys) -> None:
+    """Each output's chunks summed into its chunk 0, stage by stage (packing.Layout.fold)."""
+    for stage in layout.fold():
+        rotations = []
+        for step in stage:
+            rotated = seal.Ciphertext()
+            evaluator.rotate_vector(total, step, galois, rotated)
+            rotations.append(rotated)
+        for rotated in rotations:
+            evaluator.add_inplace(total, rotated)

@@ -8,7 +8,7 @@ import pytest
 import tenseal.sealapi as seal
 
 from gateway.fhe.keys import FheKeys
-from gateway.fhe.packing import INPUT_DIM, Layout, layout_for, query, read_scores
+from gateway.fhe.packing import INPUT_DIM, WIDTHS, Layout, layout_for, query, read_scores
 from gateway.fhe.scoring import ModelFile, compile_layout, evaluate
 from gateway.fhe.seal import SCALE, checked_ciphertext, load, new_context, to_bytes
 
@@ -82,4 +82,20 @@ def test_packed_linear_model_adds_each_bias_once(keys: FheKeys) -> None:
     model = ModelFile("c", "linear", weights, tuple("abcdefg"), bias, "max")
     xs = [x / np.linalg.norm(x) for x in rng.standard_normal((8, INPUT_DIM))]
     scores = packed_scores(keys, model, xs, layout_for(7, 8))
+    assert np.abs(scores - np.stack([weights @ x + bias for x in xs])).max() < 1e-5
+
+
+@pytest.mark.parametrize("chunk", WIDTHS)
+@pytest.mark.parametrize(("rows", "queries", "count"), [(700, 1, 1), (150, 4, 3)])
+def test_every_chunk_width_adds_the_bias_once_and_folds_exactly(
+        keys: FheKeys, chunk: int, rows: int, queries: int, count: int) -> None:
+    """Each d, forced (several output sets where it is narrow), through real CKKS: the fold's
+    rotation tree with the keys rotation_steps() names and nothing else."""
+    rng = np.random.default_rng(chunk + rows)
+    weights = rng.standard_normal((rows, INPUT_DIM)) / 10
+    bias = rng.standard_normal(rows)
+    model = ModelFile("c", "linear", weights, ("x",) * rows, bias, "max")
+    xs = [x / np.linalg.norm(x) for x in rng.standard_normal((count, INPUT_DIM))]
+    layout = Layout(rows, queries, chunk, 4, chunk // 8)
+    scores = packed_scores(keys, model, xs, layout)
     assert np.abs(scores - np.stack([weights @ x + bias for x in xs])).max() < 1e-5

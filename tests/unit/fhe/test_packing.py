@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.fhe.packing import (
-    HALF,
+    BABIES,
     INPUT_DIM,
     PACKINGS,
     SLOTS,
+    WIDTHS,
+    Layout,
     layout_for,
     passes_for,
     query,
@@ -44,6 +46,44 @@ def test_packed_queries_each_get_their_own_scores(rows: int, queries: int,
     assert np.abs(scores - np.stack([weights @ x for x in xs])).max() < 1e-9
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 1500), queries=st.sampled_from(PACKINGS),
+       chunk=st.sampled_from(WIDTHS), baby=st.sampled_from(BABIES), data=st.data())
+def test_every_chunk_width_gives_each_query_its_own_scores(
+        rows: int, queries: int, chunk: int, baby: int, data: st.DataObject) -> None:
+    """Not only the widths layout_for picks: every d, baby-step count and packing is exact, so
+    a change of the cost model can never pick a wrong layout."""
+    layout = Layout(rows, queries, chunk, baby, chunk // 2 // baby)
+    count = data.draw(st.integers(1, queries))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    weights = rng.standard_normal((rows, INPUT_DIM))
+    xs = [rng.standard_normal(INPUT_DIM) for _ in range(count)]
+    scores = simulate(xs, weights, layout)
+    assert np.abs(scores - np.stack([weights @ x for x in xs])).max() < 1e-9
+
+
+@pytest.mark.parametrize(("chunk", "rotations"), [(32, 4), (64, 3), (128, 2)])
+def test_fold_is_a_tree_of_ceil_log2_rotations(chunk: int, rotations: int) -> None:
+    layout = Layout(10, 1, chunk, 4, chunk // 8)
+    assert sum(len(stage) for stage in layout.fold()) == rotations
+    # the steps reach exactly the chunks of one output: 0, d, 2d, ... (384 / d) - 1 times d
+    reach = {0}
+    for stage in layout.fold():
+        reach = {r + s for r in reach for s in [0, *stage]}
+    assert reach == set(range(0, INPUT_DIM, chunk))
+
+
+@pytest.mark.parametrize(("rows", "queries", "chunk"),
+                         [(10, 1, 32), (100, 1, 32), (10, 8, 32), (1000, 1, 128), (500, 1, 64)])
+def test_the_cheapest_width_is_chosen(rows: int, queries: int, chunk: int) -> None:
+    """Topic classifiers (K = 10) fold 12 chunks of 32 columns: 16 multiplications, not 64."""
+    layout = layout_for(rows, queries)
+    assert layout.chunk == chunk
+    assert layout.cost() == min(
+        Layout(rows, queries, d, b, d // 2 // b).cost()
+        for d in WIDTHS for b in BABIES if b <= d // 2)
+
+
 def test_a_block_is_read_only_by_its_own_query() -> None:
     """Changing one query changes its own scores and no other's."""
     rng = np.random.default_rng(1)
@@ -61,10 +101,11 @@ def test_a_block_is_read_only_by_its_own_query() -> None:
 @pytest.mark.parametrize("rows", [10, 1000, 10_000])
 def test_layout_arithmetic(rows: int, queries: int) -> None:
     layout = layout_for(rows, queries)
-    assert layout.baby * layout.giant == HALF
+    assert layout.baby * layout.giant == layout.half == layout.chunk // 2
+    assert layout.chunk * layout.chunks == INPUT_DIM
     assert layout.per_set * layout.sets >= rows
-    # every read (output slots plus HALF - 1) stays inside the block
-    assert layout.repeats * INPUT_DIM + HALF - 1 <= layout.width
+    # every read (output slots plus half - 1) stays inside the block
+    assert layout.repeats * INPUT_DIM + layout.half - 1 <= layout.width
     assert layout.width * layout.queries == SLOTS
     assert all(0 < step < SLOTS for step in layout.rotation_steps())
 
