@@ -32,6 +32,9 @@ def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
 
 
 COMMANDS = dict(leaves(_parser()))
+# Commands whose only path is a folder they create and fill: a missing or an existing folder is
+# good input there, not bad (`scorer distill` would rightly build its 30 s table in it).
+CREATES_FOLDER = {("scorer", "distill")}
 
 
 def takes_value(action: argparse.Action) -> bool:
@@ -113,6 +116,8 @@ def test_every_command_is_covered() -> None:
 def test_bad_input_is_a_short_error_not_a_traceback(words: tuple[str, ...],
                                                     tmp_path: Path) -> None:
     cases = variants(tmp_path, COMMANDS[words])
+    if words in CREATES_FOLDER:
+        cases = {kind: args for kind, args in cases.items() if kind not in ("missing", "folder")}
     with ThreadPoolExecutor(len(cases)) as pool:
         results = dict(zip(cases, pool.map(lambda a: run([*words, *a], tmp_path),
                                            cases.values()), strict=True))
