@@ -24,7 +24,7 @@ import base64
 import binascii
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -224,7 +224,7 @@ class EvidenceVerifier:
             raise EvidenceError(f"evidence has {len(parts)} nvidia-gpu parts, more than "
                                 f"{MAX_GPUS}")
         signed = await asyncio.gather(*(
-            asyncio.to_thread(_verified_gpu, index, part, expected, at, self._roots.nvidia)
+            asyncio.to_thread(verify_gpu_part, index, part, expected[:32], at, self._roots.nvidia)
             for index, part in enumerate(parts)), return_exceptions=True)
         problems: list[str] = []
         checked = []
@@ -236,12 +236,12 @@ class EvidenceVerifier:
             else:
                 checked.append(outcome)
         gpus = [gpu for gpu, _, _ in checked]
-        problems += _duplicates(gpus)
+        problems += duplicate_gpus(gpus)
         for gpu, chain, stapled in checked:
             try:
                 revocation += await self._gpu_not_revoked(chain, stapled, at)
             except EvidenceError as exc:
-                problems.append(_about(gpu.index, gpu.serial, exc))
+                problems.append(about_gpu(gpu.index, gpu.serial, exc))
         if problems:
             raise EvidenceError("; ".join(problems))
         return tuple(gpus)
@@ -260,20 +260,19 @@ class EvidenceVerifier:
         return ends
 
 
-def _verified_gpu(index: int, part: Mapping[str, Any], expected: bytes, at: datetime,
-                  root: x509.Certificate) -> tuple[VerifiedGpu, list[x509.Certificate],
-                                                   list[bytes]]:
+def verify_gpu_part(index: int, part: Mapping[str, Any], nonce: bytes | None, at: datetime,
+                    root: x509.Certificate) -> tuple[VerifiedGpu, list[x509.Certificate],
+                                                     list[bytes]]:
     """One GPU part's chain to NVIDIA's root, its signature and its nonce (the agent asks every
-    GPU with the first 32 bytes of the binding); errors name the GPU."""
+    GPU with the first 32 bytes of the binding; None: any, as offline); errors name the GPU."""
     serial = None
     try:
         raw, chain_pem, stapled = gpu_part_fields(part)
         chain = load_chain(chain_pem)
         serial = certificate_serial(chain[0]) if chain else None
-        evidence = verify_gpu_evidence(raw, chain_pem, expected_nonce=expected[:32], at=at,
-                                       root=root)
+        evidence = verify_gpu_evidence(raw, chain_pem, expected_nonce=nonce, at=at, root=root)
     except EvidenceError as exc:
-        raise EvidenceError(_about(index, serial, exc)) from None
+        raise EvidenceError(about_gpu(index, serial, exc)) from None
     assert serial is not None  # noqa: S101 (verify_gpu_evidence refuses an empty chain)
     return VerifiedGpu(index, serial, key_sha256(chain[0]), evidence), chain, stapled
 
@@ -288,13 +287,13 @@ def gpu_part_fields(part: Mapping[str, Any]) -> tuple[bytes, bytes, list[bytes]]
                             "and, if any, base64 'ocsp' responses") from None
 
 
-def _about(index: int, serial: str | None, exc: EvidenceError) -> str:
+def about_gpu(index: int, serial: str | None, exc: EvidenceError) -> str:
     """A GPU's problem, naming the GPU: "nvidia-gpu: GPU 3 (certificate serial 5a..): ..."."""
     reason = str(exc).removeprefix("nvidia-gpu: ")
     return f"nvidia-gpu: {gpu_label(index, serial)}: {reason}"
 
 
-def _duplicates(gpus: list[VerifiedGpu]) -> list[str]:
+def duplicate_gpus(gpus: Sequence[VerifiedGpu]) -> list[str]:
     """The same GPU twice: its one attestation key signs both, whatever certificate each
     part carries (a chain that is not the key's would not have verified)."""
     first: dict[bytes, VerifiedGpu] = {}
@@ -303,8 +302,7 @@ def _duplicates(gpus: list[VerifiedGpu]) -> list[str]:
         key = gpu.key_sha256
         if key in first:
             problems.append(f"nvidia-gpu: {gpu.label()} is the same GPU as "
-                            f"{first[key].label()} (the same attestation key): each GPU "
-                            "must be attested once")
+                            f"{first[key].label()} (the same attestation key)")
         else:
             first[key] = gpu
     return problems

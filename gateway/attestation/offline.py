@@ -19,8 +19,11 @@ from typing import Any
 from gateway.attestation.evidence import (
     MAX_EVIDENCE_BYTES,
     MAX_GPUS,
+    about_gpu,
+    duplicate_gpus,
     gpu_part_fields,
     parse_parts,
+    verify_gpu_part,
 )
 from gateway.attestation.levels import (
     TrustLevel,
@@ -35,10 +38,6 @@ from gateway.attestation.levels import (
 from gateway.attestation.nvidia import (
     GpuEvidence,
     VerifiedGpu,
-    certificate_serial,
-    gpu_label,
-    key_sha256,
-    load_chain,
     verify_gpu_evidence,
 )
 from gateway.attestation.offline_revocation import (
@@ -205,38 +204,26 @@ def _document(raw: bytes, when: datetime, wanted: Wanted | None, roots: Roots, *
 
 def _document_gpu(index: int, part: Mapping[str, Any], when: datetime, roots: Roots,
                   given: Given) -> tuple[VerifiedGpu, dict[str, object]]:
-    """One GPU part verified, and what to show about it; errors name the GPU."""
-    serial = None
+    """One GPU part verified as the gateway does (any nonce: offline nothing was asked), its
+    revocation from what it staples and --ocsp, and what to show about it."""
+    gpu, _, stapled = verify_gpu_part(index, part, None, when, roots.nvidia)
     try:
-        raw, chain_pem, stapled = gpu_part_fields(part)
-        chain = load_chain(chain_pem)
-        serial = certificate_serial(chain[0]) if chain else None
-        evidence = verify_gpu_evidence(raw, chain_pem, expected_nonce=None, at=when,
-                                       root=roots.nvidia)
-        revocation = gpu_revocation(chain_pem, [*stapled, *given.ocsp], roots.nvidia, when)
+        revocation = gpu_revocation(gpu_part_fields(part)[1], [*stapled, *given.ocsp],
+                                    roots.nvidia, when)
     except EvidenceError as exc:
-        reason = str(exc).removeprefix("nvidia-gpu: ")
-        raise EvidenceError(f"nvidia-gpu: {gpu_label(index, serial)}: {reason}") from None
-    assert serial is not None  # noqa: S101 (verify_gpu_evidence refuses an empty chain)
-    shown = {"certificate_serial": serial, **_rim_ids(evidence), **{
-        f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())},
+        raise EvidenceError(about_gpu(index, gpu.serial, exc)) from None
+    shown = {"certificate_serial": gpu.serial, **_rim_ids(gpu.evidence), **{
+        f"measurement_{i}": v.hex() for i, v in sorted(gpu.evidence.measurements.items())},
         **revocation.values()}
-    return VerifiedGpu(index, serial, key_sha256(chain[0]), evidence), shown
+    return gpu, shown
 
 
 def _not_together(gpus: Sequence[VerifiedGpu]) -> list[str]:
     """GPUs of one document answer one request: the same nonce, and each GPU once."""
-    problems = []
-    first: dict[bytes, VerifiedGpu] = {}
-    for gpu in gpus:
-        if gpu.evidence.requester_nonce != gpus[0].evidence.requester_nonce:
-            problems.append(f"nvidia-gpu: {gpu.label()} was asked with another nonce than "
-                            f"{gpus[0].label()} (not evidence of the same exchange)")
-        if gpu.key_sha256 in first:
-            problems.append(f"nvidia-gpu: {gpu.label()} is the same GPU as "
-                            f"{first[gpu.key_sha256].label()} (the same attestation key)")
-        first.setdefault(gpu.key_sha256, gpu)
-    return problems
+    problems = [f"nvidia-gpu: {gpu.label()} was asked with another nonce than "
+                f"{gpus[0].label()} (not evidence of the same exchange)" for gpu in gpus
+                if gpu.evidence.requester_nonce != gpus[0].evidence.requester_nonce]
+    return problems + duplicate_gpus(gpus)
 
 
 def _rim_ids(evidence: GpuEvidence) -> dict[str, object]:
