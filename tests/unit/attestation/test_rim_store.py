@@ -84,6 +84,21 @@ async def judged(store: RimStore, wanted: TrustLevel, measured: GpuEvidence,
                                store.references)
 
 
+def service_level(origin: str, ca: RimTestCa, tmp_path: Path) -> TrustLevel:
+    """A level taking its RIMs from the loopback service, under the test CA's root."""
+    return level({"url": f"{origin}/v1/rim/", "root": ca.root_pem(tmp_path / "root.pem")})
+
+
+async def judged_by_service(tmp_path: Path, network: NetworkTransport, loopback: Loopback,
+                            ca: RimTestCa) -> tuple[list[str], float | None]:
+    """The GPU judged once against the service's RIMs; the service stopped after."""
+    try:
+        return await judged(fetched_store(tmp_path, network, Clock()),
+                            service_level(loopback.origin, ca, tmp_path), gpu())
+    finally:
+        await loopback.stop()
+
+
 async def test_rim_files_meet_the_level_until_the_rims_expire(tmp_path: Path) -> None:
     ca = RimTestCa(days=400)  # the signer ends 2025-02-04, within the level's max age
     wanted = TrustLevel.model_validate({"max_age_s": 7 * 24 * 3600, "nvidia-gpu": {"rims": {
@@ -181,8 +196,7 @@ async def test_fetched_once_cached_and_used_while_the_service_is_down_until_expi
     service.rims = {DRIVER_ID: ca.rim("550.90.07", DRIVER), VBIOS_ID: ca.rim("96.00.74.00.1A",
                                                                               VBIOS)}
     clock = Clock()
-    wanted = level({"url": f"{loopback.origin}/v1/rim/",
-                    "root": ca.root_pem(tmp_path / "root.pem")})
+    wanted = service_level(loopback.origin, ca, tmp_path)
     store = fetched_store(tmp_path, network, clock)
     for _ in range(2):
         problems, until = await judged(store, wanted, gpu())
@@ -216,13 +230,7 @@ async def test_service_without_the_rim_or_with_another_version(
     loopback = await Loopback().start()
     ca = loopback.service.make_ca(loopback.origin)
     loopback.service.rims = {DRIVER_ID: ca.rim("535.104.05", DRIVER)}
-    try:
-        problems, until = await judged(
-            fetched_store(tmp_path, network, Clock()),
-            level({"url": f"{loopback.origin}/v1/rim/",
-                   "root": ca.root_pem(tmp_path / "root.pem")}), gpu())
-    finally:
-        await loopback.stop()
+    problems, until = await judged_by_service(tmp_path, network, loopback, ca)
     assert until is None
     assert problems == [f"driver RIM {DRIVER_ID}: the RIM is for version 535.104.05, the GPU "
                         "runs 550.90.07",
@@ -236,13 +244,7 @@ async def test_a_revoked_rim_signer_is_refused(tmp_path: Path,
     loopback.service.rims = {DRIVER_ID: ca.rim("550.90.07", DRIVER),
                              VBIOS_ID: ca.rim("96.00.74.00.1A", VBIOS)}
     ca.revoked.add(ca.leaf.serial_number)
-    try:
-        problems, until = await judged(
-            fetched_store(tmp_path, network, Clock()),
-            level({"url": f"{loopback.origin}/v1/rim/",
-                   "root": ca.root_pem(tmp_path / "root.pem")}), gpu())
-    finally:
-        await loopback.stop()
+    problems, until = await judged_by_service(tmp_path, network, loopback, ca)
     assert until is None
     assert problems == [f"{kind} RIM {rim_id}: nvidia-rim: certificate 'Test RIM signer' is "
                         "revoked (key_compromise)"
