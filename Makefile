@@ -11,15 +11,17 @@ DEV := $(VENV)/.dev-installed
 LLAMA := $(LLAMA_VENV)/.installed
 # Debian's redis-server: the shared-state tests start their own on free loopback ports.
 REDIS_SERVER := /usr/bin/redis-server
+# Debian's chromium and its chromedriver: the studio's browser tests drive them with Selenium.
+CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint unit integration e2e bench install clean
+.PHONY: run test lint unit integration browser e2e bench install clean
 
 run: $(RUNTIME)
 	@mkdir -p var
 	$(BIN)/veil quickstart --config config.yaml
 
-test: $(DEV) $(LLAMA) $(REDIS_SERVER) lint
+test: $(DEV) $(LLAMA) $(REDIS_SERVER) $(CHROMEDRIVER) lint
 	$(BIN)/pytest
 
 lint: $(DEV)
@@ -31,6 +33,9 @@ unit: $(DEV)
 
 integration: $(DEV) $(REDIS_SERVER)
 	$(BIN)/pytest tests/integration
+
+browser: $(DEV) $(CHROMEDRIVER)
+	$(BIN)/pytest tests/browser
 
 e2e: $(DEV) $(LLAMA)
 	$(BIN)/pytest tests/e2e
@@ -80,6 +85,10 @@ $(REDIS_SERVER):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server
 	# the package may start a system-wide server; the tests start their own on free ports
+
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
 
 clean:
 	rm -rf $(VENV) $(LLAMA_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import sys
 import time
@@ -159,6 +160,14 @@ def _running_commands(commands: Commands) -> None:
     demo.add_argument("--chunk-delay-ms", type=_delay, default=0.0,
                       help="pause between streamed chunks, to make streaming visible "
                            "(default: %(default)s)")
+
+    studio = commands.add_parser(
+        "studio", help="the policy studio: a web app to try, test and edit policies")
+    studio.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    _listen_options(studio, 8090)
+    studio.add_argument("--token-env", metavar="NAME",
+                        help="environment variable holding the admin token (required when "
+                             "--host is not loopback)")
 
     quick = commands.add_parser("quickstart",
                                 help="run the demo model server and the gateway together")
@@ -321,6 +330,7 @@ def _fhe_commands(commands: Commands) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     handlers = {"serve": _serve, "demo-upstream": _demo_upstream, "quickstart": _quickstart,
+                "studio": _studio,
                 "apikey": _apikey, "audit": _audit_verify, "config": _config,
                 "policy": _policy,
                 "attest": _attest_verify, "keys": _keys, "scorer": _scorer}
@@ -346,6 +356,26 @@ def _demo_upstream(args: argparse.Namespace) -> int:
     from gateway.demo.upstream import run
 
     run(args.host, args.port, args.chunk_delay_ms)
+    return 0
+
+
+def _studio(args: argparse.Namespace) -> int:
+    from gateway.settings import load_settings
+    from gateway.studio.context import Studio
+    from gateway.studio.server import run_studio
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            print(f"veil studio: ${args.token_env} is not set", file=sys.stderr)
+            return 2
+    settings = load_settings(args.config)
+    try:
+        run_studio(Studio(Path(args.config), settings), args.host, args.port, token)
+    except ValueError as exc:
+        print(f"veil studio: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

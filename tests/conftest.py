@@ -14,7 +14,8 @@ from tests.servers import UPSTREAM_SECRET, ServerThread, demo_backend, gateway_f
 def _debug_logging() -> None:
     # Tests run at DEBUG: whatever the gateway logs at its most verbose is what tests exercise.
     use_suite_logging()
-    for noisy in ("httpcore", "httpcore2", "httpx", "httpx2", "openai", "anthropic"):
+    for noisy in ("httpcore", "httpcore2", "httpx", "httpx2", "openai", "anthropic", "selenium",
+                  "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # the SDKs' own client chatter
 
 
