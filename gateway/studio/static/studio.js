@@ -5,6 +5,9 @@
 const veil = (() => {
   const views = {};
   const started = new Set();
+  // What one view offers another: the playground keeps {policy, prompt} here (policy: the
+  // file's path as /api/playground lists it), and the cases view reads it to add a case.
+  const shared = {};
 
   async function api(path, body) {
     const init = body === undefined ? {method: "GET"} : {
@@ -54,5 +57,5 @@ const veil = (() => {
 
   window.addEventListener("hashchange", show);
   window.addEventListener("DOMContentLoaded", show);
-  return {api, el, view};
+  return {api, el, view, shared};
 })();
