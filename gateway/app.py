@@ -345,8 +345,7 @@ def _remote_embedder(settings: Settings, pool: UpstreamPool,
 
 
 def _trust_levels(policies: PolicyHolder[CompiledSet]) -> list[tuple[str, str, TrustLevel]]:
-    return [(active.digest, name, level) for active in policies.policies.policies
-            for name, level in active.policy.trust_levels.items()]
+    return policies.policies.trust_levels()
 
 
 async def _attestation(app: web.Application) -> AsyncIterator[None]:
