@@ -16,6 +16,7 @@ logs (an EvidenceError's message, written to be shown, else only the exception's
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -128,7 +129,7 @@ async def _attest(request: web.Request) -> web.Response:
         return _error(404, "not_found", f"no backend named {name!r} in the config")
     if backend.attestation is None:
         return _error(409, "not_attested", f"backend {name!r} has no attestation to run")
-    if attesting.policies.reload():
+    if await asyncio.to_thread(attesting.policies.reload):  # files, and Sigstore bundles
         attesting.service.policies_changed()
     wait_s = max(MIN_WAIT_S, 3 * backend.attestation.timeout_s)
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+import yaml
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -129,6 +130,30 @@ def test_re_attest_now_asks_the_backend_afresh(studio: StudioServer, backends: B
     after = response.json()
     assert after["verdict"]["checked_at"] > before
     assert level(after, LEVEL)["met"] is True
+
+
+def test_re_attest_judges_by_the_policies_as_they_are_now(studio: StudioServer,
+                                                          backends: Backends) -> None:
+    """A level edited since the studio started counts at the next Re-attest now; a policy
+    that stops loading is shown, and the last set that loaded stays in force, as in a gateway."""
+    attested_once(studio)
+    policy_file = backends.config.parent / "policy.yaml"
+    edited = yaml.safe_load(policy_file.read_text())
+    edited["trust_levels"][LEVEL]["sev-snp"]["measurements"] = [bytes(48).hex()]
+    policy_file.write_text(yaml.safe_dump(edited))
+    wrong = reattest(studio, "wrong").json()
+    assert wrong["status"] == "attested"
+    assert level(wrong, LEVEL)["met"] is True
+    good = by_name(listed(studio))["good"]  # re-evaluated at once, like a gateway's reload
+    assert level(good, LEVEL)["met"] is False
+    assert level(good, LEVEL)["problems"] == [f"measurement {MEASUREMENT.hex()} is not allowed"]
+
+    policy_file.write_text("version: 1\nname: [broken\n")
+    assert level(reattest(studio, "wrong").json(), LEVEL)["met"] is True
+    body = listed(studio)
+    assert body["policy_error"] is not None
+    assert "policy.yaml" in body["policy_error"]
+    assert [p["name"] for p in body["policies"]] == ["test"]
 
 
 def test_re_attest_refuses_what_it_cannot_attest(studio: StudioServer) -> None:
