@@ -178,7 +178,7 @@ class AttestationService:
         state = self._states.get(backend)
         if state is not None:
             log.warning("attestation_key_changed", backend=backend)
-            state.evidence, state.met = None, {}
+            state.evidence, state.met, state.source = None, {}, None
             state.wake.set()
 
     def standing(self, backend: str) -> Standing | None:

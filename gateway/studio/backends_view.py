@@ -158,11 +158,14 @@ def backend_json(backend: BackendSettings, attesting: Attesting) -> dict[str, An
 
 
 def status(standing: Standing, met: list[bool]) -> str:
-    """refused: no verdict (the last attestation failed); unmet: the evidence verified but
-    meets no trust level in force; pending: not attested yet."""
+    """attested: a trust level in force is met; unmet: the evidence verified but meets none;
+    verified: it verified, and no policy in force defines a level; refused: no verdict (the
+    last attestation failed); pending: not attested yet."""
     if standing.evidence is None:
         return "refused" if standing.error is not None else "pending"
-    return "unmet" if met and not any(met) else "attested"
+    if not met:
+        return "verified"
+    return "attested" if any(met) else "unmet"
 
 
 def standing_json(standing: Standing, met: list[bool], policies: PoliciesInForce

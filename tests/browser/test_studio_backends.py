@@ -232,3 +232,19 @@ def redrawn_text(browser: WebDriver, css: str, wanted: Callable[[str], bool]) ->
         return found[0].text if found and wanted(found[0].text) else False
     return str(WebDriverWait(browser, WAIT_S, ignored_exceptions=(
         StaleElementReferenceException,)).until(text))
+
+
+def test_policies_that_do_not_load_are_shown(fresh_browser: WebDriver,
+                                             backends: Backends) -> None:
+    """The studio starts with a broken policy (it is where one fixes it): the view says so,
+    and the evidence is still verified, with no trust level to meet."""
+    (backends.config.parent / "policy.yaml").write_text("version: 1\nname: [broken\n")
+    with studio_server(backends.config) as studio:
+        good = attested_once(studio)["good"]
+        assert good["status"] == "verified"
+        assert good["verdict"]["levels"] == []
+        fresh_browser.get(studio.url() + "/#backends")
+        shown = wait_for_text(fresh_browser, "#backends-policy-error", "do not load")
+        assert "policy.yaml" in shown.text
+        wait_for_text(fresh_browser, "#backend-good .verdict.ok", "no trust level in force")
+        wait_for_text(fresh_browser, "#backend-good .levels-none", "No policy in force")

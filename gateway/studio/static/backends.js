@@ -7,9 +7,11 @@
 veil.view("backends", (root) => {
   const {api, el} = veil;
   const POLL_MS = 10000;
+  const PENDING_POLL_MS = 1000;  // while a backend's first attestation has not ended
   // status -> [badge class, badge text]
   const BADGES = {
     "attested": ["ok", "attested"],
+    "verified": ["ok", "evidence verified: no trust level in force to meet"],
     "unmet": ["bad", "refused: no trust level met"],
     "refused": ["bad", "refused"],
     "pending": ["warn", "not attested yet"],
@@ -44,7 +46,7 @@ veil.view("backends", (root) => {
   }
 
   function countdownText(at) {
-    const left = at - serverNow();
+    const left = Math.round(at - serverNow());  // to the second: the skew is a guess
     return left > 0 ? `in ${span(left)}` : `${span(-left)} ago`;
   }
 
@@ -176,13 +178,19 @@ veil.view("backends", (root) => {
         `The policies do not load (the last set that did stays in force): ${data.policy_error}` : "";
       data.backends.forEach(draw);
       problem.hidden = true;
+      return data.backends.some((b) => b.status === "pending");
     } catch (error) {
       problem.textContent = `Could not read the backends: ${error.message}`;
       problem.hidden = false;
+      return false;
     }
   }
 
-  load();
-  setInterval(load, POLL_MS);
+  async function poll() {
+    const pending = await load();
+    setTimeout(poll, pending ? PENDING_POLL_MS : POLL_MS);
+  }
+
+  poll();
   setInterval(tick, 1000);
 });
