@@ -20,7 +20,13 @@ import yaml
 from aiohttp import web
 
 from gateway.app import GATEWAY, build_app
-from gateway.attestation.agent import EVIDENCE_PATH, AgentSettings, TsmReport, build_agent_app
+from gateway.attestation.agent import (
+    EVIDENCE_PATH,
+    AgentSettings,
+    ReportSource,
+    TsmReport,
+    build_agent_app,
+)
 from gateway.attestation.binding import gateway_binding, policy_set_digest, spki_sha256
 from gateway.attestation.snp import parse_report
 from gateway.cli import main
@@ -34,10 +40,21 @@ from gateway.client.verify import Expected, verify_gateway
 from gateway.errors import EvidenceError
 from gateway.policy.loader import load_policy
 from gateway.settings import AttestationSettings
-from tests.attestation_ca import MEASUREMENT, snp_report, tls_context
+from tests.attestation_ca import MEASUREMENT, MRTD, snp_report, tls_context
 from tests.conftest import Demo
 from tests.integration.test_attest_agent import certificate_table
-from tests.integration.test_attested_routing import LEVEL, POLICY, TCB, VCEK, VCEK_KEY, roots_dir
+from tests.integration.test_attested_routing import (
+    LEVEL,
+    POLICY,
+    TCB,
+    TDX_CA,
+    TDX_LEVEL,
+    VCEK,
+    VCEK_KEY,
+    VENDORS,
+    roots_dir,
+    tdx_policy,
+)
 from tests.servers import (
     TEST_KEY,
     TEST_POLICY,
@@ -97,8 +114,9 @@ class Attested:
                                  attestation=self.attestation, **kwargs)
 
 
-def self_attesting(tmp_path: Path, demo: Demo, platform: Platform, port: int = 0,
-                   name: str = "gw") -> Attested:
+def self_attesting(tmp_path: Path, demo: Demo, platform: ReportSource, port: int = 0,
+                   name: str = "gw", **own: Any) -> Attested:
+    """`own`: more self_attestation settings."""
     _, certificate = tls_context(tmp_path, name)
     level_file = tmp_path / "client-policy.yaml"
     level_file.write_text(yaml.safe_dump({**POLICY, "name": "client"}))
@@ -109,7 +127,7 @@ def self_attesting(tmp_path: Path, demo: Demo, platform: Platform, port: int = 0
     settings = settings_for(
         backends, listen={"tls_cert_file": str(tmp_path / f"{name}.crt"),
                           "tls_key_file": str(tmp_path / f"{name}.key")},
-        self_attestation={"enabled": True},
+        self_attestation={"enabled": True, **own},
         policies={"files": [str(policy_file)], "watch_interval_s": 0})
     client = AttestationSettings(cache_dir=None, amd_kds_url=None, intel_pcs_url=None,
                                  amd_roots_dir=roots_dir(tmp_path))
@@ -300,6 +318,33 @@ def test_the_evidence_follows_a_policy_reload(gateway: Attested) -> None:
     stale = asyncio.run(verify_gateway(gateway.url, gateway.expected(digest=before),
                                        attestation=gateway.attestation))
     assert not stale.ok
+
+
+class TdxPlatform:
+    """A TD's configfs-tsm: a quote over the report_data asked for."""
+
+    def report(self, report_data: bytes) -> TsmReport:
+        return TsmReport("tdx_guest", TDX_CA.quote(report_data=report_data, mrtd=MRTD), b"")
+
+
+def test_a_tdx_gateway_proves_its_mrtd_with_the_collateral_it_sends(tmp_path: Path,
+                                                                   demo: Demo) -> None:
+    folder = TDX_CA.write_collateral(tmp_path / "intel")
+    attested = self_attesting(tmp_path, demo, TdxPlatform(), intel_collateral_dir=str(folder))
+    level_file = tmp_path / "tdx-level.yaml"
+    level_file.write_text(yaml.safe_dump(tdx_policy()))
+    level = load_policy(level_file).policy.trust_levels[TDX_LEVEL]
+    with attested.server:
+        document = raw_evidence(attested.url, bytes(32))
+        assert document["evidence"][0]["format"] == "tdx"
+        assert "collateral" in document["evidence"][0]
+        verdict = asyncio.run(verify_gateway(
+            attested.url, Expected.of(TDX_LEVEL, level, [attested.digest()]),
+            roots=VENDORS.roots(), attestation=AttestationSettings(
+                cache_dir=None, amd_kds_url=None, intel_pcs_url=None,
+                intel_collateral_dir=str(folder))))
+    assert verdict.ok, verdict.reasons
+    assert verdict.values["mrtd"] == MRTD.hex()
 
 
 def test_a_bad_nonce_is_a_400(gateway: Attested) -> None:
