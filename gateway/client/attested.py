@@ -10,8 +10,9 @@ runs (gateway/client/verify.py), then only over TLS connections to the key it pr
 
 On first use the gateway is verified; every TLS connection the pool opens afterwards must
 present the attested public key, checked after the handshake and before a byte of the request
-is written. A connection with another key raises `GatewayKeyChanged` (and the verdict is
-dropped: the next request verifies the gateway again); a failed verification raises
+is written; a pooled connection writes only while its key is still the attested one. A
+connection with another key raises `GatewayKeyChanged` (and the verdict is dropped: the next
+request verifies the gateway again); a failed verification raises
 `GatewayNotTrusted`; both before anything is sent. The verdict is renewed after `max_age_s`, or
 sooner when the trust level or the evidence's endorsements lapse. Only the gateway's own origin
 is served: a request to any other URL is refused. The official SDKs wrap the error in their
@@ -104,8 +105,9 @@ class Pin:
     def drop(self) -> None:
         self._key, self._until = None, 0.0
 
-    def check(self, ssl_object: Any) -> None:
-        """After the handshake, before the request: the connection's key is the attested one."""
+    def check(self, ssl_object: Any) -> bytes:
+        """After the handshake, before the request: the connection's key is the attested one
+        (returned: the connection is bound to it)."""
         der = ssl_object.getpeercert(True) if ssl_object is not None else None
         key = self._key
         if key is None or not der or spki_sha256(der) != key:
@@ -113,6 +115,14 @@ class Pin:
             raise GatewayKeyChanged("the gateway presented another TLS key than the one it "
                                     "proved: nothing was sent (it is verified again on the "
                                     "next request)")
+        return key
+
+    def still(self, key: bytes) -> None:
+        """Before each write on a pooled connection: its key is still the one attested (a
+        verification since may have proved another key, or failed)."""
+        if self._key != key:
+            raise GatewayKeyChanged("this connection's TLS key is no longer the attested one: "
+                                    "nothing was sent on it")
 
 
 def _unchecked_tls() -> ssl.SSLContext:
@@ -208,11 +218,37 @@ class _PinnedStream(httpcore2.NetworkStream):
                   timeout: float | None = None) -> httpcore2.NetworkStream:
         tls = self._inner.start_tls(ssl_context, server_hostname, timeout)
         try:
-            self._pin.check(tls.get_extra_info("ssl_object"))
+            key = self._pin.check(tls.get_extra_info("ssl_object"))
         except GatewayNotTrusted:
             tls.close()
             raise
-        return tls
+        return _KeyBoundStream(tls, self._pin, key)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _KeyBoundStream(httpcore2.NetworkStream):
+    """A TLS connection to the attested key: it writes only while that key is attested."""
+
+    def __init__(self, inner: httpcore2.NetworkStream, pin: Pin, key: bytes) -> None:
+        self._inner = inner
+        self._pin = pin
+        self._key = key
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._pin.still(self._key)
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore2.NetworkStream:
+        raise GatewayNotTrusted("TLS inside TLS (a proxy) is not an attested connection")
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -295,11 +331,35 @@ class _AsyncPinnedStream(httpcore2.AsyncNetworkStream):
                         timeout: float | None = None) -> httpcore2.AsyncNetworkStream:
         tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         try:
-            self._pin.check(tls.get_extra_info("ssl_object"))
+            key = self._pin.check(tls.get_extra_info("ssl_object"))
         except GatewayNotTrusted:
             await tls.aclose()
             raise
-        return tls
+        return _AsyncKeyBoundStream(tls, self._pin, key)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AsyncKeyBoundStream(httpcore2.AsyncNetworkStream):
+    def __init__(self, inner: httpcore2.AsyncNetworkStream, pin: Pin, key: bytes) -> None:
+        self._inner = inner
+        self._pin = pin
+        self._key = key
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._pin.still(self._key)
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore2.AsyncNetworkStream:
+        raise GatewayNotTrusted("TLS inside TLS (a proxy) is not an attested connection")
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
