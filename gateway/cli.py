@@ -633,9 +633,11 @@ def _policy(args: argparse.Namespace) -> int:
         return _policy_signatures(args)
     if args.policy_command in ("explain", "test"):
         return _policy_cases(args)
+    from gateway.attestation.binding import policy_set_digest
     from gateway.plugins import plugin_entities
 
     failed = 0
+    in_order: list[tuple[str, str]] = []
     for file in args.files:
         try:
             loaded = load_policy(file, plugin_entities)
@@ -644,6 +646,9 @@ def _policy(args: argparse.Namespace) -> int:
             print(exc)
         else:
             print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
+            in_order.append((loaded.name, loaded.digest))
+    if not failed:  # what a self-attesting gateway with policies.files in this order states
+        print(f"policy set: {policy_set_digest(in_order)}")
     return _failures("policy check", failed, len(args.files), "file")
 
 

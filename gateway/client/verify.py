@@ -49,6 +49,9 @@ class Expected:
     @classmethod
     def of(cls, level_name: str, level: TrustLevel, policy_digests: Collection[str]) -> Expected:
         """Digests written as "sha256:<hex>" or bare hex, any case."""
+        if not policy_digests:
+            raise ValueError("expect at least one policy set digest (`veil policy check` "
+                             "prints the one of a gateway's policies.files)")
         return cls(level_name, level, frozenset(normalised_digest(d) for d in policy_digests))
 
 

@@ -388,7 +388,12 @@ def verify_cli(gateway: Attested, digest: str, level_file: Path | None = None) -
 
 def test_verify_gateway_exits_0_for_the_expected_gateway(
         gateway: Attested, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(verify_cli(gateway, gateway.digest().removeprefix("sha256:"))) == 0
+    """With the digest `veil policy check` prints for the gateway's policy files."""
+    assert main(["policy", "check", str(gateway.policy_file)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("policy set: ")]
+    digest = line.removeprefix("policy set: ")
+    assert digest == gateway.digest()
+    assert main(verify_cli(gateway, digest.removeprefix("sha256:"))) == 0
     out = capsys.readouterr().out
     assert out.startswith("VERIFIED")
     assert f"measurement: {MEASUREMENT.hex()}" in out

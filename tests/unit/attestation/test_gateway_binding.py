@@ -16,7 +16,8 @@ from gateway.attestation.binding import (
     gateway_binding,
     policy_set_digest,
 )
-from gateway.client.verify import normalised_digest, stated_policies
+from gateway.attestation.levels import TrustLevel
+from gateway.client.verify import Expected, normalised_digest, stated_policies
 from gateway.errors import EvidenceError
 
 NONCE, KEY = bytes(range(32)), bytes(range(32, 64))
@@ -73,3 +74,10 @@ def test_digests_are_written_any_way_a_person_copies_them() -> None:
     assert normalised_digest("AB" * 32) == normalised_digest(f" {digest} ") == digest
     with pytest.raises(ValueError, match="64 hex digits"):
         normalised_digest("sha256:" + "zz" * 32)
+
+
+def test_a_client_expects_some_policy_set() -> None:
+    level = TrustLevel.model_validate({"sev-snp": {"measurements": ["00" * 48]}})
+    with pytest.raises(ValueError, match="at least one policy set digest"):
+        Expected.of("l", level, [])
+    assert Expected.of("l", level, ["AB" * 32]).policy_digests == {"sha256:" + "ab" * 32}
