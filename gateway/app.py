@@ -18,7 +18,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 
 from gateway.api import ENDPOINTS
+from gateway.attestation.agent import EVIDENCE_PATH, ReportSource
 from gateway.attestation.levels import TrustLevel
+from gateway.attestation.self_evidence import self_evidence
 from gateway.attestation.transport import Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verifier import AttestationService
@@ -108,8 +110,10 @@ class Outbound:
 
 def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
               environ: Mapping[str, str] | None = None, worker: int | None = None,
-              policies: PolicySet | None = None) -> web.Application:
-    """`policies`: already loaded by the preflight (else loaded here)."""
+              policies: PolicySet | None = None,
+              platform: ReportSource | None = None) -> web.Application:
+    """`policies`: already loaded by the preflight (else loaded here); `platform`: what makes
+    the gateway's own reports for `self_attestation` (None: configfs-tsm)."""
     metrics = Metrics()
     pool = UpstreamPool(settings, outbound.model_sessions, environ)
     redis = connect(settings.state.redis_url, settings.state.timeout_s) \
@@ -139,6 +143,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
                                      roots=outbound.attestation_roots,
                                      shared=_shared_attestation(settings, redis, env, metrics))
     holder.on_reload.append(attestation.policies_changed)
+    own_evidence = self_evidence(settings, functools.partial(_in_force, holder), platform)
     router = Router(settings, attestation)
     semantic = SemanticScorer(settings.fhe, metrics,
                               _remote_embedder(settings, pool, attestation),
@@ -172,6 +177,8 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app[GATEWAY] = gateway
     _routes(app.router, pipeline, Resources(pipeline))
     app.router.add_get("/healthz", healthz, name="healthz")
+    if own_evidence is not None:
+        app.router.add_get(EVIDENCE_PATH, own_evidence.handle, name="self_attestation")
     app.router.add_get("/readyz", readyz, name="readyz")
     metrics_token = settings.metrics.token_env
     app.router.add_get("/metrics", functools.partial(
@@ -342,6 +349,10 @@ def _remote_embedder(settings: Settings, pool: UpstreamPool,
         return None
     return RemoteEmbedder(settings.backend(name), settings.fhe.embedding_model or "default",
                           lambda: pool.headers[name], attestation.pin, pool.session)
+
+
+def _in_force(policies: PolicyHolder[CompiledSet]) -> list[tuple[str, str]]:
+    return [(active.loaded.name, active.digest) for active in policies.policies.policies]
 
 
 def _trust_levels(policies: PolicyHolder[CompiledSet]) -> list[tuple[str, str, TrustLevel]]:

@@ -279,6 +279,22 @@ def _attest_commands(commands: Commands) -> None:
     _listen_options(agent, 8444)
     agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report",
                        help="the kernel's configfs-tsm report folder (default: %(default)s)")
+    gateway = attest_commands.add_parser(
+        "verify-gateway", help="verify a Veil gateway's own evidence; exit 0 only when it "
+                               "meets the trust level and runs an expected policy set")
+    gateway.add_argument("url", help="the gateway, https://HOST:PORT")
+    gateway.add_argument("--policy", required=True, help="a policy file with the trust level")
+    gateway.add_argument("--level", required=True, help="the trust level the gateway must meet")
+    gateway.add_argument("--policy-digest", action="append", required=True, metavar="HEX",
+                         help="a policy set digest the gateway may run (repeatable)")
+    gateway.add_argument("--amd-roots-dir",
+                         help="AMD roots (and the ARKs' CRLs) instead of the shipped ones")
+    gateway.add_argument("--offline", action="store_true",
+                         help="fetch nothing from AMD KDS or Intel PCS (the evidence and "
+                              "--amd-roots-dir must carry it all)")
+    gateway.add_argument("--timeout", type=_delay, default=10.0,
+                         help="seconds for each request (default: %(default)s)")
+    gateway.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _listen_options(parser: argparse.ArgumentParser, port: int) -> None:
@@ -388,6 +404,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _attest_verify(args: argparse.Namespace) -> int:
     if args.attest_command == "agent":
         return _attest_agent(args)
+    if args.attest_command == "verify-gateway":
+        return _verify_gateway(args)
     from gateway.attestation.offline import Wanted, as_json, verify_evidence_file
     from gateway.plugins import plugin_entities
     from gateway.policy.loader import load_policy
@@ -417,6 +435,40 @@ def _attest_agent(args: argparse.Namespace) -> int:
               Path(args.tsm_root), gpu=gpu_source(enabled=not args.no_gpu),
               staple_ocsp=Path(args.staple_ocsp) if args.staple_ocsp else None)
     return 0
+
+
+def _verify_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from gateway.client.verify import Expected, verify_gateway
+    from gateway.plugins import plugin_entities
+    from gateway.policy.loader import load_policy
+    from gateway.settings import AttestationSettings
+
+    level = load_policy(Path(args.policy), plugin_entities).policy.trust_levels.get(args.level)
+    if level is None:
+        print(f"veil attest verify-gateway: {args.policy} has no trust level {args.level!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        expected = Expected.of(args.level, level, args.policy_digest)
+    except ValueError as exc:
+        print(f"veil attest verify-gateway: --policy-digest {exc}", file=sys.stderr)
+        return 2
+    attestation = AttestationSettings(cache_dir=None, amd_roots_dir=args.amd_roots_dir)
+    if args.offline:
+        attestation = attestation.model_copy(update={"amd_kds_url": None, "intel_pcs_url": None})
+    verdict = asyncio.run(verify_gateway(args.url, expected, attestation=attestation,
+                                         timeout_s=args.timeout))
+    if args.json:
+        print(json.dumps({"ok": verdict.ok, **verdict.values, "reasons": verdict.reasons},
+                         indent=2))
+    else:
+        print("\n".join(verdict.lines()))
+    if not verdict.ok:
+        print(f"veil attest verify-gateway: {args.url}: refused", file=sys.stderr)
+    return 0 if verdict.ok else 1
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -581,9 +633,11 @@ def _policy(args: argparse.Namespace) -> int:
         return _policy_signatures(args)
     if args.policy_command in ("explain", "test"):
         return _policy_cases(args)
+    from gateway.attestation.binding import policy_set_digest
     from gateway.plugins import plugin_entities
 
     failed = 0
+    in_order: list[tuple[str, str]] = []
     for file in args.files:
         try:
             loaded = load_policy(file, plugin_entities)
@@ -592,6 +646,9 @@ def _policy(args: argparse.Namespace) -> int:
             print(exc)
         else:
             print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
+            in_order.append((loaded.name, loaded.digest))
+    if not failed:  # what a self-attesting gateway with policies.files in this order states
+        print(f"policy set: {policy_set_digest(in_order)}")
     return _failures("policy check", failed, len(args.files), "file")
 
 

@@ -59,6 +59,16 @@ class ListenSettings(Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     workers: Annotated[int, Field(ge=1, le=256)] = 1
+    # Serve HTTPS with this certificate chain and key (PEM); unset: plain HTTP (behind a TLS
+    # front end). Needed by self_attestation: its evidence binds this certificate's key.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> ListenSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
 
 class LimitSettings(Strict):
@@ -438,6 +448,19 @@ class AttestationSettings(Strict):
     ocsp_responders: dict[str, OcspResponder] = Field(default_factory=lambda: dict(NVIDIA_OCSP))
 
 
+class SelfAttestationSettings(Strict):
+    """The gateway's own evidence for its clients (gateway/attestation/self_evidence.py): its
+    SEV-SNP or TDX report from the kernel's configfs-tsm, bound to the client's nonce, the key
+    of `listen.tls_cert_file` and the policies in force, at GET
+    /.well-known/veil-attestation. Off by default (the path is then a 404); when on, a gateway
+    with no `tsm_root` (not in a confidential VM) refuses to start."""
+
+    enabled: bool = False
+    tsm_root: str = "/sys/kernel/config/tsm/report"
+    vcek_file: str | None = None  # SNP: when the host puts no certificate table in auxblob
+    intel_collateral_dir: str | None = None  # TDX: Intel PCS collateral sent with the quote
+
+
 class ScorerEndpoint(Strict):
     name: str
     url: str
@@ -542,6 +565,7 @@ class Settings(Strict):
     tracing: TracingSettings = TracingSettings()
     audit: AuditSettings = AuditSettings()
     attestation: AttestationSettings = AttestationSettings()
+    self_attestation: SelfAttestationSettings = SelfAttestationSettings()
     fhe: FheSettings = FheSettings()
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     routing: RoutingSettings = RoutingSettings()
@@ -570,6 +594,9 @@ class Settings(Strict):
             problems.append((("fhe", "embedding_backend"),
                              f"{fhe_backend!r} must be a backend with attestation (embeddings "
                              "are as sensitive as the prompt)"))
+        if self.self_attestation.enabled and self.listen.tls_cert_file is None:
+            problems.append((("self_attestation", "enabled"),
+                             "needs listen.tls_cert_file (the evidence binds its key)"))
         if self.fhe.keys_in == "redis" and not self.state.redis_url:
             problems.append((("fhe", "keys_in"),
                              "redis needs state.redis_url (the epochs live there)"))
@@ -660,6 +687,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
 # Every setting that names a file or folder (a list, or one path, or None).
 PATH_SETTINGS: tuple[tuple[str, ...], ...] = (
     ("policies", "files"), ("policies", "public_key_file"), ("api_keys_file",),
+    ("listen", "tls_cert_file"), ("listen", "tls_key_file"),
+    ("self_attestation", "vcek_file"), ("self_attestation", "intel_collateral_dir"),
     ("audit", "path"), ("audit", "key_file"),
     ("attestation", "amd_roots_dir"), ("attestation", "intel_collateral_dir"),
     ("attestation", "cache_dir"),
