@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.inspection import Inspector, Reading
 from gateway.policy.active import ActivePolicy
@@ -66,7 +67,7 @@ async def analyze(loaded: LoadedPolicy, prompts: Sequence[tuple[str, Mapping[str
 class Verdict:
     """What a policy decided about a prompt, in the terms a case's `expect` uses."""
 
-    outcome: str
+    outcome: Literal["forward", "block"]
     rule: str
     requires: list[str]
     found: list[str]  # every entity type found
