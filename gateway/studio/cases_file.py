@@ -17,13 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from gateway.errors import ConfigError, ConfigIssue
+from gateway.errors import CasesFileRefused, ConfigError, ConfigIssue
 from gateway.policy.cases import Case, CasesFile
 from gateway.yamlsource import YamlDocument, load_yaml, validate
-
-
-class CasesFileRefused(Exception):
-    """The file cannot take a new case as text (a layout we cannot append to, a link)."""
 
 
 def cases_file_for(policy: Path) -> Path:

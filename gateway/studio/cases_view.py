@@ -20,32 +20,18 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from gateway.errors import ConfigError
+from gateway.errors import CasesFileRefused, ConfigError, StudioRefused
 from gateway.explain import Analysis, Verdict, analyze, differences, run_cases, verdict
 from gateway.plugins import plugin_entities
 from gateway.policy.cases import Case, Expectation
 from gateway.policy.loader import LoadedPolicy, load_policy
-from gateway.studio.cases_file import (
-    CasesFileRefused,
-    append_case,
-    cases_file_for,
-    issues_of,
-    read_cases,
-)
+from gateway.studio.cases_file import append_case, cases_file_for, issues_of, read_cases
 from gateway.studio.context import Studio
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_NAME_CHARS = 200
 MAX_PROMPT_CHARS = 32_000
 JsonHandler = Callable[[web.Request], Awaitable[dict[str, Any]]]
-
-
-class Refused(Exception):
-    """An answer other than success: its status, code and a message naming what is wrong."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
 def routes(studio: Studio) -> list[web.RouteDef]:
@@ -80,7 +66,7 @@ def _answering(handler: JsonHandler) -> Callable[[web.Request], Awaitable[web.Re
     async def answer(request: web.Request) -> web.Response:
         try:
             return web.json_response(await handler(request))
-        except Refused as refused:
+        except StudioRefused as refused:
             error = {"message": refused.message, "type": refused.code, "code": refused.code,
                      **refused.extra}
             return web.json_response({"error": error}, status=refused.status)
@@ -91,7 +77,7 @@ def _answering(handler: JsonHandler) -> Callable[[web.Request], Awaitable[web.Re
 async def _body(request: web.Request, required: set[str],
                 optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The JSON object sent, with exactly the keys this call takes (unknown ones refused)."""
-    too_large = Refused(413, "request_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    too_large = StudioRefused(413, "request_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise too_large
     try:
@@ -103,13 +89,13 @@ async def _body(request: web.Request, required: set[str],
     try:
         body = json.loads(raw)
     except ValueError:
-        raise Refused(400, "invalid_json", "the body is not JSON") from None
+        raise StudioRefused(400, "invalid_json", "the body is not JSON") from None
     if not isinstance(body, dict):
-        raise Refused(400, "invalid_request", "the body must be a JSON object")
+        raise StudioRefused(400, "invalid_request", "the body must be a JSON object")
     missing = sorted(required - body.keys())
     unknown = sorted(body.keys() - required - optional)
     if missing or unknown:
-        raise Refused(400, "invalid_request", "; ".join(
+        raise StudioRefused(400, "invalid_request", "; ".join(
             ([f"missing: {', '.join(missing)}"] if missing else [])
             + ([f"unknown: {', '.join(unknown)}"] if unknown else [])))
     return body
@@ -118,11 +104,11 @@ async def _body(request: web.Request, required: set[str],
 def _text(body: dict[str, Any], key: str, limit: int) -> str:
     value = body[key]
     if not isinstance(value, str):
-        raise Refused(400, "invalid_request", f"{key} must be a string")
+        raise StudioRefused(400, "invalid_request", f"{key} must be a string")
     if not value.strip():
-        raise Refused(400, "invalid_request", f"{key} is empty")
+        raise StudioRefused(400, "invalid_request", f"{key} is empty")
     if len(value) > limit:
-        raise Refused(413, "too_long", f"{key} is over {limit} characters")
+        raise StudioRefused(413, "too_long", f"{key} is over {limit} characters")
     return value
 
 
@@ -133,7 +119,7 @@ def _prompt(body: dict[str, Any]) -> str:
 def _name(body: dict[str, Any]) -> str:
     name = _text(body, "name", MAX_NAME_CHARS).strip()
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise Refused(400, "invalid_request", "name must be one line, without control "
+        raise StudioRefused(400, "invalid_request", "name must be one line, without control "
                                               "characters")
     return name
 
@@ -144,21 +130,21 @@ def _policy(studio: Studio, body: dict[str, Any]) -> Path:
     for policy in studio.policy_files:
         if isinstance(named, str) and named == str(policy):
             return policy
-    raise Refused(404, "unknown_policy", "not one of the config's policy files")
+    raise StudioRefused(404, "unknown_policy", "not one of the config's policy files")
 
 
 def _load_policy(policy: Path) -> LoadedPolicy:
     try:
         return load_policy(policy, plugin_entities)
     except ConfigError as exc:
-        raise Refused(422, "invalid_policy", str(exc), issues=issues_of(exc)) from None
+        raise StudioRefused(422, "invalid_policy", str(exc), issues=issues_of(exc)) from None
 
 
 def _cases(path: Path) -> list[Case]:
     try:
         return read_cases(path)
     except ConfigError as exc:
-        raise Refused(422, "invalid_cases_file", str(exc), issues=issues_of(exc)) from None
+        raise StudioRefused(422, "invalid_cases_file", str(exc), issues=issues_of(exc)) from None
 
 
 def _listing(policy: Path) -> dict[str, Any]:
@@ -176,7 +162,7 @@ async def _run(studio: Studio, policy: Path) -> dict[str, Any]:
     path = cases_file_for(policy)
     cases = _cases(path)
     if not cases:
-        raise Refused(404, "no_cases_file", f"{path} has no cases yet: add the first one")
+        raise StudioRefused(404, "no_cases_file", f"{path} has no cases yet: add the first one")
     analyses = await run_cases(_load_policy(policy), cases, studio.ner_workers)
     results = [_result(case, analysis) for case, analysis in zip(cases, analyses, strict=True)]
     passed = sum(result["passed"] for result in results)
@@ -208,24 +194,24 @@ async def _add(studio: Studio, policy: Path, body: dict[str, Any]) -> dict[str, 
     name, prompt = _name(body), _prompt(body)
     path = cases_file_for(policy)
     if any(case.name == name for case in _cases(path)):
-        raise Refused(409, "duplicate_case", f"{path} already has a case named {name!r}")
+        raise StudioRefused(409, "duplicate_case", f"{path} already has a case named {name!r}")
     loaded = _load_policy(policy)
     recorded = "expect" not in body
     try:
         expect = (_recorded(await _verdict(studio, loaded, prompt)) if recorded
                   else Expectation.model_validate(body["expect"]))
     except pydantic.ValidationError as exc:
-        raise Refused(400, "invalid_expectation", "; ".join(
+        raise StudioRefused(400, "invalid_expectation", "; ".join(
             f"expect.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         ) from None
     case = Case(name=name, prompt=prompt, expect=expect)
     try:
         append_case(path, case)
     except CasesFileRefused as exc:
-        raise Refused(409, "cannot_append", str(exc)) from None
+        raise StudioRefused(409, "cannot_append", str(exc)) from None
     except ConfigError as exc:
-        raise Refused(422, "invalid_cases_file", str(exc), issues=issues_of(exc)) from None
+        raise StudioRefused(422, "invalid_cases_file", str(exc), issues=issues_of(exc)) from None
     except OSError as exc:
-        raise Refused(500, "write_failed", f"cannot write {path}: {exc.strerror}") from None
+        raise StudioRefused(500, "write_failed", f"cannot write {path}: {exc.strerror}") from None
     return {"cases_file": str(path), "case": case.model_dump(), "recorded": recorded,
             "count": len(_cases(path))}

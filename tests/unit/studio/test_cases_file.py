@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
+from gateway.errors import CasesFileRefused, ConfigError
 from gateway.policy.cases import Case, load_cases
-from gateway.studio.cases_file import CasesFileRefused, append_case, cases_file_for, read_cases
+from gateway.studio.cases_file import append_case, cases_file_for, read_cases
 
 
 def case(name: str = "new", prompt: str = "card 4111 1111 1111 1111", **expect: object) -> Case:
