@@ -20,7 +20,7 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from gateway.errors import CasesFileRefused, ConfigError, StudioRefused
+from gateway.errors import CasesFileRefused, ConfigError, GatewayError, StudioRefused
 from gateway.explain import Analysis, Verdict, analyze, differences, run_cases, verdict
 from gateway.plugins import plugin_entities
 from gateway.policy.cases import Case, Expectation
@@ -70,6 +70,9 @@ def _answering(handler: JsonHandler) -> Callable[[web.Request], Awaitable[web.Re
             error = {"message": refused.message, "type": refused.code, "code": refused.code,
                      **refused.extra}
             return web.json_response({"error": error}, status=refused.status)
+        except GatewayError as failed:  # detection failing as it would in the gateway (503)
+            error = {"message": failed.message, "type": failed.error_type, "code": failed.code}
+            return web.json_response({"error": error}, status=failed.status)
 
     return answer
 

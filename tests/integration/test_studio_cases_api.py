@@ -11,7 +11,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from gateway.errors import DetectorFailed
 from gateway.policy.cases import load_cases
+from gateway.studio import cases_view
 from tests.browser.harness import StudioServer, studio_server
 
 POLICY = """\
@@ -222,3 +224,14 @@ def test_a_file_it_cannot_append_to_is_left_alone(studio: StudioServer, folder: 
                       409, "cannot_append")
     assert "add it by hand" in message
     assert (folder / "cards.cases.yaml").read_text() == flow
+
+
+def test_a_detector_failure_answers_as_the_gateway_would(studio: StudioServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing(*_args: object) -> None:
+        raise DetectorFailed("ner", "the workers stopped")
+
+    monkeypatch.setattr(cases_view, "run_cases", failing)
+    response = post(studio, "run", {"policy": policy(studio, "cards")})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "detector_failed"
