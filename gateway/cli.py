@@ -655,7 +655,7 @@ def _policy(args: argparse.Namespace) -> int:
 def _policy_cases(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.explain import analyze, check
+    from gateway.explain import analyze, check, run_cases
     from gateway.plugins import plugin_entities
     from gateway.policy.cases import load_cases
     from gateway.policy.loader import load_policy
@@ -672,7 +672,7 @@ def _policy_cases(args: argparse.Namespace) -> int:
               else "sent upstream: nothing (blocked)")
         return 0
     cases = load_cases(args.cases)
-    analyses = asyncio.run(analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases]))
+    analyses = asyncio.run(run_cases(loaded, cases))
     failures = 0
     print(f"{'result':<7} {'case':<48} {'expected':<34} got")
     for case, analysis in zip(cases, analyses, strict=True):

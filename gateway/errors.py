@@ -76,7 +76,12 @@ The others never reach a client as they are; the tree says what each becomes.
     │   └── StreamFormatError
     ├── BodyTooLarge                   a bounded read went past its limit: PayloadTooLarge (a
     │                                  request) or UpstreamFailed (a reply)
-    └── FactAlreadySet (RuntimeError)  a stage recorded its outcome twice: a bug, 500
+    ├── FactAlreadySet (RuntimeError)  a stage recorded its outcome twice: a bug, 500
+    ├── CasesFileRefused               a cases file a new case cannot be appended to as text
+    │                                  (flow style, a link): nothing is written (the studio's
+    │                                  409 cannot_append)
+    └── StudioRefused                  a studio API request refused: its status, code and
+                                       message become the studio's JSON error envelope
 
 Messages are written for the client and for logs alike, so they never contain request content.
 The one exception is an upstream's own words (`UpstreamRefused`, and the last backend's words
@@ -470,3 +475,16 @@ class BodyTooLarge(VeilError):
 
 class FactAlreadySet(VeilError, RuntimeError):
     """A stage recorded its outcome twice: a bug, so the record cannot say two things."""
+
+
+class CasesFileRefused(VeilError):
+    """A case appended at the end of this file would not load as its last case."""
+
+
+class StudioRefused(VeilError):
+    """A studio API request that gets an answer other than success; `extra` adds fields to
+    the error object (a broken file's issues, each at its line and column)."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.studio import backends_view
+from gateway.studio import backends_view, cases_view
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
 
@@ -21,7 +21,11 @@ STATIC = Path(__file__).parent / "static"
 
 
 View = Callable[[Studio], list[web.RouteDef]]
-VIEWS: tuple[View, ...] = (backends_view.routes,)  # each view module's `routes`, in tab order
+# each view module's `routes`, in the order of the page's tabs
+VIEWS: tuple[View, ...] = (
+    cases_view.routes,
+    backends_view.routes,
+)
 # What a view must set up on the app before it starts (app keys, cleanup_ctx): its `setup`.
 Setup = Callable[[web.Application], None]
 SETUPS: tuple[Setup, ...] = (backends_view.setup,)
