@@ -429,7 +429,12 @@ class RecordUnusable(VeilError):
 
 
 class TokenError(VeilError):
-    """The PKCS#11 token cannot be opened or lacks a key the configuration names."""
+    """The PKCS#11 token cannot be opened or lacks a key the configuration names. `setting`:
+    the `hsm` setting at fault (module, token_label, slot, pin_env), for the config's line."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class CustodyError(VeilError):

@@ -62,9 +62,11 @@ def _open_hsm_keys(config_path: str | Path, settings: Settings, keys: GatewayKey
             if current.kind != KINDS[where]:
                 issues.append(doc.issue(where, f"{label!r} is an {current.kind} key; this "
                                                f"secret needs an {KINDS[where]} key"))
-    except (TokenError, KeyUnavailable) as exc:
-        raise ConfigError([ConfigIssue(doc.file, doc.position(("hsm",)), "hsm",
-                                       str(exc))]) from None
+    except TokenError as exc:
+        raise ConfigError([doc.issue(("hsm", exc.setting) if exc.setting else ("hsm",),
+                                     str(exc))]) from None
+    except KeyUnavailable as exc:
+        raise ConfigError([doc.issue(("hsm",), exc.message)]) from None
     if issues:
         raise ConfigError(issues)
 

@@ -78,8 +78,8 @@ def library(module: str) -> Library:
     try:
         return pkcs11.lib(module)
     except PKCS11Error as exc:
-        raise TokenError(f"hsm.module {module} does not load as a PKCS#11 library: "
-                         f"{exc}") from None
+        raise TokenError(f"{module} does not load as a PKCS#11 library: {exc}",
+                         "module") from None
 
 
 class Token:
@@ -95,14 +95,18 @@ class Token:
     def open(cls, settings: HsmSettings, environ: Mapping[str, str]) -> Token:
         pin = environ.get(settings.pin_env, "")
         if not pin:
-            raise TokenError(f"hsm.pin_env: environment variable {settings.pin_env} is not set "
-                             "or empty")
+            raise TokenError(f"environment variable {settings.pin_env} is not set or empty",
+                             "pin_env")
         return cls(settings, pin)
 
     @property
     def name(self) -> str:
         s = self._settings
         return f"token {s.token_label!r}" if s.token_label is not None else f"slot {s.slot}"
+
+    @property
+    def _by(self) -> str:
+        return "token_label" if self._settings.token_label is not None else "slot"
 
     def _login(self) -> Session:
         lib = library(self._settings.module)
@@ -113,16 +117,19 @@ class Token:
                 token = next(slot.get_token() for slot in lib.get_slots(token_present=True)
                              if slot.slot_id == self._settings.slot)
         except (NoSuchToken, StopIteration):
-            raise TokenError(f"no PKCS#11 {self.name} in {self._settings.module}") from None
+            raise TokenError(f"no PKCS#11 {self.name} in {self._settings.module}",
+                             self._by) from None
         except PKCS11Error as exc:
-            raise TokenError(f"the PKCS#11 {self.name} cannot be listed: {exc!r}") from None
+            raise TokenError(f"the PKCS#11 {self.name} cannot be listed: {exc!r}",
+                             self._by) from None
         try:
             session: Session = token.open(user_pin=self._pin, rw=True)
         except (PinIncorrect, PinLenRange):
             raise TokenError(f"the PIN in {self._settings.pin_env} is wrong for the PKCS#11 "
-                             f"{self.name}") from None
+                             f"{self.name}", "pin_env") from None
         except PKCS11Error as exc:
-            raise TokenError(f"cannot log in to the PKCS#11 {self.name}: {exc!r}") from None
+            raise TokenError(f"cannot log in to the PKCS#11 {self.name}: {exc!r}",
+                             "pin_env") from None
         return session
 
     def close(self) -> None:
