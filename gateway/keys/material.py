@@ -77,7 +77,8 @@ class TokenSigner:
         return self._current.key_id
 
     def sign(self, data: bytes, key_id: str | None = None) -> bytes:
-        version = self._current.version if key_id is None else self._version(key_id)
+        version = self._current.version if key_id in (None, self.key_id) \
+            else self._version(key_id)
         return self._token.hmac(self._label, version, data)
 
     def _version(self, key_id: str) -> int:

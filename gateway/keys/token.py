@@ -35,6 +35,7 @@ from pkcs11.exceptions import (
     PinIncorrect,
     PinLenRange,
     PKCS11Error,
+    UserAlreadyLoggedIn,
 )
 from pkcs11.mechanisms import GCMParams
 
@@ -124,6 +125,8 @@ class Token:
                              self._by) from None
         try:
             session: Session = token.open(user_pin=self._pin, rw=True)
+        except UserAlreadyLoggedIn:  # PKCS#11 logs in an application, not a session: another
+            session = token.open(rw=True)  # of this process's sessions did, with this PIN
         except (PinIncorrect, PinLenRange):
             raise TokenError(f"the PIN in {self._settings.pin_env} is wrong for the PKCS#11 "
                              f"{self.name}", "pin_env") from None
