@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.studio import playground
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
 
@@ -20,7 +21,8 @@ STATIC = Path(__file__).parent / "static"
 
 
 View = Callable[[Studio], list[web.RouteDef]]
-VIEWS: tuple[View, ...] = ()  # each view module's `routes`, in the order of the page's tabs
+# each view module's `routes`, in the order of the page's tabs
+VIEWS: tuple[View, ...] = (playground.routes,)
 
 
 def build_studio_app(studio: Studio, access: Access) -> web.Application:
@@ -32,7 +34,12 @@ def build_studio_app(studio: Studio, access: Access) -> web.Application:
     app.router.add_static("/static", STATIC, show_index=False, follow_symlinks=False)
     for view in VIEWS:
         app.router.add_routes(view(studio))
+    app.on_cleanup.append(_closed)
     return app
+
+
+async def _closed(app: web.Application) -> None:
+    await app[STUDIO_KEY].close()
 
 
 def _page(name: str) -> Handler:
