@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.policy import signing
+from tests.browser.harness import WAIT_S
 
 BASE = """\
 version: 1
@@ -56,3 +59,20 @@ def playground_config(tmp_path: Path) -> Path:
 @pytest.fixture
 def signed_config(tmp_path: Path) -> Path:
     return write_config(tmp_path, signed=True)
+
+
+def set_value(browser: WebDriver, css: str, value: str) -> None:
+    """As if pasted: chromedriver types only the Basic Multilingual Plane (no emoji)."""
+    browser.execute_script(
+        "const box = document.querySelector(arguments[0]); box.value = arguments[1];"
+        "box.dispatchEvent(new Event('input'));", css, value)
+
+
+def analyze(browser: WebDriver, timeout: float = WAIT_S) -> None:
+    """Click Analyze and wait for its answer to be shown (the view counts them)."""
+    def count(driver: WebDriver) -> int:
+        view = driver.find_element("css selector", "#view-playground")
+        return int(view.get_attribute("data-analyses") or 0)
+    before = count(browser)
+    browser.find_element("css selector", "#analyze").click()
+    WebDriverWait(browser, timeout).until(lambda b: count(b) > before)

@@ -12,7 +12,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.policy import signing
 from tests.browser.harness import WAIT_S, studio_server, wait_for, wait_for_text
-from tests.browser.playground_fixtures import POLICY, playground_config, signed_config
+from tests.browser.playground_fixtures import (
+    POLICY,
+    analyze,
+    playground_config,
+    set_value,
+    signed_config,
+)
 
 __all__ = ["playground_config", "signed_config"]  # fixtures, used by name
 
@@ -21,23 +27,6 @@ def open_playground(browser: WebDriver, url: str) -> None:
     browser.get(url + "/#playground")
     wait_for_text(browser, "#policy option", "playground-test")
     wait_for_text(browser, "#editor-status", "saved")
-
-
-def set_value(browser: WebDriver, css: str, value: str) -> None:
-    """As if pasted: chromedriver types only the Basic Multilingual Plane (no emoji)."""
-    browser.execute_script(
-        "const box = document.querySelector(arguments[0]); box.value = arguments[1];"
-        "box.dispatchEvent(new Event('input'));", css, value)
-
-
-def analyze(browser: WebDriver) -> None:
-    """Click Analyze and wait for its answer to be shown (the view counts them)."""
-    def count(driver: WebDriver) -> int:
-        view = driver.find_element("css selector", "#view-playground")
-        return int(view.get_attribute("data-analyses") or 0)
-    before = count(browser)
-    browser.find_element("css selector", "#analyze").click()
-    WebDriverWait(browser, WAIT_S).until(lambda b: count(b) > before)
 
 
 def marks(browser: WebDriver) -> list[tuple[str, str]]:

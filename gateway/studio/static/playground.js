@@ -83,10 +83,12 @@ veil.view("playground", (root) => {
       el("div", {class: "pg-row"}, signingKey, saveButton, saveStatus)));
 
   // --- helpers ----------------------------------------------------------------------------
+  // One hue per entity type in the order they first appear: up to eight types in one
+  // analysis never share a colour, and the findings table is the legend.
+  let hues = new Map();
   function hue(entity) {
-    let h = 0;
-    for (const ch of entity) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-    return `hue-${h % HUES}`;
+    if (!hues.has(entity)) hues.set(entity, `hue-${hues.size % HUES}`);
+    return hues.get(entity);
   }
 
   function share() {
@@ -274,6 +276,7 @@ veil.view("playground", (root) => {
   }
 
   function show(result) {
+    hues = new Map();
     const many = result.texts.length > 1;
     highlighted.replaceChildren(...(result.texts.length ? result.texts.map((t, i) =>
       el("div", {class: "pg-text", dataset: {index: String(i)}},
@@ -305,7 +308,8 @@ veil.view("playground", (root) => {
       ["Data classes", d.data_classes.join(", ") || "none"],
       ["Requires", d.requires.join(", ") || "no trust level"],
       ["Policy", `${result.policy.name} ${result.policy.draft ? "(unsaved draft)" : ""}`],
-      ["Digest", el("code", {class: "pg-digest"}, result.policy.digest)],
+      ["Digest", el("code", {class: "pg-digest", title: result.policy.digest},
+        `${result.policy.digest.slice(0, 23)}…`)],
     ];
     if (d.refusal) rows.push(["Client gets", el("span", {class: "bad"}, d.refusal)]);
     if (d.failed_open.length) rows.push(["Failed open", d.failed_open.join(", ")]);
