@@ -230,7 +230,8 @@ async def _policies(studio: Studio, request: web.Request) -> Answer:
         except Invalid as exc:
             entry.update(name=None, digest=None, issues=exc.issues)
         else:
-            entry.update(name=loaded.name, digest=loaded.digest, issues=[])
+            entry.update(name=loaded.name, digest=loaded.digest,
+                         issues=_unsigned(files, path, loaded))
         listed.append(entry)
     texts = []
     for name, path in files.allowed().items():
@@ -242,6 +243,22 @@ async def _policies(studio: Studio, request: web.Request) -> Answer:
     signed = studio.settings.policies.require_signed_policies
     return {"config": files.shown(studio.config_path), "policies": listed, "files": texts,
             "signing_required": signed}
+
+
+def _unsigned(files: Files, path: Path, loaded: LoadedPolicy) -> list[dict[str, Any]]:
+    """Why the gateway would refuse this policy's signatures, when the config requires them
+    (as `load_policy_set` says it): a policy it would not load is not what it enforces."""
+    policies = files.studio.settings.policies
+    if not policies.require_signed_policies:
+        return []
+    try:
+        signing.verify_chain(loaded.files,
+                             signing.load_public_key(Path(policies.public_key_file or "")))
+    except (OSError, ValueError, SignatureError) as exc:
+        reason = str(exc) if isinstance(exc, SignatureError) else "policies.public_key_file " \
+            "is not a usable Ed25519 public key"
+        return [_issue(files, ConfigIssue(str(path), None, "signature", reason))]
+    return []
 
 
 async def _analyze(studio: Studio, request: web.Request) -> Answer:
@@ -356,15 +373,27 @@ async def _save(studio: Studio, request: web.Request) -> Answer:
     if issues:
         raise Invalid(issues)
     data = text.encode("utf-8")
+    name, digest = _named_digest(files, path, text)
     signature = _signature(studio, data, key) \
         if studio.settings.policies.require_signed_policies else None
+    # the policy, then its signature: a watcher that reads between the two finds them
+    # mismatched, refuses the reload and keeps the policy in force until the next look
     _replace(path, data)
     if signature is not None:
         _replace(signing.signature_path(path), signature.encode())
     log.info("policy_saved", file=files.shown(path), signed=signature is not None)
-    loaded = _loaded(files, path, {})
-    return {"path": files.shown(path), "name": loaded.name, "digest": loaded.digest,
+    return {"path": files.shown(path), "name": name, "digest": digest,
             "signed": signature is not None}
+
+
+def _named_digest(files: Files, path: Path, text: str) -> tuple[str | None, str | None]:
+    """The saved file's own name and digest; none for a base that is only valid as extended
+    (checked already, in every policy that extends it)."""
+    try:
+        loaded = _loaded(files, path, {path: text})
+    except Invalid:
+        return None, None
+    return loaded.name, loaded.digest
 
 
 def _signature(studio: Studio, data: bytes, key: str | None) -> str:

@@ -287,3 +287,16 @@ async def test_signed_policies_are_saved_signed_with_the_right_key_only(
     assert saved["signed"] is True
     assert file.read_text() == edited
     signing.verify_file(file, signing.load_public_key(folder / "signing.pub"))
+
+
+async def test_the_listing_says_when_the_gateway_would_refuse_a_signature(
+        aiohttp_client: MakeClient, signed_config: Path) -> None:
+    client = await studio_client(aiohttp_client, signed_config)
+    listing = await (await client.get("/api/playground/policies")).json()
+    assert listing["policies"][0]["issues"] == []
+    base = signed_config.parent / "base.yaml"
+    base.write_text(base.read_text() + "# edited, not signed again\n")
+    listing = await (await client.get("/api/playground/policies")).json()
+    (issue,) = listing["policies"][0]["issues"]
+    assert issue["key"] == "signature"
+    assert "base.yaml: signature does not verify" in issue["message"]

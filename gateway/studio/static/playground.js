@@ -206,7 +206,8 @@ veil.view("playground", (root) => {
     try {
       const saved = await api("/api/playground/save", body);
       state.saved[state.file] = body.text;
-      saveStatus.textContent = `saved ${saved.path}${saved.signed ? " (signed)" : ""}: ${saved.digest.slice(0, 19)}…`;
+      const digest = saved.digest ? `: ${saved.digest.slice(0, 23)}…` : "";
+      saveStatus.textContent = `saved ${saved.path}${saved.signed ? " (signed)" : ""}${digest}`;
       saveStatus.className = "ok";
       await load(state.policy);
       analyze();
