@@ -64,27 +64,23 @@ def routes(studio: Studio) -> list[web.RouteDef]:
     ]
 
 
-class Invalid(InvalidRequest):
-    """A policy text that does not load: 400, with every issue at its file, line, column."""
-
-    default_code = "invalid_policy"
-
-    def __init__(self, issues: list[dict[str, Any]]) -> None:
-        super().__init__(f"The policy has {len(issues)} problem(s); nothing was changed.")
-        self.issues = issues
-
-
 Answer = dict[str, Any]
 
 
 def _answering(studio: Studio, answer: Any) -> Handler:
     """A handler: `answer(studio, request)` as JSON, or its `GatewayError` as the OpenAI error
-    envelope with a request id (logged with the code, never with the request's content)."""
+    envelope with a request id (logged with the code, never with the request's content); a
+    policy that does not load is a 400 listing every issue at its file, line and column."""
     async def handler(request: web.Request) -> web.Response:
         try:
             return web.json_response(await answer(studio, request))
         except GatewayError as exc:
             return _refusal(exc)
+        except ConfigError as exc:
+            files = Files(studio)
+            return _refusal(InvalidRequest(
+                f"The policy does not load ({len(exc.issues)} problem(s)); nothing was written.",
+                code="invalid_policy"), [_issue(files, i) for i in exc.issues])
         except Exception as exc:  # fail closed, and say only what kind of failure it was
             # no traceback: an exception's text may quote the prompt or the policy
             log.error("studio_failed", path=request.path,  # noqa: TRY400
@@ -94,11 +90,11 @@ def _answering(studio: Studio, answer: Any) -> Handler:
     return handler
 
 
-def _refusal(exc: GatewayError) -> web.Response:
+def _refusal(exc: GatewayError, issues: list[dict[str, Any]] | None = None) -> web.Response:
     request_id = "studio-" + secrets.token_hex(8)
     envelope = exc.envelope(request_id)
-    if isinstance(exc, Invalid):
-        envelope["error"]["issues"] = exc.issues
+    if issues is not None:
+        envelope["error"]["issues"] = issues
     log.info("studio_refused", code=exc.code, status=exc.status, request_id=request_id)
     return web.json_response(envelope, status=exc.status)
 
@@ -204,16 +200,13 @@ def _chat(body: Mapping[str, Any]) -> ApiRequest:
 
 
 def _loaded(files: Files, path: Path, drafts: Mapping[Path, str]) -> LoadedPolicy:
-    """The policy as the gateway would load it (a draft read in place of its file): `Invalid`
-    listing every problem otherwise."""
-    try:
-        loaded = load_policy(path, plugin_entities, drafts)
-    except ConfigError as exc:
-        raise Invalid([_issue(files, i) for i in exc.issues]) from None
+    """The policy as the gateway would load it (a draft read in place of its file): a
+    `ConfigError` listing every problem otherwise."""
+    loaded = load_policy(path, plugin_entities, drafts)
     unusable = hash_issue(str(path), loaded, files.studio.settings.privacy.hash_key_env
                           is not None)
     if unusable is not None:
-        raise Invalid([_issue(files, unusable)])
+        raise ConfigError([unusable])
     return loaded
 
 
@@ -227,8 +220,8 @@ async def _policies(studio: Studio, request: web.Request) -> Answer:
                                  "files": [files.shown(f) for f in chain]}
         try:
             loaded = _loaded(files, path, {})
-        except Invalid as exc:
-            entry.update(name=None, digest=None, issues=exc.issues)
+        except ConfigError as exc:
+            entry.update(name=None, digest=None, issues=[_issue(files, i) for i in exc.issues])
         else:
             entry.update(name=loaded.name, digest=loaded.digest,
                          issues=_unsigned(files, path, loaded))
@@ -346,19 +339,19 @@ async def _validate(studio: Studio, request: web.Request) -> Answer:
     path = files.named(body.get("policy"))
     text = _text(body, "text", MAX_POLICY_CHARS) or ""
     issues = _problems(files, path, text)
-    return {"ok": not issues, "issues": issues}
+    return {"ok": not issues, "issues": [_issue(files, i) for i in issues]}
 
 
-def _problems(files: Files, path: Path, text: str) -> list[dict[str, Any]]:
+def _problems(files: Files, path: Path, text: str) -> list[ConfigIssue]:
     """Every problem `text`, saved as `path`, would cause: in each configured policy whose
     chain holds the file (a base's edit can break a policy that extends it)."""
     drafts = {path: text}
     using = [p for p, chain in files.chains().items() if path in chain]
-    issues: list[dict[str, Any]] = []
+    issues: list[ConfigIssue] = []
     for policy in using:
         try:
             _loaded(files, policy, drafts)
-        except Invalid as exc:
+        except ConfigError as exc:
             issues += [i for i in exc.issues if i not in issues]
     return issues
 
@@ -371,7 +364,7 @@ async def _save(studio: Studio, request: web.Request) -> Answer:
     key = _text(body, "signing_key", 4096, required=False)
     issues = _problems(files, path, text)
     if issues:
-        raise Invalid(issues)
+        raise ConfigError(issues)
     data = text.encode("utf-8")
     name, digest = _named_digest(files, path, text)
     signature = _signature(studio, data, key) \
@@ -391,7 +384,7 @@ def _named_digest(files: Files, path: Path, text: str) -> tuple[str | None, str 
     (checked already, in every policy that extends it)."""
     try:
         loaded = _loaded(files, path, {path: text})
-    except Invalid:
+    except ConfigError:
         return None, None
     return loaded.name, loaded.digest
 
