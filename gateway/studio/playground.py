@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +65,10 @@ def routes(studio: Studio) -> list[web.RouteDef]:
 
 
 Answer = dict[str, Any]
+Answering = Callable[[Studio, web.Request], Awaitable[Answer]]
 
 
-def _answering(studio: Studio, answer: Any) -> Handler:
+def _answering(studio: Studio, answer: Answering) -> Handler:
     """A handler: `answer(studio, request)` as JSON, or its `GatewayError` as the OpenAI error
     envelope with a request id (logged with the code, never with the request's content); a
     policy that does not load is a 400 listing every issue at its file, line and column."""
