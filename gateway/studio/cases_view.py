@@ -38,7 +38,7 @@ def routes(studio: Studio) -> list[web.RouteDef]:
     writing = asyncio.Lock()  # one add at a time: each appends to what the last one wrote
 
     async def files(_request: web.Request) -> dict[str, Any]:
-        return {"files": [_listing(policy) for policy in studio.policy_files]}
+        return {"files": [_listing(studio, policy) for policy in studio.policy_files]}
 
     async def run(request: web.Request) -> dict[str, Any]:
         policy = _policy(studio, await _body(request, {"policy"}))
@@ -131,7 +131,7 @@ def _policy(studio: Studio, body: dict[str, Any]) -> Path:
     """The config's own entry named by the request: nothing else is a policy here."""
     named = body["policy"]
     for policy in studio.policy_files:
-        if isinstance(named, str) and named == str(policy):
+        if isinstance(named, str) and named == studio.shown(policy):
             return policy
     raise StudioRefused(404, "unknown_policy", "not one of the config's policy files")
 
@@ -150,9 +150,9 @@ def _cases(path: Path) -> list[Case]:
         raise StudioRefused(422, "invalid_cases_file", str(exc), issues=issues_of(exc)) from None
 
 
-def _listing(policy: Path) -> dict[str, Any]:
+def _listing(studio: Studio, policy: Path) -> dict[str, Any]:
     path = cases_file_for(policy)
-    listing: dict[str, Any] = {"policy": str(policy), "cases_file": str(path),
+    listing: dict[str, Any] = {"policy": studio.shown(policy), "cases_file": studio.shown(path),
                                "exists": path.exists(), "count": None, "error": None}
     try:
         listing["count"] = len(read_cases(path))
@@ -169,7 +169,7 @@ async def _run(studio: Studio, policy: Path) -> dict[str, Any]:
     analyses = await run_cases(_load_policy(policy), cases, studio.ner_workers)
     results = [_result(case, analysis) for case, analysis in zip(cases, analyses, strict=True)]
     passed = sum(result["passed"] for result in results)
-    return {"policy": str(policy), "cases_file": str(path), "passed": passed,
+    return {"policy": studio.shown(policy), "cases_file": studio.shown(path), "passed": passed,
             "failed": len(results) - passed, "cases": results}
 
 
@@ -216,5 +216,5 @@ async def _add(studio: Studio, policy: Path, body: dict[str, Any]) -> dict[str, 
         raise StudioRefused(422, "invalid_cases_file", str(exc), issues=issues_of(exc)) from None
     except OSError as exc:
         raise StudioRefused(500, "write_failed", f"cannot write {path}: {exc.strerror}") from None
-    return {"cases_file": str(path), "case": case.model_dump(), "recorded": recorded,
+    return {"cases_file": studio.shown(path), "case": case.model_dump(), "recorded": recorded,
             "count": len(_cases(path))}

@@ -23,6 +23,13 @@ class Studio:
     def policy_files(self) -> list[Path]:
         return [Path(f) for f in self.settings.policies.files]
 
+    def shown(self, file: str | Path) -> str:
+        """How every view names a file to the page (and the page names it back): relative
+        to the config's folder, so the Cases view finds the policy the Playground picked."""
+        path = Path(file).resolve()
+        folder = self.config_path.resolve().parent
+        return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
     @property
     def engine(self) -> DetectionEngine:
         """Made on first use and kept: NER workers take seconds to start, so only the first

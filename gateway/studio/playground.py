@@ -114,9 +114,7 @@ class Files:
         return self.studio.config_path.resolve().parent
 
     def shown(self, file: str | Path) -> str:
-        path = Path(file).resolve()
-        return str(path.relative_to(self.folder)) if path.is_relative_to(self.folder) \
-            else str(path)
+        return self.studio.shown(file)
 
     def configured(self) -> list[Path]:
         return [p.resolve() for p in self.studio.policy_files]

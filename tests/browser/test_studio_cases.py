@@ -95,19 +95,16 @@ def test_a_broken_cases_file_shows_where(fresh_browser: WebDriver, studio_config
 
 def test_add_the_playground_prompt_as_a_case(fresh_browser: WebDriver, studio_config: Path,
                                              cases_file: Path) -> None:
-    """The Playground (another workstream) keeps its prompt in `veil.shared.playground`; until
-    it is merged this test puts the prompt there itself, as the Playground does. Once it is
-    merged, drive it through the Playground instead: type the prompt there, open #cases.
-    Here the case's expectation is recorded from what the policy decides now, shown first."""
+    """The prompt typed in the Playground becomes a case: its expectation, recorded from what
+    the policy decides now, is shown first."""
     prompt = 'Card 4111 1111 1111 1111, "quoted"\n  - name: not a case\n<b>bold</b>'
     with studio_server(studio_config) as studio:
-        policy = str(studio.studio.policy_files[0])
         fresh_browser.get(studio.url() + "/#cases")
         wait_for_text(fresh_browser, "#case-source", "type a prompt in the Playground first")
         assert not fresh_browser.find_element("css selector", "#add-case").is_enabled()
-        fresh_browser.execute_script(
-            "veil.shared.playground = {policy: arguments[0], prompt: arguments[1]};"
-            "location.hash = '#playground';", policy, prompt)
+        fresh_browser.execute_script("location.hash = '#playground';")
+        wait_for(fresh_browser, "#prompt").send_keys(prompt)
+        wait_for(fresh_browser, 'mark.finding[data-entity="CREDIT_CARD"]')
         fresh_browser.execute_script("location.hash = '#cases';")
         shown = wait_for(fresh_browser, "#case-prompt")
         assert "Card 4111 1111 1111 1111" in shown.text

@@ -55,8 +55,9 @@ def studio(folder: Path) -> Iterator[StudioServer]:
 
 
 def policy(studio: StudioServer, name: str) -> str:
-    """The policy's path exactly as the config lists it (what the page sends back)."""
-    return next(str(p) for p in studio.studio.policy_files if p.stem == name)
+    """The policy as every view names it to the page (and the page sends back): its path
+    relative to the config's folder."""
+    return next(studio.studio.shown(p) for p in studio.studio.policy_files if p.stem == name)
 
 
 def post(studio: StudioServer, path: str, body: Any) -> httpx.Response:
@@ -74,9 +75,9 @@ def refused(response: httpx.Response, status: int, code: str) -> str:
 def test_files_lists_each_policy_with_its_cases_file(studio: StudioServer, folder: Path) -> None:
     listed = httpx.get(studio.url() + "/api/cases/files").json()["files"]
     assert listed == [
-        {"policy": policy(studio, "cards"), "cases_file": str(folder / "cards.cases.yaml"),
+        {"policy": policy(studio, "cards"), "cases_file": "cards.cases.yaml",
          "exists": True, "count": 2, "error": None},
-        {"policy": policy(studio, "empty"), "cases_file": str(folder / "empty.cases.yaml"),
+        {"policy": policy(studio, "empty"), "cases_file": "empty.cases.yaml",
          "exists": False, "count": 0, "error": None}]
 
 
@@ -123,8 +124,8 @@ def test_only_the_configs_own_policies_can_be_named(studio: StudioServer, folder
     cards = policy(studio, "cards")
     before = sorted(p.name for p in folder.iterdir())
     for named in ("../../etc/passwd", "/etc/passwd", str(folder / "cards.cases.yaml"),
-                  str(folder / "sub" / ".." / "cards.yaml"), "cards.yaml", cards + "\x00",
-                  str(folder / "config.yaml")):
+                  str(folder / "sub" / ".." / "cards.yaml"), str(folder / "cards.yaml"),
+                  cards + "\x00", str(folder / "config.yaml")):
         refused(post(studio, "run", {"policy": named}), 404, "unknown_policy")
         refused(post(studio, "add", {"policy": named, "name": "n", "prompt": "p"}), 404,
                 "unknown_policy")
