@@ -47,10 +47,13 @@ def compiled_for(loaded: LoadedPolicy) -> CompiledPolicy:
 
 
 async def analyze(loaded: LoadedPolicy, prompts: Sequence[tuple[str, Mapping[str, float], str]],
-                  ner_workers: int = 1) -> list[Analysis]:
-    """Each (prompt, scores, tenant) through detection and the protect stage."""
+                  ner_workers: int = 1, engine: DetectionEngine | None = None
+                  ) -> list[Analysis]:
+    """Each (prompt, scores, tenant) through detection and the protect stage. `engine`: one
+    kept warm by the caller (the studio), else one made and closed here."""
     compiled = compiled_for(loaded)
-    engine = DetectionEngine(ner_workers)
+    own = engine is None
+    engine = DetectionEngine(ner_workers) if engine is None else engine
     try:
         await engine.prepare([compiled.selection])
         inspector = Inspector(engine)
@@ -59,7 +62,8 @@ async def analyze(loaded: LoadedPolicy, prompts: Sequence[tuple[str, Mapping[str
                                                  tenant=tenant))
                 for prompt, scores, tenant in prompts]
     finally:
-        await engine.close()
+        if own:
+            await engine.close()
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,11 @@ def differences(analysis: Analysis, case: Case) -> list[str]:
     ) if differs]
 
 
-async def run_cases(loaded: LoadedPolicy, cases: Sequence[Case], ner_workers: int = 1
-                    ) -> list[Analysis]:
+async def run_cases(loaded: LoadedPolicy, cases: Sequence[Case], ner_workers: int = 1,
+                    engine: DetectionEngine | None = None) -> list[Analysis]:
     """Each case's prompt, with its scores and tenant, as `veil policy test` runs it."""
-    return await analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases], ner_workers)
+    return await analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases], ner_workers,
+                         engine)
 
 
 async def protected(inspector: Inspector, compiled: CompiledPolicy, texts: Sequence[str],

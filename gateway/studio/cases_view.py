@@ -166,7 +166,7 @@ async def _run(studio: Studio, policy: Path) -> dict[str, Any]:
     cases = _cases(path)
     if not cases:
         raise StudioRefused(404, "no_cases_file", f"{path} has no cases yet: add the first one")
-    analyses = await run_cases(_load_policy(policy), cases, studio.ner_workers)
+    analyses = await run_cases(_load_policy(policy), cases, engine=studio.engine)
     results = [_result(case, analysis) for case, analysis in zip(cases, analyses, strict=True)]
     passed = sum(result["passed"] for result in results)
     return {"policy": studio.shown(policy), "cases_file": studio.shown(path), "passed": passed,
@@ -184,7 +184,7 @@ def _result(case: Case, analysis: Analysis) -> dict[str, Any]:
 
 
 async def _verdict(studio: Studio, loaded: LoadedPolicy, prompt: str) -> Verdict:
-    return verdict((await analyze(loaded, [(prompt, {}, "*")], studio.ner_workers))[0])
+    return verdict((await analyze(loaded, [(prompt, {}, "*")], engine=studio.engine))[0])
 
 
 def _recorded(got: Verdict) -> Expectation:

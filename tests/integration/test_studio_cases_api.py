@@ -229,7 +229,7 @@ def test_a_file_it_cannot_append_to_is_left_alone(studio: StudioServer, folder: 
 
 def test_a_detector_failure_answers_as_the_gateway_would(studio: StudioServer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    async def failing(*_args: object) -> None:
+    async def failing(*_args: object, **_kwargs: object) -> None:
         raise DetectorFailed("ner", "the workers stopped")
 
     monkeypatch.setattr(cases_view, "run_cases", failing)
