@@ -146,10 +146,25 @@ class AuditTrail:
 
 
 @dataclass(frozen=True)
+class Break:
+    """Where a chain stops verifying: the file and line, and the `seq` that line should hold
+    (one after the last good record; the line's own claim when it is the first, since an
+    edited line's `seq` cannot be trusted)."""
+
+    file: str
+    line: int
+    seq: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     ok: bool
     records: int
     message: str
+    broken: Break | None = None
+    first_time: str | None = None  # `time` of the first and last verified records
+    last_time: str | None = None
 
 
 def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
@@ -158,27 +173,41 @@ def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
     seq: int | None = None
     count = 0
     start = ""
-    for where, line in _lines(files):
+    first_time: str | None = None
+    last_time: str | None = None
+
+    def broken(file: str, line: int, claimed: object, reason: str) -> Verdict:
+        at = seq + 1 if seq is not None else claimed if isinstance(claimed, int) else None
+        return Verdict(False, count, f"{file}:{line}: {reason}", Break(file, line, at, reason),
+                       first_time, last_time)
+
+    for file, number, line in _lines(files):
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
-            return Verdict(False, count, f"{where}: not a JSON record (damaged or edited)")
+            return broken(file, number, None, "not a JSON record (damaged or edited)")
+        if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+            return broken(file, number, None, "not an audit record (damaged or edited)")
         if not hmac.compare_digest(str(record.get("mac", "")), _mac(key, record)):
-            return Verdict(False, count, f"{where}: MAC mismatch: the record was edited, or "
-                                         "written under another key")
+            return broken(file, number, record.get("seq"), "MAC mismatch: the record was "
+                          "edited, or written under another key")
         if prev is None:
             if record.get("prev") != GENESIS:
-                start = f"{where}: chain starts at seq {record.get('seq')} (earlier files not "
-                start += "given)"
+                start = f"{file}:{number}: chain starts at seq {record.get('seq')} (earlier "
+                start += "files not given)"
         elif record.get("prev") != prev or record.get("seq") != (seq or 0) + 1:
-            return Verdict(False, count, f"{where}: chain broken after seq {seq}: a record was "
-                                         "deleted, inserted or reordered here")
+            return broken(file, number, record.get("seq"), f"chain broken after seq {seq}: a "
+                          "record was deleted, inserted or reordered here")
         prev, seq = hashlib.sha256(line).hexdigest(), int(record["seq"])
+        stamp = record.get("time")
+        if isinstance(stamp, str):
+            first_time, last_time = first_time or stamp, stamp
         count += 1
     if count == 0:
         return Verdict(False, 0, "no records")
     note = f" ({start})" if start else ""
-    return Verdict(True, count, f"{count} records verified, last seq {seq}{note}")
+    return Verdict(True, count, f"{count} records verified, last seq {seq}{note}", None,
+                   first_time, last_time)
 
 
 CHAIN_FILE = re.compile(r"(?P<chain>.+\.jsonl)(?:\.(?P<rotated>\d+))?")
@@ -196,9 +225,10 @@ def chains(directory: str | Path) -> dict[str, list[Path]]:
             for chain, files in sorted(found.items())}
 
 
-def _lines(files: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:
+def _lines(files: Iterable[str | Path]) -> Iterator[tuple[str, int, bytes]]:
+    """Each non-blank line as (file, line number, bytes), one line in memory at a time."""
     for file in files:
         with Path(file).open("rb") as f:
             for number, line in enumerate(f, 1):
                 if line.strip():
-                    yield f"{file}:{number}", line.rstrip(b"\n")
+                    yield str(file), number, line.rstrip(b"\n")
