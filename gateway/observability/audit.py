@@ -181,7 +181,7 @@ def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
         return Verdict(False, count, f"{file}:{line}: {reason}", Break(file, line, at, reason),
                        first_time, last_time)
 
-    for file, number, line in _lines(files):
+    for file, number, line in record_lines(files):
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -225,7 +225,7 @@ def chains(directory: str | Path) -> dict[str, list[Path]]:
             for chain, files in sorted(found.items())}
 
 
-def _lines(files: Iterable[str | Path]) -> Iterator[tuple[str, int, bytes]]:
+def record_lines(files: Iterable[str | Path]) -> Iterator[tuple[str, int, bytes]]:
     """Each non-blank line as (file, line number, bytes), one line in memory at a time."""
     for file in files:
         with Path(file).open("rb") as f:

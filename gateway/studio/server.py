@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.studio import audit_view
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
 
@@ -20,7 +21,8 @@ STATIC = Path(__file__).parent / "static"
 
 
 View = Callable[[Studio], list[web.RouteDef]]
-VIEWS: tuple[View, ...] = ()  # each view module's `routes`, in the order of the page's tabs
+# each view module's `routes`, in the order of the page's tabs
+VIEWS: tuple[View, ...] = (audit_view.routes,)
 
 
 def build_studio_app(studio: Studio, access: Access) -> web.Application:

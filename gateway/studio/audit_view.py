@@ -1,0 +1,173 @@
+"""The audit view's API: the gateway's audit trail as the config names it, verified with the
+gateway's own `verify`, and its records listed and charted without a value in sight.
+
+Only the chains of the configured `audit.path` are read (`audit.jsonl`, its rotations, and the
+per-replica and per-worker `audit.<tags>.jsonl` beside it); no request names a file. The key
+comes from `audit.key_env` or `audit.key_file` exactly as the gateway loads it; without one
+the chain is reported unverifiable, never verified. Files are scanned off the event loop, one
+line at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.observability.audit import Verdict, chains, load_key, record_lines, verify
+from gateway.settings import AuditSettings
+from gateway.studio.audit_summary import (
+    FILTERS,
+    BadQuery,
+    Filters,
+    Row,
+    page,
+    parse_cursor,
+    parse_limit,
+    refuse_unknown,
+    row_from,
+    summarize,
+)
+from gateway.studio.context import Studio
+
+
+class AuditUnavailable(Exception):
+    """The chain cannot be verified: no key in the config, or it cannot be read."""
+
+
+def chain_files(audit: AuditSettings) -> dict[str, list[Path]]:
+    """The configured path's chains, oldest file first; symlinks are not followed."""
+    configured = Path(audit.path)
+    stem, dot, suffix = configured.name.rpartition(".")
+    try:
+        found = chains(configured.parent)
+    except FileNotFoundError:
+        return {}
+
+    def ours(name: str) -> bool:
+        family = bool(dot) and name.startswith(f"{stem}.") and name.endswith(f".{suffix}")
+        return name == configured.name or family
+
+    kept = {name: [f for f in files if not f.is_symlink()]
+            for name, files in found.items() if ours(name)}
+    return {name: files for name, files in kept.items() if files}
+
+
+def audit_key(audit: AuditSettings) -> bytes:
+    if not (audit.key_env or audit.key_file):
+        raise AuditUnavailable("the config names no audit key (audit.key_env or "
+                               "audit.key_file): the chain cannot be verified")
+    source = f"${audit.key_env}" if audit.key_env else "audit.key_file"
+    try:
+        return load_key(audit.key_file, audit.key_env)
+    except OSError as exc:
+        raise AuditUnavailable(f"cannot read the audit key ({source}): {exc.strerror}; the "
+                               "chain cannot be verified") from None
+    except ValueError as exc:
+        raise AuditUnavailable(f"the audit key ({source}) is unusable: {exc}; the chain "
+                               "cannot be verified") from None
+
+
+@dataclass
+class Scan:
+    """Every record of the chains as a row, and a count of the lines that are not one."""
+
+    files: dict[str, list[Path]]
+    unreadable: int = 0
+
+    def rows(self) -> Iterator[Row]:
+        for chain, files in self.files.items():
+            for _file, _number, line in record_lines(files):
+                try:
+                    row = row_from(chain, orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    row = None
+                if row is None:
+                    self.unreadable += 1
+                else:
+                    yield row
+
+
+def verification(audit: AuditSettings) -> dict[str, Any]:
+    key = audit_key(audit)
+    found = chain_files(audit)
+    folder = Path(audit.path).parent
+    verdicts = {name: verify(files, key) for name, files in found.items()}
+    times = [t for v in verdicts.values() for t in (v.first_time, v.last_time) if t]
+    return {
+        "ok": bool(verdicts) and all(v.ok for v in verdicts.values()),
+        "enabled": audit.enabled, "records": sum(v.records for v in verdicts.values()),
+        "first_time": min(times, default=None), "last_time": max(times, default=None),
+        "message": None if verdicts else f"no audit records in {folder}",
+        "chains": [_chain_json(name, verdict, folder) for name, verdict in verdicts.items()],
+    }
+
+
+def _chain_json(name: str, verdict: Verdict, folder: Path) -> dict[str, Any]:
+    """File names relative to the audit folder: the page names what the operator sees there."""
+    broken = verdict.broken
+    return {
+        "chain": name, "ok": verdict.ok, "records": verdict.records,
+        "message": verdict.message.replace(f"{folder}/", ""),
+        "first_time": verdict.first_time, "last_time": verdict.last_time,
+        "broken": None if broken is None else {
+            "file": Path(broken.file).name, "line": broken.line, "seq": broken.seq,
+            "reason": broken.reason},
+    }
+
+
+def records(audit: AuditSettings, query: dict[str, str]) -> dict[str, Any]:
+    refuse_unknown(query, (*FILTERS, "limit", "cursor"))
+    filters, limit = Filters.parse(query), parse_limit(query.get("limit"))
+    cursor = parse_cursor(query.get("cursor"))
+    scan = Scan(chain_files(audit))
+    shown = page(scan.rows(), filters, limit, cursor)
+    return {"records": [r.as_json() for r in shown.rows], "next_cursor": shown.next_cursor,
+            "limit": limit, "unreadable": scan.unreadable}
+
+
+def summary(audit: AuditSettings, query: dict[str, str]) -> dict[str, Any]:
+    refuse_unknown(query, (*FILTERS, "bucket"))
+    filters, bucket = Filters.parse(query), query.get("bucket") or "auto"
+    scan = Scan(chain_files(audit))
+    return {**summarize(scan.rows(), filters).as_json(bucket), "unreadable": scan.unreadable}
+
+
+def routes(studio: Studio) -> list[web.RouteDef]:
+    audit = studio.settings.audit
+    return [
+        web.get("/api/audit/verify", _answer(lambda _query: verification(audit))),
+        web.get("/api/audit/records", _answer(lambda query: records(audit, query))),
+        web.get("/api/audit/summary", _answer(lambda query: summary(audit, query))),
+    ]
+
+
+def _answer(work: Callable[[dict[str, str]], dict[str, Any]]) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        query = dict(request.query)
+        if len(query) != len(request.query):
+            return _error(400, "invalid_request", "invalid_parameter",
+                          "each parameter may be given once")
+        try:
+            body = await asyncio.to_thread(work, query)
+        except BadQuery as exc:
+            return _error(400, "invalid_request", "invalid_parameter", str(exc))
+        except AuditUnavailable as exc:
+            return _error(503, "audit_unavailable", "audit_key_unavailable", str(exc))
+        except OSError as exc:
+            return _error(503, "audit_unavailable", "audit_unreadable",
+                          f"cannot read the audit files: {exc.strerror}")
+        return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+    return handle
+
+
+def _error(status: int, kind: str, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": code}},
+                             status=status)
