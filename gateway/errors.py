@@ -56,6 +56,10 @@ The others never reach a client as they are; the tree says what each becomes.
     ├── RecordUnusable                 a record in the shared store no gateway wrote for that
     │                                  use (altered, planted, another's, too large): skipped
     │                                  and counted; the replica does that work itself
+    ├── BadAuditQuery (ValueError)     a studio audit query names an unknown or malformed filter,
+    │                                  limit, cursor or bucket: 400, naming the parameter
+    ├── AuditKeyUnavailable            the studio has no usable audit key: 503, and the chain is
+    │                                  shown as unverifiable, never as verified
     ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
     │   │                              start (`veil serve`'s preflight)
     │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
@@ -411,6 +415,16 @@ class FetchError(EvidenceError):
 
 class RecordUnusable(VeilError):
     """A shared-store record that does not open for its use, or is not well formed."""
+
+
+class BadAuditQuery(VeilError, ValueError):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class AuditKeyUnavailable(VeilError):
+    pass
 
 
 class CustodyError(VeilError):

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import BadAuditQuery
+
 OUTCOMES = ("forwarded", "blocked", "refused", "failed")
 BUCKETS: dict[str, timedelta] = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1),
                                  "day": timedelta(days=1), "week": timedelta(weeks=1)}
@@ -33,14 +35,6 @@ MAX_NAME = 200  # characters of a name kept (a name from config is far shorter)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 FILTERS = ("tenant", "rule", "data_class", "backend", "outcome", "since", "until")
-
-
-class BadQuery(ValueError):
-    """A query the view refuses (HTTP 400), with the parameter it is about."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(message)
-        self.parameter = parameter
 
 
 @dataclass(frozen=True)
@@ -150,10 +144,10 @@ class Filters:
     def parse(cls, query: Mapping[str, str]) -> Filters:
         outcome = query.get("outcome") or None
         if outcome not in (None, *OUTCOMES):
-            raise BadQuery("outcome", f"outcome must be one of {', '.join(OUTCOMES)}")
+            raise BadAuditQuery("outcome", f"outcome must be one of {', '.join(OUTCOMES)}")
         since, until = _bound(query, "since"), _bound(query, "until")
         if since and until and since > until:
-            raise BadQuery("since", "since is after until")
+            raise BadAuditQuery("since", "since is after until")
         return cls(tenant=query.get("tenant") or None, rule=query.get("rule") or None,
                    data_class=query.get("data_class") or None,
                    backend=query.get("backend") or None, outcome=outcome, since=since,
@@ -175,7 +169,7 @@ def _bound(query: Mapping[str, str], name: str) -> datetime | None:
         return None
     when = _time(raw.replace("Z", "+00:00"))
     if when is None:
-        raise BadQuery(name, f"{name} must be an ISO 8601 date and time, e.g. "
+        raise BadAuditQuery(name, f"{name} must be an ISO 8601 date and time, e.g. "
                              "2026-01-31T09:30 (UTC unless it names an offset)")
     return when
 
@@ -184,14 +178,14 @@ def refuse_unknown(query: Mapping[str, str], allowed: Iterable[str]) -> None:
     """A misspelt filter would silently show everything: refuse it instead."""
     unknown = sorted(set(query) - set(allowed))
     if unknown:
-        raise BadQuery(unknown[0], f"unknown parameter {unknown[0]!r}")
+        raise BadAuditQuery(unknown[0], f"unknown parameter {unknown[0]!r}")
 
 
 def parse_limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadQuery("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadAuditQuery("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 
 
@@ -212,7 +206,7 @@ def parse_cursor(raw: str | None) -> tuple[datetime, str, int] | None:
         when, chain, seq = _time(decoded[0]), decoded[1], decoded[2]
         if when is not None and isinstance(chain, str) and _int(seq) is not None:
             return when, chain, seq
-    raise BadQuery("cursor", "cursor is not one this view handed out")
+    raise BadAuditQuery("cursor", "cursor is not one this view handed out")
 
 
 @dataclass(frozen=True)
@@ -310,12 +304,12 @@ class Summary:
                     return name
             if self._bars("week") <= MAX_BUCKETS:
                 return "week"
-            raise BadQuery("since", f"these records span more than {MAX_BUCKETS} weeks: "
+            raise BadAuditQuery("since", f"these records span more than {MAX_BUCKETS} weeks: "
                                     "narrow the time range")
         if asked not in BUCKETS:
-            raise BadQuery("bucket", f"bucket must be auto or one of {', '.join(BUCKETS)}")
+            raise BadAuditQuery("bucket", f"bucket must be auto or one of {', '.join(BUCKETS)}")
         if self.widths[asked].overflowed or self._bars(asked) > MAX_BUCKETS:
-            raise BadQuery("bucket", f"{asked} buckets would draw more than {MAX_BUCKETS} "
+            raise BadAuditQuery("bucket", f"{asked} buckets would draw more than {MAX_BUCKETS} "
                                      "bars for this span: choose a wider one or fewer days")
         return asked
 

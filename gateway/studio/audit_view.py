@@ -20,11 +20,11 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.errors import AuditKeyUnavailable, BadAuditQuery
 from gateway.observability.audit import Verdict, chains, load_key, record_lines, verify
 from gateway.settings import AuditSettings
 from gateway.studio.audit_summary import (
     FILTERS,
-    BadQuery,
     Filters,
     Row,
     page,
@@ -35,10 +35,6 @@ from gateway.studio.audit_summary import (
     summarize,
 )
 from gateway.studio.context import Studio
-
-
-class AuditUnavailable(Exception):
-    """The chain cannot be verified: no key in the config, or it cannot be read."""
 
 
 def chain_files(audit: AuditSettings) -> dict[str, list[Path]]:
@@ -61,16 +57,16 @@ def chain_files(audit: AuditSettings) -> dict[str, list[Path]]:
 
 def audit_key(audit: AuditSettings) -> bytes:
     if not (audit.key_env or audit.key_file):
-        raise AuditUnavailable("the config names no audit key (audit.key_env or "
+        raise AuditKeyUnavailable("the config names no audit key (audit.key_env or "
                                "audit.key_file): the chain cannot be verified")
     source = f"${audit.key_env}" if audit.key_env else "audit.key_file"
     try:
         return load_key(audit.key_file, audit.key_env)
     except OSError as exc:
-        raise AuditUnavailable(f"cannot read the audit key ({source}): {exc.strerror}; the "
+        raise AuditKeyUnavailable(f"cannot read the audit key ({source}): {exc.strerror}; the "
                                "chain cannot be verified") from None
     except ValueError as exc:
-        raise AuditUnavailable(f"the audit key ({source}) is unusable: {exc}; the chain "
+        raise AuditKeyUnavailable(f"the audit key ({source}) is unusable: {exc}; the chain "
                                "cannot be verified") from None
 
 
@@ -156,9 +152,9 @@ def _answer(work: Callable[[dict[str, str]], dict[str, Any]]) -> Handler:
                           "each parameter may be given once")
         try:
             body = await asyncio.to_thread(work, query)
-        except BadQuery as exc:
+        except BadAuditQuery as exc:
             return _error(400, "invalid_request", "invalid_parameter", str(exc))
-        except AuditUnavailable as exc:
+        except AuditKeyUnavailable as exc:
             return _error(503, "audit_unavailable", "audit_key_unavailable", str(exc))
         except OSError as exc:
             return _error(503, "audit_unavailable", "audit_unreadable",

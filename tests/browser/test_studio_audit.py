@@ -5,7 +5,9 @@ names the seq where an edited line breaks the chain."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx2 as httpx
@@ -236,3 +238,40 @@ def test_the_api_refuses_bad_queries_as_json(run: Run) -> None:
         assert rest["next_cursor"] is None
         seqs = [r["seq"] for r in listed["records"] + rest["records"]]
         assert sorted(seqs) == list(range(run.records))
+
+
+def test_older_records_page_in_and_a_time_range_narrows_them(fresh_browser: WebDriver,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "audit.key").write_text(AUDIT_KEY)
+    log = AuditLog(tmp_path / "audit.jsonl", AUDIT_KEY.encode())
+    for n in range(60):
+        log.append({"tenant": "acme", "decision": "forwarded", "rule": "default",
+                    "request_id": f"r{n}"})
+    log.close()
+    last = json.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])["time"]
+    after_all = datetime.fromisoformat(last) + timedelta(seconds=1)
+    config = studio_config(tmp_path, {"enabled": True, "path": "audit.jsonl",
+                                      "key_file": "audit.key"})
+    with studio_server(config) as studio:
+        browser = fresh_browser
+        browser.get(studio.url() + "/#audit")
+        wait_for_text(browser, "#audit-chain", "Chain verified: 60 records")
+        first = wait_for_rows(browser, 50)
+        assert first[0][1] == "59"
+        browser.find_element("css selector", "#audit-more").click()
+        everything = wait_for_rows(browser, 60)
+        assert [int(r[1]) for r in everything] == list(range(59, -1, -1))
+        assert not browser.find_element("css selector", "#audit-more").is_displayed()
+
+        def set_input(css: str, value: str) -> None:
+            browser.execute_script(
+                "const input = document.querySelector(arguments[0]); input.value = arguments[1];"
+                "input.dispatchEvent(new Event('change'))", css, value)
+
+        set_input("#audit-since", after_all.strftime("%Y-%m-%dT%H:%M:%S"))
+        wait_for_text(browser, "#audit-rows", "No records match")
+        wait_for_text(browser, "#audit-chart-requests", "No requests")
+        set_input("#audit-since", "2000-01-01T00:00:00")
+        wait_for_rows(browser, 50)
+        browser.find_element("css selector", "#audit-reset").click()
+        wait_for_rows(browser, 50)

@@ -96,6 +96,10 @@ veil.view("audit", (root) => {
         chain.className = "audit-chain bad";
         chain.textContent = `Chain not verified: ${verdict.message || (broken && broken.message)}`;
       }
+      if (!verdict.enabled) {
+        chainDetails.append(el("li", {class: "warn"}, "audit is off in this config " +
+          "(audit.enabled: false): the gateway is not adding records"));
+      }
       for (const c of verdict.chains) {
         const utc = (t) => t.replace("+00:00", "Z");
         const span = c.first_time ? ` · ${utc(c.first_time)} – ${utc(c.last_time)}` : "";

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import AuditKeyUnavailable, BadAuditQuery
 from gateway.observability.audit import AuditLog
 from gateway.settings import AuditSettings
-from gateway.studio.audit_summary import BadQuery
-from gateway.studio.audit_view import AuditUnavailable, chain_files, records, verification
+from gateway.studio.audit_view import chain_files, records, verification
 
 KEY = "k" * 32
 
@@ -86,11 +86,11 @@ def test_no_usable_key_means_the_chain_cannot_be_verified(
         tmp_path: Path, settings: dict[str, object], message: str) -> None:
     write(tmp_path / "audit.jsonl", ["acme"])
     audit = audit_in(tmp_path).model_copy(update=settings)
-    with pytest.raises(AuditUnavailable, match=message):
+    with pytest.raises(AuditKeyUnavailable, match=message):
         verification(audit)
     assert records(audit, {})["records"]  # listing needs no key: the banner says unverified
 
 
 def test_a_misspelt_filter_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BadQuery, match="unknown parameter"):
+    with pytest.raises(BadAuditQuery, match="unknown parameter"):
         records(audit_in(tmp_path), {"tennant": "acme"})
