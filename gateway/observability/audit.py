@@ -225,10 +225,21 @@ def chains(directory: str | Path) -> dict[str, list[Path]]:
             for chain, files in sorted(found.items())}
 
 
+MAX_LINE = 1024 * 1024  # a record is a few hundred bytes; a longer line is damage, not data
+
+
 def record_lines(files: Iterable[str | Path]) -> Iterator[tuple[str, int, bytes]]:
-    """Each non-blank line as (file, line number, bytes), one line in memory at a time."""
+    """Each non-blank line as (file, line number, bytes), at most MAX_LINE bytes in memory: a
+    longer line yields its cut first MAX_LINE bytes (no record parses from it) and the rest
+    is skipped, so a planted giant line is a break at its own line number, not an outage."""
     for file in files:
         with Path(file).open("rb") as f:
-            for number, line in enumerate(f, 1):
+            number = 0
+            while line := f.readline(MAX_LINE + 1):
+                number += 1
+                if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                    while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                        pass
+                    line = line[:MAX_LINE]
                 if line.strip():
                     yield str(file), number, line.rstrip(b"\n")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.observability.audit import AuditLog, verify
+from gateway.observability.audit import AuditLog, record_lines, verify
 
 KEY = b"k" * 32
 
@@ -164,3 +164,16 @@ def test_a_verdict_spans_the_first_and_last_verified_times(tmp_path: Path) -> No
     assert (verdict.first_time, verdict.last_time) == (times[0], times[-1])
     path.write_text("\n".join([*lines(path)[:2], "{"]) + "\n")
     assert (verify([path], KEY).first_time, verify([path], KEY).last_time) == (times[0], times[1])
+
+
+def test_a_giant_line_is_a_break_at_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 3).close()
+    ls = lines(path)
+    path.write_text("\n".join([ls[0], "x" * (3 * 1024 * 1024 + 7), *ls[1:]]) + "\n")
+    verdict = verify([path], KEY)
+    assert verdict.broken is not None
+    assert (verdict.broken.line, verdict.broken.seq) == (2, 1)
+    assert "not a JSON record" in verdict.broken.reason
+    cut = [(number, len(line)) for _, number, line in record_lines([path])]
+    assert cut == [(1, len(ls[0])), (2, 1024 * 1024), (3, len(ls[1])), (4, len(ls[2]))]
