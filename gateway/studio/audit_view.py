@@ -58,16 +58,16 @@ def chain_files(audit: AuditSettings) -> dict[str, list[Path]]:
 def audit_key(audit: AuditSettings) -> bytes:
     if not (audit.key_env or audit.key_file):
         raise AuditKeyUnavailable("the config names no audit key (audit.key_env or "
-                               "audit.key_file): the chain cannot be verified")
+                                  "audit.key_file): the chain cannot be verified")
     source = f"${audit.key_env}" if audit.key_env else "audit.key_file"
     try:
         return load_key(audit.key_file, audit.key_env)
     except OSError as exc:
-        raise AuditKeyUnavailable(f"cannot read the audit key ({source}): {exc.strerror}; the "
-                               "chain cannot be verified") from None
+        raise AuditKeyUnavailable(f"cannot read the audit key ({source}): {exc.strerror}; "
+                                  "the chain cannot be verified") from None
     except ValueError as exc:
-        raise AuditKeyUnavailable(f"the audit key ({source}) is unusable: {exc}; the chain "
-                               "cannot be verified") from None
+        raise AuditKeyUnavailable(f"the audit key ({source}) is unusable: {exc}; the "
+                                  "chain cannot be verified") from None
 
 
 @dataclass
@@ -90,7 +90,8 @@ class Scan:
                     yield row
 
 
-def verification(audit: AuditSettings) -> dict[str, Any]:
+def verification(audit: AuditSettings, query: dict[str, str] | None = None) -> dict[str, Any]:
+    refuse_unknown(query or {}, ())
     key = audit_key(audit)
     found = chain_files(audit)
     folder = Path(audit.path).parent
@@ -138,7 +139,7 @@ def summary(audit: AuditSettings, query: dict[str, str]) -> dict[str, Any]:
 def routes(studio: Studio) -> list[web.RouteDef]:
     audit = studio.settings.audit
     return [
-        web.get("/api/audit/verify", _answer(lambda _query: verification(audit))),
+        web.get("/api/audit/verify", _answer(lambda query: verification(audit, query))),
         web.get("/api/audit/records", _answer(lambda query: records(audit, query))),
         web.get("/api/audit/summary", _answer(lambda query: summary(audit, query))),
     ]
@@ -149,11 +150,11 @@ def _answer(work: Callable[[dict[str, str]], dict[str, Any]]) -> Handler:
         query = dict(request.query)
         if len(query) != len(request.query):
             return _error(400, "invalid_request", "invalid_parameter",
-                          "each parameter may be given once")
+                          "each parameter may be given once", next(iter(query), None))
         try:
             body = await asyncio.to_thread(work, query)
         except BadAuditQuery as exc:
-            return _error(400, "invalid_request", "invalid_parameter", str(exc))
+            return _error(400, "invalid_request", "invalid_parameter", str(exc), exc.parameter)
         except AuditKeyUnavailable as exc:
             return _error(503, "audit_unavailable", "audit_key_unavailable", str(exc))
         except OSError as exc:
@@ -164,6 +165,8 @@ def _answer(work: Callable[[dict[str, str]], dict[str, Any]]) -> Handler:
     return handle
 
 
-def _error(status: int, kind: str, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "code": code}},
-                             status=status)
+def _error(status: int, kind: str, code: str, message: str,
+           param: str | None = None) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "code": code, "param": param}},
+        status=status)
