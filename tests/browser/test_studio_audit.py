@@ -168,6 +168,8 @@ def test_an_edited_line_shows_the_chain_broken_at_its_seq(fresh_browser: WebDriv
         assert "bad" in banner.get_attribute("class").split()
         assert "Chain verified" not in fresh_browser.page_source
         wait_for_rows(fresh_browser, run.records)  # still listed, under a broken banner
+        marked = fresh_browser.find_elements("css selector", "#audit-rows tr.audit-broken")
+        assert [tr.get_attribute("data-seq") for tr in marked] == ["3"]
 
         # The page verifies again when asked: a line cut from the middle is a break too.
         edited.write_text("\n".join([*run.audit.read_text().splitlines()[:2],

@@ -20,6 +20,7 @@ veil.view("audit", (root) => {
   ];
   let cursor = null;
   let generation = 0;  // each refresh's number: an answer to an older one is dropped
+  let breaks = new Map();  // chain -> the seq where it stops verifying, to mark that row
 
   const chain = el("div", {id: "audit-chain", class: "audit-chain muted"}, "Verifying the chain…");
   const chainDetails = el("ul", {id: "audit-chains", class: "audit-chains"});
@@ -80,8 +81,11 @@ veil.view("audit", (root) => {
     chain.className = "audit-chain muted";
     chain.textContent = "Verifying the chain…";
     chainDetails.replaceChildren();
+    breaks = new Map();
     try {
       const verdict = await api("/api/audit/verify");
+      for (const c of verdict.chains) if (c.broken) breaks.set(c.chain, c.broken.seq);
+      markBreaks();
       const broken = verdict.chains.find((c) => !c.ok);
       if (verdict.ok) {
         const spread = verdict.chains.length > 1 ? ` in ${verdict.chains.length} chains` : "";
@@ -161,6 +165,7 @@ veil.view("audit", (root) => {
     if (mine !== generation) return;
     if (!older) rows.replaceChildren();
     for (const r of page.records) rows.append(recordRow(r));
+    markBreaks();
     if (!older && page.records.length === 0) {
       rows.append(el("tr", {}, el("td", {colspan: columns.length, class: "muted"},
         "No records match these filters.")));
@@ -170,6 +175,15 @@ veil.view("audit", (root) => {
     unreadable.hidden = !page.unreadable;
     unreadable.textContent = `${page.unreadable} line(s) in the audit files are not records ` +
       "and are not shown (see the chain status above).";
+  }
+
+  function markBreaks() {
+    for (const tr of rows.querySelectorAll("tr[data-seq]")) {
+      const at = breaks.get(tr.dataset.chain) === Number(tr.dataset.seq);
+      tr.classList.toggle("audit-broken", at);
+      if (at) tr.title = "The chain stops verifying at this record";
+      else tr.removeAttribute("title");
+    }
   }
 
   function recordRow(r) {
