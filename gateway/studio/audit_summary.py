@@ -15,7 +15,7 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -23,8 +23,8 @@ import orjson
 from gateway.errors import BadAuditQuery
 
 OUTCOMES = ("forwarded", "blocked", "refused", "failed")
-BUCKETS: dict[str, timedelta] = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1),
-                                 "day": timedelta(days=1), "week": timedelta(weeks=1)}
+BUCKETS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}  # s
+MONDAY = 4 * 86400  # the epoch fell on a Thursday: weeks start this much later
 AUTO_BUCKETS = 180  # "auto" picks the finest width that draws the span in this many bars
 MAX_BUCKETS = 1000  # a width asked for by name may draw at most this many
 MAX_KEYS = 500  # distinct names per tally; the rest count under OTHER
@@ -170,7 +170,7 @@ def _bound(query: Mapping[str, str], name: str) -> datetime | None:
     when = _time(raw.replace("Z", "+00:00"))
     if when is None:
         raise BadAuditQuery(name, f"{name} must be an ISO 8601 date and time, e.g. "
-                             "2026-01-31T09:30 (UTC unless it names an offset)")
+                                  "2026-01-31T09:30 (UTC unless it names an offset)")
     return when
 
 
@@ -228,14 +228,12 @@ def _tally(counter: Counter[str], name: str, n: int = 1) -> None:
     counter[name if name in counter or len(counter) < MAX_KEYS else OTHER] += n
 
 
-def floor(when: datetime, width: str) -> datetime:
-    """The start of the bucket `when` falls in (weeks start on Monday, UTC)."""
-    if width == "minute":
-        return when.replace(second=0, microsecond=0)
-    if width == "hour":
-        return when.replace(minute=0, second=0, microsecond=0)
-    day = when.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day if width == "day" else day - timedelta(days=day.weekday())
+def floor(epoch: float, width: str) -> int:
+    """The start (epoch seconds) of the bucket a moment falls in; weeks start on Monday, UTC.
+    Plain integers: this runs once per record and width."""
+    size = BUCKETS[width]
+    offset = MONDAY if width == "week" else 0
+    return int((epoch - offset) // size) * size + offset
 
 
 @dataclass
@@ -244,19 +242,23 @@ class Buckets:
     MAX_BUCKETS (then no span it covers could be drawn at that width)."""
 
     width: str
-    outcomes: dict[datetime, Counter[str]] = field(default_factory=dict)
-    entities: dict[datetime, Counter[str]] = field(default_factory=dict)
+    outcomes: dict[int, Counter[str]] = field(default_factory=dict)
+    entities: dict[int, Counter[str]] = field(default_factory=dict)
     overflowed: bool = False
 
-    def add(self, row: Row) -> None:
+    def add(self, row: Row, epoch: float) -> None:
         if self.overflowed:
             return
-        start = floor(row.time, self.width)
-        if start not in self.outcomes and len(self.outcomes) >= MAX_BUCKETS:
-            self.overflowed, self.outcomes, self.entities = True, {}, {}
-            return
-        _tally(self.outcomes.setdefault(start, Counter()), row.outcome or "unknown")
-        found = self.entities.setdefault(start, Counter())
+        start = floor(epoch, self.width)
+        outcomes = self.outcomes.get(start)
+        if outcomes is None:
+            if len(self.outcomes) >= MAX_BUCKETS:
+                self.overflowed, self.outcomes, self.entities = True, {}, {}
+                return
+            outcomes = self.outcomes[start] = Counter()
+            self.entities[start] = Counter()
+        _tally(outcomes, row.outcome or "unknown")
+        found = self.entities[start]
         for kind, n in row.entities.items():
             _tally(found, kind, n)
 
@@ -292,8 +294,9 @@ class Summary:
             _tally(self.blocks_by_rule, row.rule or "unknown")
         for kind, n in row.entities.items():
             _tally(self.entity_totals, kind, n)
+        epoch = row.time.timestamp()
         for buckets in self.widths.values():
-            buckets.add(row)
+            buckets.add(row, epoch)
 
     def width(self, asked: str) -> str:
         """The bucket width: the one asked for, or for "auto" the finest that draws the span
@@ -304,13 +307,14 @@ class Summary:
                     return name
             if self._bars("week") <= MAX_BUCKETS:
                 return "week"
-            raise BadAuditQuery("since", f"these records span more than {MAX_BUCKETS} weeks: "
-                                    "narrow the time range")
+            raise BadAuditQuery("since", f"these records span more than {MAX_BUCKETS} "
+                                         "weeks: narrow the time range")
         if asked not in BUCKETS:
             raise BadAuditQuery("bucket", f"bucket must be auto or one of {', '.join(BUCKETS)}")
         if self.widths[asked].overflowed or self._bars(asked) > MAX_BUCKETS:
-            raise BadAuditQuery("bucket", f"{asked} buckets would draw more than {MAX_BUCKETS} "
-                                     "bars for this span: choose a wider one or fewer days")
+            raise BadAuditQuery("bucket", f"{asked} buckets would draw more than "
+                                          f"{MAX_BUCKETS} bars for this span: choose a wider "
+                                          "one or fewer days")
         return asked
 
     def _bars(self, width: str) -> int:
@@ -318,7 +322,7 @@ class Summary:
             return 0
         if self.widths[width].overflowed:
             return MAX_BUCKETS + 1
-        span = floor(self.last, width) - floor(self.first, width)
+        span = floor(self.last.timestamp(), width) - floor(self.first.timestamp(), width)
         return span // BUCKETS[width] + 1
 
     def as_json(self, asked: str = "auto") -> dict[str, Any]:
@@ -327,14 +331,16 @@ class Summary:
         folded = len(self.entity_totals) > len(top)
         series = []
         buckets = self.widths[width]
-        start = floor(self.first, width) if self.first else None
-        while start is not None and self.last is not None and start <= self.last:
+        start = floor(self.first.timestamp(), width) if self.first else None
+        end = self.last.timestamp() if self.last else 0
+        while start is not None and start <= end:
             outcomes = buckets.outcomes.get(start, Counter())
             found = buckets.entities.get(start, Counter())
             entities = {k: found.get(k, 0) for k in top}
             if folded:
                 entities[OTHER] = sum(n for k, n in found.items() if k not in top)
-            series.append({"start": _iso(start), "requests": sum(outcomes.values()),
+            series.append({"start": _iso(datetime.fromtimestamp(start, UTC)),
+                           "requests": sum(outcomes.values()),
                            "outcomes": {o: outcomes.get(o, 0) for o in OUTCOMES},
                            "entities": entities})
             start += BUCKETS[width]

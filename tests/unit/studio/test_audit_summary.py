@@ -14,6 +14,7 @@ from gateway.studio.audit_summary import (
     OTHER,
     Filters,
     Row,
+    floor,
     page,
     parse_cursor,
     parse_limit,
@@ -205,3 +206,14 @@ def test_an_empty_selection_has_no_series() -> None:
     assert summary["matched"] == 0
     assert summary["series"] == []
     assert summary["bucket"] == "minute"
+
+
+@pytest.mark.parametrize(("width", "start"), [
+    ("minute", datetime(2026, 3, 8, 23, 59, tzinfo=UTC)),
+    ("hour", datetime(2026, 3, 8, 23, 0, tzinfo=UTC)),
+    ("day", datetime(2026, 3, 8, tzinfo=UTC)),
+    ("week", datetime(2026, 3, 2, tzinfo=UTC)),  # the Monday before that Sunday
+])
+def test_a_bucket_starts_on_its_boundary_in_utc(width: str, start: datetime) -> None:
+    sunday_night = datetime(2026, 3, 8, 23, 59, 58, 900_000, tzinfo=UTC)
+    assert floor(sunday_night.timestamp(), width) == start.timestamp()
