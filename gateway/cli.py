@@ -24,6 +24,7 @@ from gateway.errors import ConfigError, VeilError
 
 if TYPE_CHECKING:
     from gateway.fhe.keys import KeyStore
+    from gateway.keys.material import Signer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +200,8 @@ def _key_commands(commands: Commands) -> None:
     key = verify.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file", help="file holding the audit HMAC key (audit.key_file)")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
+    key.add_argument("--config", help="the gateway's config: its audit key, wherever it is "
+                                      "kept (an HSM: audit.key_hsm_label, PIN from hsm.pin_env)")
 
 
 def _config_commands(commands: Commands) -> None:
@@ -279,6 +282,22 @@ def _attest_commands(commands: Commands) -> None:
     _listen_options(agent, 8444)
     agent.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report",
                        help="the kernel's configfs-tsm report folder (default: %(default)s)")
+    gateway = attest_commands.add_parser(
+        "verify-gateway", help="verify a Veil gateway's own evidence; exit 0 only when it "
+                               "meets the trust level and runs an expected policy set")
+    gateway.add_argument("url", help="the gateway, https://HOST:PORT")
+    gateway.add_argument("--policy", required=True, help="a policy file with the trust level")
+    gateway.add_argument("--level", required=True, help="the trust level the gateway must meet")
+    gateway.add_argument("--policy-digest", action="append", required=True, metavar="HEX",
+                         help="a policy set digest the gateway may run (repeatable)")
+    gateway.add_argument("--amd-roots-dir",
+                         help="AMD roots (and the ARKs' CRLs) instead of the shipped ones")
+    gateway.add_argument("--offline", action="store_true",
+                         help="fetch nothing from AMD KDS or Intel PCS (the evidence and "
+                              "--amd-roots-dir must carry it all)")
+    gateway.add_argument("--timeout", type=_delay, default=10.0,
+                         help="seconds for each request (default: %(default)s)")
+    gateway.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _listen_options(parser: argparse.ArgumentParser, port: int) -> None:
@@ -295,6 +314,14 @@ def _fhe_commands(commands: Commands) -> None:
                       help="init: create the first key (never overwrites) | rotate: a new "
                            "current key | show: list the keys")
     keys.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    hsm = commands.add_parser("hsm", help="the gateway's keys in a PKCS#11 token (hsm:)")
+    hsm.add_argument("hsm_command", choices=["init", "rotate", "show"],
+                     help="init: create each labelled key the token lacks (never replaces) | "
+                          "rotate: a new version of each, older ones kept | show: labels, "
+                          "versions, attributes")
+    hsm.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    hsm.add_argument("--secret", action="append", choices=["audit", "hash", "fhe", "vault"],
+                     default=[], help="only this secret (repeatable; default: every labelled one)")
     scorer = commands.add_parser("scorer", help="the encrypted scoring service")
     scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True,
                                             title="commands", metavar="COMMAND")
@@ -333,7 +360,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "studio": _studio,
                 "apikey": _apikey, "audit": _audit_verify, "config": _config,
                 "policy": _policy,
-                "attest": _attest_verify, "keys": _keys, "scorer": _scorer}
+                "attest": _attest_verify, "keys": _keys, "hsm": _hsm, "scorer": _scorer}
     return handlers[args.command](args)  # argparse has refused unknown commands already
 
 
@@ -388,6 +415,8 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _attest_verify(args: argparse.Namespace) -> int:
     if args.attest_command == "agent":
         return _attest_agent(args)
+    if args.attest_command == "verify-gateway":
+        return _verify_gateway(args)
     from gateway.attestation.offline import Wanted, as_json, verify_evidence_file
     from gateway.plugins import plugin_entities
     from gateway.policy.loader import load_policy
@@ -419,17 +448,53 @@ def _attest_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from gateway.client.verify import Expected, verify_gateway
+    from gateway.plugins import plugin_entities
+    from gateway.policy.loader import load_policy
+    from gateway.settings import AttestationSettings
+
+    level = load_policy(Path(args.policy), plugin_entities).policy.trust_levels.get(args.level)
+    if level is None:
+        print(f"veil attest verify-gateway: {args.policy} has no trust level {args.level!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        expected = Expected.of(args.level, level, args.policy_digest)
+    except ValueError as exc:
+        print(f"veil attest verify-gateway: --policy-digest {exc}", file=sys.stderr)
+        return 2
+    attestation = AttestationSettings(cache_dir=None, amd_roots_dir=args.amd_roots_dir)
+    if args.offline:
+        attestation = attestation.model_copy(update={"amd_kds_url": None, "intel_pcs_url": None})
+    verdict = asyncio.run(verify_gateway(args.url, expected, attestation=attestation,
+                                         timeout_s=args.timeout))
+    if args.json:
+        print(json.dumps({"ok": verdict.ok, **verdict.values, "reasons": verdict.reasons},
+                         indent=2))
+    else:
+        print("\n".join(verdict.lines()))
+    if not verdict.ok:
+        print(f"veil attest verify-gateway: {args.url}: refused", file=sys.stderr)
+    return 0 if verdict.ok else 1
+
+
 def _keys(args: argparse.Namespace) -> int:
     import asyncio
 
     from gateway.errors import CustodyError
     from gateway.fhe.keys import KeyStore
+    from gateway.keys.sources import GatewayKeys
     from gateway.settings import load_settings
 
     settings = load_settings(args.config)
     fhe = settings.fhe
+    keys = GatewayKeys(settings, os.environ)
     try:
-        store = KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file)
+        store = KeyStore(Path(fhe.keys_dir), keys.fhe_master())
         if fhe.keys_in == "redis":
             asyncio.run(_shared_keys(args.keys_command, settings.state.redis_url or "", store))
         elif args.keys_command == "init":
@@ -443,6 +508,26 @@ def _keys(args: argparse.Namespace) -> int:
     except CustodyError as exc:
         print(f"veil keys: {exc}", file=sys.stderr)
         return 1
+    finally:
+        keys.close()
+    return 0
+
+
+def _hsm(args: argparse.Namespace) -> int:
+    from gateway.keys import admin
+    from gateway.keys.sources import GatewayKeys
+    from gateway.settings import load_settings
+
+    keys = GatewayKeys(load_settings(args.config), os.environ)
+    try:
+        if args.hsm_command == "show":
+            lines = admin.show(keys)
+        else:
+            lines = getattr(admin, args.hsm_command)(keys, args.secret)
+    finally:
+        keys.close()
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -581,9 +666,11 @@ def _policy(args: argparse.Namespace) -> int:
         return _policy_signatures(args)
     if args.policy_command in ("explain", "test"):
         return _policy_cases(args)
+    from gateway.attestation.binding import policy_set_digest
     from gateway.plugins import plugin_entities
 
     failed = 0
+    in_order: list[tuple[str, str]] = []
     for file in args.files:
         try:
             loaded = load_policy(file, plugin_entities)
@@ -592,13 +679,16 @@ def _policy(args: argparse.Namespace) -> int:
             print(exc)
         else:
             print(f"ok: {file}: policy {loaded.name} {loaded.digest}")
+            in_order.append((loaded.name, loaded.digest))
+    if not failed:  # what a self-attesting gateway with policies.files in this order states
+        print(f"policy set: {policy_set_digest(in_order)}")
     return _failures("policy check", failed, len(args.files), "file")
 
 
 def _policy_cases(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.explain import analyze, check
+    from gateway.explain import analyze, check, run_cases
     from gateway.plugins import plugin_entities
     from gateway.policy.cases import load_cases
     from gateway.policy.loader import load_policy
@@ -615,7 +705,7 @@ def _policy_cases(args: argparse.Namespace) -> int:
               else "sent upstream: nothing (blocked)")
         return 0
     cases = load_cases(args.cases)
-    analyses = asyncio.run(analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases]))
+    analyses = asyncio.run(run_cases(loaded, cases))
     failures = 0
     print(f"{'result':<7} {'case':<48} {'expected':<34} got")
     for case, analysis in zip(cases, analyses, strict=True):
@@ -676,23 +766,37 @@ def _failures(command: str, failed: int, total: int, thing: str) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from gateway.observability.audit import chains, load_key, verify
+    from gateway.keys.sources import GatewayKeys
+    from gateway.observability.audit import load_key
+    from gateway.settings import load_settings
 
+    if args.config:
+        keys = GatewayKeys(load_settings(args.config), os.environ)
+        try:
+            return _verified(args.files, keys.audit())
+        finally:
+            keys.close()
     try:
-        key = load_key(args.key_file, args.key_env)
+        key: bytes | Signer = load_key(args.key_file, args.key_env)
     except (OSError, ValueError) as exc:
         print(f"veil: cannot read the audit key: {exc}", file=sys.stderr)
         return 2
-    if len(args.files) == 1 and Path(args.files[0]).is_dir():
-        found = chains(args.files[0])
+    return _verified(args.files, key)
+
+
+def _verified(files: list[str], key: bytes | Signer) -> int:
+    from gateway.observability.audit import chains, verify
+
+    if len(files) == 1 and Path(files[0]).is_dir():
+        found = chains(files[0])
         if not found:
-            print(f"FAILED: no audit chain (*.jsonl) in {args.files[0]}")
+            print(f"FAILED: no audit chain (*.jsonl) in {files[0]}")
             return _failures("audit verify", 1, 1, "chain")
         verdicts = {chain: verify(files, key) for chain, files in found.items()}
         for chain, verdict in verdicts.items():
             print(("ok: " if verdict.ok else "FAILED: ") + f"{chain}: {verdict.message}")
         return _failures("audit verify", sum(not v.ok for v in verdicts.values()),
                          len(verdicts), "chain")
-    verdict = verify(args.files, key)
+    verdict = verify(files, key)
     print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
     return _failures("audit verify", not verdict.ok, 1, "chain")

@@ -31,6 +31,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   │   │                                                     configured to fail closed)
     │   │   ├── VaultUnavailable       503 vault_unavailable      (a stored response's mapping
     │   │   │                                                     cannot be read: never guessed)
+    │   │   ├── KeyUnavailable         503 key_unavailable        (a key in the HSM failed mid-run:
+    │   │   │                                                     never a fallback to another key)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
     │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
@@ -56,10 +58,9 @@ The others never reach a client as they are; the tree says what each becomes.
     ├── RecordUnusable                 a record in the shared store no gateway wrote for that
     │                                  use (altered, planted, another's, too large): skipped
     │                                  and counted; the replica does that work itself
-    ├── BadAuditQuery (ValueError)     a studio audit query names an unknown or malformed filter,
-    │                                  limit, cursor or bucket: 400, naming the parameter
-    ├── AuditKeyUnavailable            the studio has no usable audit key: 503, and the chain is
-    │                                  shown as unverifiable, never as verified
+    ├── TokenError                     the PKCS#11 token (HSM) cannot be used: module missing,
+    │                                  token not found, wrong PIN, a key label missing: a
+    │                                  ConfigError at start (`veil serve`'s preflight)
     ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
     │   │                              start (`veil serve`'s preflight)
     │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
@@ -80,7 +81,12 @@ The others never reach a client as they are; the tree says what each becomes.
     │   └── StreamFormatError
     ├── BodyTooLarge                   a bounded read went past its limit: PayloadTooLarge (a
     │                                  request) or UpstreamFailed (a reply)
-    └── FactAlreadySet (RuntimeError)  a stage recorded its outcome twice: a bug, 500
+    ├── FactAlreadySet (RuntimeError)  a stage recorded its outcome twice: a bug, 500
+    ├── CasesFileRefused               a cases file a new case cannot be appended to as text
+    │                                  (flow style, a link): nothing is written (the studio's
+    │                                  409 cannot_append)
+    └── StudioRefused                  a studio API request refused: its status, code and
+                                       message become the studio's JSON error envelope
 
 Messages are written for the client and for logs alike, so they never contain request content.
 The one exception is an upstream's own words (`UpstreamRefused`, and the last backend's words
@@ -338,6 +344,16 @@ class VaultUnavailable(ServiceUnavailable):
                          "request was not forwarded.", headers={"Retry-After": "1"})
 
 
+class KeyUnavailable(ServiceUnavailable):
+    """A key held in the HSM could not be used for this request (the token was removed, its
+    session lost, the device failed): the request is refused, never served under another key."""
+
+    default_code = "key_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class UpstreamBusy(ServiceUnavailable):
     default_code = "upstream_busy"
 
@@ -417,14 +433,13 @@ class RecordUnusable(VeilError):
     """A shared-store record that does not open for its use, or is not well formed."""
 
 
-class BadAuditQuery(VeilError, ValueError):
-    def __init__(self, parameter: str, message: str) -> None:
+class TokenError(VeilError):
+    """The PKCS#11 token cannot be opened or lacks a key the configuration names. `setting`:
+    the `hsm` setting at fault (module, token_label, slot, pin_env), for the config's line."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
         super().__init__(message)
-        self.parameter = parameter
-
-
-class AuditKeyUnavailable(VeilError):
-    pass
+        self.setting = setting
 
 
 class CustodyError(VeilError):
@@ -484,3 +499,16 @@ class BodyTooLarge(VeilError):
 
 class FactAlreadySet(VeilError, RuntimeError):
     """A stage recorded its outcome twice: a bug, so the record cannot say two things."""
+
+
+class CasesFileRefused(VeilError):
+    """A case appended at the end of this file would not load as its last case."""
+
+
+class StudioRefused(VeilError):
+    """A studio API request that gets an answer other than success; `extra` adds fields to
+    the error object (a broken file's issues, each at its line and column)."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra

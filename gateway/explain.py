@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.inspection import Inspector, Reading
 from gateway.policy.active import ActivePolicy
@@ -62,19 +63,51 @@ async def analyze(loaded: LoadedPolicy, prompts: Sequence[tuple[str, Mapping[str
         await engine.close()
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What a policy decided about a prompt, in the terms a case's `expect` uses."""
+
+    outcome: Literal["forward", "block"]
+    rule: str
+    requires: list[str]
+    found: list[str]  # every entity type found
+
+
+def verdict(analysis: Analysis) -> Verdict:
+    decision = analysis.protection.decision
+    return Verdict(decision.outcome, decision.rule, list(decision.requires),
+                   sorted(analysis.protection.found))
+
+
+def differences(analysis: Analysis, case: Case) -> list[str]:
+    """The fields of the case's expectation the decision does not meet (none: it passes).
+    `rule` and `requires` are checked only when the case names them; `found` must be among
+    what was found."""
+    got = verdict(analysis)
+    expect = case.expect
+    return [name for name, differs in (
+        ("outcome", got.outcome != expect.outcome),
+        ("rule", expect.rule is not None and got.rule != expect.rule),
+        ("requires", expect.requires is not None and got.requires != expect.requires),
+        ("found", not set(expect.found) <= set(got.found)),
+    ) if differs]
+
+
+async def run_cases(loaded: LoadedPolicy, cases: Sequence[Case], ner_workers: int = 1
+                    ) -> list[Analysis]:
+    """Each case's prompt, with its scores and tenant, as `veil policy test` runs it."""
+    return await analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases], ner_workers)
+
+
 def check(analysis: Analysis, case: Case) -> tuple[bool, str]:
     """(passed, what happened) for one case."""
     decision = analysis.protection.decision
     found = set(analysis.protection.found)
-    expect = case.expect
-    ok = (decision.outcome == expect.outcome
-          and (expect.rule is None or decision.rule == expect.rule)
-          and (expect.requires is None or list(decision.requires) == expect.requires)
-          and set(expect.found) <= found)
+    ok = not differences(analysis, case)
     got = f"{decision.outcome} {decision.rule}"
     if decision.requires:
         got += f" requires {','.join(decision.requires)}"
-    missing = sorted(set(expect.found) - found)
+    missing = sorted(set(case.expect.found) - found)
     if missing:
         got += f" (not found: {','.join(missing)})"
     return ok, got

@@ -7,6 +7,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import ssl
 import tempfile
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from gateway.ingress.connections import Guard, GuardedRunner
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.policy.active import PolicySet
-from gateway.settings import LimitSettings, Settings
+from gateway.settings import LimitSettings, ListenSettings, Settings
 
 log = get_logger("veil.server")
 
@@ -44,13 +45,25 @@ def runner_for(app: web.Application) -> web.AppRunner:
     return make_runner(app, gateway.settings.limits, gateway.metrics)
 
 
+def tls_context(listen: ListenSettings) -> ssl.SSLContext | None:
+    """HTTPS with `listen.tls_cert_file` (Python's defaults for a server: TLS 1.2 and up);
+    None: plain HTTP."""
+    if listen.tls_cert_file is None or listen.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listen.tls_cert_file, listen.tls_key_file)
+    return context
+
+
 async def serve_app(app: web.Application, host: str, port: int, *, reuse_port: bool = False,
-                    on_started: Callable[[int], None] | None = None) -> None:
+                    on_started: Callable[[int], None] | None = None,
+                    ssl_context: ssl.SSLContext | None = None) -> None:
     """Serve until SIGINT/SIGTERM; on either the listening socket closes at once and the
     requests in flight finish (up to the limit) before the worker stops."""
     runner = runner_for(app)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024,
+                       ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     if on_started:
@@ -84,12 +97,14 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
 
     def started(port: int) -> None:
         log.info("listening", listen=listen_address(settings.listen.host, port),
-                 pid=os.getpid(), config=config_path)
+                 pid=os.getpid(), config=config_path,
+                 tls=settings.listen.tls_cert_file is not None)
 
     main = serve_app(build_app(settings, worker=worker, policies=policies),
                      settings.listen.host,
                      settings.listen.port,
-                     reuse_port=reuse_port, on_started=started)
+                     reuse_port=reuse_port, on_started=started,
+                     ssl_context=tls_context(settings.listen))
     try:
         import uvloop  # a faster event loop where it builds (not on Windows)
     except ImportError:

@@ -15,8 +15,9 @@ import yaml
 from aiohttp import web
 
 from gateway.app import Outbound, build_app
+from gateway.attestation.agent import ReportSource
 from gateway.ingress.auth import hash_api_key
-from gateway.server import runner_for
+from gateway.server import runner_for, tls_context
 from gateway.settings import Settings
 from tests.static_table import static_table_dir
 
@@ -109,10 +110,15 @@ def backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str,
 
 
 def gateway_for(settings: Settings, environ: dict[str, str] | None = None,
-                outbound: Outbound | None = None) -> ServerThread:
-    """The gateway on loopback; `outbound`: seams handed in (say, a test CA's roots)."""
+                outbound: Outbound | None = None, platform: ReportSource | None = None,
+                port: int = 0) -> ServerThread:
+    """The gateway on loopback (over TLS when `listen` names a certificate, as `veil serve`);
+    `outbound`: seams handed in (say, a test CA's roots); `platform`: what makes its own
+    reports for self_attestation (a test AMD, standing in for configfs-tsm)."""
     environ = {"DEMO_KEY": UPSTREAM_SECRET} if environ is None else environ
-    return ServerThread(build_app(settings, environ=environ, outbound=outbound or Outbound()))
+    app = build_app(settings, environ=environ, outbound=outbound or Outbound(),
+                    platform=platform)
+    return ServerThread(app, port, ssl_context=tls_context(settings.listen))
 
 
 def demo_backend(name: str, url: str, fmt: str = "openai", **extra: Any) -> dict[str, Any]:

@@ -82,28 +82,58 @@ class AgentSettings:
     collateral_dir: Path | None = None  # TDX: Intel PCS collateral to send with the quote
 
 
+class Reporter:
+    """The platform's report over given report_data, as the CPU part of an evidence document;
+    one report at a time (the platform handles one). The agent and the gateway's own evidence
+    (self_evidence.py) both ask through it."""
+
+    def __init__(self, source: ReportSource, settings: AgentSettings) -> None:
+        self._source = source
+        self._settings = settings
+        self._lock = asyncio.Lock()
+
+    async def cpu_part(self, report_data: bytes) -> tuple[str, dict[str, Any]]:
+        """(the TSM provider, the part)."""
+        async with self._lock:
+            report = await asyncio.to_thread(self._source.report, report_data)
+        return report.provider, _cpu_part(report, self._settings)
+
+
+def certificate_key_sha256(certificate: Path) -> bytes:
+    """SHA-256 of the SPKI of a PEM certificate: what evidence binds."""
+    try:
+        cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    except ValueError:
+        raise EvidenceError(f"{certificate}: not a PEM certificate") from None
+    return spki_sha256(cert.public_bytes(serialization.Encoding.DER))
+
+
+def requested_nonce(request: web.Request) -> bytes | None:
+    """The 32-byte nonce of an evidence request, or None when it is not 64 hex digits."""
+    try:
+        nonce = bytes.fromhex(request.query.get("nonce", ""))
+    except ValueError:
+        return None
+    return nonce if len(nonce) == 32 else None
+
+
+BAD_NONCE = {"error": "nonce must be 64 hex digits"}
+
+
 def build_agent_app(settings: AgentSettings, source: ReportSource,
                     gpu: GpuSource | None = None,
                     stapler: OcspStapler | None = None) -> web.Application:
-    try:
-        cert = x509.load_pem_x509_certificate(settings.certificate.read_bytes())
-    except ValueError:
-        raise EvidenceError(f"{settings.certificate}: not a PEM certificate") from None
-    key_hash = spki_sha256(cert.public_bytes(serialization.Encoding.DER))
-    lock = asyncio.Lock()  # the platform handles one report at a time
-    gpu_lock = asyncio.Lock()  # and the GPUs one SPDM exchange at a time
+    key_hash = certificate_key_sha256(settings.certificate)
+    reporter = Reporter(source, settings)
+    gpu_lock = asyncio.Lock()  # the GPUs one SPDM exchange at a time
 
     async def evidence(request: web.Request) -> web.Response:
-        try:
-            nonce = bytes.fromhex(request.query.get("nonce", ""))
-        except ValueError:
-            nonce = b""
-        if len(nonce) != 32:
-            return web.json_response({"error": "nonce must be 64 hex digits"}, status=400)
+        nonce = requested_nonce(request)
+        if nonce is None:
+            return web.json_response(BAD_NONCE, status=400)
         bound = binding(nonce, key_hash)
-        async with lock:
-            report = await asyncio.to_thread(source.report, bound)
-        parts = [_cpu_part(report, settings)]
+        provider, part = await reporter.cpu_part(bound)
+        parts = [part]
         if gpu is not None:
             try:
                 async with gpu_lock:
@@ -112,7 +142,7 @@ def build_agent_app(settings: AgentSettings, source: ReportSource,
                 log.warning("gpu_evidence_failed", reason=str(exc))
                 return web.json_response({"error": f"GPU evidence: {exc}"}, status=503)
             parts += [await stapler.staple(p) for p in gpus] if stapler else gpus
-        log.info("evidence_served", provider=report.provider, gpus=len(parts) - 1)
+        log.info("evidence_served", provider=provider, gpus=len(parts) - 1)
         return web.json_response({"evidence": parts})
 
     app = web.Application()

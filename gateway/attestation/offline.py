@@ -154,7 +154,7 @@ def _gpu(raw: bytes, chain: Path | None, when: datetime, wanted: Wanted | None,
             if wanted.rims else []
         return gpu_count_problems(1, wanted) + gpu_problems(evidence, wanted) + rims
 
-    values: dict[str, object] = {"format": "nvidia-gpu", **_rim_ids(evidence), **{
+    values: dict[str, object] = {"format": "nvidia-gpu", **rim_ids(evidence), **{
         f"measurement_{i}": v.hex() for i, v in sorted(evidence.measurements.items())},
         **revocation.values()}
     return _judged(values, evidence.requester_nonce, when, wanted, problems)
@@ -212,7 +212,7 @@ def _document_gpu(index: int, part: Mapping[str, Any], when: datetime, roots: Ro
                                     roots.nvidia, when)
     except EvidenceError as exc:
         raise EvidenceError(about_gpu(index, gpu.serial, exc)) from None
-    shown = {"certificate_serial": gpu.serial, **_rim_ids(gpu.evidence), **{
+    shown = {"certificate_serial": gpu.serial, **rim_ids(gpu.evidence), **{
         f"measurement_{i}": v.hex() for i, v in sorted(gpu.evidence.measurements.items())},
         **revocation.values()}
     return gpu, shown
@@ -226,7 +226,7 @@ def _not_together(gpus: Sequence[VerifiedGpu]) -> list[str]:
     return problems + duplicate_gpus(gpus)
 
 
-def _rim_ids(evidence: GpuEvidence) -> dict[str, object]:
+def rim_ids(evidence: GpuEvidence) -> dict[str, object]:
     """The RIMs that apply (what to save as files for an offline check), when it says."""
     try:
         versions = gpu_versions(evidence)

@@ -81,23 +81,64 @@ def level_met(evidence: Evidence, level: TrustLevel, keys: KeySets, now: float,
     if rims_until is None:
         return None
     until = min(evidence.verified_at + level.max_age_s, evidence.not_after(), rims_until)
-    wanted = level.token
-    if wanted is None:
+    if level.token is None:
         return until
+    token_until, _ = _token_until(evidence, level, keys, now)
+    return None if token_until is None else min(until, token_until)
+
+
+def _token_until(evidence: Evidence, level: TrustLevel, keys: KeySets,
+                 now: float) -> tuple[float | None, list[str]]:
+    """Until when the first token that satisfies the level's `token` requirement holds, or
+    None and why each token does not."""
+    wanted = level.token
+    assert wanted is not None  # noqa: S101 (asked only of a level that names a token)
     jwks = keys(wanted.jwks_url)
     if jwks is None:
-        return None
-    for token in evidence.tokens:
+        return None, [f"token: the key set {wanted.jwks_url} could not be fetched"]
+    if not evidence.tokens:
+        return None, ["token: the evidence carries no token"]
+    problems: list[str] = []
+    for index, token in enumerate(evidence.tokens):
         try:
             verified = verify_token(token, jwks, issuer=wanted.issuer, now=now,
                                     max_age_s=level.max_age_s, nonce_claim=wanted.nonce_claim,
                                     expected_nonce=evidence.expected_nonce,
                                     algorithms=tuple(wanted.algorithms))
-        except EvidenceError:
+        except EvidenceError as exc:
+            problems.append(f"token {index}: {exc}")
             continue
-        if not token_problems(verified, wanted):
-            return min(until, verified.expires_at)
-    return None
+        found = token_problems(verified, wanted)
+        if not found:
+            return verified.expires_at, []
+        problems += [f"token {index}: {problem}" for problem in found]
+    return None, problems
+
+
+def level_problems(evidence: Evidence, level: TrustLevel, keys: KeySets, now: float,
+                   rims: RimReferences | None = None) -> list[str]:
+    """Why the evidence does not meet the level, every reason at once, for people to read
+    (the studio's Backends view); the verdict itself is level_met's, and when it finds no
+    reason here it still says "not met"."""
+    until = level_met(evidence, level, keys, now, rims)
+    if until is not None and until > now:
+        return []
+    problems: list[str] = []
+    if level.sev_snp is not None:
+        problems += level_snp_problems(evidence.snp, level) if evidence.snp is not None \
+            else ["sev-snp: the evidence has no SEV-SNP report"]
+    if level.tdx is not None:
+        problems += level_tdx_problems(evidence.tdx, level) if evidence.tdx is not None \
+            else ["tdx: the evidence has no TDX quote"]
+    problems += gpu_level_problems(evidence, level, now, rims)
+    if level.token is not None:
+        problems += _token_until(evidence, level, keys, now)[1]
+    if evidence.verified_at + level.max_age_s <= now:
+        problems.append(f"the evidence is older than the level's max_age_s ({level.max_age_s})")
+    if evidence.not_after() <= now:
+        problems.append("an endorsement certificate, CRL or OCSP answer it was checked "
+                        "against has lapsed")
+    return problems or ["not met"]
 
 
 def _hardware_meets(evidence: Evidence, level: TrustLevel) -> bool:

@@ -45,6 +45,7 @@ from gateway.attestation.verdicts import (
     Levels,
     gpu_level_problems,
     key_set_urls,
+    level_problems,
     releases_behind,
     rim_sources,
     verdicts,
@@ -78,6 +79,38 @@ class BackendState:
     met: Met = field(default_factory=dict)  # -> expires at
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     nonce: bytes | None = None  # of the evidence last held: never adopted from the store again
+    source: str | None = None  # Attested.source of the evidence held
+    error: str | None = None  # why the last attestation failed, as the log says it
+    checked_at: float | None = None  # when the last attestation ended, either way
+    next_check_at: float | None = None
+    started: int = 0  # attestations begun and ended: what `attest_now` waits on
+    ended: int = 0
+    checked: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+@dataclass(frozen=True)
+class LevelStanding:
+    """One trust level of one policy in force, against a backend's evidence."""
+
+    policy: str  # the policy's digest
+    level: str
+    until: float | None  # met until then (None: not met; in the past: lapsed)
+    problems: tuple[str, ...]  # why not (none when met, or when there is no evidence)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What the service holds about one attested backend now: the verdicts requests are
+    routed by, the evidence behind them, and when it was and will be checked (for the
+    studio's Backends view, which shows exactly what the gateway decides on)."""
+
+    evidence: Evidence | None
+    levels: tuple[LevelStanding, ...]
+    releases: tuple[str, ...]  # signed releases whose measurement matched, in levels met
+    source: str | None
+    error: str | None
+    checked_at: float | None
+    next_check_at: float | None
 
 
 @dataclass(frozen=True)
@@ -145,8 +178,36 @@ class AttestationService:
         state = self._states.get(backend)
         if state is not None:
             log.warning("attestation_key_changed", backend=backend)
-            state.evidence, state.met = None, {}
+            state.evidence, state.met, state.source = None, {}, None
             state.wake.set()
+
+    def standing(self, backend: str) -> Standing | None:
+        """None: the backend is not attested (no `attestation` in its config)."""
+        state = self._states.get(backend)
+        if state is None:
+            return None
+        levels = self._trust_levels()
+        now = self._clock()
+        evidence = state.evidence
+        return Standing(
+            evidence=evidence,
+            levels=tuple(LevelStanding(policy, name, state.met.get((policy, name)), tuple(
+                level_problems(evidence, level, self._jwks.keys, now, self._rims.references)
+                if evidence is not None and state.met.get((policy, name), 0.0) <= now
+                else ())) for policy, name, level in levels),
+            releases=tuple(releases_behind(evidence, levels, state.met)) if evidence else (),
+            source=state.source, error=state.error, checked_at=state.checked_at,
+            next_check_at=state.next_check_at)
+
+    async def attest_now(self, backend: str, timeout_s: float) -> None:
+        """Attest the backend afresh (an attestation begun after this call) and return when
+        it has ended, whatever its outcome; TimeoutError if it does not end in time. KeyError:
+        the backend is not attested."""
+        state = self._states[backend]
+        wanted = state.started + 1
+        state.wake.set()
+        async with asyncio.timeout(timeout_s), state.checked:
+            await state.checked.wait_for(lambda: state.ended >= wanted)
 
     def policies_changed(self) -> None:
         """Re-evaluate at once (a level removed or tightened takes effect now), then re-attest
@@ -180,9 +241,15 @@ class AttestationService:
         assert settings is not None  # noqa: S101 (only attested backends have a state)
         while True:
             state.wake.clear()
+            state.started += 1
             delay = min(settings.refresh_s, RETRY_S)
             if await self._attest(state):
                 delay = self._next_check(state, settings.refresh_s)
+            state.checked_at = self._clock()
+            state.next_check_at = state.checked_at + delay
+            async with state.checked:
+                state.ended = state.started
+                state.checked.notify_all()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
             # that `close` sends when the event is set at the same moment (and close hangs).
             with contextlib.suppress(TimeoutError):
@@ -195,12 +262,13 @@ class AttestationService:
         try:
             attested = await self._attestation(state)
         except Exception as exc:  # any failure, even a bug, means no verdict
-            state.evidence, state.met = None, {}
+            state.evidence, state.met, state.source = None, {}, None
+            state.error = reason(exc)
             self._metrics.attestations.labels(name, "refused").inc()
-            log.error("attestation_failed", backend=name,  # noqa: TRY400
-                      reason=str(exc) if isinstance(exc, EvidenceError) else type(exc).__name__)
+            log.error("attestation_failed", backend=name, reason=state.error)  # noqa: TRY400
             return False
         state.evidence, state.met = attested.evidence, attested.met
+        state.source, state.error = attested.source, None
         state.nonce = attested.received.nonce
         self._metrics.attestations.labels(name, attested.source).inc()
         releases = releases_behind(attested.evidence, self._trust_levels(), attested.met)
@@ -241,8 +309,7 @@ class AttestationService:
         try:
             evidence, met = await self._evaluate(name, presented, received, levels)
         except Exception as exc:  # whatever it is, our own evidence decides
-            log.warning("shared_evidence_refused", backend=name,
-                        reason=str(exc) if isinstance(exc, EvidenceError) else type(exc).__name__)
+            log.warning("shared_evidence_refused", backend=name, reason=reason(exc))
             return None
         now = self._clock()
         if any(met.get(level, 0.0) <= now for level in verdicts(
@@ -283,3 +350,9 @@ class AttestationService:
             return refresh_s
         remaining = min(state.met.values()) - self._clock()
         return max(1.0, min(refresh_s, remaining * 0.9))
+
+
+def reason(exc: Exception) -> str:
+    """Why an attestation failed, as logs and the studio show it: an EvidenceError's message
+    (written to be shown: no secrets, URLs without user info or query), else only the type."""
+    return str(exc) if isinstance(exc, EvidenceError) else type(exc).__name__

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.attestation.levels import TrustLevel
 from gateway.errors import ConfigError, ConfigIssue, NoPolicyApplies, SignatureError
 from gateway.policy.evaluate import Decision, Facts, applies, evaluate
 from gateway.policy.loader import LoadedPolicy, PluginEntities, load_policy
@@ -43,6 +44,11 @@ class PolicySet:
             if applies(active.policy, tenant, route, model):
                 return active
         raise NoPolicyApplies
+
+    def trust_levels(self) -> list[tuple[str, str, TrustLevel]]:
+        """(policy digest, level name, level) of every policy: what attestation judges by."""
+        return [(active.digest, name, level) for active in self.policies
+                for name, level in active.policy.trust_levels.items()]
 
     def describe(self) -> list[dict[str, str]]:
         return [{"name": p.loaded.name, "file": p.loaded.files[0], "digest": p.digest}

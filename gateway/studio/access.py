@@ -16,12 +16,16 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from yarl import URL
 
+from gateway.observability.logging import get_logger
+
+log = get_logger("veil.studio")
 SESSION_COOKIE = "veil_studio_session"
 OPEN_PATHS = frozenset({"/login", "/static/studio.css"})
 
@@ -96,7 +100,20 @@ def middleware(access: Access) -> Middleware:
             if request.path.startswith("/api/"):
                 return _refuse(401, "unauthorized", "the admin token is required")
             raise web.HTTPFound("/login")
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            if not request.path.startswith("/api/"):
+                raise
+            # an API answer is JSON even when a view fails; the log names the failure's type,
+            # never its message (which may quote a prompt or a policy)
+            request_id = uuid.uuid4().hex
+            log.error("studio_request_failed", path=request.path,  # noqa: TRY400
+                      error=type(exc).__name__, request_id=request_id)
+            return _refuse(500, "internal_error",
+                           f"the studio failed on this request (request id {request_id})")
         _harden(response)
         return response
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadAuditQuery
+from gateway.errors import StudioRefused
 
 OUTCOMES = ("forwarded", "blocked", "refused", "failed")
 BUCKETS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}  # s
@@ -144,10 +144,10 @@ class Filters:
     def parse(cls, query: Mapping[str, str]) -> Filters:
         outcome = query.get("outcome") or None
         if outcome not in (None, *OUTCOMES):
-            raise BadAuditQuery("outcome", f"outcome must be one of {', '.join(OUTCOMES)}")
+            raise bad_query("outcome", f"outcome must be one of {', '.join(OUTCOMES)}")
         since, until = _bound(query, "since"), _bound(query, "until")
         if since and until and since > until:
-            raise BadAuditQuery("since", "since is after until")
+            raise bad_query("since", "since is after until")
         return cls(tenant=query.get("tenant") or None, rule=query.get("rule") or None,
                    data_class=query.get("data_class") or None,
                    backend=query.get("backend") or None, outcome=outcome, since=since,
@@ -169,23 +169,28 @@ def _bound(query: Mapping[str, str], name: str) -> datetime | None:
         return None
     when = _time(raw.replace("Z", "+00:00"))
     if when is None:
-        raise BadAuditQuery(name, f"{name} must be an ISO 8601 date and time, e.g. "
+        raise bad_query(name, f"{name} must be an ISO 8601 date and time, e.g. "
                                   "2026-01-31T09:30 (UTC unless it names an offset)")
     return when
+
+
+def bad_query(parameter: str, message: str) -> StudioRefused:
+    """A query the view refuses: 400, naming the parameter (`param`, as OpenAI's errors do)."""
+    return StudioRefused(400, "invalid_parameter", message, param=parameter)
 
 
 def refuse_unknown(query: Mapping[str, str], allowed: Iterable[str]) -> None:
     """A misspelt filter would silently show everything: refuse it instead."""
     unknown = sorted(set(query) - set(allowed))
     if unknown:
-        raise BadAuditQuery(unknown[0], f"unknown parameter {unknown[0]!r}")
+        raise bad_query(unknown[0], f"unknown parameter {unknown[0]!r}")
 
 
 def parse_limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_LIMIT
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadAuditQuery("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        raise bad_query("limit", f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 
 
@@ -206,7 +211,7 @@ def parse_cursor(raw: str | None) -> tuple[datetime, str, int] | None:
         when, chain, seq = _time(decoded[0]), decoded[1], decoded[2]
         if when is not None and isinstance(chain, str) and _int(seq) is not None:
             return when, chain, seq
-    raise BadAuditQuery("cursor", "cursor is not one this view handed out")
+    raise bad_query("cursor", "cursor is not one this view handed out")
 
 
 @dataclass(frozen=True)
@@ -307,12 +312,12 @@ class Summary:
                     return name
             if self._bars("week") <= MAX_BUCKETS:
                 return "week"
-            raise BadAuditQuery("since", f"these records span more than {MAX_BUCKETS} "
+            raise bad_query("since", f"these records span more than {MAX_BUCKETS} "
                                          "weeks: narrow the time range")
         if asked not in BUCKETS:
-            raise BadAuditQuery("bucket", f"bucket must be auto or one of {', '.join(BUCKETS)}")
+            raise bad_query("bucket", f"bucket must be auto or one of {', '.join(BUCKETS)}")
         if self.widths[asked].overflowed or self._bars(asked) > MAX_BUCKETS:
-            raise BadAuditQuery("bucket", f"{asked} buckets would draw more than "
+            raise bad_query("bucket", f"{asked} buckets would draw more than "
                                           f"{MAX_BUCKETS} bars for this span: choose a wider "
                                           "one or fewer days")
         return asked

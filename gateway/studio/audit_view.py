@@ -11,6 +11,7 @@ line at a time.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,16 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import AuditKeyUnavailable, BadAuditQuery
-from gateway.observability.audit import Verdict, chains, load_key, record_lines, verify
-from gateway.settings import AuditSettings
+from gateway.errors import StudioRefused, TokenError
+from gateway.keys.material import Signer
+from gateway.keys.sources import GatewayKeys
+from gateway.observability.audit import Verdict, chains, record_lines, verify
+from gateway.settings import AuditSettings, Settings
 from gateway.studio.audit_summary import (
     FILTERS,
     Filters,
     Row,
+    bad_query,
     page,
     parse_cursor,
     parse_limit,
@@ -55,19 +59,27 @@ def chain_files(audit: AuditSettings) -> dict[str, list[Path]]:
     return {name: files for name, files in kept.items() if files}
 
 
-def audit_key(audit: AuditSettings) -> bytes:
-    if not (audit.key_env or audit.key_file):
-        raise AuditKeyUnavailable("the config names no audit key (audit.key_env or "
-                                  "audit.key_file): the chain cannot be verified")
-    source = f"${audit.key_env}" if audit.key_env else "audit.key_file"
+def unverifiable(why: str) -> StudioRefused:
+    return StudioRefused(503, "audit_key_unavailable", f"{why}: the chain cannot be verified")
+
+
+def verification(settings: Settings, query: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every chain verified under the key as the gateway finds it (`GatewayKeys`: a variable,
+    a file, or the HSM's token, which then computes the MACs itself)."""
+    refuse_unknown(query or {}, ())
+    audit = settings.audit
+    if not (audit.key_env or audit.key_file or audit.key_hsm_label):
+        raise unverifiable("the config names no audit key (audit.key_env, key_file or "
+                           "key_hsm_label)")
+    keys = GatewayKeys(settings, os.environ)
     try:
-        return load_key(audit.key_file, audit.key_env)
+        return _verified(audit, keys.audit())
     except OSError as exc:
-        raise AuditKeyUnavailable(f"cannot read the audit key ({source}): {exc.strerror}; "
-                                  "the chain cannot be verified") from None
-    except ValueError as exc:
-        raise AuditKeyUnavailable(f"the audit key ({source}) is unusable: {exc}; the "
-                                  "chain cannot be verified") from None
+        raise unverifiable(f"cannot read the audit key: {exc.strerror}") from None
+    except (ValueError, TokenError) as exc:
+        raise unverifiable(f"the audit key is unusable: {exc}") from None
+    finally:
+        keys.close()
 
 
 @dataclass
@@ -90,9 +102,7 @@ class Scan:
                     yield row
 
 
-def verification(audit: AuditSettings, query: dict[str, str] | None = None) -> dict[str, Any]:
-    refuse_unknown(query or {}, ())
-    key = audit_key(audit)
+def _verified(audit: AuditSettings, key: Signer) -> dict[str, Any]:
     found = chain_files(audit)
     folder = Path(audit.path).parent
     verdicts = {name: verify(files, key) for name, files in found.items()}
@@ -139,7 +149,8 @@ def summary(audit: AuditSettings, query: dict[str, str]) -> dict[str, Any]:
 def routes(studio: Studio) -> list[web.RouteDef]:
     audit = studio.settings.audit
     return [
-        web.get("/api/audit/verify", _answer(lambda query: verification(audit, query))),
+        web.get("/api/audit/verify", _answer(lambda query: verification(studio.settings,
+                                                                         query))),
         web.get("/api/audit/records", _answer(lambda query: records(audit, query))),
         web.get("/api/audit/summary", _answer(lambda query: summary(audit, query))),
     ]
@@ -148,25 +159,20 @@ def routes(studio: Studio) -> list[web.RouteDef]:
 def _answer(work: Callable[[dict[str, str]], dict[str, Any]]) -> Handler:
     async def handle(request: web.Request) -> web.Response:
         query = dict(request.query)
-        if len(query) != len(request.query):
-            return _error(400, "invalid_request", "invalid_parameter",
-                          "each parameter may be given once", next(iter(query), None))
         try:
+            if len(query) != len(request.query):
+                raise bad_query(next(iter(query)), "each parameter may be given once")
             body = await asyncio.to_thread(work, query)
-        except BadAuditQuery as exc:
-            return _error(400, "invalid_request", "invalid_parameter", str(exc), exc.parameter)
-        except AuditKeyUnavailable as exc:
-            return _error(503, "audit_unavailable", "audit_key_unavailable", str(exc))
+        except StudioRefused as refused:
+            return _error(refused.status, refused.code, refused.message, **refused.extra)
         except OSError as exc:
-            return _error(503, "audit_unavailable", "audit_unreadable",
-                          f"cannot read the audit files: {exc.strerror}")
+            return _error(503, "audit_unreadable", f"cannot read the audit files: {exc.strerror}")
         return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
     return handle
 
 
-def _error(status: int, kind: str, code: str, message: str,
-           param: str | None = None) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "code": code, "param": param}},
-        status=status)
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The studio's error envelope, as the other views answer it."""
+    return web.json_response({"error": {"message": message, "type": code, "code": code,
+                                        **extra}}, status=status)

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.studio import audit_view
+from gateway.studio import audit_view, backends_view, cases_view
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
 
@@ -22,7 +22,14 @@ STATIC = Path(__file__).parent / "static"
 
 View = Callable[[Studio], list[web.RouteDef]]
 # each view module's `routes`, in the order of the page's tabs
-VIEWS: tuple[View, ...] = (audit_view.routes,)
+VIEWS: tuple[View, ...] = (
+    cases_view.routes,
+    audit_view.routes,
+    backends_view.routes,
+)
+# What a view must set up on the app before it starts (app keys, cleanup_ctx): its `setup`.
+Setup = Callable[[web.Application], None]
+SETUPS: tuple[Setup, ...] = (backends_view.setup,)
 
 
 def build_studio_app(studio: Studio, access: Access) -> web.Application:
@@ -34,6 +41,8 @@ def build_studio_app(studio: Studio, access: Access) -> web.Application:
     app.router.add_static("/static", STATIC, show_index=False, follow_symlinks=False)
     for view in VIEWS:
         app.router.add_routes(view(studio))
+    for setup in SETUPS:
+        setup(app)
     return app
 
 

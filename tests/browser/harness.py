@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -31,6 +32,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                   "--window-size=1400,1000")
 WAIT_S = 20.0
+REDRAWN = (StaleElementReferenceException,)  # the views redraw: a found element may go stale
 
 
 def start_browser(user_data_dir: Path) -> WebDriver:
@@ -92,7 +94,7 @@ def wait_for(browser: WebDriver, css: str, timeout: float = WAIT_S) -> WebElemen
     def shown(driver: WebDriver) -> WebElement | bool:
         found = driver.find_elements("css selector", css)
         return found[0] if found and found[0].is_displayed() else False
-    return WebDriverWait(browser, timeout).until(shown)  # type: ignore[no-any-return]
+    return WebDriverWait(browser, timeout, ignored_exceptions=REDRAWN).until(shown)  # type: ignore[no-any-return]
 
 
 def wait_for_text(browser: WebDriver, css: str, text: str, timeout: float = WAIT_S) -> WebElement:
@@ -102,4 +104,4 @@ def wait_for_text(browser: WebDriver, css: str, text: str, timeout: float = WAIT
             if text in element.text:
                 return element
         return False
-    return WebDriverWait(browser, timeout).until(has_text)  # type: ignore[no-any-return]
+    return WebDriverWait(browser, timeout, ignored_exceptions=REDRAWN).until(has_text)  # type: ignore[no-any-return]

@@ -11,6 +11,7 @@ import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from gateway.cli import main
+from gateway.studio import cases_view
 from gateway.studio.access import Access
 from tests.browser.harness import studio_server, wait_for, wait_for_text
 
@@ -95,3 +96,18 @@ def test_writes_must_be_same_origin_json(studio_config: Path) -> None:
                            headers={"Origin": "http://attacker.example"})
         assert cross.status_code == 403
         assert cross.json()["error"]["message"] == "cross-origin request"
+
+
+def test_a_view_that_fails_still_answers_json(studio_config: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a view is a JSON 500 that names a request id, not aiohttp's text page."""
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a prompt that must not be echoed")
+
+    monkeypatch.setattr(cases_view, "cases_file_for", broken)
+    with studio_server(studio_config) as studio:
+        answer = httpx.get(studio.url() + "/api/cases/files")
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert "request id" in answer.json()["error"]["message"]
+    assert "must not be echoed" not in answer.text

@@ -234,7 +234,7 @@ def test_the_api_refuses_bad_queries_as_json(run: Run) -> None:
             assert answer.status_code == 400, path
             error = answer.json()["error"]
             assert (error["code"], error["type"], error["param"]) == (
-                "invalid_parameter", "invalid_request", param)
+                "invalid_parameter", "invalid_parameter", param)
         listed = httpx.get(studio.url() + "/api/audit/records?limit=4").json()
         assert len(listed["records"]) == 4
         rest = httpx.get(studio.url() + "/api/audit/records",

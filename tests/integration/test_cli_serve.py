@@ -18,6 +18,7 @@ import pytest
 
 from gateway.demo.upstream import build_demo_app
 from gateway.ingress.auth import hash_api_key
+from tests.attestation_ca import tls_context
 from tests.servers import TEST_KEY, TEST_POLICY, ServerThread, write_policy
 
 ROOT = Path(__file__).parents[2]
@@ -190,3 +191,59 @@ def test_host_and_port_flags_override_listen_and_the_start_line_shows_them(
     (listening,) = [line for line in lines if line["event"] == "listening"]
     assert listening["listen"] == f"127.0.0.1:{flagged}"  # configuration, not redacted
     assert "REDACTED" not in json.dumps(listening)
+
+
+def with_tls(config: Path, extra: str = "") -> Path:
+    """The config serving HTTPS with a fresh certificate (gw.crt, gw.key beside it)."""
+    tls_context(config.parent, "gw")
+    config.write_text(config.read_text().replace(
+        "port:", "tls_cert_file: gw.crt, tls_key_file: gw.key, port:") + extra)
+    return config
+
+
+def test_serve_over_tls(tmp_path: Path) -> None:
+    port = free_port()
+    config = with_tls(write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", port))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"https://127.0.0.1:{port}/healthz", timeout=1,
+                                     verify=False)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert response.is_success
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        not_configured = httpx.get(f"https://127.0.0.1:{port}/.well-known/veil-attestation",
+                                   params={"nonce": "00" * 32}, timeout=1, verify=False)
+        assert not_configured.status_code == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    (listening,) = [line for line in lines if line["event"] == "listening"]
+    assert listening["tls"] is True
+
+
+def test_self_attestation_without_configfs_tsm_refuses_start(tmp_path: Path) -> None:
+    config = with_tls(write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", free_port()),
+                      f"self_attestation: {{enabled: true, tsm_root: '{tmp_path}/no-tsm'}}\n")
+    result = veil("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert f"self_attestation: {tmp_path}/no-tsm not found" in result.stderr
+
+
+def test_a_key_that_is_not_the_certificates_refuses_start(tmp_path: Path) -> None:
+    config = with_tls(write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", free_port()))
+    tls_context(tmp_path, "other")
+    (tmp_path / "gw.key").write_bytes((tmp_path / "other.key").read_bytes())
+    result = veil("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert "listen: TLS certificate or key" in result.stderr

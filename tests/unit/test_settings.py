@@ -106,3 +106,17 @@ def test_the_vault_key_is_checked_and_needs_redis(tmp_path: Path) -> None:
     assert settings.state.vault_key_env == "VAULT"
     alone = GOOD + "state: {vault_key_env: VAULT}\n"
     assert any("state.vault_key_env: needs redis_url" in p for p in errors(tmp_path, alone))
+
+
+def test_tls_needs_certificate_and_key_and_self_attestation_needs_tls(tmp_path: Path) -> None:
+    half = GOOD.replace("  port: 9000", "  port: 9000\n  tls_cert_file: gw.crt")
+    assert any("tls_cert_file and tls_key_file go together" in e
+               for e in errors(tmp_path, half))
+    blind = GOOD + "self_attestation: {enabled: true}\n"
+    assert any("self_attestation.enabled: needs listen.tls_cert_file" in e
+               for e in errors(tmp_path, blind))
+    served = GOOD.replace("  port: 9000", "  port: 9000\n  tls_cert_file: gw.crt\n"
+                          "  tls_key_file: gw.key") + "self_attestation: {enabled: true}\n"
+    settings = load_settings(write(tmp_path, served), {})
+    assert settings.listen.tls_cert_file == str(tmp_path / "gw.crt")
+    assert settings.self_attestation.tsm_root == "/sys/kernel/config/tsm/report"

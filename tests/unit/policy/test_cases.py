@@ -6,7 +6,9 @@ import pytest
 
 from gateway.cli import main
 from gateway.errors import ConfigError
-from gateway.policy.cases import load_cases
+from gateway.explain import check, differences, run_cases, verdict
+from gateway.policy.cases import Case, load_cases
+from gateway.policy.loader import load_policy
 
 POLICIES = Path(__file__).parents[3] / "policies"
 
@@ -45,3 +47,22 @@ def test_explain_prints_the_account(capsys: pytest.CaptureFixture[str]) -> None:
     assert "found CREDIT_CARD" in out
     assert "outcome: block (rule: actions.CREDIT_CARD=block)" in out
     assert "sent upstream: nothing (blocked)" in out
+
+
+async def test_differences_names_each_missed_field_as_check_judges(tmp_path: Path) -> None:
+    policy = tmp_path / "cards.yaml"
+    policy.write_text("version: 1\nname: cards\ndetectors:\n  builtin: [patterns]\n"
+                      "actions:\n  CREDIT_CARD: block\n")
+    prompt = "card 4111 1111 1111 1111"
+    cases = [Case.model_validate({"name": str(i), "prompt": prompt, "expect": expect})
+             for i, expect in enumerate([
+                 {"outcome": "block", "rule": "actions.CREDIT_CARD=block",
+                  "found": ["CREDIT_CARD"]},
+                 {"outcome": "forward", "rule": "default", "requires": ["tee"],
+                  "found": ["IBAN", "CREDIT_CARD"]},
+                 {"outcome": "block"}])]
+    analyses = await run_cases(load_policy(policy), cases)
+    assert [differences(a, c) for a, c in zip(analyses, cases, strict=True)] == [
+        [], ["outcome", "rule", "requires", "found"], []]
+    assert [check(a, c)[0] for a, c in zip(analyses, cases, strict=True)] == [True, False, True]
+    assert verdict(analyses[0]).found == ["CREDIT_CARD"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import BadAuditQuery
+from gateway.errors import StudioRefused
 from gateway.studio.audit_summary import (
     MAX_BUCKETS,
     MAX_KEYS,
@@ -92,21 +92,22 @@ def test_filters_parse_times_as_utc_unless_they_name_an_offset() -> None:
     ({"since": "2026-03-02T10:00", "until": "2026-03-02T09:00"}, "since"),
 ])
 def test_a_bad_filter_is_refused(query: dict[str, str], parameter: str) -> None:
-    with pytest.raises(BadAuditQuery) as refused:
+    with pytest.raises(StudioRefused) as refused:
         Filters.parse(query)
-    assert refused.value.parameter == parameter
+    assert (refused.value.status, refused.value.code) == (400, "invalid_parameter")
+    assert refused.value.extra == {"param": parameter}
 
 
 def test_unknown_parameters_limits_and_cursors_are_refused() -> None:
-    with pytest.raises(BadAuditQuery, match="unknown parameter 'tennant'"):
+    with pytest.raises(StudioRefused, match="unknown parameter 'tennant'"):
         refuse_unknown({"tennant": "acme"}, ("tenant",))
     for bad in ("0", "501", "-1", "ten", "1e3", "\N{SUPERSCRIPT TWO}", " 5"):
-        with pytest.raises(BadAuditQuery):
+        with pytest.raises(StudioRefused):
             parse_limit(bad)
     assert parse_limit(None) == 50
     assert parse_limit("500") == 500
     for bad in ("garbage!", "WzEsMiwzXQ", "bm90IGpzb24"):
-        with pytest.raises(BadAuditQuery):
+        with pytest.raises(StudioRefused):
             parse_cursor(bad)
 
 
@@ -184,9 +185,9 @@ def test_many_entity_types_fold_into_other() -> None:
 def test_a_named_bucket_too_fine_for_the_span_is_refused() -> None:
     summary = summarize(rows(record(0, T0), record(1, T0 + timedelta(days=30))), Filters())
     assert summary.as_json("day")["bucket"] == "day"
-    with pytest.raises(BadAuditQuery, match="more than"):
+    with pytest.raises(StudioRefused, match="more than"):
         summary.as_json("minute")
-    with pytest.raises(BadAuditQuery, match="bucket must be"):
+    with pytest.raises(StudioRefused, match="bucket must be"):
         summary.as_json("fortnight")
 
 

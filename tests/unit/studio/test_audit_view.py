@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import AuditKeyUnavailable, BadAuditQuery
+from gateway.errors import StudioRefused
 from gateway.observability.audit import AuditLog
-from gateway.settings import AuditSettings
+from gateway.settings import AuditSettings, Settings
 from gateway.studio.audit_view import chain_files, records, verification
+from tests.servers import backend, settings_for
 
 KEY = "k" * 32
 
@@ -19,6 +20,11 @@ def audit_in(folder: Path, **settings: object) -> AuditSettings:
     (folder / "audit.key").write_text(KEY)
     return AuditSettings(enabled=True, path=str(folder / "audit.jsonl"),
                          key_file=str(folder / "audit.key"), **settings)  # type: ignore[arg-type]
+
+
+def gateway_config(audit: AuditSettings) -> Settings:
+    """A whole config around `audit`: the key is found from it as the gateway finds it."""
+    return settings_for([backend("b", "http://127.0.0.1:9")]).model_copy(update={"audit": audit})
 
 
 def write(path: Path, tenants: list[str]) -> None:
@@ -35,7 +41,7 @@ def test_only_the_configured_chains_are_read(tmp_path: Path) -> None:
     write(tmp_path / "cases.jsonl", ["other"])  # not ours: another tool's file
     (tmp_path / "audit.link.jsonl").symlink_to(tmp_path / "cases.jsonl")
     assert sorted(chain_files(audit)) == ["audit.jsonl", "audit.r2.w0.jsonl"]
-    verdict = verification(audit)
+    verdict = verification(gateway_config(audit))
     assert verdict["ok"]
     assert verdict["records"] == 3
     assert {r["tenant"] for r in records(audit, {})["records"]} == {"acme", "globex"}
@@ -48,7 +54,7 @@ def test_a_tampered_line_is_a_break_at_its_seq_with_a_relative_file_name(
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     lines[2] = lines[2].replace("acme", "evil")
     (tmp_path / "audit.jsonl").write_text("\n".join(lines) + "\n")
-    verdict = verification(audit)
+    verdict = verification(gateway_config(audit))
     assert not verdict["ok"]
     chain = verdict["chains"][0]
     assert chain["broken"] == {"file": "audit.jsonl", "line": 3, "seq": 2,
@@ -66,12 +72,12 @@ def test_garbled_lines_are_counted_not_fatal(tmp_path: Path) -> None:
     listed = records(audit, {})
     assert len(listed["records"]) == 2
     assert listed["unreadable"] == 2
-    assert verification(audit)["chains"][0]["broken"]["seq"] == 2
+    assert verification(gateway_config(audit))["chains"][0]["broken"]["seq"] == 2
 
 
 def test_without_records_nothing_is_verified(tmp_path: Path) -> None:
     audit = audit_in(tmp_path).model_copy(update={"path": str(tmp_path / "none/audit.jsonl")})
-    verdict = verification(audit)
+    verdict = verification(gateway_config(audit))
     assert not verdict["ok"]
     assert verdict["records"] == 0
     assert "no audit records" in verdict["message"]
@@ -86,11 +92,12 @@ def test_no_usable_key_means_the_chain_cannot_be_verified(
         tmp_path: Path, settings: dict[str, object], message: str) -> None:
     write(tmp_path / "audit.jsonl", ["acme"])
     audit = audit_in(tmp_path).model_copy(update=settings)
-    with pytest.raises(AuditKeyUnavailable, match=message):
-        verification(audit)
+    with pytest.raises(StudioRefused, match=message) as refused:
+        verification(gateway_config(audit))
+    assert (refused.value.status, refused.value.code) == (503, "audit_key_unavailable")
     assert records(audit, {})["records"]  # listing needs no key: the banner says unverified
 
 
 def test_a_misspelt_filter_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BadAuditQuery, match="unknown parameter"):
+    with pytest.raises(StudioRefused, match="unknown parameter"):
         records(audit_in(tmp_path), {"tennant": "acme"})
