@@ -11,13 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.api import ApiRequest
 from gateway.inspection import Inspector, Reading
 from gateway.policy.active import ActivePolicy
 from gateway.policy.cases import Case
 from gateway.policy.evaluate import Facts, evaluate
 from gateway.policy.loader import LoadedPolicy
 from gateway.privacy.engine import DetectionEngine
-from gateway.protect import CompiledPolicy, Protection, Scores, compile_policy, protect
+from gateway.protect import CompiledPolicy, Protection, Scores, admit, compile_policy, protect
 
 EXPLAIN_HASH_KEY = b"veil-explain-only-key"  # hash tokens here are not the gateway's
 
@@ -53,12 +54,10 @@ async def analyze(loaded: LoadedPolicy, prompts: Sequence[tuple[str, Mapping[str
     try:
         await engine.prepare([compiled.selection])
         inspector = Inspector(engine)
-        out = []
-        for prompt, scores, tenant in prompts:
-            detections = await inspector.detect(Reading.plain([prompt]), compiled)
-            out.append(Analysis(prompt, protect([prompt], compiled, detections,
-                                                Scores(dict(scores)), tenant=tenant)))
-        return out
+        return [Analysis(prompt, await protected(inspector, compiled, [prompt],
+                                                 Reading.plain([prompt]), scores=scores,
+                                                 tenant=tenant))
+                for prompt, scores, tenant in prompts]
     finally:
         await engine.close()
 
@@ -97,6 +96,29 @@ async def run_cases(loaded: LoadedPolicy, cases: Sequence[Case], ner_workers: in
                     ) -> list[Analysis]:
     """Each case's prompt, with its scores and tenant, as `veil policy test` runs it."""
     return await analyze(loaded, [(c.prompt, c.scores, c.tenant) for c in cases], ner_workers)
+
+
+async def protected(inspector: Inspector, compiled: CompiledPolicy, texts: Sequence[str],
+                    reading: Reading, *, scores: Mapping[str, float], tenant: str,
+                    attachments: Mapping[str, int] | None = None) -> Protection:
+    """Detection, then the protect stage, as the pipeline runs them on `texts` (read by the
+    detectors as `reading`); the scores are given, as the scorer would answer."""
+    detections = await inspector.detect(reading, compiled)
+    return protect(texts, compiled, detections, Scores(dict(scores)), tenant=tenant,
+                   attachments=attachments)
+
+
+async def analyze_request(inspector: Inspector, compiled: CompiledPolicy,
+                          request: ApiRequest, scores: Mapping[str, float], tenant: str
+                          ) -> Protection:
+    """A whole API request as the pipeline takes it: attachments and unknown fields admitted
+    (or refused, `InvalidRequest`) as the policy says, every text the walk found scanned
+    (values in free-form JSON read after their key)."""
+    scan = request.scan
+    attachments = admit(scan.attachments, scan.unknown, compiled.policy)
+    texts = scan.texts if compiled.scans else []
+    return await protected(inspector, compiled, texts, Reading(*scan.for_detection(texts)),
+                           scores=scores, tenant=tenant, attachments=attachments)
 
 
 def check(analysis: Analysis, case: Case) -> tuple[bool, str]:

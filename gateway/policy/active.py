@@ -77,9 +77,9 @@ def load_policy_set(settings: PolicySettings, *, hash_secret: bool = False,
         except OSError as exc:
             issues.append(ConfigIssue(file, None, "", f"cannot read: {exc.strerror}"))
             continue
-        if not hash_secret and _uses_hash(loaded.policy):
-            issues.append(ConfigIssue(file, None, "actions", "the hash action needs a secret: "
-                                      "set privacy.hash_key_env in the gateway config"))
+        unusable = hash_issue(file, loaded, hash_secret)
+        if unusable is not None:
+            issues.append(unusable)
             continue
         active.append(ActivePolicy(loaded, evaluate(loaded, Facts("", "", "", {}))))
     if issues:
@@ -122,5 +122,10 @@ def _public_key(settings: PolicySettings) -> Ed25519PublicKey | None:
                                        f"{type(exc).__name__}")]) from None
 
 
-def _uses_hash(policy: Policy) -> bool:
-    return policy.default_action == "hash" or "hash" in policy.actions.values()
+def hash_issue(file: str, loaded: LoadedPolicy, hash_secret: bool) -> ConfigIssue | None:
+    """Why a valid policy cannot run on a gateway without the `hash` action's secret."""
+    policy = loaded.policy
+    if hash_secret or (policy.default_action != "hash" and "hash" not in policy.actions.values()):
+        return None
+    return ConfigIssue(file, None, "actions", "the hash action needs a secret: set "
+                       "privacy.hash_key_env in the gateway config")

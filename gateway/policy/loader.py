@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,13 @@ class LoadedPolicy:
         return self.policy.name
 
 
-def load_policy(path: str | Path, plugin_entities: PluginEntities | None = None
-                ) -> LoadedPolicy:
+def load_policy(path: str | Path, plugin_entities: PluginEntities | None = None,
+                drafts: Mapping[Path, str] | None = None) -> LoadedPolicy:
     """Load and check a policy file and the bases it extends. Without `plugin_entities`, a
-    policy that names plugins is an error (its entity types could not be checked)."""
-    chain = _chain(Path(path))
+    policy that names plugins is an error (its entity types could not be checked). `drafts`:
+    text to read instead of a file's own (by resolved path), so an edit not yet saved is
+    checked exactly as it will be once it is, `extends` and all."""
+    chain = _chain(Path(path), drafts or {})
     issues: list[ConfigIssue] = []
     for doc in chain:
         try:
@@ -72,6 +74,15 @@ def load_policy(path: str | Path, plugin_entities: PluginEntities | None = None
     return LoadedPolicy(policy, tuple(d.file for d in chain), digest)
 
 
+def chain_files(path: Path) -> tuple[str, ...]:
+    """The file and the bases it extends, as `LoadedPolicy.files` names them; only the file
+    itself when the chain cannot be read (a syntax error, a missing base)."""
+    try:
+        return tuple(doc.file for doc in _chain(path, {}))
+    except ConfigError:
+        return (str(path),)
+
+
 def _with_releases(policy: Policy, chain: list[YamlDocument]
                    ) -> tuple[Policy, list[ConfigIssue]]:
     """Each level's `measurements_from` verified now, so a bundle that does not verify makes
@@ -97,7 +108,7 @@ def _with_releases(policy: Policy, chain: list[YamlDocument]
     return policy.model_copy(update={"trust_levels": levels}), issues
 
 
-def _chain(path: Path) -> list[YamlDocument]:
+def _chain(path: Path, drafts: Mapping[Path, str]) -> list[YamlDocument]:
     chain: list[YamlDocument] = []
     seen: set[Path] = set()
     current: Path | None = path
@@ -108,7 +119,7 @@ def _chain(path: Path) -> list[YamlDocument]:
             raise ConfigError([ConfigIssue(first.file, first.position(("extends",)), "extends",
                                            f"extends loops back to {current}")])
         seen.add(resolved)
-        doc = load_yaml(current)
+        doc = load_yaml(current, drafts.get(resolved))
         if not isinstance(doc.data, dict):
             raise ConfigError([ConfigIssue(doc.file, None, "", "a policy must be a mapping")])
         chain.append(doc)

@@ -46,23 +46,36 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def sign(policy: Path, private_key: Path) -> Path:
-    key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{private_key}: not an Ed25519 private key")
-    signature = policy.with_name(policy.name + SUFFIX)
-    signature.write_text(base64.b64encode(key.sign(policy.read_bytes())).decode() + "\n")
+    signature = signature_path(policy)
+    signature.write_text(signature_text(policy.read_bytes(), private_key))
     return signature
 
 
+def signature_path(policy: Path) -> Path:
+    return policy.with_name(policy.name + SUFFIX)
+
+
+def signature_text(data: bytes, private_key: Path) -> str:
+    """What the `.sig` beside a file of exactly `data` holds: so bytes not yet written (the
+    studio's save) can be signed, and the signature checked, before anything is replaced."""
+    key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{private_key}: not an Ed25519 private key")
+    return base64.b64encode(key.sign(data)).decode() + "\n"
+
+
 def verify_file(policy: Path, public_key: Ed25519PublicKey) -> None:
-    signature_path = policy.with_name(policy.name + SUFFIX)
-    if not signature_path.exists():
-        raise SignatureError(f"{policy}: unsigned (no {signature_path.name})")
+    path = signature_path(policy)
+    if not path.exists():
+        raise SignatureError(f"{policy}: unsigned (no {path.name})")
+    verify_text(policy.read_bytes(), path.read_text(), public_key, str(policy))
+
+
+def verify_text(data: bytes, signature: str, public_key: Ed25519PublicKey, name: str) -> None:
     try:
-        signature = base64.b64decode(signature_path.read_text().strip(), validate=True)
-        public_key.verify(signature, policy.read_bytes())
+        public_key.verify(base64.b64decode(signature.strip(), validate=True), data)
     except (ValueError, InvalidSignature):
-        raise SignatureError(f"{policy}: signature does not verify (file or signature changed, "
+        raise SignatureError(f"{name}: signature does not verify (file or signature changed, "
                              "or signed with another key)") from None
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.studio import audit_view, backends_view, cases_view
+from gateway.studio import audit_view, backends_view, cases_view, playground
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
 
@@ -23,6 +23,7 @@ STATIC = Path(__file__).parent / "static"
 View = Callable[[Studio], list[web.RouteDef]]
 # each view module's `routes`, in the order of the page's tabs
 VIEWS: tuple[View, ...] = (
+    playground.routes,
     cases_view.routes,
     audit_view.routes,
     backends_view.routes,
@@ -43,7 +44,12 @@ def build_studio_app(studio: Studio, access: Access) -> web.Application:
         app.router.add_routes(view(studio))
     for setup in SETUPS:
         setup(app)
+    app.on_cleanup.append(_closed)
     return app
+
+
+async def _closed(app: web.Application) -> None:
+    await app[STUDIO_KEY].close()
 
 
 def _page(name: str) -> Handler:

@@ -33,7 +33,7 @@ def studio_config(tmp_path: Path) -> Path:
     policy.write_text(
         "version: 1\nname: studio-test\n"
         "detectors:\n  builtin: [patterns]\n"
-        "actions:\n  CREDIT_CARD: block\n  EMAIL_ADDRESS: redact\n")
+        "actions:\n  CREDIT_CARD: block\n  EMAIL: redact\n")
     config = tmp_path / "config.yaml"
     config.write_text(
         "backends:\n  - name: demo\n    url: http://127.0.0.1:9\n"

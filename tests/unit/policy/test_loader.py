@@ -163,3 +163,19 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert f"ok: {good}" in out
     assert f"{bad}:10:3: actions.PERSN: unknown entity type (did you mean PERSON?)" in out
+
+
+def test_a_draft_is_loaded_in_place_of_its_file_extends_and_all(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("version: 1\nname: base\ndefault_action: redact\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("version: 1\nname: child\nextends: base.yaml\n")
+    draft = "version: 1\nname: child\nextends: base.yaml\nactions:\n  EMAIL: block\n"
+    loaded = load_policy(child, drafts={child.resolve(): draft})
+    assert loaded.policy.actions == {"EMAIL": "block"}
+    assert loaded.policy.default_action == "redact"  # the base, read from disk
+    assert loaded.digest != load_policy(child).digest
+    with pytest.raises(ConfigError) as broken:  # a draft of the base, through the child
+        load_policy(child, drafts={(tmp_path / "base.yaml").resolve():
+                                   "version: 1\nname: base\ndefault_action: maybe\n"})
+    assert "base.yaml:3:" in str(broken.value)
+    assert child.read_text() == "version: 1\nname: child\nextends: base.yaml\n"
