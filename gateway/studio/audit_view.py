@@ -3,9 +3,9 @@ gateway's own `verify`, and its records listed and charted without a value in si
 
 Only the chains of the configured `audit.path` are read (`audit.jsonl`, its rotations, and the
 per-replica and per-worker `audit.<tags>.jsonl` beside it); no request names a file. The key
-comes from `audit.key_env` or `audit.key_file` exactly as the gateway loads it; without one
-the chain is reported unverifiable, never verified. Files are scanned off the event loop, one
-line at a time.
+is found as the gateway finds it (`GatewayKeys`: `audit.key_env`, `key_file` or the HSM's
+`key_hsm_label`); without one the chain is reported unverifiable (503), never verified.
+Files are scanned off the event loop, one line at a time; listing needs no key.
 """
 
 from __future__ import annotations
