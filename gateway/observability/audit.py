@@ -159,10 +159,25 @@ class AuditTrail:
 
 
 @dataclass(frozen=True)
+class Break:
+    """Where a chain stops verifying: the file and line, and the `seq` that line should hold
+    (one after the last good record; the line's own claim when it is the first, since an
+    edited line's `seq` cannot be trusted)."""
+
+    file: str
+    line: int
+    seq: int | None
+    reason: str
+
+
+@dataclass(frozen=True)
 class Verdict:
     ok: bool
     records: int
     message: str
+    broken: Break | None = None
+    first_time: str | None = None  # `time` of the first and last verified records
+    last_time: str | None = None
 
 
 def verify(files: Iterable[str | Path], key: bytes | Signer) -> Verdict:
@@ -172,31 +187,51 @@ def verify(files: Iterable[str | Path], key: bytes | Signer) -> Verdict:
     seq: int | None = None
     count = 0
     start = ""
-    for where, line in _lines(files):
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return Verdict(False, count, f"{where}: not a JSON record (damaged or edited)")
+    first_time: str | None = None
+    last_time: str | None = None
+
+    def broken(file: str, line: int, claimed: object, reason: str) -> Verdict:
+        at = seq + 1 if seq is not None else claimed if isinstance(claimed, int) else None
+        return Verdict(False, count, f"{file}:{line}: {reason}", Break(file, line, at, reason),
+                       first_time, last_time)
+
+    for file, number, line in record_lines(files):
+        record = _record(line)
+        if record is None:
+            return broken(file, number, None, "not a JSON record (damaged or edited)")
         try:
             expected = _mac(signer, record)
         except LookupError as exc:
-            return Verdict(False, count, f"{where}: {exc}")
+            return broken(file, number, record.get("seq"), str(exc))
         if not hmac.compare_digest(str(record.get("mac", "")), expected):
-            return Verdict(False, count, f"{where}: MAC mismatch: the record was edited, or "
-                                         "written under another key")
+            return broken(file, number, record.get("seq"), "MAC mismatch: the record was "
+                          "edited, or written under another key")
         if prev is None:
             if record.get("prev") != GENESIS:
-                start = f"{where}: chain starts at seq {record.get('seq')} (earlier files not "
-                start += "given)"
+                start = f"{file}:{number}: chain starts at seq {record.get('seq')} (earlier "
+                start += "files not given)"
         elif record.get("prev") != prev or record.get("seq") != (seq or 0) + 1:
-            return Verdict(False, count, f"{where}: chain broken after seq {seq}: a record was "
-                                         "deleted, inserted or reordered here")
+            return broken(file, number, record.get("seq"), f"chain broken after seq {seq}: a "
+                          "record was deleted, inserted or reordered here")
         prev, seq = hashlib.sha256(line).hexdigest(), int(record["seq"])
+        stamp = record.get("time")
+        if isinstance(stamp, str):
+            first_time, last_time = first_time or stamp, stamp
         count += 1
     if count == 0:
         return Verdict(False, 0, "no records")
     note = f" ({start})" if start else ""
-    return Verdict(True, count, f"{count} records verified, last seq {seq}{note}")
+    return Verdict(True, count, f"{count} records verified, last seq {seq}{note}", None,
+                   first_time, last_time)
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The line as a record: a JSON object with an integer `seq`, or None."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("seq"), int) else None
 
 
 CHAIN_FILE = re.compile(r"(?P<chain>.+\.jsonl)(?:\.(?P<rotated>\d+))?")
@@ -214,9 +249,21 @@ def chains(directory: str | Path) -> dict[str, list[Path]]:
             for chain, files in sorted(found.items())}
 
 
-def _lines(files: Iterable[str | Path]) -> Iterator[tuple[str, bytes]]:
+MAX_LINE = 1024 * 1024  # a record is a few hundred bytes; a longer line is damage, not data
+
+
+def record_lines(files: Iterable[str | Path]) -> Iterator[tuple[str, int, bytes]]:
+    """Each non-blank line as (file, line number, bytes), at most MAX_LINE bytes in memory: a
+    longer line yields its cut first MAX_LINE bytes (no record parses from it) and the rest
+    is skipped, so a planted giant line is a break at its own line number, not an outage."""
     for file in files:
         with Path(file).open("rb") as f:
-            for number, line in enumerate(f, 1):
+            number = 0
+            while line := f.readline(MAX_LINE + 1):
+                number += 1
+                if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                    while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                        pass
+                    line = line[:MAX_LINE]
                 if line.strip():
-                    yield f"{file}:{number}", line.rstrip(b"\n")
+                    yield str(file), number, line.rstrip(b"\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.studio import backends_view, cases_view, playground
+from gateway.studio import audit_view, backends_view, cases_view, playground
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
 
@@ -25,6 +25,7 @@ View = Callable[[Studio], list[web.RouteDef]]
 VIEWS: tuple[View, ...] = (
     playground.routes,
     cases_view.routes,
+    audit_view.routes,
     backends_view.routes,
 )
 # What a view must set up on the app before it starts (app keys, cleanup_ctx): its `setup`.

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.observability.audit import AuditLog, verify
+from gateway.observability.audit import AuditLog, record_lines, verify
 
 KEY = b"k" * 32
 
@@ -137,3 +137,45 @@ def test_a_directory_of_replica_chains_names_the_one_that_broke(
     assert [line.split(":")[0] for line in out] == ["ok", "ok", "ok", "FAILED"]
     assert out[3].startswith("FAILED: audit.r2.w1.jsonl: ")
     assert "chain broken" in out[3]
+
+
+@pytest.mark.parametrize(("tamper", "line", "seq"), [
+    (lambda ls: [*ls[:3], ls[3].replace('"status":200', '"status":500'), *ls[4:]], 4, 3),
+    (lambda ls: [*ls[:2], "{garbled", *ls[3:]], 3, 2),
+    (lambda ls: [*ls[:1], '["a list"]', *ls[2:]], 2, 1),
+    (lambda ls: [ls[0].replace('"status":200', '"status":201'), *ls[1:]], 1, 0),
+    (lambda ls: [*ls[:2], *ls[3:]], 3, 2),
+])
+def test_a_break_names_its_file_line_and_the_seq_expected_there(
+        tmp_path: Path, tamper: object, line: int, seq: int) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 5).close()
+    path.write_text("\n".join(tamper(lines(path))) + "\n")  # type: ignore[operator]
+    verdict = verify([path], KEY)
+    assert not verdict.ok
+    assert verdict.broken is not None
+    assert (verdict.broken.file, verdict.broken.line, verdict.broken.seq) == (str(path), line, seq)
+    assert verdict.message == f"{path}:{line}: {verdict.broken.reason}"
+
+
+def test_a_verdict_spans_the_first_and_last_verified_times(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 3).close()
+    times = [json.loads(line)["time"] for line in lines(path)]
+    verdict = verify([path], KEY)
+    assert (verdict.first_time, verdict.last_time) == (times[0], times[-1])
+    path.write_text("\n".join([*lines(path)[:2], "{"]) + "\n")
+    assert (verify([path], KEY).first_time, verify([path], KEY).last_time) == (times[0], times[1])
+
+
+def test_a_giant_line_is_a_break_at_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    write(path, 3).close()
+    ls = lines(path)
+    path.write_text("\n".join([ls[0], "x" * (3 * 1024 * 1024 + 7), *ls[1:]]) + "\n")
+    verdict = verify([path], KEY)
+    assert verdict.broken is not None
+    assert (verdict.broken.line, verdict.broken.seq) == (2, 1)
+    assert "not a JSON record" in verdict.broken.reason
+    cut = [(number, len(line)) for _, number, line in record_lines([path])]
+    assert cut == [(1, len(ls[0])), (2, 1024 * 1024), (3, len(ls[1])), (4, len(ls[2]))]
