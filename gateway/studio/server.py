@@ -7,12 +7,14 @@ runs with, so they read the same policy files, audit trail and backends.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.observability.logging import configure_logging
 from gateway.studio import audit_view, backends_view, cases_view, playground
 from gateway.studio.access import SESSION_COOKIE, Access, middleware
 from gateway.studio.context import STUDIO_KEY, Studio
@@ -77,5 +79,9 @@ def _login(access: Access) -> Handler:
 
 def run_studio(studio: Studio, host: str, port: int, token: str | None) -> None:
     access = Access.for_bind(host, token)
+    logging = studio.settings.logging  # the gateway's redacting logger, as `veil serve` has it
+    key_env = logging.correlation_key_env
+    configure_logging(logging.level, logging.format,
+                      correlation_key=os.environ[key_env].encode() if key_env else None)
     print(f"veil studio: http://{host}:{port}/", flush=True)
     web.run_app(build_studio_app(studio, access), host=host, port=port, print=None)

@@ -3,7 +3,11 @@ site's page may drive it (DNS rebinding, cross-site writes)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -111,3 +115,32 @@ def test_a_view_that_fails_still_answers_json(studio_config: Path,
     assert answer.json()["error"]["code"] == "internal_error"
     assert "request id" in answer.json()["error"]["message"]
     assert "must not be echoed" not in answer.text
+
+
+def test_the_studio_logs_through_the_gateways_redaction_at_debug(studio_config: Path) -> None:
+    """`veil studio` logs as `veil serve` does: JSON through the redacting processors, so even
+    at debug a prompt tried in the playground never reaches its log."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "studio", "--config", str(studio_config),
+         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "VEIL__LOGGING__LEVEL": "debug"})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(base + "/", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        answer = httpx.post(base + "/api/playground/analyze", timeout=30, json={
+            "policy": "policy.yaml", "prompt": "mail jane.roe@example.org now"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["texts"][0]["masked"] == "mail [REDACTED:EMAIL] now"
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=30)
+    assert "jane.roe@example.org" not in out + err
+    assert '"level":' in err  # the gateway's JSON lines, not an unconfigured logger
