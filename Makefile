@@ -11,6 +11,8 @@ DEV := $(VENV)/.dev-installed
 LLAMA := $(LLAMA_VENV)/.installed
 # Debian's redis-server: the shared-state tests start their own on free loopback ports.
 REDIS_SERVER := /usr/bin/redis-server
+# Debian's softhsm2: the HSM tests make their own token (softhsm2-util) in a temporary folder.
+SOFTHSM := /usr/lib/softhsm/libsofthsm2.so
 # Debian's chromium and its chromedriver: the studio's browser tests drive them with Selenium.
 CHROMEDRIVER := /usr/bin/chromedriver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -21,17 +23,17 @@ run: $(RUNTIME)
 	@mkdir -p var
 	$(BIN)/veil quickstart --config config.yaml
 
-test: $(DEV) $(LLAMA) $(REDIS_SERVER) $(CHROMEDRIVER) lint
+test: $(DEV) $(LLAMA) $(REDIS_SERVER) $(SOFTHSM) $(CHROMEDRIVER) lint
 	$(BIN)/pytest
 
 lint: $(DEV)
 	$(BIN)/ruff check gateway tests
 	$(BIN)/mypy
 
-unit: $(DEV)
+unit: $(DEV) $(SOFTHSM)
 	$(BIN)/pytest tests/unit
 
-integration: $(DEV) $(REDIS_SERVER)
+integration: $(DEV) $(REDIS_SERVER) $(SOFTHSM)
 	$(BIN)/pytest tests/integration
 
 browser: $(DEV) $(CHROMEDRIVER)
@@ -85,6 +87,10 @@ $(REDIS_SERVER):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server
 	# the package may start a system-wide server; the tests start their own on free ports
+
+$(SOFTHSM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2
 
 $(CHROMEDRIVER):
 	$(SUDO) apt-get update -qq

@@ -37,6 +37,7 @@ from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.inspection import Inspector
+from gateway.keys.sources import GatewayKeys
 from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
 from gateway.observability.logging import get_logger
@@ -80,6 +81,7 @@ class Gateway:
     audit: AuditTrail | None
     redis: Redis | None  # the shared store, when state.redis_url is set
     tracing: Tracing | None  # when tracing.enabled
+    keys: GatewayKeys  # the secrets, and the HSM session if any (closed with the app)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -120,7 +122,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
         if settings.state.redis_url else None
     authenticator = _authenticator(settings, metrics, redis)
     env = os.environ if environ is None else environ
-    hash_env = settings.privacy.hash_key_env
+    keys = GatewayKeys(settings, env)
     privacy = settings.privacy
     engine = DetectionEngine(
         None if privacy.ner_workers == "auto" else privacy.ner_workers,
@@ -128,7 +130,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
         ner_start_timeout_s=privacy.ner_start_timeout_s,
         ner_max_rss_mb=privacy.ner_worker_max_rss_mb,
         on_restart=lambda reason: metrics.ner_restarts.labels(reason).inc())
-    hash_secret = env[hash_env].encode() if hash_env else None
+    hash_secret = keys.hash_key()
 
     async def compiled(policy_set: PolicySet) -> CompiledSet:
         ready = compile_set(policy_set, hash_secret)
@@ -138,19 +140,22 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     holder = PolicyHolder(settings.policies, functools.partial(
         load_policy_set, settings.policies, hash_secret=hash_secret is not None,
         plugin_entities=plugin_entities), compiled, metrics, initial=policies)
+    vault_secret = keys.vault_secret()
     attestation = AttestationService(settings, functools.partial(_trust_levels, holder),
                                      metrics, transport=outbound.attestation,
                                      roots=outbound.attestation_roots,
-                                     shared=_shared_attestation(settings, redis, env, metrics))
+                                     shared=_shared_attestation(settings, redis, vault_secret,
+                                                                metrics))
     holder.on_reload.append(attestation.policies_changed)
     own_evidence = self_evidence(settings, functools.partial(_in_force, holder), platform)
     router = Router(settings, attestation)
     semantic = SemanticScorer(settings.fhe, metrics,
                               _remote_embedder(settings, pool, attestation),
                               outbound.scorer_session,
-                              key_epochs(settings, redis, metrics)) if settings.fhe.scorers \
+                              key_epochs(settings, redis, metrics, keys.fhe_master())) \
+        if settings.fhe.scorers \
         else None
-    stored, conversations = _mapping_stores(settings, redis, env, metrics)
+    stored, conversations = _mapping_stores(settings, redis, vault_secret, metrics)
     health = Health([b.name for b in settings.backends], settings.routing, metrics)
     routing = settings.routing
     tracing = build_tracing(settings.tracing, env, outbound.spans)
@@ -163,11 +168,10 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     pipeline = Pipeline(settings, authenticator, holder, inspector, router, forwarder, metrics,
                         stored, conversations)
     audit = AuditTrail(audit_path(settings.audit.path, worker, settings.audit.replica),
-                       settings.audit.key_file,
-                       settings.audit.key_env, settings.audit.max_bytes, settings.audit.keep) \
+                       keys.audit, settings.audit.max_bytes, settings.audit.keep) \
         if settings.audit.enabled else None
     gateway = Gateway(settings, metrics, pool, holder, attestation, router, pipeline, audit,
-                      redis, tracing)
+                      redis, tracing, keys)
     app = web.Application(
         # The body limit is enforced by the pipeline with our own error; this is a backstop.
         client_max_size=settings.limits.max_body_bytes + 1,
@@ -187,6 +191,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_stopped)
+    app.cleanup_ctx.append(_keys_closed)  # after everything that may still use a key
     app.cleanup_ctx.append(_tracing)  # flushed after every request's span has ended
     app.cleanup_ctx.append(_shared_store)  # closed last: attestation uses it until it stops
     app.cleanup_ctx.append(_metrics_sync)
@@ -232,14 +237,13 @@ def _authenticator(settings: Settings, metrics: Metrics, redis: Redis | None) ->
                          budgets=Budgets(metrics, redis, settings.state))
 
 
-def _mapping_stores(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+def _mapping_stores(settings: Settings, redis: Redis | None, secret: bytes | None,
                     metrics: Metrics) -> tuple[ResponseStore, ConversationStore]:
     """Stored responses' and conversations' placeholder mappings: shared by every replica
     when Redis and the vault's key are configured (one secret, keys of their own), else this
     process's own."""
     privacy, state = settings.privacy, settings.state
-    if redis is not None and state.vault_key_env:
-        secret = env[state.vault_key_env].encode()
+    if redis is not None and secret is not None:
         return (SharedStoredResponses(redis, secret, privacy.stored_response_ttl_s,
                                       state.timeout_s, metrics),
                 SharedConversations(redis, secret, privacy.conversation_ttl_s, state.timeout_s,
@@ -248,15 +252,14 @@ def _mapping_stores(settings: Settings, redis: Redis | None, env: Mapping[str, s
             Conversations(privacy.conversation_ttl_s, privacy.stored_responses_max))
 
 
-def _shared_attestation(settings: Settings, redis: Redis | None, env: Mapping[str, str],
+def _shared_attestation(settings: Settings, redis: Redis | None, secret: bytes | None,
                         metrics: Metrics) -> SharedAttestation | None:
     """Evidence and collateral shared by every replica when Redis and the vault's key are
     configured (the key seals them: only gateways can write what another adopts)."""
     state = settings.state
-    if redis is None or not state.vault_key_env:
+    if redis is None or secret is None:
         return None
-    return SharedAttestation(redis, env[state.vault_key_env].encode(), state.timeout_s,
-                             metrics)
+    return SharedAttestation(redis, secret, state.timeout_s, metrics)
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -280,6 +283,11 @@ async def _stopping(_: web.Application) -> None:
 async def _stopped(_: web.Application) -> AsyncIterator[None]:
     yield
     log.info("stopped")  # the last line a worker writes: every resource is closed
+
+
+async def _keys_closed(app: web.Application) -> AsyncIterator[None]:
+    yield
+    app[GATEWAY].keys.close()
 
 
 async def _key_reloads(app: web.Application) -> AsyncIterator[None]:

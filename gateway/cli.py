@@ -24,6 +24,7 @@ from gateway.errors import ConfigError, VeilError
 
 if TYPE_CHECKING:
     from gateway.fhe.keys import KeyStore
+    from gateway.keys.material import Signer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,6 +200,8 @@ def _key_commands(commands: Commands) -> None:
     key = verify.add_mutually_exclusive_group(required=True)
     key.add_argument("--key-file", help="file holding the audit HMAC key (audit.key_file)")
     key.add_argument("--key-env", help="name of the environment variable holding the key")
+    key.add_argument("--config", help="the gateway's config: its audit key, wherever it is "
+                                      "kept (an HSM: audit.key_hsm_label, PIN from hsm.pin_env)")
 
 
 def _config_commands(commands: Commands) -> None:
@@ -311,6 +314,14 @@ def _fhe_commands(commands: Commands) -> None:
                       help="init: create the first key (never overwrites) | rotate: a new "
                            "current key | show: list the keys")
     keys.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    hsm = commands.add_parser("hsm", help="the gateway's keys in a PKCS#11 token (hsm:)")
+    hsm.add_argument("hsm_command", choices=["init", "rotate", "show"],
+                     help="init: create each labelled key the token lacks (never replaces) | "
+                          "rotate: a new version of each, older ones kept | show: labels, "
+                          "versions, attributes")
+    hsm.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+    hsm.add_argument("--secret", action="append", choices=["audit", "hash", "fhe", "vault"],
+                     default=[], help="only this secret (repeatable; default: every labelled one)")
     scorer = commands.add_parser("scorer", help="the encrypted scoring service")
     scorer_commands = scorer.add_subparsers(dest="scorer_command", required=True,
                                             title="commands", metavar="COMMAND")
@@ -349,7 +360,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "studio": _studio,
                 "apikey": _apikey, "audit": _audit_verify, "config": _config,
                 "policy": _policy,
-                "attest": _attest_verify, "keys": _keys, "scorer": _scorer}
+                "attest": _attest_verify, "keys": _keys, "hsm": _hsm, "scorer": _scorer}
     return handlers[args.command](args)  # argparse has refused unknown commands already
 
 
@@ -476,12 +487,14 @@ def _keys(args: argparse.Namespace) -> int:
 
     from gateway.errors import CustodyError
     from gateway.fhe.keys import KeyStore
+    from gateway.keys.sources import GatewayKeys
     from gateway.settings import load_settings
 
     settings = load_settings(args.config)
     fhe = settings.fhe
+    keys = GatewayKeys(settings, os.environ)
     try:
-        store = KeyStore.open(fhe.keys_dir, fhe.master_key_env, fhe.master_key_file)
+        store = KeyStore(Path(fhe.keys_dir), keys.fhe_master())
         if fhe.keys_in == "redis":
             asyncio.run(_shared_keys(args.keys_command, settings.state.redis_url or "", store))
         elif args.keys_command == "init":
@@ -495,6 +508,26 @@ def _keys(args: argparse.Namespace) -> int:
     except CustodyError as exc:
         print(f"veil keys: {exc}", file=sys.stderr)
         return 1
+    finally:
+        keys.close()
+    return 0
+
+
+def _hsm(args: argparse.Namespace) -> int:
+    from gateway.keys import admin
+    from gateway.keys.sources import GatewayKeys
+    from gateway.settings import load_settings
+
+    keys = GatewayKeys(load_settings(args.config), os.environ)
+    try:
+        if args.hsm_command == "show":
+            lines = admin.show(keys)
+        else:
+            lines = getattr(admin, args.hsm_command)(keys, args.secret)
+    finally:
+        keys.close()
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -733,23 +766,37 @@ def _failures(command: str, failed: int, total: int, thing: str) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from gateway.observability.audit import chains, load_key, verify
+    from gateway.keys.sources import GatewayKeys
+    from gateway.observability.audit import load_key
+    from gateway.settings import load_settings
 
+    if args.config:
+        keys = GatewayKeys(load_settings(args.config), os.environ)
+        try:
+            return _verified(args.files, keys.audit())
+        finally:
+            keys.close()
     try:
-        key = load_key(args.key_file, args.key_env)
+        key: bytes | Signer = load_key(args.key_file, args.key_env)
     except (OSError, ValueError) as exc:
         print(f"veil: cannot read the audit key: {exc}", file=sys.stderr)
         return 2
-    if len(args.files) == 1 and Path(args.files[0]).is_dir():
-        found = chains(args.files[0])
+    return _verified(args.files, key)
+
+
+def _verified(files: list[str], key: bytes | Signer) -> int:
+    from gateway.observability.audit import chains, verify
+
+    if len(files) == 1 and Path(files[0]).is_dir():
+        found = chains(files[0])
         if not found:
-            print(f"FAILED: no audit chain (*.jsonl) in {args.files[0]}")
+            print(f"FAILED: no audit chain (*.jsonl) in {files[0]}")
             return _failures("audit verify", 1, 1, "chain")
         verdicts = {chain: verify(files, key) for chain, files in found.items()}
         for chain, verdict in verdicts.items():
             print(("ok: " if verdict.ok else "FAILED: ") + f"{chain}: {verdict.message}")
         return _failures("audit verify", sum(not v.ok for v in verdicts.values()),
                          len(verdicts), "chain")
-    verdict = verify(args.files, key)
+    verdict = verify(files, key)
     print(("ok: " if verdict.ok else "FAILED: ") + verdict.message)
     return _failures("audit verify", not verdict.ok, 1, "chain")

@@ -31,6 +31,8 @@ The others never reach a client as they are; the tree says what each becomes.
     │   │   │                                                     configured to fail closed)
     │   │   ├── VaultUnavailable       503 vault_unavailable      (a stored response's mapping
     │   │   │                                                     cannot be read: never guessed)
+    │   │   ├── KeyUnavailable         503 key_unavailable        (a key in the HSM failed mid-run:
+    │   │   │                                                     never a fallback to another key)
     │   │   ├── DetectorFailed         503 detector_failed        (unless the policy fails open)
     │   │   │   └── DetectionTimedOut  503 detection_timeout      (past the policy's limit)
     │   │   ├── ScorerFailed           503 scorer_failed          (unless the policy fails open)
@@ -56,6 +58,9 @@ The others never reach a client as they are; the tree says what each becomes.
     ├── RecordUnusable                 a record in the shared store no gateway wrote for that
     │                                  use (altered, planted, another's, too large): skipped
     │                                  and counted; the replica does that work itself
+    ├── TokenError                     the PKCS#11 token (HSM) cannot be used: module missing,
+    │                                  token not found, wrong PIN, a key label missing: a
+    │                                  ConfigError at start (`veil serve`'s preflight)
     ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
     │   │                              start (`veil serve`'s preflight)
     │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
@@ -334,6 +339,16 @@ class VaultUnavailable(ServiceUnavailable):
                          "request was not forwarded.", headers={"Retry-After": "1"})
 
 
+class KeyUnavailable(ServiceUnavailable):
+    """A key held in the HSM could not be used for this request (the token was removed, its
+    session lost, the device failed): the request is refused, never served under another key."""
+
+    default_code = "key_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class UpstreamBusy(ServiceUnavailable):
     default_code = "upstream_busy"
 
@@ -411,6 +426,15 @@ class FetchError(EvidenceError):
 
 class RecordUnusable(VeilError):
     """A shared-store record that does not open for its use, or is not well formed."""
+
+
+class TokenError(VeilError):
+    """The PKCS#11 token cannot be opened or lacks a key the configuration names. `setting`:
+    the `hsm` setting at fault (module, token_label, slot, pin_env), for the config's line."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class CustodyError(VeilError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from gateway.api.structure import Attachment
 from gateway.errors import InvalidRequest, PolicyBlocked
+from gateway.keys.material import Deriver
 from gateway.observability.facts import Decided
 from gateway.policy.active import ActivePolicy, PolicySet
 from gateway.policy.evaluate import Decision, Facts, evaluate
@@ -82,12 +83,12 @@ class CompiledSet:
         return [c.selection for c in self.policies]
 
 
-def compile_policy(active: ActivePolicy, hash_secret: bytes | None) -> CompiledPolicy:
+def compile_policy(active: ActivePolicy, hash_secret: bytes | Deriver | None) -> CompiledPolicy:
     policy = active.policy
     return CompiledPolicy(active, Masker(masking_rules(policy), hash_secret), selection(policy))
 
 
-def compile_set(policies: PolicySet, hash_secret: bytes | None) -> CompiledSet:
+def compile_set(policies: PolicySet, hash_secret: bytes | Deriver | None) -> CompiledSet:
     return CompiledSet(policies, tuple(compile_policy(a, hash_secret)
                                        for a in policies.policies))
 

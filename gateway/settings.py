@@ -42,6 +42,8 @@ AZURE_API_VERSION = re.compile(r"^20\d\d-[01]\d-[0-3]\d(-preview)?$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 # Printable ASCII, no blank at either end: nothing aiohttp would refuse or a peer fold.
 HEADER_VALUE = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,4094}[\x21-\x7e])?$")
+# A key's label in the token (CKA_LABEL); each version of it is one object, CKA_ID its number.
+HsmLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
 # Set by the gateway itself (credentials, framing, its request id) or vetted from the client.
@@ -53,6 +55,14 @@ GATEWAY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "host", "c
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def one_source(*options: tuple[KeyPath, str | None]) -> list[tuple[KeyPath, str]]:
+    """One secret, one place: more than one of its options set is an error at each extra."""
+    given = [where for where, value in options if value]
+    return [(where, f"only one of {', '.join(str(w[-1]) for w, _ in options)} (also "
+                    f"{given[0][-1]})") for where in given[1:]]
+
 
 
 class ListenSettings(Strict):
@@ -305,12 +315,18 @@ class StateSettings(Strict):
     # shared too: evidence a replica received (sealed, re-verified by whoever adopts it) and
     # AMD KDS / Intel PCS collateral (gateway/state/shared_attestation.py).
     vault_key_env: str | None = None
+    vault_key_hsm_label: HsmLabel | None = None  # ... or derived by this key in the `hsm` token
 
     @model_validator(mode="after")
     def _vault_needs_store(self) -> StateSettings:
-        if self.vault_key_env and not self.redis_url:
-            raise ConfigProblems([(("vault_key_env",),
-                                   "needs redis_url (the vault lives in Redis)")])
+        problems = one_source((("vault_key_env",), self.vault_key_env),
+                              (("vault_key_hsm_label",), self.vault_key_hsm_label))
+        if (self.vault_key_env or self.vault_key_hsm_label) and not self.redis_url:
+            problems.append((("vault_key_env",) if self.vault_key_env
+                             else ("vault_key_hsm_label",),
+                             "needs redis_url (the vault lives in Redis)"))
+        if problems:
+            raise ConfigProblems(problems)
         return self
 
     @field_validator("redis_url")
@@ -353,6 +369,19 @@ class PrivacySettings(Strict):
     ner_start_timeout_s: Annotated[float, Field(gt=0)] = 120.0  # ready by then, or refuse
     ner_worker_max_rss_mb: Annotated[int, Field(ge=256)] = 1536  # recycled past this
     hash_key_env: str | None = None  # the secret behind the `hash` action (per-tenant HMAC)
+    hash_key_hsm_label: HsmLabel | None = None  # ... or this key in the `hsm` token
+
+    @model_validator(mode="after")
+    def _one_hash_key(self) -> PrivacySettings:
+        problems = one_source((("hash_key_env",), self.hash_key_env),
+                              (("hash_key_hsm_label",), self.hash_key_hsm_label))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+    @property
+    def has_hash_key(self) -> bool:
+        return bool(self.hash_key_env or self.hash_key_hsm_label)
     # Beta names forwarded in `anthropic-beta` / `OpenAI-Beta` beyond the ones Veil knows.
     allowed_betas: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_=.-]{0,99}$")]] = \
         Field(default_factory=list)
@@ -388,6 +417,7 @@ class AuditSettings(Strict):
     path: str = "var/audit.jsonl"
     key_env: str | None = None  # the HMAC key from this environment variable ...
     key_file: str | None = None  # ... or from this file (veil quickstart creates one)
+    key_hsm_label: HsmLabel | None = None  # ... or this key in the `hsm` token, MACs made there
     max_bytes: Annotated[int, Field(ge=4096)] = 50 * 1024 * 1024
     keep: Annotated[int, Field(ge=1, le=1000)] = 10
     # This replica's name in its chain's file name (audit.<replica>.jsonl), so replicas sharing
@@ -403,8 +433,12 @@ class AuditSettings(Strict):
 
     @model_validator(mode="after")
     def _key_source(self) -> AuditSettings:
-        if self.enabled and not (self.key_env or self.key_file):
-            raise ConfigProblems([(("enabled",), "audit needs key_env or key_file")])
+        problems = one_source((("key_env",), self.key_env), (("key_file",), self.key_file),
+                              (("key_hsm_label",), self.key_hsm_label))
+        if self.enabled and not (self.key_env or self.key_file or self.key_hsm_label):
+            problems.append((("enabled",), "audit needs key_env, key_file or key_hsm_label"))
+        if problems:
+            raise ConfigProblems(problems)
         return self
 
 
@@ -477,6 +511,7 @@ class FheSettings(Strict):
     keys_in: Literal["dir", "redis"] = "dir"
     master_key_env: str | None = None
     master_key_file: str | None = None
+    master_key_hsm_label: HsmLabel | None = None  # ... or this AES key in the `hsm` token
     scorers: list[ScorerEndpoint] = Field(default_factory=list)
     # Embeddings from an attested backend's /v1/embeddings instead of the local model: the
     # backend must have `attestation` (requests are pinned to its attested key) and serve
@@ -506,10 +541,19 @@ class FheSettings(Strict):
 
     @model_validator(mode="after")
     def _master_key(self) -> FheSettings:
-        if self.scorers and not (self.master_key_env or self.master_key_file):
-            raise ConfigProblems([(("scorers",), "scorers need master_key_env or "
-                                                 "master_key_file (the key that seals the CKKS "
-                                                 "secret key at rest)")])
+        problems = one_source((("master_key_env",), self.master_key_env),
+                              (("master_key_file",), self.master_key_file),
+                              (("master_key_hsm_label",), self.master_key_hsm_label))
+        if problems:
+            raise ConfigProblems(problems)
+        if self.scorers and not (self.master_key_env or self.master_key_file
+                                 or self.master_key_hsm_label):
+            raise ConfigProblems([(("scorers",), "scorers need master_key_env, "
+                                                 "master_key_file or master_key_hsm_label (the "
+                                                 "key that seals the CKKS secret key at rest)")])
+        if self.master_key_hsm_label and self.keys_in == "redis":
+            raise ConfigProblems([(("master_key_hsm_label",), "works with keys_in: dir only "
+                                   "(the shared store seals with a key held in memory)")])
         if 2 * self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ConfigProblems([(("chunk_overlap_tokens",), "must be under half of "
                                                               "chunk_tokens")])
@@ -553,6 +597,23 @@ class TracingSettings(Strict):
         return value
 
 
+class HsmSettings(Strict):
+    """A PKCS#11 token (an HSM, a cloud HSM or KMS's PKCS#11 library, SoftHSM2) holding the keys
+    that `*_hsm_label` settings name (gateway/keys/token.py). The PIN comes from `pin_env` only:
+    a PIN in the file would be one more secret readable on the host."""
+
+    module: str  # the vendor's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so
+    token_label: str | None = None  # the token, by label ...
+    slot: Annotated[int, Field(ge=0)] | None = None  # ... or by slot id
+    pin_env: str  # the user PIN, from this environment variable
+
+    @model_validator(mode="after")
+    def _one_token(self) -> HsmSettings:
+        if (self.token_label is None) == (self.slot is None):
+            raise ConfigProblems([(("token_label",), "give token_label or slot (one of them)")])
+        return self
+
+
 class Settings(Strict):
     """Veil gateway configuration (config.yaml). Unknown keys are errors; any value can be
     overridden from the environment as VEIL__SECTION__KEY; relative paths are relative to the
@@ -567,6 +628,7 @@ class Settings(Strict):
     attestation: AttestationSettings = AttestationSettings()
     self_attestation: SelfAttestationSettings = SelfAttestationSettings()
     fhe: FheSettings = FheSettings()
+    hsm: HsmSettings | None = None
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     routing: RoutingSettings = RoutingSettings()
     state: StateSettings = StateSettings()
@@ -600,9 +662,19 @@ class Settings(Strict):
         if self.fhe.keys_in == "redis" and not self.state.redis_url:
             problems.append((("fhe", "keys_in"),
                              "redis needs state.redis_url (the epochs live there)"))
+        if self.hsm is None:
+            problems += [(where, "needs the hsm section (the token holding the key)")
+                         for where, label in self.hsm_labels().items() if label]
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    def hsm_labels(self) -> dict[KeyPath, str | None]:
+        """Every secret that may live in the token, by its setting."""
+        return {("audit", "key_hsm_label"): self.audit.key_hsm_label,
+                ("privacy", "hash_key_hsm_label"): self.privacy.hash_key_hsm_label,
+                ("fhe", "master_key_hsm_label"): self.fhe.master_key_hsm_label,
+                ("state", "vault_key_hsm_label"): self.state.vault_key_hsm_label}
 
     def _backend_problems(self) -> list[tuple[KeyPath, str]]:
         """Backend names are unique, and every model names known ones."""
@@ -762,7 +834,8 @@ def _check_credentials(doc: YamlDocument, settings: Settings, environ: Mapping[s
         (("logging", "correlation_key_env"), settings.logging.correlation_key_env, 16),
         (("privacy", "hash_key_env"), settings.privacy.hash_key_env, 16),
         (("state", "vault_key_env"), settings.state.vault_key_env, 32),
-        (("metrics", "token_env"), settings.metrics.token_env, 16))
+        (("metrics", "token_env"), settings.metrics.token_env, 16),
+        (("hsm", "pin_env"), settings.hsm.pin_env if settings.hsm else None, 4))
     for field_path, env_name, least in secrets:
         if env_name and len(environ.get(env_name, "")) < least:
             issues.append(doc.issue(field_path, f"environment variable {env_name} must hold at "

@@ -8,6 +8,7 @@ import pytest
 from gateway.demo.upstream import DEMO, DemoState, build_demo_app
 from tests.logs import use_suite_logging
 from tests.servers import UPSTREAM_SECRET, ServerThread, demo_backend, gateway_for, settings_for
+from tests.softhsm import SoftHsm
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,3 +43,9 @@ def gateway(demo: Demo) -> Iterator[ServerThread]:
                              demo_backend("demo-anthropic", demo.url, "anthropic")])
     with gateway_for(settings) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    """The suite's SoftHSM2 token (one per process: see tests/softhsm.py)."""
+    return SoftHsm(tmp_path_factory.mktemp("softhsm"))

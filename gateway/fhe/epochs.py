@@ -23,8 +23,9 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from gateway.errors import CustodyError, KeysUnavailable
-from gateway.fhe.keys import FheKeys, KeyStore, read_master_key
+from gateway.fhe.keys import FheKeys, KeyStore
 from gateway.fhe.shared_keys import RedisKeyStore
+from gateway.keys.material import Sealer
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import Metrics
 from gateway.settings import Settings
@@ -110,13 +111,14 @@ class SharedEpochs:
                         reason="older epoch" if epochs else "not written by a gateway", **epochs)
 
 
-def key_epochs(settings: Settings, redis: Redis | None, metrics: Metrics) -> Epochs:
-    """The epochs `fhe.keys_in` names. The master key comes from this process's environment
-    (or file), as the key store always has."""
+def key_epochs(settings: Settings, redis: Redis | None, metrics: Metrics,
+               master: bytes | Sealer) -> Epochs:
+    """The epochs `fhe.keys_in` names, sealed under `master` (gateway/keys/sources.py)."""
     fhe = settings.fhe
-    master = read_master_key(fhe.master_key_env, fhe.master_key_file)
     if fhe.keys_in == "dir":
         return LocalEpochs(KeyStore(Path(fhe.keys_dir), master))
     if redis is None:
         raise CustodyError("fhe.keys_in: redis needs state.redis_url")
+    if not isinstance(master, bytes):
+        raise CustodyError("fhe.keys_in: redis needs a master key in memory, not in the HSM")
     return SharedEpochs(RedisKeyStore(redis, master, settings.state.timeout_s), metrics)

@@ -4,6 +4,10 @@ AES-GCM under a master key from an environment variable or a file (32 bytes, hex
     <dir>/<key id>.key   nonce (12 bytes) || AES-GCM(secret key), the key id as associated data
     <dir>/current        the key id in use
 
+With `fhe.master_key_hsm_label` the master key is an AES key in the PKCS#11 token and the
+token does the sealing and unsealing (gateway/keys/material.py `TokenSealer`): the same bytes on
+disk, the master key never in memory. Only the unsealed CKKS key is, as it must be to decrypt.
+
 With `fhe.keys_in: redis` the same sealed bytes live in the shared store instead, for every
 replica (gateway/fhe/shared_keys.py). Key ids are `fhe-<UTC second>-<8 hex>`: they sort in the
 order they were made, which is how a replica tells a newer epoch from a replayed older one.
@@ -31,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.errors import CustodyError
 from gateway.fhe.seal import galois_element, load, new_context, to_bytes
+from gateway.keys.material import Sealer
 
 
 @dataclass
@@ -113,7 +118,7 @@ def new_key_id(after: str | None = None) -> str:
     return f"fhe-{now.strftime(STAMP)}-{secrets.token_hex(4)}"
 
 
-def new_sealed_secret(aead: AESGCM, key_id: str) -> bytes:
+def new_sealed_secret(aead: Sealer, key_id: str) -> bytes:
     """A new CKKS secret key, sealed: nonce || AES-GCM(secret), the key id as associated data
     (so a sealed key moved under another id does not open)."""
     secret = seal.KeyGenerator(new_context()).secret_key()
@@ -121,7 +126,7 @@ def new_sealed_secret(aead: AESGCM, key_id: str) -> bytes:
     return nonce + aead.encrypt(nonce, to_bytes(secret), key_id.encode())
 
 
-def unseal(aead: AESGCM, key_id: str, sealed: bytes) -> bytes:
+def unseal(aead: Sealer, key_id: str, sealed: bytes) -> bytes:
     """The serialized secret key, or `CustodyError` if it does not open under this key id."""
     try:
         return aead.decrypt(sealed[:12], sealed[12:], key_id.encode())
@@ -130,7 +135,7 @@ def unseal(aead: AESGCM, key_id: str, sealed: bytes) -> bytes:
                            "tampered with)") from None
 
 
-def open_sealed(aead: AESGCM, key_id: str, sealed: bytes) -> FheKeys:
+def open_sealed(aead: Sealer, key_id: str, sealed: bytes) -> FheKeys:
     """One epoch in memory from its sealed bytes (SEAL validates the key against the
     context)."""
     plain = unseal(aead, key_id, sealed)
@@ -143,12 +148,13 @@ def open_sealed(aead: AESGCM, key_id: str, sealed: bytes) -> FheKeys:
 class KeyStore:
     """Epochs in a directory: one replica's own, or imported into Redis by `veil keys init`."""
 
-    def __init__(self, directory: Path, master_key: bytes) -> None:
-        if len(master_key) != 32:
+    def __init__(self, directory: Path, master_key: bytes | Sealer) -> None:
+        """`master_key`: its bytes, or what seals with it where it is kept (the token)."""
+        if isinstance(master_key, bytes) and len(master_key) != 32:
             raise CustodyError("the FHE master key must be 32 bytes (64 hex digits)")
         self._dir = directory
         self._master = master_key
-        self._aead = AESGCM(master_key)
+        self._aead: Sealer = AESGCM(master_key) if isinstance(master_key, bytes) else master_key
 
     @classmethod
     def open(cls, directory: str, key_env: str | None, key_file: str | None,
@@ -162,6 +168,9 @@ class KeyStore:
     @property
     def master_key(self) -> bytes:
         """For the shared store, which seals under the same key (`veil keys init` imports)."""
+        if not isinstance(self._master, bytes):
+            raise CustodyError("the FHE master key is in the HSM: keys_in: redis needs one in "
+                               "memory")
         return self._master
 
     def init(self) -> str:

@@ -8,7 +8,7 @@ import re
 import secrets
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -17,6 +17,7 @@ from gateway.api import ENDPOINTS, anthropic
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
+    KeyUnavailable,
     MethodNotAllowed,
     NotFound,
     Overloaded,
@@ -159,7 +160,11 @@ def request_context(*, metrics: Metrics, settings: Settings, audit: AuditTrail |
         stages = facts.stage_seconds()
         metrics.stages(stages)
         if audit is not None and route in AUDITED_ROUTES:
-            audit.append(facts.record(request_id, response.status, elapsed * 1000, stages))
+            refusal = _audit(audit, facts.record(request_id, response.status, elapsed * 1000,
+                                                 stages), response.prepared)
+            if refusal is not None:
+                response = _refused(facts, refusal, request, request_id)
+                response.headers["X-Request-ID"] = request_id
         access_logger().info("request", method=request.method, route=route,
                              status=response.status, duration_ms=round(elapsed * 1000, 2))
         if memory is not None:
@@ -182,6 +187,18 @@ def _traced(middleware: Middleware, tracing: Tracing) -> Middleware:
             return response
 
     return traced
+
+
+def _audit(audit: AuditTrail, record: dict[str, Any], sent: bool) -> KeyUnavailable | None:
+    """No audit record, no answer: the refusal to send instead when the record cannot be
+    MAC'd (the HSM gone). A stream already under way (`sent`) cannot be recalled; it is
+    logged, and its record is missing from the chain (whose `seq` stays unbroken)."""
+    try:
+        audit.append(record)
+    except KeyUnavailable as exc:
+        log.error("audit_record_failed", error=exc.message, sent=sent)  # noqa: TRY400
+        return None if sent else exc
+    return None
 
 
 def _refused(facts: RequestFacts, error: GatewayError, request: web.Request,

@@ -7,6 +7,10 @@ a consistent chain needs the key. Rotation by size renames the file (`audit.json
 the next file's first record points at the last line of the previous one, so the chain spans
 rotations: `veil audit verify audit.jsonl.2 audit.jsonl.1 audit.jsonl` checks it whole.
 
+With the key in an HSM (`audit.key_hsm_label`) the token computes every MAC and the key never
+enters memory; each record then names the key version that made it (`kid`, e.g.
+`veil-audit.v2`), so records made before a rotation verify under their own version.
+
 What it cannot show on its own: records cut from the very end (nothing follows them). Ship the
 file to write-once storage if that matters; the last `seq` is also in the gateway's own log
 (`audit_trail_closed`, and `audit_trail_opened` with the next one).
@@ -22,7 +26,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from gateway.keys.material import MemorySigner, Signer
 from gateway.observability.logging import get_logger
 
 GENESIS = "0" * 64
@@ -40,24 +45,28 @@ def _canonical(record: Mapping[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
-def _mac(key: bytes, record: Mapping[str, Any]) -> str:
+def _mac(signer: Signer, record: Mapping[str, Any]) -> str:
+    """Under the version the record names (`kid`), else the signer's one key."""
     body = {k: v for k, v in record.items() if k != "mac"}
-    return hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
+    kid = body.get("kid")
+    return signer.sign(_canonical(body), kid if isinstance(kid, str) else None).hex()
 
 
-def load_key(path: str | Path | None = None, env: str | None = None) -> bytes:
+def load_key(path: str | Path | None = None, env: str | None = None,
+             environ: Mapping[str, str] | None = None) -> bytes:
     """The audit key from an environment variable or a file (hex or raw, at least 16 bytes)."""
-    raw = os.environ.get(env, "").encode() if env else Path(path or "").read_bytes().strip()
+    values = os.environ if environ is None else environ
+    raw = values.get(env, "").encode() if env else Path(path or "").read_bytes().strip()
     if len(raw) < 16:
         raise ValueError("the audit key must hold at least 16 bytes")
     return raw
 
 
 class AuditLog:
-    def __init__(self, path: str | Path, key: bytes, *, max_bytes: int = 50 * 1024 * 1024,
-                 keep: int = 10) -> None:
+    def __init__(self, path: str | Path, key: bytes | Signer, *,
+                 max_bytes: int = 50 * 1024 * 1024, keep: int = 10) -> None:
         self.path = Path(path)
-        self._key = key
+        self._signer = MemorySigner(key) if isinstance(key, bytes) else key
         self._max_bytes = max_bytes
         self._keep = keep
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +89,9 @@ class AuditLog:
     def append(self, facts: Mapping[str, Any]) -> None:
         record = {"seq": self._seq, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                   **facts, "prev": self._prev}
-        record["mac"] = _mac(self._key, record)
+        if self._signer.key_id is not None:
+            record["kid"] = self._signer.key_id
+        record["mac"] = _mac(self._signer, record)  # a token failing: nothing written
         line = _canonical(record)
         self._file.write(line + b"\n")
         self._file.flush()
@@ -121,14 +132,16 @@ def _last_line(path: Path) -> bytes | None:
 class AuditTrail:
     """The app's handle: opened with the app (cleanup_ctx), absent when audit is disabled."""
 
-    def __init__(self, path: str | Path, key_file: str | None, key_env: str | None,
-                 max_bytes: int, keep: int) -> None:
-        self._args = (path, key_file, key_env, max_bytes, keep)
+    def __init__(self, path: str | Path, signer: Callable[[], Signer], max_bytes: int,
+                 keep: int) -> None:
+        """`signer`: called when the trail opens (the key is read, or the token's key found,
+        then: with the app, not before)."""
+        self._args = (path, signer, max_bytes, keep)
         self.log: AuditLog | None = None
 
     def open(self) -> None:
-        path, key_file, key_env, max_bytes, keep = self._args
-        self.log = AuditLog(path, load_key(key_file, key_env), max_bytes=max_bytes, keep=keep)
+        path, signer, max_bytes, keep = self._args
+        self.log = AuditLog(path, signer(), max_bytes=max_bytes, keep=keep)
         log.info("audit_trail_opened", path=str(self.log.path), next_seq=self.log.last_seq + 1)
 
     def close(self) -> None:
@@ -152,8 +165,9 @@ class Verdict:
     message: str
 
 
-def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
+def verify(files: Iterable[str | Path], key: bytes | Signer) -> Verdict:
     """Check MACs, `seq` and `prev` across files given oldest first; name the first break."""
+    signer = MemorySigner(key) if isinstance(key, bytes) else key
     prev: str | None = None
     seq: int | None = None
     count = 0
@@ -163,7 +177,11 @@ def verify(files: Iterable[str | Path], key: bytes) -> Verdict:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
             return Verdict(False, count, f"{where}: not a JSON record (damaged or edited)")
-        if not hmac.compare_digest(str(record.get("mac", "")), _mac(key, record)):
+        try:
+            expected = _mac(signer, record)
+        except LookupError as exc:
+            return Verdict(False, count, f"{where}: {exc}")
+        if not hmac.compare_digest(str(record.get("mac", "")), expected):
             return Verdict(False, count, f"{where}: MAC mismatch: the record was edited, or "
                                          "written under another key")
         if prev is None:

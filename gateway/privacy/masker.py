@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import InvalidRequest
+from gateway.keys.material import Deriver, MemoryDeriver
 from gateway.privacy.spans import Span, non_overlapping
 from gateway.privacy.vault import Vault
 
@@ -128,9 +129,12 @@ class MaskResult:
 
 
 class Masker:
-    def __init__(self, rules: MaskingRules, hash_secret: bytes | None = None) -> None:
+    def __init__(self, rules: MaskingRules, hash_secret: bytes | Deriver | None = None) -> None:
+        """`hash_secret`: the hash key's bytes, or what derives from it where it is kept (the
+        HSM: each tenant's key derived there once, then held in memory)."""
         self._rules = rules
-        self._hash_secret = hash_secret
+        self._hash_key = MemoryDeriver(hash_secret) if isinstance(hash_secret, bytes) \
+            else hash_secret
         self._allow = {term.casefold() for term in rules.allow_list}
         self._deny = [(entity, re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE))
                       for entity, terms in rules.deny_list.items() for term in terms]
@@ -138,10 +142,9 @@ class Masker:
     def pseudonym_key(self, tenant: str) -> bytes | None:
         """The tenant's key for keyed placeholders (gateway/privacy/vault.py), from the same
         secret as the `hash` action under another label; None without that secret."""
-        if self._hash_secret is None:
+        if self._hash_key is None:
             return None
-        return hmac.new(self._hash_secret, b"veil-pseudonym-v1:" + tenant.encode(),
-                        hashlib.sha256).digest()
+        return self._hash_key.derive(b"veil-pseudonym-v1:" + tenant.encode())
 
     def findings(self, text: str, spans: Sequence[Span],
                  names: NameParts | None = None) -> list[Span]:
@@ -208,9 +211,8 @@ class Masker:
             return vault.placeholder(entity, value)
         if action == "redact":
             return f"[REDACTED:{entity}]"
-        if self._hash_secret is None:  # config validation makes this unreachable
+        if self._hash_key is None:  # config validation makes this unreachable
             raise InvalidRequest("hash action configured without a key", code="config_error")
-        tenant_key = hmac.new(self._hash_secret, b"veil-hash-v1:" + tenant.encode(),
-                              hashlib.sha256).digest()
+        tenant_key = self._hash_key.derive(b"veil-hash-v1:" + tenant.encode())
         digest = hmac.new(tenant_key, value.encode(), hashlib.sha256).hexdigest()[:16]
         return f"[{entity}:{digest}]"

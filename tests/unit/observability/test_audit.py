@@ -94,10 +94,12 @@ def test_the_last_seq_is_in_the_gateways_own_log(tmp_path: Path) -> None:
     """Records cut from the end leave no trace in the file; the log says where it ended."""
     from structlog.testing import capture_logs  # noqa: PLC0415
 
-    from gateway.observability.audit import AuditTrail  # noqa: PLC0415
+    from gateway.keys.material import MemorySigner  # noqa: PLC0415
+    from gateway.observability.audit import AuditTrail, load_key  # noqa: PLC0415
 
     (tmp_path / "k").write_text("k" * 32)
-    trail = AuditTrail(tmp_path / "a.jsonl", str(tmp_path / "k"), None, 1 << 20, 3)
+    trail = AuditTrail(tmp_path / "a.jsonl",
+                       lambda: MemorySigner(load_key(str(tmp_path / "k"))), 1 << 20, 3)
     with capture_logs() as logs:
         trail.open()
         for i in range(3):
