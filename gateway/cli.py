@@ -309,11 +309,15 @@ def _listen_options(parser: argparse.ArgumentParser, port: int) -> None:
 
 
 def _fhe_commands(commands: Commands) -> None:
-    keys = commands.add_parser("keys", help="the CKKS secret key (sealed at rest)")
-    keys.add_argument("keys_command", choices=["init", "rotate", "show"],
+    keys = commands.add_parser("keys", help="the CKKS secret key (sealed at rest); the key "
+                                            "service that releases keys to attested gateways")
+    keys.add_argument("keys_command", choices=["init", "rotate", "show", "serve", "seal"],
                       help="init: create the first key (never overwrites) | rotate: a new "
-                           "current key | show: list the keys")
-    keys.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+                           "current key | show: list the keys | serve: run the key service "
+                           "(--config keys-service.yaml) | seal: generate the keys the key "
+                           "service's store lacks (never replaces one)")
+    keys.add_argument("--config", default="config.yaml",
+                      help=CONFIG_HELP + "; serve and seal: the key service's own file")
     hsm = commands.add_parser("hsm", help="the gateway's keys in a PKCS#11 token (hsm:)")
     hsm.add_argument("hsm_command", choices=["init", "rotate", "show"],
                      help="init: create each labelled key the token lacks (never replaces) | "
@@ -365,6 +369,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.keys.released import release_keys
     from gateway.preflight import preflight
     from gateway.server import serve
     from gateway.settings import load_settings
@@ -375,8 +380,10 @@ def _serve(args: argparse.Namespace) -> int:
             key: value for key, value in (("host", args.host), ("port", args.port))
             if value is not None})
         settings = settings.model_copy(update={"listen": listen})
-    policies = preflight(args.config, settings)
-    return serve(args.config, settings, args.workers or settings.listen.workers, policies)
+    released = release_keys(settings)  # before anything opens a key (none without key_release)
+    policies = preflight(args.config, settings, released=released)
+    return serve(args.config, settings, args.workers or settings.listen.workers, policies,
+                 released)
 
 
 def _demo_upstream(args: argparse.Namespace) -> int:
@@ -483,6 +490,8 @@ def _verify_gateway(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command in ("serve", "seal"):
+        return _key_service(args.keys_command, args.config)
     import asyncio
 
     from gateway.errors import CustodyError
@@ -510,6 +519,17 @@ def _keys(args: argparse.Namespace) -> int:
         return 1
     finally:
         keys.close()
+    return 0
+
+
+def _key_service(command: str, config: str) -> int:
+    from gateway.keys import service_run
+
+    if command == "seal":
+        for line in service_run.seal(config):
+            print(line)
+        return 0
+    service_run.serve(config)
     return 0
 
 

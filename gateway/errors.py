@@ -441,6 +441,12 @@ class CustodyError(VeilError):
     """No key, a wrong master key, or a sealed file that was tampered with."""
 
 
+class KeyReleaseRefused(CustodyError):
+    """The key service did not release the gateway's keys (refused its evidence, could not be
+    reached, answered something else), or the gateway could not make its evidence: it does not
+    start."""
+
+
 class KeysUnavailable(CustodyError):
     """The shared store holding the key epochs (Redis) failed or did not answer in time."""
 

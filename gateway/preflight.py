@@ -15,8 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.attestation.self_evidence import tsm_root
-from gateway.errors import (ConfigError, ConfigIssue, CustodyError, EvidenceError, KeyUnavailable,
-                            TokenError)
+from gateway.errors import (
+    ConfigError,
+    ConfigIssue,
+    CustodyError,
+    EvidenceError,
+    KeyUnavailable,
+    TokenError,
+)
 from gateway.fhe.keys import KeyStore, read_master_key
 from gateway.fhe.shared_keys import one_off_store
 from gateway.ingress.keys_file import load_keys
@@ -29,15 +35,18 @@ from gateway.yamlsource import load_yaml
 
 
 def preflight(config_path: str | Path, settings: Settings,
-              environ: Mapping[str, str] | None = None) -> PolicySet:
+              environ: Mapping[str, str] | None = None,
+              released: Mapping[str, bytes] | None = None) -> PolicySet:
     """Raise `ConfigError` listing what would stop the gateway; return the policies loaded,
-    for the process that goes on to serve with them."""
+    for the process that goes on to serve with them. `released`: the keys a key service
+    released to it (key_release)."""
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
-    has_hash_key = bool(settings.privacy.hash_key_hsm_label or (hash_env and env.get(hash_env)))
+    has_hash_key = bool(settings.privacy.hash_key_hsm_label or settings.released("hash")
+                        or (hash_env and env.get(hash_env)))
     policies = load_policy_set(settings.policies, hash_secret=has_hash_key,
                                plugin_entities=plugin_entities)
-    keys = GatewayKeys(settings, env)
+    keys = GatewayKeys(settings, env, released)
     try:
         _open_hsm_keys(config_path, settings, keys)
         _open_fhe_key(config_path, settings, env, keys)
@@ -101,7 +110,7 @@ def _open_fhe_key(config_path: str | Path, settings: Settings,
     if not fhe.scorers:
         return
     try:
-        master = keys.fhe_master() if fhe.master_key_hsm_label \
+        master = keys.fhe_master() if fhe.master_key_hsm_label or settings.released("fhe") \
             else read_master_key(fhe.master_key_env, fhe.master_key_file, environ)
         if fhe.keys_in == "redis" and isinstance(master, bytes):
             asyncio.run(_open_shared_key(settings, master))
