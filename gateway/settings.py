@@ -486,7 +486,9 @@ class SelfAttestationSettings(Strict):
     SEV-SNP or TDX report from the kernel's configfs-tsm, bound to the client's nonce, the key
     of `listen.tls_cert_file` and the policies in force, at GET
     /.well-known/veil-attestation. Off by default (the path is then a 404); when on, a gateway
-    with no `tsm_root` (not in a confidential VM) refuses to start."""
+    with no `tsm_root` (not in a confidential VM) refuses to start. `key_release` makes its
+    reports through the same platform settings (tsm_root, vcek_file, intel_collateral_dir),
+    whether or not `enabled`."""
 
     enabled: bool = False
     tsm_root: str = "/sys/kernel/config/tsm/report"
