@@ -8,8 +8,10 @@ CRLs, Intel collateral: attestation/evidence.py with collateral.py), bound to th
 does it answer, with the keys encrypted to the gateway's ephemeral key.
 
 A refusal is a 403 whose reason says which step failed, never more (the detail, which would
-help whoever tries to forge, goes to this service's log). Every decision is logged: the keys
-asked for, the gateway's TLS key and evidence digest, granted or why not; never key material.
+help whoever tries to forge, goes to this service's log); a 503 when the service could not
+judge (AMD KDS or Intel PCS unreachable, the token gone): the gateway may try again. Every
+decision is logged: the keys asked for, the gateway's TLS key and evidence digest, granted or
+why not; never key material.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from gateway.attestation.transport import NetworkTransport, Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verdicts import key_set_urls, level_met
 from gateway.client.verify import level_problems
-from gateway.errors import CustodyError, EvidenceError, KeyUnavailable, TokenError
+from gateway.errors import (
+    CustodyError,
+    EvidenceError,
+    FetchError,
+    KeyUnavailable,
+    TokenError,
+)
 from gateway.fhe.keys import read_master_key
 from gateway.keys.material import Sealer, TokenSealer
 from gateway.keys.release import (
@@ -130,6 +138,9 @@ class KeyService:
                           hashlib.sha256(wanted.certificate).digest())
         try:
             return await self._verifier.verify(fetched)
+        except FetchError as exc:  # AMD KDS, Intel PCS: not the gateway's fault, nor a verdict
+            raise Refused(503, "what verifying the evidence needs could not be fetched: try "
+                               "again", str(exc)) from None
         except EvidenceError as exc:
             raise Refused(403, "the evidence does not verify, or is not bound to this "
                                "exchange", str(exc)) from None

@@ -276,6 +276,7 @@ class Exchange:
     measurement: bytes = MEASUREMENT
     bound_to: Callable[[Exchange], bytes] | None = None  # the report_data, if not the right one
     kind: str = "sev-snp"
+    endorsed: bool = True  # the VCEK sent along (else the service asks AMD KDS)
 
     def body(self, keys: list[str] = RELEASED) -> dict[str, Any]:
         bound = self.bound_to(self) if self.bound_to else release_binding(
@@ -283,7 +284,7 @@ class Exchange:
         return {"nonce": self.nonce.hex(), "keys": keys,
                 "certificate": base64.b64encode(self.certificate).decode(),
                 "ephemeral_key": base64.b64encode(raw_public(self.ephemeral)).decode(),
-                "evidence": VENDORS.evidence(bound, kind=self.kind,
+                "evidence": VENDORS.evidence(bound, kind=self.kind, endorsed=self.endorsed,
                                              measurement=self.measurement)["evidence"]}
 
 
@@ -332,6 +333,20 @@ def test_a_tdx_gateway_with_the_approved_mrtd_gets_its_keys_and_another_none(
         other = exchange(service, world, kind="tdx", measurement=bytes(48))
         refused = release(service, other.body())
     assert refused.json() == {"error": f"the evidence does not meet trust level {TDX_LEVEL!r}"}
+
+
+def test_amd_kds_unreachable_is_no_verdict_on_the_gateway(world: World) -> None:
+    settings = world.settings()
+    attestation = settings.attestation.model_copy(
+        update={"amd_kds_url": f"http://127.0.0.1:{free_port()}"})
+    settings = settings.model_copy(update={"attestation": attestation})
+    app = build_service_app(settings, trust_level(str(world.config), settings), world.store())
+    with ServerThread(app, ssl_context=service_tls(settings)) as service:
+        unendorsed = exchange(service, world, endorsed=False)
+        answer = release(service, unendorsed.body())
+    assert answer.status_code == 503
+    assert answer.json() == {"error": "what verifying the evidence needs could not be "
+                                      "fetched: try again"}
 
 
 def test_a_refused_request_uses_its_nonce_up(world: World, service: ServerThread) -> None:
