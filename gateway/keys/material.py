@@ -71,6 +71,7 @@ class TokenSigner:
         self._token = token
         self._label = label
         self._current = token.current(label)
+        self._versions: set[int] = set()  # older versions seen in the token (verifying)
 
     @property
     def key_id(self) -> str:
@@ -85,8 +86,10 @@ class TokenSigner:
         label, _, number = key_id.rpartition(".v")
         if label != self._label or not number.isdigit():
             raise LookupError(f"made under {key_id}, not a version of {self._label}")
-        if int(number) not in {k.version for k in self._token.versions(self._label)}:
-            raise LookupError(f"made under {key_id}, which the {self._token.name} lacks")
+        if int(number) not in self._versions:
+            self._versions = {k.version for k in self._token.versions(self._label)}
+            if int(number) not in self._versions:
+                raise LookupError(f"made under {key_id}, which the {self._token.name} lacks")
         return int(number)
 
 

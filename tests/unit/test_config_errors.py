@@ -95,6 +95,13 @@ def test_the_base_config_is_valid(tmp_path: Path) -> None:
                  "config.yaml:16:12: fhe.scorers: scorers need master_key_env, master_key_file, "
                  "master_key_hsm_label or key_release.keys: [fhe] (the key that seals the CKKS "
                  "secret key at rest)", id="scorers-master-key"),
+    pytest.param(("models:", "hsm: {module: /x.so, token_label: t, pin_env: P}\n"
+                             "audit:\n  key_env: A\n  key_hsm_label: a\nmodels:"),
+                 "config.yaml:18:18: audit.key_hsm_label: only one of key_env, key_file, "
+                 "key_hsm_label (also key_env)", id="audit-two-key-sources"),
+    pytest.param(("models:", "privacy:\n  hash_key_hsm_label: h\nmodels:"),
+                 "config.yaml:16:23: privacy.hash_key_hsm_label: needs the hsm section (the "
+                 "token holding the key)", id="hsm-label-without-hsm"),
 ])
 def test_a_cross_reference_error_points_at_its_entry(tmp_path: Path, edit: tuple[str, str],
                                                       expected: str) -> None:
