@@ -143,6 +143,10 @@ def _refuse_other_origins(verification: Verification, request: httpx.Request) ->
 # -- sync ----------------------------------------------------------------------------------------
 
 class AttestedTransport(httpx.HTTPTransport):
+    """`max_age_s`: verify again this often at the latest; `roots`, `attestation`: what the
+    evidence is judged by (verify_gateway's); `clock`: when verdicts lapse (the evidence itself
+    is always judged at the real time)."""
+
     def __init__(self, url: str, expected: Expected, *, max_age_s: float = 3600.0,
                  roots: Roots | None = None,
                  attestation: AttestationSettings = CLIENT_ATTESTATION,

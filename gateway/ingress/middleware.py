@@ -48,8 +48,7 @@ AUDITED_ROUTES = frozenset({e.name for e in ENDPOINTS} | {
     "models", "model", "responses_retrieve", "responses_input_items", "responses_delete",
     "conversations_retrieve", "conversations_delete", "conversations_items_list",
     "conversations_item", "conversations_item_delete", "unmatched"})
-# probes, scrapes, and the gateway's own evidence (asked before any request is trusted to it)
-UNAUDITED_ROUTES = frozenset({"healthz", "readyz", "metrics", "self_attestation"})
+UNAUDITED_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # probes and scrapes
 OVERLOADED = Overloaded()
 
 
