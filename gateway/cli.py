@@ -496,12 +496,19 @@ def _keys(args: argparse.Namespace) -> int:
 
     from gateway.errors import CustodyError
     from gateway.fhe.keys import KeyStore
+    from gateway.keys.released import release_keys
     from gateway.keys.sources import GatewayKeys
     from gateway.settings import load_settings
 
     settings = load_settings(args.config)
     fhe = settings.fhe
-    keys = GatewayKeys(settings, os.environ)
+    try:
+        # a released master key: asked of the key service, as the gateway does (in its TEE)
+        keys = GatewayKeys(settings, os.environ,
+                           release_keys(settings) if settings.released("fhe") else None)
+    except CustodyError as exc:
+        print(f"veil keys: {exc}", file=sys.stderr)
+        return 1
     try:
         store = KeyStore(Path(fhe.keys_dir), keys.fhe_master())
         if fhe.keys_in == "redis":
@@ -786,12 +793,16 @@ def _failures(command: str, failed: int, total: int, thing: str) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from gateway.keys.released import release_keys
     from gateway.keys.sources import GatewayKeys
     from gateway.observability.audit import load_key
     from gateway.settings import load_settings
 
     if args.config:
-        keys = GatewayKeys(load_settings(args.config), os.environ)
+        settings = load_settings(args.config)
+        # a released audit key: asked of the key service, as the gateway does (in its TEE)
+        keys = GatewayKeys(settings, os.environ,
+                           release_keys(settings) if settings.released("audit") else None)
         try:
             return _verified(args.files, keys.audit())
         finally:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.app import GATEWAY
 from gateway.attestation.binding import binding, spki_sha256
 from gateway.attestation.levels import TrustLevel
+from gateway.cli import main
 from gateway.errors import CustodyError, EvidenceError, KeyReleaseRefused
 from gateway.keys.release import (
     CHALLENGE_PATH,
@@ -262,6 +263,30 @@ def test_a_store_sealed_under_the_operators_hsm_key_releases_what_the_file_alone
     assert verify([world.tmp / "audit.jsonl"], released["audit"]).ok
     with pytest.raises(CustodyError, match="does not open under the store's master key"):
         SealedStore(world.tmp / "hsm-keys.json", AESGCM(MASTER)).open(["audit"])
+
+
+def test_the_tools_that_need_a_released_key_ask_for_it_and_say_why_they_got_none(
+        world: World, service: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+    """`veil keys init` (a released FHE master key) and `veil audit verify --config` (a
+    released audit key) make the gateway's exchange: outside a confidential VM, none."""
+    config = world.tmp / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "listen": {"tls_cert_file": "gw.crt", "tls_key_file": "gw.key"},
+        "self_attestation": {"tsm_root": str(world.tmp / "no-tsm")},
+        "audit": {"enabled": True, "path": "audit.jsonl"},
+        "key_release": {"url": origin(service), "ca_file": "ks.crt", "keys": ["audit", "fhe"]},
+        "policies": {"files": ["trust.yaml"]},
+        "backends": [{"name": "b", "url": "http://127.0.0.1:9"}], "models": {"m": ["b"]}}))
+    (world.tmp / "audit.jsonl").write_text("{}\n")
+    assert main(["keys", "init", "--config", str(config)]) == 1
+    assert main(["audit", "verify", str(world.tmp / "audit.jsonl"), "--config", str(config)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("veil")]
+    assert errors == [f"veil keys: key release: self_attestation: {world.tmp}/no-tsm not found "
+                      "(needs Linux 6.7+ with configfs-tsm, inside an SEV-SNP or TDX guest)",
+                      f"veil audit: key release: self_attestation: {world.tmp}/no-tsm not "
+                      "found (needs Linux 6.7+ with configfs-tsm, inside an SEV-SNP or TDX "
+                      "guest)"]
+    assert not (world.tmp / "var").exists()  # no CKKS key made without its master key
 
 
 # -- what the service refuses, asked directly ---------------------------------------------------
