@@ -42,6 +42,7 @@ from gateway.errors import (
     EvidenceError,
     FetchError,
     KeyUnavailable,
+    ReleaseRefused,
     TokenError,
 )
 from gateway.fhe.keys import read_master_key
@@ -60,16 +61,6 @@ from gateway.keys.token import Token
 from gateway.observability.logging import get_logger
 
 log = get_logger("veil.keys.service")
-
-
-class Refused(Exception):
-    """A release refused: `reason` is what the gateway is told, `detail` what the log keeps."""
-
-    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail or reason
 
 
 @dataclass(frozen=True)
@@ -115,7 +106,7 @@ class KeyService:
             asked["evidence"] = evidence.digest
             await self._meets(evidence)
             keys = self._store.open(wanted.names)
-        except Refused as refused:
+        except ReleaseRefused as refused:
             log.warning("key_release_refused", reason=refused.detail, **asked)
             return web.json_response({"error": refused.reason}, status=refused.status)
         except (CustodyError, TokenError, KeyUnavailable) as exc:
@@ -129,7 +120,7 @@ class KeyService:
         """Single use: the first release naming a nonce ends it, granted or not."""
         lapses = self._challenges.pop(nonce, None)
         if lapses is None or lapses <= self._clock():
-            raise Refused(403, "unknown, used or expired nonce: ask for a new challenge")
+            raise ReleaseRefused(403, "unknown, used or expired nonce: ask for a new challenge")
 
     async def _verified(self, wanted: Request) -> Evidence:
         bound = release_binding(wanted.nonce, _key_sha256(wanted.certificate),
@@ -139,20 +130,20 @@ class KeyService:
         try:
             return await self._verifier.verify(fetched)
         except FetchError as exc:  # AMD KDS, Intel PCS: not the gateway's fault, nor a verdict
-            raise Refused(503, "what verifying the evidence needs could not be fetched: try "
-                               "again", str(exc)) from None
+            raise ReleaseRefused(503, "what verifying the evidence needs could not be "
+                                      "fetched: try again", str(exc)) from None
         except EvidenceError as exc:
-            raise Refused(403, "the evidence does not verify, or is not bound to this "
-                               "exchange", str(exc)) from None
+            raise ReleaseRefused(403, "the evidence does not verify, or is not bound to this "
+                                      "exchange", str(exc)) from None
 
     async def _meets(self, evidence: Evidence) -> None:
         level = self._level
         await self._jwks.refresh(key_set_urls([("", self._settings.level, level)]))
         if level_met(evidence, level, self._jwks.keys, self._clock()) is None:
             problems = level_problems(evidence, level)
-            raise Refused(403, f"the evidence does not meet trust level "
-                               f"{self._settings.level!r}",
-                          "; ".join(problems) or "the level is not met")
+            raise ReleaseRefused(403, f"the evidence does not meet trust level "
+                                      f"{self._settings.level!r}",
+                                 "; ".join(problems) or "the level is not met")
 
 
 SERVICE = web.AppKey("key_service", KeyService)
@@ -164,30 +155,30 @@ def parsed(body: bytes, released: Sequence[str]) -> Request:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise Refused(400, "the request is not JSON") from None
+        raise ReleaseRefused(400, "the request is not JSON") from None
     if not isinstance(document, dict):
-        raise Refused(400, "the request is not a JSON object")
+        raise ReleaseRefused(400, "the request is not a JSON object")
     try:
         nonce = bytes.fromhex(document.get("nonce", ""))
     except (TypeError, ValueError):
         nonce = b""
     names = document.get("keys")
     if len(nonce) != NONCE_BYTES:
-        raise Refused(400, "nonce must be 64 hex digits")
+        raise ReleaseRefused(400, "nonce must be 64 hex digits")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names) \
             or len(set(names)) != len(names):
-        raise Refused(400, "keys must be a list of distinct key names")
+        raise ReleaseRefused(400, "keys must be a list of distinct key names")
     if any(n not in released for n in names):
-        raise Refused(403, f"this service releases only {', '.join(released)}")
+        raise ReleaseRefused(403, f"this service releases only {', '.join(released)}")
     evidence = document.get("evidence")
     if not isinstance(evidence, list) or not evidence:
-        raise Refused(400, "evidence must be a list of evidence parts")
+        raise ReleaseRefused(400, "evidence must be a list of evidence parts")
     try:
         certificate = decoded(document.get("certificate"), "certificate")
         _key_sha256(certificate)
         ephemeral = decoded(document.get("ephemeral_key"), "ephemeral_key", 32)
     except EvidenceError as exc:
-        raise Refused(400, str(exc)) from None
+        raise ReleaseRefused(400, str(exc)) from None
     return Request(nonce, sorted(names), certificate, ephemeral, evidence)
 
 
@@ -195,7 +186,7 @@ def _key_sha256(certificate: bytes) -> bytes:
     try:
         return spki_sha256(certificate)
     except ValueError:
-        raise Refused(400, "certificate: not a DER X.509 certificate") from None
+        raise ReleaseRefused(400, "certificate: not a DER X.509 certificate") from None
 
 
 def store_sealer(settings: KeyServiceSettings, token: Token | None) -> Sealer:

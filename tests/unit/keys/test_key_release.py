@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import CustodyError, EvidenceError
+from gateway.errors import CustodyError, EvidenceError, ReleaseRefused
 from gateway.keys.release import open_keys, raw_public, release_binding, seal_keys
 from gateway.keys.sealed_store import SealedStore
-from gateway.keys.service import Refused, parsed
+from gateway.keys.service import parsed
 from gateway.keys.sources import GatewayKeys
 from gateway.settings import Settings
 from tests.servers import settings_for
@@ -98,7 +98,7 @@ def request(**fields: object) -> bytes:
     (request(certificate="bm90IGEgY2VydA=="), 400, "certificate: not a DER X.509 certificate"),
 ])
 def test_a_malformed_release_request_is_refused(body: bytes, status: int, reason: str) -> None:
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(ReleaseRefused) as refused:
         parsed(body, ["audit", "hash"])
     assert (refused.value.status, refused.value.reason) == (status, reason)
 
