@@ -505,6 +505,9 @@ class KeyReleaseSettings(Strict):
 
     url: Annotated[str, Field(pattern=r"^https://[^/?#\s]+/?$")]  # the key service's origin
     ca_file: str | None = None  # the CA its TLS certificate must chain to (None: the system's)
+    # The service's identity (X25519 public key, base64, as `veil keys seal` prints it): only
+    # the holder of its private half can make a reply that opens, whoever terminates TLS.
+    service_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
     keys: list[ReleasedKey] = Field(min_length=1)
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
 

@@ -22,15 +22,18 @@ lapses after ttl_s. The evidence's report_data is
 
 under a label of its own, so neither a backend's evidence nor the gateway's evidence for its
 clients can pass for it. The keys come back encrypted to the ephemeral key: the service makes an
-ephemeral X25519 key of its own, and
+ephemeral X25519 key of its own and also uses its long-term identity key (an X25519 key kept in
+its sealed store; the gateway is configured with its public half, `key_release.service_key`):
 
-    key = HKDF-SHA256(X25519(service, gateway), salt = nonce,
-                      info = "veil-key-release-v1" || 0x00 || gateway public || service public)
+    key = HKDF-SHA256(X25519(service ephemeral, gateway) || X25519(service identity, gateway),
+                      salt = nonce, info = "veil-key-release-v1" || 0x00 || gateway public
+                                           || service ephemeral public || identity public)
     ciphertext = AES-256-GCM(key, iv, JSON {name: base64 key}, AAD)
     AAD = "veil-key-release-v1" || 0x00 || nonce || the key names, sorted, joined by ","
 
-so whoever sees the exchange (a TLS-terminating proxy included) learns no key, and a reply made
-for another exchange, or naming other keys, does not open.
+so whoever sees the exchange (a TLS-terminating proxy included) learns no key; nobody but the
+service can hand the gateway keys of its own choosing (which it would then know); and a reply
+made for another exchange, or naming other keys, does not open.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ CHALLENGE_PATH = "/v1/keys/challenge"
 RELEASE_PATH = "/v1/keys/release"
 KeyName = Literal["audit", "hash", "vault", "fhe"]  # the gateway's secrets, as `veil hsm` names
 KEY_NAMES: tuple[str, ...] = get_args(KeyName)
+IDENTITY = "service-identity"  # the service's X25519 identity key, in its sealed store
 NONCE_BYTES = 32
 
 
@@ -74,41 +78,48 @@ def aad(nonce: bytes, names: Iterable[str]) -> bytes:
     return LABEL + nonce + ",".join(sorted(names)).encode()
 
 
-def _wrapping_key(own: X25519PrivateKey, peer: bytes, nonce: bytes, gateway_public: bytes,
-                  service_public: bytes) -> bytes:
-    shared = own.exchange(X25519PublicKey.from_public_bytes(peer))
-    return HKDF(hashes.SHA256(), 32, salt=nonce,
-                info=LABEL + gateway_public + service_public).derive(shared)
+def _wrapping_key(shared: bytes, nonce: bytes, publics: bytes) -> bytes:
+    """`shared`: both X25519 results, ephemeral first; `publics`: the gateway's, the service's
+    ephemeral and its identity public keys, in that order."""
+    return HKDF(hashes.SHA256(), 32, salt=nonce, info=LABEL + publics).derive(shared)
 
 
-def seal_keys(gateway_public: bytes, nonce: bytes, keys: Mapping[str, bytes]) -> dict[str, Any]:
-    """The service's reply: `keys` readable only by the holder of the gateway's private key."""
+def seal_keys(gateway_public: bytes, nonce: bytes, keys: Mapping[str, bytes],
+              identity: X25519PrivateKey) -> dict[str, Any]:
+    """The service's reply: `keys` readable only by the holder of the gateway's private key,
+    and made by the holder of the service's identity key (ValueError: not a usable key)."""
     own = X25519PrivateKey.generate()
+    peer = X25519PublicKey.from_public_bytes(gateway_public)
     service_public = raw_public(own)
-    key = _wrapping_key(own, gateway_public, nonce, gateway_public, service_public)
+    key = _wrapping_key(own.exchange(peer) + identity.exchange(peer), nonce,
+                        gateway_public + service_public + raw_public(identity))
     iv = os.urandom(12)
     plain = orjson.dumps({name: base64.b64encode(value).decode() for name, value in keys.items()})
     return {"keys": sorted(keys), "ephemeral_key": _b64(service_public), "iv": _b64(iv),
             "ciphertext": _b64(AESGCM(key).encrypt(iv, plain, aad(nonce, keys)))}
 
 
-def open_keys(own: X25519PrivateKey, nonce: bytes, wanted: Iterable[str],
-              reply: Any) -> dict[str, bytes]:
+def open_keys(own: X25519PrivateKey, nonce: bytes, wanted: Iterable[str], reply: Any,
+              identity_public: bytes) -> dict[str, bytes]:
     """The keys asked for, from the service's reply; EvidenceError for anything else (a reply
-    for another exchange, other keys, a damaged or forged one)."""
+    for another exchange, other keys, a damaged one, or one not made by the service whose
+    identity key is `identity_public`)."""
     names = sorted(wanted)
     if not isinstance(reply, dict) or reply.get("keys") != names:
         raise EvidenceError(f"the key service's reply does not carry the keys asked for "
                             f"({', '.join(names)})")
+    service_public = decoded(reply.get("ephemeral_key"), "ephemeral_key", 32)
+    iv = decoded(reply.get("iv"), "iv", 12)
+    ciphertext = decoded(reply.get("ciphertext"), "ciphertext")
     try:
-        service_public = decoded(reply.get("ephemeral_key"), "ephemeral_key", 32)
-        iv = decoded(reply.get("iv"), "iv", 12)
-        ciphertext = decoded(reply.get("ciphertext"), "ciphertext")
-        key = _wrapping_key(own, service_public, nonce, raw_public(own), service_public)
+        shared = own.exchange(X25519PublicKey.from_public_bytes(service_public)) + \
+            own.exchange(X25519PublicKey.from_public_bytes(identity_public))
+        key = _wrapping_key(shared, nonce, raw_public(own) + service_public + identity_public)
         plain = orjson.loads(AESGCM(key).decrypt(iv, ciphertext, aad(nonce, names)))
-    except (InvalidTag, orjson.JSONDecodeError):
+    except (InvalidTag, ValueError):  # orjson's decode error is a ValueError too
         raise EvidenceError("the key service's reply does not open with this exchange's key "
-                            "(damaged, or made for another exchange)") from None
+                            "and the service's identity (damaged, made for another exchange, "
+                            "or by another service)") from None
     if not isinstance(plain, dict) or sorted(plain) != names:
         raise EvidenceError("the key service's reply holds other keys than it names")
     return {name: decoded(plain[name], name) for name in names}
@@ -123,6 +134,11 @@ def decoded(value: object, what: str, size: int | None = None) -> bytes:
     if raw is None or (size is not None and len(raw) != size):
         raise EvidenceError(f"{what}: not base64" + (f" of {size} bytes" if size else ""))
     return raw
+
+
+def identity_public(private: bytes) -> str:
+    """What a gateway's key_release.service_key says: the identity key's public half."""
+    return _b64(raw_public(X25519PrivateKey.from_private_bytes(private)))
 
 
 def _b64(raw: bytes) -> str:

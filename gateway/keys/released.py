@@ -86,7 +86,8 @@ async def _released(settings: Settings, wanted: KeyReleaseSettings,
             "certificate": base64.b64encode(_der(certificate)).decode(),
             "ephemeral_key": base64.b64encode(public).decode(), "evidence": [part]})
     try:
-        return open_keys(ephemeral, nonce, wanted.keys, reply)
+        return open_keys(ephemeral, nonce, wanted.keys, reply,
+                         base64.b64decode(wanted.service_key))
     except EvidenceError as exc:
         raise KeyReleaseRefused(f"key release: {exc}") from None
 

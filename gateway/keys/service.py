@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.attestation.binding import spki_sha256
@@ -49,6 +50,7 @@ from gateway.fhe.keys import read_master_key
 from gateway.keys.material import Sealer, TokenSealer
 from gateway.keys.release import (
     CHALLENGE_PATH,
+    IDENTITY,
     NONCE_BYTES,
     RELEASE_PATH,
     decoded,
@@ -105,7 +107,9 @@ class KeyService:
             evidence = await self._verified(wanted)
             asked["evidence"] = evidence.digest
             await self._meets(evidence)
-            keys = self._store.open(wanted.names)
+            keys = self._store.open([*wanted.names, IDENTITY])
+            identity = X25519PrivateKey.from_private_bytes(keys.pop(IDENTITY))
+            reply = _sealed(wanted, keys, identity)
         except ReleaseRefused as refused:
             log.warning("key_release_refused", reason=refused.detail, **asked)
             return web.json_response({"error": refused.reason}, status=refused.status)
@@ -114,7 +118,7 @@ class KeyService:
                       reason=str(exc), **asked)
             return web.json_response({"error": "the key store is unavailable"}, status=503)
         log.info("key_release_granted", level=self._settings.level, **asked)
-        return web.json_response(seal_keys(wanted.ephemeral_key, wanted.nonce, keys))
+        return web.json_response(reply)
 
     def _consume(self, nonce: bytes) -> None:
         """Single use: the first release naming a nonce ends it, granted or not."""
@@ -147,6 +151,14 @@ class KeyService:
 
 
 SERVICE = web.AppKey("key_service", KeyService)
+
+
+def _sealed(wanted: Request, keys: dict[str, bytes],
+            identity: X25519PrivateKey) -> dict[str, Any]:
+    try:
+        return seal_keys(wanted.ephemeral_key, wanted.nonce, keys, identity)
+    except ValueError:  # a low-order point: no shared secret
+        raise ReleaseRefused(400, "ephemeral_key: not a usable X25519 public key") from None
 
 
 def parsed(body: bytes, released: Sequence[str]) -> Request:
@@ -204,11 +216,11 @@ def build_service_app(settings: KeyServiceSettings, level: TrustLevel, store: Se
                       clock: Callable[[], float] = time.time) -> web.Application:
     """`transport` (default: the network) and `roots` (default: the pinned ones, AMD's from
     `attestation.amd_roots_dir`) as for the gateway's AttestationService."""
-    missing = [name for name in settings.keys if name not in store.names()]
+    missing = [name for name in [*settings.keys, IDENTITY] if name not in store.names()]
     if missing:
         raise CustodyError(f"the key store holds no {', '.join(missing)} key: run "
                            "`veil keys seal --config` first")
-    store.open(settings.keys)  # every key opens now, not at the first gateway's request
+    store.open([*settings.keys, IDENTITY])  # every key opens now, not at the first request
     network: NetworkTransport | None = None  # made here, so closed here
     if transport is None:
         transport = network = NetworkTransport()

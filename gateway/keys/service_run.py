@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.attestation.levels import TrustLevel
 from gateway.errors import ConfigError
+from gateway.keys.release import IDENTITY, identity_public
 from gateway.keys.sealed_store import SealedStore
 from gateway.keys.service import build_service_app, service_tls, store_sealer
 from gateway.keys.service_config import KeyServiceSettings, load_service_settings
@@ -52,10 +53,12 @@ def seal(config: str) -> list[str]:
         finally:
             token.close()
     with _store(settings) as store:
-        added = store.seal_missing(settings.keys)
+        added = store.seal_missing([*settings.keys, IDENTITY])
+        identity = store.open([IDENTITY])[IDENTITY]
     lines += [f"{name}: generated and sealed in {settings.store.path}" if name in added
-              else f"{name}: kept (already in the store)" for name in settings.keys]
-    return lines
+              else f"{name}: kept (already in the store)" for name in [*settings.keys, IDENTITY]]
+    return [*lines, f"service_key (each gateway's key_release.service_key): "
+                    f"{identity_public(identity)}"]
 
 
 def trust_level(config: str, settings: KeyServiceSettings) -> TrustLevel:

@@ -34,7 +34,9 @@ from gateway.cli import main
 from gateway.errors import CustodyError, EvidenceError, KeyReleaseRefused
 from gateway.keys.release import (
     CHALLENGE_PATH,
+    IDENTITY,
     RELEASE_PATH,
+    identity_public,
     open_keys,
     raw_public,
     release_binding,
@@ -84,19 +86,26 @@ class World:
     def store(self) -> SealedStore:
         return SealedStore(self.tmp / "keys.json", AESGCM(MASTER))
 
+    def identity(self, store: SealedStore | None = None) -> bytes:
+        """The service's identity key's public half: what a gateway is configured with."""
+        return base64.b64decode(identity_public(
+            (store or self.store()).open([IDENTITY])[IDENTITY]))
+
     def service(self) -> ServerThread:
         settings = self.settings()
         app = build_service_app(settings, trust_level(str(self.config), settings),
                                 self.store(), clock=lambda: self.now[0])
         return ServerThread(app, ssl_context=service_tls(settings))
 
-    def gateway_settings(self, demo: Demo, url: str, **release: Any) -> Settings:
+    def gateway_settings(self, demo: Demo, url: str, store: SealedStore | None = None,
+                         **release: Any) -> Settings:
         return settings_for(
             [demo_backend("demo", demo.url)],
             listen={"tls_cert_file": str(self.tmp / "gw.crt"),
                     "tls_key_file": str(self.tmp / "gw.key")},
             audit={"enabled": True, "path": str(self.tmp / "audit.jsonl")},
             key_release={"url": url, "ca_file": str(self.tmp / "ks.crt"), "keys": RELEASED,
+                         "service_key": base64.b64encode(self.identity(store)).decode(),
                          "timeout_s": 5, **release})
 
 
@@ -115,7 +124,7 @@ def world(tmp_path: Path) -> World:
                         "intel_pcs_url": None, "cache_dir": None},
         "logging": {"level": "info"}}))
     world = World(tmp_path, [time.time()])
-    world.store().seal_missing(RELEASED)
+    world.store().seal_missing([*RELEASED, IDENTITY])
     return world
 
 
@@ -205,6 +214,20 @@ def test_a_gateway_measured_as_another_image_gets_no_key_and_does_not_start(
     assert not (world.tmp / "audit.jsonl").exists()
 
 
+def test_keys_from_anyone_but_the_service_are_refused_and_the_gateway_does_not_start(
+        world: World, demo: Demo) -> None:
+    """An impostor with a certificate the gateway trusts (a TLS-terminating proxy, say) that
+    verifies the evidence itself and hands out keys of its own: no identity key, no start."""
+    settings = world.settings()
+    impostor = SealedStore(world.tmp / "impostor.json", AESGCM(MASTER))
+    impostor.seal_missing([*RELEASED, IDENTITY])
+    app = build_service_app(settings, trust_level(str(world.config), settings), impostor)
+    with ServerThread(app, ssl_context=service_tls(settings)) as server, pytest.raises(
+            KeyReleaseRefused, match="or by another service"):
+        gateway_for(world.gateway_settings(demo, origin(server)), platform=Platform())
+    assert not (world.tmp / "audit.jsonl").exists()
+
+
 def test_the_key_service_down_means_no_start(world: World, demo: Demo) -> None:
     settings = world.gateway_settings(demo, f"https://localhost:{free_port()}")
     with pytest.raises(KeyReleaseRefused, match="cannot be reached"):
@@ -227,7 +250,8 @@ def test_veil_serve_with_key_release_outside_a_confidential_vm_does_not_start(
         "listen": {"port": free_port(), "tls_cert_file": "gw.crt", "tls_key_file": "gw.key"},
         "self_attestation": {"tsm_root": str(world.tmp / "no-tsm")},
         "audit": {"enabled": True, "path": "audit.jsonl"},
-        "key_release": {"url": origin(service), "ca_file": "ks.crt", "keys": RELEASED},
+        "key_release": {"url": origin(service), "ca_file": "ks.crt", "keys": RELEASED,
+                        "service_key": base64.b64encode(world.identity()).decode()},
         "policies": {"files": ["trust.yaml"]},
         "backends": [{"name": "b", "url": "http://127.0.0.1:9"}], "models": {"m": ["b"]}}))
     process = veil("serve", "--config", str(config), tmp=world.tmp)
@@ -246,8 +270,9 @@ def test_a_store_sealed_under_the_operators_hsm_key_releases_what_the_file_alone
         "path: keys.json", "path: hsm-keys.json") + yaml.safe_dump({"hsm": softhsm.section()}))
     lines = seal(str(world.config))
     assert lines[0].startswith(f"store master key: created {label}.v1")
-    assert lines[1:] == [f"{name}: generated and sealed in {world.tmp}/hsm-keys.json"
-                         for name in RELEASED]
+    assert lines[1:-1] == [f"{name}: generated and sealed in {world.tmp}/hsm-keys.json"
+                           for name in [*RELEASED, IDENTITY]]
+    assert lines[-1].startswith("service_key (each gateway's key_release.service_key): ")
     settings = world.settings()
     assert settings.hsm is not None
     token = Token.open(settings.hsm, os.environ)
@@ -255,7 +280,8 @@ def test_a_store_sealed_under_the_operators_hsm_key_releases_what_the_file_alone
         store = SealedStore(Path(settings.store.path), store_sealer(settings, token))
         app = build_service_app(settings, trust_level(str(world.config), settings), store)
         with ServerThread(app, ssl_context=service_tls(settings)) as service, gateway_for(
-                world.gateway_settings(demo, origin(service)), platform=Platform()) as gateway:
+                world.gateway_settings(demo, origin(service), store),
+                platform=Platform()) as gateway:
             ask(gateway, world.tmp)
         released = store.open(RELEASED)
     finally:
@@ -274,7 +300,8 @@ def test_the_tools_that_need_a_released_key_ask_for_it_and_say_why_they_got_none
         "listen": {"tls_cert_file": "gw.crt", "tls_key_file": "gw.key"},
         "self_attestation": {"tsm_root": str(world.tmp / "no-tsm")},
         "audit": {"enabled": True, "path": "audit.jsonl"},
-        "key_release": {"url": origin(service), "ca_file": "ks.crt", "keys": ["audit", "fhe"]},
+        "key_release": {"url": origin(service), "ca_file": "ks.crt", "keys": ["audit", "fhe"],
+                        "service_key": base64.b64encode(world.identity()).decode()},
         "policies": {"files": ["trust.yaml"]},
         "backends": [{"name": "b", "url": "http://127.0.0.1:9"}], "models": {"m": ["b"]}}))
     (world.tmp / "audit.jsonl").write_text("{}\n")
@@ -333,7 +360,8 @@ def test_good_evidence_opens_the_keys_once_and_a_replayed_nonce_is_refused(
     asked = exchange(service, world)
     granted = release(service, asked.body())
     assert granted.status_code == 200, granted.text
-    keys = open_keys(asked.ephemeral, asked.nonce, RELEASED, granted.json())
+    keys = open_keys(asked.ephemeral, asked.nonce, RELEASED, granted.json(),
+                     world.identity())
     assert keys == world.store().open(RELEASED)
     assert all(k.hex() not in granted.text for k in keys.values())  # encrypted, not in the clear
     replayed = release(service, asked.body())
@@ -353,7 +381,8 @@ def test_a_tdx_gateway_with_the_approved_mrtd_gets_its_keys_and_another_none(
         good = exchange(service, world, kind="tdx", measurement=MRTD)
         granted = release(service, good.body())
         assert granted.status_code == 200, granted.text
-        assert open_keys(good.ephemeral, good.nonce, RELEASED, granted.json()) == \
+        assert open_keys(good.ephemeral, good.nonce, RELEASED, granted.json(),
+                         world.identity()) == \
             world.store().open(RELEASED)
         other = exchange(service, world, kind="tdx", measurement=bytes(48))
         refused = release(service, other.body())
@@ -433,11 +462,11 @@ def test_a_reply_opens_only_for_the_exchange_it_was_made_for(
     asked = exchange(service, world)
     reply = release(service, asked.body()).json()
     with pytest.raises(EvidenceError, match="does not open"):
-        open_keys(asked.ephemeral, os.urandom(32), RELEASED, reply)
+        open_keys(asked.ephemeral, os.urandom(32), RELEASED, reply, world.identity())
     with pytest.raises(EvidenceError, match="does not open"):
-        open_keys(X25519PrivateKey.generate(), asked.nonce, RELEASED, reply)
+        open_keys(X25519PrivateKey.generate(), asked.nonce, RELEASED, reply, world.identity())
     with pytest.raises(EvidenceError, match="keys asked for"):
-        open_keys(asked.ephemeral, asked.nonce, ["audit"], reply)
+        open_keys(asked.ephemeral, asked.nonce, ["audit"], reply, world.identity())
     narrowed = {**reply, "keys": ["audit"]}  # the AAD names both keys: it does not open
     with pytest.raises(EvidenceError, match="does not open"):
-        open_keys(asked.ephemeral, asked.nonce, ["audit"], narrowed)
+        open_keys(asked.ephemeral, asked.nonce, ["audit"], narrowed, world.identity())

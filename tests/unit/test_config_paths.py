@@ -4,6 +4,7 @@ file and keep their paths as given."""
 
 from __future__ import annotations
 
+import base64
 import re
 import typing
 from pathlib import Path
@@ -90,7 +91,8 @@ def test_the_key_services_ca_file_is_relative_to_the_config_folder_too(tmp_path:
     (tmp_path / "config.yaml").write_text(
         "backends: []\nmodels: {}\npolicies: {files: [p]}\n"
         "listen: {tls_cert_file: gw.crt, tls_key_file: gw.key}\n"
-        "key_release: {url: 'https://keys.example', ca_file: ks.crt, keys: [hash]}\n")
+        "key_release: {url: 'https://keys.example', ca_file: ks.crt, keys: [hash],\n"
+        f"  service_key: '{base64.b64encode(bytes(32)).decode()}'}}\n")
     settings = load_settings(tmp_path / "config.yaml", {})
     assert settings.key_release is not None
     assert settings.key_release.ca_file == str(tmp_path / "ks.crt")

@@ -25,12 +25,15 @@ from tests.servers import settings_for
 
 NONCE = bytes(range(32))
 KEYS = {"audit": os.urandom(32), "hash": os.urandom(32)}
+IDENTITY = X25519PrivateKey.generate()  # the key service's
+IDENTITY_PUBLIC = raw_public(IDENTITY)
+SERVICE_KEY = base64.b64encode(IDENTITY_PUBLIC).decode()
 
 
 def test_a_reply_opens_with_the_gateways_key_and_shows_no_key() -> None:
     gateway = X25519PrivateKey.generate()
-    reply = seal_keys(raw_public(gateway), NONCE, KEYS)
-    assert open_keys(gateway, NONCE, ["hash", "audit"], reply) == KEYS
+    reply = seal_keys(raw_public(gateway), NONCE, KEYS, IDENTITY)
+    assert open_keys(gateway, NONCE, ["hash", "audit"], reply, IDENTITY_PUBLIC) == KEYS
     shown = orjson.dumps(reply)
     assert all(base64.b64encode(k) not in shown and k.hex().encode() not in shown
                for k in KEYS.values())
@@ -38,13 +41,23 @@ def test_a_reply_opens_with_the_gateways_key_and_shows_no_key() -> None:
 
 def test_a_reply_tampered_with_does_not_open() -> None:
     gateway = X25519PrivateKey.generate()
-    reply = seal_keys(raw_public(gateway), NONCE, KEYS)
+    reply = seal_keys(raw_public(gateway), NONCE, KEYS, IDENTITY)
     raw = bytearray(base64.b64decode(reply["ciphertext"]))
     raw[0] ^= 1
     with pytest.raises(EvidenceError, match="does not open"):
-        open_keys(gateway, NONCE, KEYS, {**reply, "ciphertext": base64.b64encode(raw).decode()})
+        open_keys(gateway, NONCE, KEYS, {**reply, "ciphertext": base64.b64encode(raw).decode()},
+                  IDENTITY_PUBLIC)
     with pytest.raises(EvidenceError, match="ephemeral_key"):
-        open_keys(gateway, NONCE, KEYS, {**reply, "ephemeral_key": "AAAA"})
+        open_keys(gateway, NONCE, KEYS, {**reply, "ephemeral_key": "AAAA"}, IDENTITY_PUBLIC)
+
+
+def test_a_reply_made_by_another_service_does_not_open() -> None:
+    """A TLS-terminating proxy sees the gateway's ephemeral key and could encrypt keys of its
+    own choosing to it: without the service's identity key, that reply does not open."""
+    gateway = X25519PrivateKey.generate()
+    forged = seal_keys(raw_public(gateway), NONCE, KEYS, X25519PrivateKey.generate())
+    with pytest.raises(EvidenceError, match="or by another service"):
+        open_keys(gateway, NONCE, KEYS, forged, IDENTITY_PUBLIC)
 
 
 def test_the_binding_covers_nonce_tls_key_and_ephemeral_key() -> None:
@@ -106,7 +119,8 @@ def test_a_malformed_release_request_is_refused(body: bytes, status: int, reason
 def released(**overrides: object) -> Settings:
     sections: dict[str, object] = {
         "listen": {"tls_cert_file": "gw.crt", "tls_key_file": "gw.key"},
-        "key_release": {"url": "https://keys.example:8445", "keys": ["audit"]}, **overrides}
+        "key_release": {"url": "https://keys.example:8445", "keys": ["audit"],
+                        "service_key": SERVICE_KEY}, **overrides}
     return settings_for([{"name": "b", "url": "http://127.0.0.1:9"}], **sections)
 
 
@@ -127,11 +141,17 @@ def test_a_released_audit_key_is_a_source_and_the_only_one() -> None:
 def test_key_release_needs_the_tls_key_it_binds_and_vault_its_store() -> None:
     assert "needs listen.tls_cert_file" in problems(listen={})
     assert "vault needs state.redis_url" in problems(
-        key_release={"url": "https://keys.example", "keys": ["vault"]})
+        key_release={"url": "https://keys.example", "keys": ["vault"],
+                     "service_key": SERVICE_KEY})
     assert "each key once" in problems(
-        key_release={"url": "https://keys.example", "keys": ["audit", "audit"]})
+        key_release={"url": "https://keys.example", "keys": ["audit", "audit"],
+                     "service_key": SERVICE_KEY})
     assert "String should match pattern" in problems(
-        key_release={"url": "http://keys.example", "keys": ["audit"]})
+        key_release={"url": "http://keys.example", "keys": ["audit"],
+                     "service_key": SERVICE_KEY})
+    assert "String should match pattern" in problems(
+        key_release={"url": "https://keys.example", "keys": ["audit"],
+                     "service_key": base64.b64encode(bytes(31)).decode()})
 
 
 def test_a_secret_to_be_released_and_not_released_is_an_error_not_a_fallback() -> None:
