@@ -5,7 +5,8 @@ Meant for a trust domain of its own (another host, another operator): it holds t
 gateway's evidence exactly as a gateway verifies a backend's: the same verifier (roots, VCEK,
 CRLs, Intel collateral: attestation/evidence.py with collateral.py), bound to this exchange
 (release.py), then the trust level of its policy file (attestation/verdicts.py). Only then
-does it answer, with the keys encrypted to the gateway's ephemeral key.
+does it answer, with the keys encrypted to the gateway's ephemeral key under a key only it
+(holding its identity key) could have made.
 
 A refusal is a 403 whose reason says which step failed, never more (the detail, which would
 help whoever tries to forge, goes to this service's log); a 503 when the service could not

@@ -13,7 +13,9 @@
     challenge_ttl_s: 30
 
 Relative paths are relative to the file's folder. TLS is required: the service is meant for a
-trust domain of its own, reached across a network.
+trust domain of its own, reached across a network. Beside the keys it releases, the store holds
+the service's own identity key (X25519): `veil keys seal` prints its public half, which every
+gateway names as `key_release.service_key`.
 """
 
 from __future__ import annotations
