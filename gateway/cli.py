@@ -370,7 +370,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.keys.released import release_keys
-    from gateway.preflight import preflight
+    from gateway.preflight import preflight, serving_identity
     from gateway.server import serve
     from gateway.settings import load_settings
 
@@ -380,6 +380,7 @@ def _serve(args: argparse.Namespace) -> int:
             key: value for key, value in (("host", args.host), ("port", args.port))
             if value is not None})
         settings = settings.model_copy(update={"listen": listen})
+    serving_identity(args.config, settings)  # the TLS key the evidence binds, and a platform
     released = release_keys(settings)  # before anything opens a key (none without key_release)
     policies = preflight(args.config, settings, released=released)
     return serve(args.config, settings, args.workers or settings.listen.workers, policies,

@@ -52,18 +52,20 @@ def preflight(config_path: str | Path, settings: Settings,
         _open_fhe_key(config_path, settings, env, keys)
     finally:
         keys.close()  # the serving process opens its own session
-    _serving_identity(config_path, settings)
+    serving_identity(config_path, settings)
     if settings.api_keys_file:
         load_keys(settings.api_keys_file, settings.tenants, settings.api_keys)
     return policies
 
 
-def _serving_identity(config_path: str | Path, settings: Settings) -> None:
-    """The TLS certificate and key load; with self_attestation, configfs-tsm is there."""
+def serving_identity(config_path: str | Path, settings: Settings) -> None:
+    """The TLS certificate and key load; with self_attestation or key_release, configfs-tsm is
+    there. `veil serve` checks this before it asks a key service for keys, so the key the
+    evidence binds is the one it serves."""
     section, problem = "listen", None
     try:
         tls_context(settings.listen)
-        if settings.self_attestation.enabled:
+        if settings.self_attestation.enabled or settings.key_release is not None:
             section = "self_attestation"
             tsm_root(settings)
     except OSError as exc:  # ssl.SSLError too: a key that is not the certificate's
