@@ -329,13 +329,17 @@ class Exchange:
     bound_to: Callable[[Exchange], bytes] | None = None  # the report_data, if not the right one
     kind: str = "sev-snp"
     endorsed: bool = True  # the VCEK sent along (else the service asks AMD KDS)
+    public: bytes | None = None  # the ephemeral public key sent, if not the ephemeral's
+
+    def ephemeral_public(self) -> bytes:
+        return self.public if self.public is not None else raw_public(self.ephemeral)
 
     def body(self, keys: list[str] = RELEASED) -> dict[str, Any]:
         bound = self.bound_to(self) if self.bound_to else release_binding(
-            self.nonce, spki_sha256(self.certificate), raw_public(self.ephemeral))
+            self.nonce, spki_sha256(self.certificate), self.ephemeral_public())
         return {"nonce": self.nonce.hex(), "keys": keys,
                 "certificate": base64.b64encode(self.certificate).decode(),
-                "ephemeral_key": base64.b64encode(raw_public(self.ephemeral)).decode(),
+                "ephemeral_key": base64.b64encode(self.ephemeral_public()).decode(),
                 "evidence": VENDORS.evidence(bound, kind=self.kind, endorsed=self.endorsed,
                                              measurement=self.measurement)["evidence"]}
 
@@ -447,6 +451,14 @@ def test_a_backends_evidence_for_the_same_nonce_is_refused(world: World,
     asked = exchange(service, world, bound_to=lambda e: binding(
         e.nonce, spki_sha256(e.certificate)))
     assert release(service, asked.body()).status_code == 403
+
+
+def test_an_ephemeral_key_with_no_shared_secret_gets_no_keys(world: World,
+                                                             service: ServerThread) -> None:
+    """Good evidence bound to the all-zero point: encrypting to it would be encrypting to all."""
+    refused = release(service, exchange(service, world, public=bytes(32)).body())
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "ephemeral_key: not a usable X25519 public key"}
 
 
 def test_keys_the_service_does_not_release_are_refused(world: World,

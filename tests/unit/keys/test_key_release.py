@@ -60,6 +60,12 @@ def test_a_reply_made_by_another_service_does_not_open() -> None:
         open_keys(gateway, NONCE, KEYS, forged, IDENTITY_PUBLIC)
 
 
+def test_a_gateway_key_with_no_shared_secret_is_refused_not_used() -> None:
+    """The all-zero point (a low-order key) would make X25519's result public."""
+    with pytest.raises(ValueError):  # noqa: PT011 (cryptography's)
+        seal_keys(bytes(32), NONCE, KEYS, IDENTITY)
+
+
 def test_the_binding_covers_nonce_tls_key_and_ephemeral_key() -> None:
     one = release_binding(NONCE, b"k" * 32, b"e" * 32)
     assert len(one) == 64
