@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from gateway.api import ENDPOINTS
 from gateway.attestation.agent import EVIDENCE_PATH, ReportSource
 from gateway.attestation.levels import TrustLevel
-from gateway.attestation.self_evidence import self_evidence
+from gateway.attestation.self_evidence import SelfEvidence, self_evidence
 from gateway.attestation.transport import Transport
 from gateway.attestation.trust_roots import Roots
 from gateway.attestation.verifier import AttestationService
@@ -37,6 +37,7 @@ from gateway.ingress.middleware import request_context
 from gateway.ingress.ratelimit import RateLimiter
 from gateway.ingress.shared_ratelimit import SharedRateLimiter
 from gateway.inspection import Inspector
+from gateway.keys.released import release_keys
 from gateway.keys.sources import GatewayKeys
 from gateway.memory import MemoryReturn
 from gateway.observability.audit import AuditTrail
@@ -113,16 +114,21 @@ class Outbound:
 def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
               environ: Mapping[str, str] | None = None, worker: int | None = None,
               policies: PolicySet | None = None,
-              platform: ReportSource | None = None) -> web.Application:
+              platform: ReportSource | None = None,
+              released: Mapping[str, bytes] | None = None) -> web.Application:
     """`policies`: already loaded by the preflight (else loaded here); `platform`: what makes
-    the gateway's own reports for `self_attestation` (None: configfs-tsm)."""
+    the gateway's own reports for `self_attestation` and key release (None: configfs-tsm);
+    `released`: the keys a key service released (None, with `key_release`: asked for here,
+    before anything is built that could use a key)."""
+    if settings.key_release is not None and released is None:
+        released = release_keys(settings, platform)
     metrics = Metrics()
     pool = UpstreamPool(settings, outbound.model_sessions, environ)
     redis = connect(settings.state.redis_url, settings.state.timeout_s) \
         if settings.state.redis_url else None
     authenticator = _authenticator(settings, metrics, redis)
     env = os.environ if environ is None else environ
-    keys = GatewayKeys(settings, env)
+    keys = GatewayKeys(settings, env, released)
     privacy = settings.privacy
     engine = DetectionEngine(
         None if privacy.ner_workers == "auto" else privacy.ner_workers,
@@ -180,20 +186,7 @@ def build_app(settings: Settings, *, outbound: Outbound = Outbound(),
     )
     app[GATEWAY] = gateway
     _routes(app.router, pipeline, Resources(pipeline))
-    app.router.add_get("/healthz", healthz, name="healthz")
-    if own_evidence is not None:
-        app.router.add_get(EVIDENCE_PATH, own_evidence.handle, name="self_attestation")
-    app.router.add_get("/readyz", readyz, name="readyz")
-    metrics_token = settings.metrics.token_env
-    app.router.add_get("/metrics", functools.partial(
-        metrics_page, token=env[metrics_token].encode() if metrics_token else None),
-        name="metrics")
-    _lifecycle(app)
-    return app
-
-
-def _lifecycle(app: web.Application) -> None:
-    """What starts with the app and stops with it; cleanup runs in reverse order."""
+    _own_routes(app.router, settings, env, own_evidence)
     app.on_response_prepare.append(_server_header)
     app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(_stopped)
@@ -208,6 +201,20 @@ def _lifecycle(app: web.Application) -> None:
     app.cleanup_ctx.append(_health_probes)
     app.cleanup_ctx.append(_audit_trail)
     app.cleanup_ctx.append(_key_reloads)
+    return app
+
+
+def _own_routes(router: web.UrlDispatcher, settings: Settings, env: Mapping[str, str],
+                own_evidence: SelfEvidence | None) -> None:
+    """What the gateway answers about itself: health, readiness, metrics, its evidence."""
+    router.add_get("/healthz", healthz, name="healthz")
+    if own_evidence is not None:
+        router.add_get(EVIDENCE_PATH, own_evidence.handle, name="self_attestation")
+    router.add_get("/readyz", readyz, name="readyz")
+    metrics_token = settings.metrics.token_env
+    router.add_get("/metrics", functools.partial(
+        metrics_page, token=env[metrics_token].encode() if metrics_token else None),
+        name="metrics")
 
 
 def _routes(router: web.UrlDispatcher, pipeline: Pipeline, resources: Resources) -> None:

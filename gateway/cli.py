@@ -309,11 +309,15 @@ def _listen_options(parser: argparse.ArgumentParser, port: int) -> None:
 
 
 def _fhe_commands(commands: Commands) -> None:
-    keys = commands.add_parser("keys", help="the CKKS secret key (sealed at rest)")
-    keys.add_argument("keys_command", choices=["init", "rotate", "show"],
+    keys = commands.add_parser("keys", help="the CKKS secret key (sealed at rest); the key "
+                                            "service that releases keys to attested gateways")
+    keys.add_argument("keys_command", choices=["init", "rotate", "show", "serve", "seal"],
                       help="init: create the first key (never overwrites) | rotate: a new "
-                           "current key | show: list the keys")
-    keys.add_argument("--config", default="config.yaml", help=CONFIG_HELP)
+                           "current key | show: list the keys | serve: run the key service "
+                           "(--config keys-service.yaml) | seal: generate the keys the key "
+                           "service's store lacks (never replaces one)")
+    keys.add_argument("--config", default="config.yaml",
+                      help=CONFIG_HELP + "; serve and seal: the key service's own file")
     hsm = commands.add_parser("hsm", help="the gateway's keys in a PKCS#11 token (hsm:)")
     hsm.add_argument("hsm_command", choices=["init", "rotate", "show"],
                      help="init: create each labelled key the token lacks (never replaces) | "
@@ -365,7 +369,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.preflight import preflight
+    from gateway.keys.released import release_keys
+    from gateway.preflight import preflight, serving_identity
     from gateway.server import serve
     from gateway.settings import load_settings
 
@@ -375,8 +380,11 @@ def _serve(args: argparse.Namespace) -> int:
             key: value for key, value in (("host", args.host), ("port", args.port))
             if value is not None})
         settings = settings.model_copy(update={"listen": listen})
-    policies = preflight(args.config, settings)
-    return serve(args.config, settings, args.workers or settings.listen.workers, policies)
+    serving_identity(args.config, settings)  # the TLS key the evidence binds, and a platform
+    released = release_keys(settings)  # before anything opens a key (none without key_release)
+    policies = preflight(args.config, settings, released=released)
+    return serve(args.config, settings, args.workers or settings.listen.workers, policies,
+                 released)
 
 
 def _demo_upstream(args: argparse.Namespace) -> int:
@@ -483,16 +491,25 @@ def _verify_gateway(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
+    if args.keys_command in ("serve", "seal"):
+        return _key_service(args.keys_command, args.config)
     import asyncio
 
     from gateway.errors import CustodyError
     from gateway.fhe.keys import KeyStore
+    from gateway.keys.released import release_keys
     from gateway.keys.sources import GatewayKeys
     from gateway.settings import load_settings
 
     settings = load_settings(args.config)
     fhe = settings.fhe
-    keys = GatewayKeys(settings, os.environ)
+    try:
+        # a released master key: asked of the key service, as the gateway does (in its TEE)
+        keys = GatewayKeys(settings, os.environ,
+                           release_keys(settings) if settings.released("fhe") else None)
+    except CustodyError as exc:
+        print(f"veil keys: {exc}", file=sys.stderr)
+        return 1
     try:
         store = KeyStore(Path(fhe.keys_dir), keys.fhe_master())
         if fhe.keys_in == "redis":
@@ -510,6 +527,17 @@ def _keys(args: argparse.Namespace) -> int:
         return 1
     finally:
         keys.close()
+    return 0
+
+
+def _key_service(command: str, config: str) -> int:
+    from gateway.keys import service_run
+
+    if command == "seal":
+        for line in service_run.seal(config):
+            print(line)
+        return 0
+    service_run.serve(config)
     return 0
 
 
@@ -766,12 +794,16 @@ def _failures(command: str, failed: int, total: int, thing: str) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    from gateway.keys.released import release_keys
     from gateway.keys.sources import GatewayKeys
     from gateway.observability.audit import load_key
     from gateway.settings import load_settings
 
     if args.config:
-        keys = GatewayKeys(load_settings(args.config), os.environ)
+        settings = load_settings(args.config)
+        # a released audit key: asked of the key service, as the gateway does (in its TEE)
+        keys = GatewayKeys(settings, os.environ,
+                           release_keys(settings) if settings.released("audit") else None)
         try:
             return _verified(args.files, keys.audit())
         finally:

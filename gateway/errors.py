@@ -63,8 +63,13 @@ The others never reach a client as they are; the tree says what each becomes.
     │                                  ConfigError at start (`veil serve`'s preflight)
     ├── CustodyError                   the sealed CKKS key cannot be opened: a ConfigError at
     │   │                              start (`veil serve`'s preflight)
+    │   ├── KeyReleaseRefused          the key service released no key (refused, unreachable,
+    │   │                              a reply that does not open, no report): no start
     │   └── KeysUnavailable            Redis, holding the shared epochs, did not answer in time:
     │                                  refused at start; later, the epoch loaded last is kept
+    ├── ReleaseRefused                 `veil keys serve` refuses a release request: its status
+    │                                  (400, 403, 503) and a reason for the gateway; the detail
+    │                                  for the service's log only
     ├── ScorerError                    the scorer failed or answered what we will not decrypt:
     │   │                              ScorerFailed (or, failing open, no scores)
     │   └── TooManyChunks              a prompt past fhe.max_chunks embedding windows: likewise
@@ -444,6 +449,23 @@ class TokenError(VeilError):
 
 class CustodyError(VeilError):
     """No key, a wrong master key, or a sealed file that was tampered with."""
+
+
+class KeyReleaseRefused(CustodyError):
+    """The key service did not release the gateway's keys (refused its evidence, could not be
+    reached, answered something else), or the gateway could not make its evidence: it does not
+    start."""
+
+
+class ReleaseRefused(VeilError):
+    """The key service refuses a release request: `reason` is what the gateway is told (which
+    step failed), `detail` what the service's log keeps (what would help a forger)."""
+
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail or reason
 
 
 class KeysUnavailable(CustodyError):

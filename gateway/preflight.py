@@ -35,32 +35,37 @@ from gateway.yamlsource import load_yaml
 
 
 def preflight(config_path: str | Path, settings: Settings,
-              environ: Mapping[str, str] | None = None) -> PolicySet:
+              environ: Mapping[str, str] | None = None,
+              released: Mapping[str, bytes] | None = None) -> PolicySet:
     """Raise `ConfigError` listing what would stop the gateway; return the policies loaded,
-    for the process that goes on to serve with them."""
+    for the process that goes on to serve with them. `released`: the keys a key service
+    released to it (key_release)."""
     env = os.environ if environ is None else environ
     hash_env = settings.privacy.hash_key_env
-    has_hash_key = bool(settings.privacy.hash_key_hsm_label or (hash_env and env.get(hash_env)))
+    has_hash_key = bool(settings.privacy.hash_key_hsm_label or settings.released("hash")
+                        or (hash_env and env.get(hash_env)))
     policies = load_policy_set(settings.policies, hash_secret=has_hash_key,
                                plugin_entities=plugin_entities)
-    keys = GatewayKeys(settings, env)
+    keys = GatewayKeys(settings, env, released)
     try:
         _open_hsm_keys(config_path, settings, keys)
         _open_fhe_key(config_path, settings, env, keys)
     finally:
         keys.close()  # the serving process opens its own session
-    _serving_identity(config_path, settings)
+    serving_identity(config_path, settings)
     if settings.api_keys_file:
         load_keys(settings.api_keys_file, settings.tenants, settings.api_keys)
     return policies
 
 
-def _serving_identity(config_path: str | Path, settings: Settings) -> None:
-    """The TLS certificate and key load; with self_attestation, configfs-tsm is there."""
+def serving_identity(config_path: str | Path, settings: Settings) -> None:
+    """The TLS certificate and key load; with self_attestation or key_release, configfs-tsm is
+    there. `veil serve` checks this before it asks a key service for keys, so the key the
+    evidence binds is the one it serves."""
     section, problem = "listen", None
     try:
         tls_context(settings.listen)
-        if settings.self_attestation.enabled:
+        if settings.self_attestation.enabled or settings.key_release is not None:
             section = "self_attestation"
             tsm_root(settings)
     except OSError as exc:  # ssl.SSLError too: a key that is not the certificate's
@@ -107,7 +112,7 @@ def _open_fhe_key(config_path: str | Path, settings: Settings,
     if not fhe.scorers:
         return
     try:
-        master = keys.fhe_master() if fhe.master_key_hsm_label \
+        master = keys.fhe_master() if fhe.master_key_hsm_label or settings.released("fhe") \
             else read_master_key(fhe.master_key_env, fhe.master_key_file, environ)
         if fhe.keys_in == "redis" and isinstance(master, bytes):
             asyncio.run(_open_shared_key(settings, master))

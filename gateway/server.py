@@ -9,7 +9,7 @@ import os
 import signal
 import ssl
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -84,7 +84,8 @@ def listen_address(host: str, port: int) -> str:
 
 
 def run_worker(config_path: str, settings: Settings, reuse_port: bool,
-               worker: int | None = None, policies: PolicySet | None = None) -> None:
+               worker: int | None = None, policies: PolicySet | None = None, *,
+               released: Mapping[str, bytes] | None = None) -> None:
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
 
@@ -100,7 +101,7 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
                  pid=os.getpid(), config=config_path,
                  tls=settings.listen.tls_cert_file is not None)
 
-    main = serve_app(build_app(settings, worker=worker, policies=policies),
+    main = serve_app(build_app(settings, worker=worker, policies=policies, released=released),
                      settings.listen.host,
                      settings.listen.port,
                      reuse_port=reuse_port, on_started=started,
@@ -114,11 +115,15 @@ def run_worker(config_path: str, settings: Settings, reuse_port: bool,
 
 
 def serve(config_path: str, settings: Settings, workers: int,
-          policies: PolicySet | None = None) -> int:
+          policies: PolicySet | None = None,
+          released: Mapping[str, bytes] | None = None) -> int:
     """`policies`: as the preflight loaded them; a single worker serves with them, several
-    each load their own (a process of its own)."""
+    each load their own (a process of its own). `released`: the keys a key service released
+    (key_release), asked for once and handed to every worker (through the pipe that starts
+    it, never a file)."""
     if workers == 1:
-        run_worker(config_path, settings, reuse_port=False, policies=policies)
+        run_worker(config_path, settings, reuse_port=False, policies=policies,
+                   released=released)
         return 0
     # Metrics from every worker are aggregated through files in this directory; it must be
     # set before prometheus_client is imported by any worker.
@@ -126,6 +131,7 @@ def serve(config_path: str, settings: Settings, workers: int,
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=run_worker, args=(config_path, settings, True, i),
+                                 kwargs={"released": released},
                                  name=f"veil-worker-{i}") for i in range(workers)]
 
     def forward(signum: int, _frame: object) -> None:

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.errors import ConfigError, ConfigIssue, ConfigProblems
+from gateway.keys.release import KeyName as ReleasedKey
 from gateway.yamlsource import KeyPath, YamlDocument, load_yaml, validate
 
 WireFormat = Literal["openai", "anthropic"]  # what a client speaks to an endpoint
@@ -435,8 +436,6 @@ class AuditSettings(Strict):
     def _key_source(self) -> AuditSettings:
         problems = one_source((("key_env",), self.key_env), (("key_file",), self.key_file),
                               (("key_hsm_label",), self.key_hsm_label))
-        if self.enabled and not (self.key_env or self.key_file or self.key_hsm_label):
-            problems.append((("enabled",), "audit needs key_env, key_file or key_hsm_label"))
         if problems:
             raise ConfigProblems(problems)
         return self
@@ -487,12 +486,37 @@ class SelfAttestationSettings(Strict):
     SEV-SNP or TDX report from the kernel's configfs-tsm, bound to the client's nonce, the key
     of `listen.tls_cert_file` and the policies in force, at GET
     /.well-known/veil-attestation. Off by default (the path is then a 404); when on, a gateway
-    with no `tsm_root` (not in a confidential VM) refuses to start."""
+    with no `tsm_root` (not in a confidential VM) refuses to start. `key_release` makes its
+    reports through the same platform settings (tsm_root, vcek_file, intel_collateral_dir),
+    whether or not `enabled`."""
 
     enabled: bool = False
     tsm_root: str = "/sys/kernel/config/tsm/report"
     vcek_file: str | None = None  # SNP: when the host puts no certificate table in auxblob
     intel_collateral_dir: str | None = None  # TDX: Intel PCS collateral sent with the quote
+
+
+class KeyReleaseSettings(Strict):
+    """Attested key release (gateway/keys/released.py): at start, before anything uses a key,
+    the gateway proves itself to `veil keys serve` with its own SEV-SNP or TDX evidence (the
+    platform `self_attestation` names: tsm_root, vcek_file, intel_collateral_dir), bound to
+    the service's nonce, the key of `listen.tls_cert_file` and an ephemeral key, and receives
+    the `keys` named here into memory only. Refused, unreachable, or no evidence: no start."""
+
+    url: Annotated[str, Field(pattern=r"^https://[^/?#\s]+/?$")]  # the key service's origin
+    ca_file: str | None = None  # the CA its TLS certificate must chain to (None: the system's)
+    # The service's identity (X25519 public key, base64, as `veil keys seal` prints it): only
+    # the holder of its private half can make a reply that opens, whoever terminates TLS.
+    service_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
+    keys: list[ReleasedKey] = Field(min_length=1)
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, value: list[ReleasedKey]) -> list[ReleasedKey]:
+        if len(set(value)) != len(value):
+            raise ValueError("each key once")
+        return value
 
 
 class ScorerEndpoint(Strict):
@@ -546,11 +570,6 @@ class FheSettings(Strict):
                               (("master_key_hsm_label",), self.master_key_hsm_label))
         if problems:
             raise ConfigProblems(problems)
-        if self.scorers and not (self.master_key_env or self.master_key_file
-                                 or self.master_key_hsm_label):
-            raise ConfigProblems([(("scorers",), "scorers need master_key_env, "
-                                                 "master_key_file or master_key_hsm_label (the "
-                                                 "key that seals the CKKS secret key at rest)")])
         if self.master_key_hsm_label and self.keys_in == "redis":
             raise ConfigProblems([(("master_key_hsm_label",), "works with keys_in: dir only "
                                    "(the shared store seals with a key held in memory)")])
@@ -629,6 +648,7 @@ class Settings(Strict):
     self_attestation: SelfAttestationSettings = SelfAttestationSettings()
     fhe: FheSettings = FheSettings()
     hsm: HsmSettings | None = None
+    key_release: KeyReleaseSettings | None = None
     default_rate_limit: RateLimit = RateLimit(requests_per_second=50, burst=100)
     routing: RoutingSettings = RoutingSettings()
     state: StateSettings = StateSettings()
@@ -665,9 +685,48 @@ class Settings(Strict):
         if self.hsm is None:
             problems += [(where, "needs the hsm section (the token holding the key)")
                          for where, label in self.hsm_labels().items() if label]
+        problems += self._secret_sources()
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    def released(self, secret: ReleasedKey) -> bool:
+        """Whether the key service releases this secret (key_release.keys)."""
+        return self.key_release is not None and secret in self.key_release.keys
+
+    def _secret_sources(self) -> list[tuple[KeyPath, str]]:
+        """A secret that is needed has a source, and a released one no other."""
+        audit, fhe, state = self.audit, self.fhe, self.state
+        others: dict[ReleasedKey, tuple[KeyPath, ...]] = {
+            "audit": tuple(("audit", k) for k in ("key_env", "key_file", "key_hsm_label")
+                           if getattr(audit, k)),
+            "hash": tuple(("privacy", k) for k in ("hash_key_env", "hash_key_hsm_label")
+                          if getattr(self.privacy, k)),
+            "vault": tuple(("state", k) for k in ("vault_key_env", "vault_key_hsm_label")
+                           if getattr(state, k)),
+            "fhe": tuple(("fhe", k) for k in ("master_key_env", "master_key_file",
+                                              "master_key_hsm_label") if getattr(fhe, k))}
+        problems: list[tuple[KeyPath, str]] = []
+        if audit.enabled and not (others["audit"] or self.released("audit")):
+            problems.append((("audit", "enabled"), "audit needs key_env, key_file, "
+                                                   "key_hsm_label or key_release.keys: [audit]"))
+        if fhe.scorers and not (others["fhe"] or self.released("fhe")):
+            problems.append((("fhe", "scorers"), "scorers need master_key_env, master_key_file, "
+                                                 "master_key_hsm_label or key_release.keys: "
+                                                 "[fhe] (the key that seals the CKKS secret key "
+                                                 "at rest)"))
+        if self.key_release is None:
+            return problems
+        if self.listen.tls_cert_file is None:
+            problems.append((("key_release", "url"), "needs listen.tls_cert_file (the evidence "
+                                                     "binds its key)"))
+        for i, secret in enumerate(self.key_release.keys):
+            problems += [(where, f"{secret} is released by the key service (key_release.keys"
+                                 f"[{i}]): one source only") for where in others[secret]]
+        if self.released("vault") and not state.redis_url:
+            problems.append((("key_release", "keys"), "vault needs state.redis_url (the vault "
+                                                      "lives in Redis)"))
+        return problems
 
     def hsm_labels(self) -> dict[KeyPath, str | None]:
         """Every secret that may live in the token, by its setting."""
@@ -759,7 +818,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
 # Every setting that names a file or folder (a list, or one path, or None).
 PATH_SETTINGS: tuple[tuple[str, ...], ...] = (
     ("policies", "files"), ("policies", "public_key_file"), ("api_keys_file",),
-    ("listen", "tls_cert_file"), ("listen", "tls_key_file"),
+    ("listen", "tls_cert_file"), ("listen", "tls_key_file"), ("key_release", "ca_file"),
     ("self_attestation", "vcek_file"), ("self_attestation", "intel_collateral_dir"),
     ("audit", "path"), ("audit", "key_file"),
     ("attestation", "amd_roots_dir"), ("attestation", "intel_collateral_dir"),
@@ -775,6 +834,8 @@ def relative_to(settings: Settings, base_dir: Path) -> Settings:
     top: dict[str, Any] = {}
     for path in PATH_SETTINGS:
         holder = getattr(settings, path[0]) if len(path) == 2 else settings
+        if holder is None:  # an optional section left out
+            continue
         value = _joined(base_dir, getattr(holder, path[-1]))
         if len(path) == 2:
             sections.setdefault(path[0], {})[path[1]] = value

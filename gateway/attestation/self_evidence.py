@@ -82,12 +82,22 @@ def self_evidence(settings: Settings, policies: InForce,
     certificate = settings.listen.tls_cert_file
     if certificate is None:  # the settings refuse this; checked again for code that builds
         raise EvidenceError("self_attestation needs listen.tls_cert_file")
+    return SelfEvidence(own_reporter(settings, platform),
+                        certificate_key_sha256(Path(certificate)), policies)
+
+
+def own_reporter(settings: Settings, platform: ReportSource | None = None) -> Reporter:
+    """The gateway's own reports (for its clients, and for a key service: attested key
+    release), from the platform `self_attestation` describes; `platform` None: configfs-tsm
+    at `tsm_root`, which must exist."""
+    wanted = settings.self_attestation
+    certificate = settings.listen.tls_cert_file
+    if certificate is None:  # the settings refuse this; checked again for code that builds
+        raise EvidenceError("the gateway's own evidence needs listen.tls_cert_file")
     if platform is None:
         platform = ConfigfsTsm(tsm_root(settings))
-    agent = AgentSettings(Path(certificate), _path(wanted.vcek_file),
-                          _path(wanted.intel_collateral_dir))
-    return SelfEvidence(Reporter(platform, agent), certificate_key_sha256(Path(certificate)),
-                        policies)
+    return Reporter(platform, AgentSettings(Path(certificate), _path(wanted.vcek_file),
+                                            _path(wanted.intel_collateral_dir)))
 
 
 def tsm_root(settings: Settings) -> Path:

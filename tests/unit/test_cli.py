@@ -85,8 +85,10 @@ def test_serve_host_and_port_override_the_config(tmp_path: Path,
     config.write_text("listen: {host: 127.0.0.1, port: 8080, workers: 3}\n"
                       "backends: []\nmodels: {}\npolicies: {files: [p.yaml]}\n")
     served = []
-    monkeypatch.setattr(gateway.preflight, "preflight", lambda path, settings: None)
-    monkeypatch.setattr(gateway.server, "serve", lambda path, settings, workers, policies:
+    monkeypatch.setattr(gateway.preflight, "preflight",
+                        lambda path, settings, released=None: None)
+    monkeypatch.setattr(gateway.server, "serve",
+                        lambda path, settings, workers, policies, released=None:
                         served.append((settings.listen, workers)) or 0)
     assert main(["serve", "--config", str(config), "--host", "0.0.0.0", "--port", "9001"]) == 0
     assert main(["serve", "--config", str(config), "--port", "9002"]) == 0

@@ -78,7 +78,8 @@ def test_the_base_config_is_valid(tmp_path: Path) -> None:
                  "there)", id="keys-in-redis"),
     # the sections' own cross-checks point at the key that asks for the missing one
     pytest.param(("models:", "audit:\n  path: a.jsonl\n  enabled: true\nmodels:"),
-                 "config.yaml:17:12: audit.enabled: audit needs key_env, key_file or key_hsm_label",
+                 "config.yaml:17:12: audit.enabled: audit needs key_env, key_file, "
+                 "key_hsm_label or key_release.keys: [audit]",
                  id="audit-key"),
     pytest.param(("    url: https://127.0.0.1:1234",
                   "    url: http://127.0.0.1:1234\n    attestation: {}"),
@@ -91,9 +92,9 @@ def test_the_base_config_is_valid(tmp_path: Path) -> None:
                  "config.yaml:16:18: state.vault_key_env: needs redis_url (the vault lives in "
                  "Redis)", id="vault-without-redis"),
     pytest.param(("models:", "fhe:\n  scorers: [{name: s, url: http://127.0.0.1:1}]\nmodels:"),
-                 "config.yaml:16:12: fhe.scorers: scorers need master_key_env, master_key_file "
-                 "or master_key_hsm_label (the key that seals the CKKS secret key at rest)",
-                 id="scorers-master-key"),
+                 "config.yaml:16:12: fhe.scorers: scorers need master_key_env, master_key_file, "
+                 "master_key_hsm_label or key_release.keys: [fhe] (the key that seals the CKKS "
+                 "secret key at rest)", id="scorers-master-key"),
     pytest.param(("models:", "hsm: {module: /x.so, token_label: t, pin_env: P}\n"
                              "audit:\n  key_env: A\n  key_hsm_label: a\nmodels:"),
                  "config.yaml:18:18: audit.key_hsm_label: only one of key_env, key_file, "
