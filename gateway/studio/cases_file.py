@@ -11,14 +11,13 @@ test run) never sees half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from gateway.errors import CasesFileRefused, ConfigError, ConfigIssue
 from gateway.policy.cases import Case, CasesFile
+from gateway.studio.files import replace_file
 from gateway.yamlsource import YamlDocument, load_yaml, validate
 
 
@@ -51,7 +50,7 @@ def append_case(path: Path, case: Case) -> None:
     if appended != [*old_cases, case]:
         raise CasesFileRefused(f"{path}: a case appended at the end would not be the last of "
                                "its cases (is the list in flow style?): add it by hand")
-    _replace(path, new_text)
+    replace_file(path, new_text.encode())
 
 
 def _with_item(text: str, document: YamlDocument, case: Case) -> str:
@@ -90,21 +89,6 @@ def _dump(data: object, *, flow: bool) -> str:
     text = yaml.dump(data, Dumper=_OneLineDumper, sort_keys=False, allow_unicode=True,
                      width=1_000_000, default_flow_style=flow)
     return text.strip() if flow else text
-
-
-def _replace(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def issues_of(error: ConfigError) -> list[dict[str, object]]:

@@ -11,9 +11,7 @@ keys are never logged.
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from gateway.policy.loader import LoadedPolicy, chain_files, load_policy
 from gateway.privacy.restorer import StreamRestorer
 from gateway.protect import Protection
 from gateway.studio.context import Studio
+from gateway.studio.files import replace_file
 
 log = get_logger("veil.studio")
 
@@ -370,9 +369,9 @@ async def _save(studio: Studio, request: web.Request) -> Answer:
         if studio.settings.policies.require_signed_policies else None
     # the policy, then its signature: a watcher that reads between the two finds them
     # mismatched, refuses the reload and keeps the policy in force until the next look
-    _replace(path, data)
+    replace_file(path, data)
     if signature is not None:
-        _replace(signing.signature_path(path), signature.encode())
+        replace_file(signing.signature_path(path), signature.encode())
     log.info("policy_saved", file=files.shown(path), signed=signature is not None)
     return {"path": files.shown(path), "name": name, "digest": digest,
             "signed": signature is not None}
@@ -414,20 +413,3 @@ def _signature(studio: Studio, data: bytes, key: str | None) -> str:
                              "verifies: nothing was written.", param="signing_key",
                              code="signing_key_mismatch") from None
     return signature
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write beside the file, then rename over it: the gateway's watcher reads the old file or
-    the new one, never half of one. The file keeps its permissions."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
